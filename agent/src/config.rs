@@ -1,0 +1,82 @@
+//! Agent settings: every one a flag and a `DEMOFLEET_*` variable, with defaults that work
+//! on one machine.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use demofleet_common::duration::parse_duration;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "demofleet-agent", version, about = "demofleet agent: runs the demos of one Docker host")]
+pub struct Config {
+    /// This host's id in the fleet; its queue is `demofleet.host.<id>`. Default: the hostname.
+    #[arg(long, env = "DEMOFLEET_HOST_ID")]
+    pub host_id: Option<String>,
+
+    /// RabbitMQ URL (with vhost); this host's own broker user.
+    #[arg(long, env = "DEMOFLEET_AMQP_URL", default_value = "amqp://demofleet:demofleet@127.0.0.1:5672/demofleet")]
+    pub amqp_url: String,
+
+    /// NATS URL for heartbeats and logs.
+    #[arg(long, env = "DEMOFLEET_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// First token of every NATS subject (must match the controller's).
+    #[arg(long, env = "DEMOFLEET_NATS_PREFIX", default_value = "demofleet")]
+    pub nats_prefix: String,
+
+    /// Where clones live, one folder per demo.
+    #[arg(long, env = "DEMOFLEET_DEMO_DIR", default_value = "/srv/demos")]
+    pub demo_dir: PathBuf,
+
+    /// The address the edge reaches this host's demos on; demo ports are published there.
+    #[arg(long, env = "DEMOFLEET_HOST_ADDRESS", default_value = "127.0.0.1")]
+    pub host_address: String,
+
+    /// How many demos this host may run.
+    #[arg(long, env = "DEMOFLEET_CAPACITY", default_value_t = 10)]
+    pub capacity: u32,
+
+    /// Steps run at the same time.
+    #[arg(long, env = "DEMOFLEET_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
+
+    /// How often to send a heartbeat.
+    #[arg(long, env = "DEMOFLEET_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// How long a new demo may take to answer its health check.
+    #[arg(long, env = "DEMOFLEET_HEALTH_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub health_timeout: Duration,
+
+    /// Memory limit of each demo container, in MiB.
+    #[arg(long, env = "DEMOFLEET_DEMO_MEMORY_MB", default_value_t = 512)]
+    pub demo_memory_mb: u32,
+
+    /// CPU limit of each demo container, in cores.
+    #[arg(long, env = "DEMOFLEET_DEMO_CPUS", default_value_t = 1.0)]
+    pub demo_cpus: f64,
+
+    /// Process limit of each demo container.
+    #[arg(long, env = "DEMOFLEET_DEMO_PIDS", default_value_t = 256)]
+    pub demo_pids: u32,
+}
+
+impl Config {
+    /// The host id: the configured one, else this machine's hostname.
+    pub fn host_id(&self) -> anyhow::Result<String> {
+        let id = match &self.host_id {
+            Some(id) => id.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .or_else(|_| std::fs::read_to_string("/etc/hostname"))?
+                .trim()
+                .to_string(),
+        };
+        let valid = !id.is_empty()
+            && id.len() <= 100
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        anyhow::ensure!(valid, "host id {id:?} must be 1-100 of A-Z a-z 0-9 - _ .");
+        Ok(id)
+    }
+}

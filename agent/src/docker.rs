@@ -1,0 +1,257 @@
+//! The Docker side of a demo: build its image from the clone, run it as a labelled,
+//! limited container, find its published port, and remove exactly what belongs to it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+
+use demofleet_common::labels;
+use demofleet_common::wire::{DemoSpec, InventoryItem};
+
+use crate::config::Config;
+
+/// Port a demo listens on when its Dockerfile exposes none.
+pub const DEFAULT_PORT: u16 = 8080;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("the repository has no Dockerfile (nor .demofleet.toml or ./run); demofleet cannot build it")]
+    NothingToBuild,
+    #[error("docker build failed: {0}")]
+    Build(String),
+    #[error("the container has no published port for {0}")]
+    NoPort(String),
+    #[error("docker: {0}")]
+    Api(#[from] bollard::errors::Error),
+    #[error("packing the build context: {0}")]
+    Context(#[from] std::io::Error),
+}
+
+/// The image tag of one generation of a demo.
+pub fn image_tag(spec: &DemoSpec) -> String {
+    format!("demofleet/{}:g{}", spec.name, spec.generation)
+}
+
+/// The container name of one generation of a demo.
+pub fn container_name(spec: &DemoSpec) -> String {
+    format!("demofleet-{}-g{}", spec.name, spec.generation)
+}
+
+/// Build the clone in `dir` with its Dockerfile; build output lines go to `log`.
+pub async fn build(docker: &Docker, spec: &DemoSpec, dir: &Path, log: impl Fn(&str)) -> Result<String, DockerError> {
+    if !dir.join("Dockerfile").is_file() {
+        return Err(DockerError::NothingToBuild);
+    }
+    let context_dir = dir.to_path_buf();
+    let context = tokio::task::spawn_blocking(move || pack_context(&context_dir))
+        .await
+        .map_err(|e| DockerError::Build(format!("packing task failed: {e}")))??;
+    let tag = image_tag(spec);
+    let options = BuildImageOptionsBuilder::default()
+        .dockerfile("Dockerfile")
+        .t(&tag)
+        .labels(&labels::image_labels(spec))
+        .rm(true)
+        .forcerm(true)
+        .build();
+    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    let mut tail: Vec<String> = Vec::new();
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|e| DockerError::Build(format!("{e}; last output: {}", tail.join(" | "))))?;
+        if let Some(detail) = info.error_detail {
+            return Err(DockerError::Build(detail.message.unwrap_or_default()));
+        }
+        if let Some(line) = info.stream.as_deref().map(str::trim_end).filter(|l| !l.is_empty()) {
+            log(line);
+            tail.push(line.to_string());
+            if tail.len() > 10 {
+                tail.remove(0);
+            }
+        }
+    }
+    Ok(tag)
+}
+
+/// A tar of `dir` without `.git`, as the build context.
+fn pack_context(dir: &Path) -> std::io::Result<Vec<u8>> {
+    let mut archive = tar::Builder::new(Vec::new());
+    archive.follow_symlinks(false);
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == ".git" {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            archive.append_dir_all(&name, &path)?;
+        } else {
+            archive.append_path_with_name(&path, &name)?;
+        }
+    }
+    archive.into_inner()
+}
+
+/// Run the demo's image as its container, or find it already running. Returns the
+/// container id and the port it is published on at the host's address.
+pub async fn launch(docker: &Docker, config: &Config, host_id: &str, spec: &DemoSpec) -> Result<(String, u16), DockerError> {
+    let name = container_name(spec);
+    if docker.inspect_container(&name, None).await.is_err() {
+        let image = image_tag(spec);
+        let port = exposed_port(docker, &image).await?;
+        let port_key = format!("{port}/tcp");
+        let bindings = HashMap::from([(
+            port_key.clone(),
+            Some(vec![PortBinding { host_ip: Some(config.host_address.clone()), host_port: Some(String::new()) }]),
+        )]);
+        let body = ContainerCreateBody {
+            image: Some(image),
+            labels: Some(labels::demo_labels(spec, host_id, port)),
+            env: Some(demo_env(spec, port)),
+            exposed_ports: Some(vec![port_key]),
+            host_config: Some(HostConfig {
+                port_bindings: Some(bindings),
+                privileged: Some(false),
+                memory: Some(i64::from(config.demo_memory_mb) * 1024 * 1024),
+                nano_cpus: Some((config.demo_cpus * 1e9) as i64),
+                pids_limit: Some(i64::from(config.demo_pids)),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        docker.create_container(Some(options), body).await?;
+    }
+    docker.start_container(&name, None).await.or_else(already_started)?;
+    let inspected = docker.inspect_container(&name, None).await?;
+    let host_port = host_port_of(&inspected).ok_or_else(|| DockerError::NoPort(name.clone()))?;
+    Ok((inspected.id.unwrap_or(name), host_port))
+}
+
+/// Docker answers 304 when the container already runs: that is success for us.
+fn already_started(err: bollard::errors::Error) -> Result<(), bollard::errors::Error> {
+    match err {
+        bollard::errors::Error::DockerResponseServerError { status_code: 304, .. } => Ok(()),
+        other => Err(other),
+    }
+}
+
+/// The first TCP port the image exposes, else [`DEFAULT_PORT`].
+async fn exposed_port(docker: &Docker, image: &str) -> Result<u16, DockerError> {
+    let inspected = docker.inspect_image(image).await?;
+    let exposed = inspected.config.and_then(|c| c.exposed_ports).unwrap_or_default();
+    let mut ports: Vec<u16> = exposed
+        .iter()
+        .filter_map(|p| p.strip_suffix("/tcp").or(Some(p.as_str())).filter(|_| !p.ends_with("/udp")))
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    ports.sort_unstable();
+    Ok(ports.first().copied().unwrap_or(DEFAULT_PORT))
+}
+
+/// Environment every demo gets.
+fn demo_env(spec: &DemoSpec, port: u16) -> Vec<String> {
+    vec![
+        format!("PORT={port}"),
+        format!("DEMO_URL={}", spec.url),
+        format!("DEMO_HOSTNAME={}", spec.hostname),
+        format!("DEMO_PR={}", spec.pr),
+        format!("DEMO_SHA={}", spec.sha),
+    ]
+}
+
+/// The published port of one generation's container, if it exists.
+pub async fn published_port(docker: &Docker, spec: &DemoSpec) -> Result<u16, DockerError> {
+    let name = container_name(spec);
+    let inspected = docker.inspect_container(&name, None).await?;
+    host_port_of(&inspected).ok_or(DockerError::NoPort(name))
+}
+
+fn host_port_of(inspected: &bollard::models::ContainerInspectResponse) -> Option<u16> {
+    let ports = inspected.network_settings.as_ref()?.ports.as_ref()?;
+    ports.values().flatten().flatten().find_map(|b| b.host_port.as_deref()?.parse().ok())
+}
+
+/// The last `lines` lines of the container's output, for error messages.
+pub async fn log_tail(docker: &Docker, spec: &DemoSpec, lines: usize) -> String {
+    let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&lines.to_string()).build();
+    let mut stream = docker.logs(&container_name(spec), Some(options));
+    let mut out = String::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        out.push_str(&chunk.to_string());
+    }
+    out.trim_end().to_string()
+}
+
+/// Demo containers of `demo_id` (all generations, running or not).
+async fn containers_of(docker: &Docker, label_filter: String) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
+    let filters = HashMap::from([("label", vec![label_filter])]);
+    let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+    Ok(docker.list_containers(Some(options)).await?)
+}
+
+/// Remove containers of the demo from generations other than `keep`.
+pub async fn remove_other_generations(docker: &Docker, spec: &DemoSpec) -> Result<(), DockerError> {
+    for container in containers_of(docker, format!("{}={}", labels::ID, spec.id)).await? {
+        let generation = container.labels.as_ref().and_then(|l| l.get(labels::GENERATION));
+        if generation.map(String::as_str) != Some(spec.generation.to_string().as_str()) {
+            remove_container(docker, container.id.as_deref().unwrap_or_default()).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> {
+    let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+    match docker.remove_container(id, Some(options)).await {
+        Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Remove every container and image of the demo. Other demos' and foreign ones are untouched.
+pub async fn remove_demo(docker: &Docker, spec: &DemoSpec) -> Result<(), DockerError> {
+    let filter = format!("{}={}", labels::ID, spec.id);
+    for container in containers_of(docker, filter.clone()).await? {
+        remove_container(docker, container.id.as_deref().unwrap_or_default()).await?;
+    }
+    let filters = HashMap::from([("label", vec![filter])]);
+    let options = ListImagesOptionsBuilder::default().all(false).filters(&filters).build();
+    for image in docker.list_images(Some(options)).await? {
+        let options = RemoveImageOptionsBuilder::default().force(true).build();
+        match docker.remove_image(&image.id, Some(options), None).await {
+            Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Every demo container on this host, from Docker's labels.
+pub async fn inventory(docker: &Docker) -> Result<Vec<InventoryItem>, DockerError> {
+    let containers = containers_of(docker, format!("{}=true", labels::DEMO)).await?;
+    Ok(containers
+        .into_iter()
+        .filter_map(|c| {
+            let labels = c.labels?;
+            Some(InventoryItem {
+                demo_id: labels.get(labels::ID)?.parse().ok()?,
+                generation: labels.get(labels::GENERATION)?.parse().ok()?,
+                container_id: c.id?,
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+            })
+        })
+        .collect())
+}

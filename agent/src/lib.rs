@@ -1,0 +1,125 @@
+//! The demofleet agent: a daemon on each Docker host. It takes the steps of task chains
+//! from its own RabbitMQ queue (checkout, build, launch, health, stop), runs them against
+//! the local Docker Engine, reports results, and sends heartbeats with its inventory.
+//! It holds no database credentials.
+//!
+//! # Layout
+//! - [`config`]: settings (flags and `DEMOFLEET_*` variables).
+//! - [`worker`]: consuming steps and publishing results.
+//! - [`steps`]: what each step does.
+//! - [`git`]: checking out the head commit.
+//! - [`docker`]: build, run, inspect and remove demo containers and images.
+//! - [`heartbeat`]: the periodic heartbeat with inventory.
+
+pub mod config;
+pub mod docker;
+pub mod git;
+pub mod heartbeat;
+pub mod steps;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use uuid::Uuid;
+
+use config::Config;
+use demofleet_common::topology;
+use demofleet_common::wire::DemoSpec;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What every task of the agent shares.
+pub struct AgentContext {
+    /// Settings.
+    pub config: Config,
+    /// This host's id.
+    pub host_id: String,
+    /// The local Docker Engine.
+    pub docker: bollard::Docker,
+    /// NATS, for heartbeats and logs.
+    pub nats: async_nats::Client,
+    /// The newest generation seen per demo; older steps are dropped.
+    newest: Mutex<HashMap<Uuid, i64>>,
+    /// One lock per demo so its steps never overlap.
+    locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl AgentContext {
+    fn demo_lock(&self, demo: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().expect("lock map").entry(demo).or_default().clone()
+    }
+
+    /// Record `generation` as seen and say whether a newer one was seen before.
+    fn is_superseded(&self, demo: Uuid, generation: i64) -> bool {
+        let mut newest = self.newest.lock().expect("generation map");
+        let seen = newest.entry(demo).or_insert(generation);
+        if generation < *seen {
+            return true;
+        }
+        *seen = generation;
+        false
+    }
+
+    /// Send a line to the demo's live log.
+    pub fn log(&self, spec: &DemoSpec, line: &str) {
+        let subject = topology::log_subject(&self.config.nats_prefix, &spec.id);
+        let nats = self.nats.clone();
+        let payload = line.to_string().into_bytes();
+        tokio::spawn(async move {
+            let _ = nats.publish(subject, payload.into()).await;
+        });
+    }
+}
+
+/// A started agent and the handle that stops it.
+pub struct Agent {
+    pub context: Arc<AgentContext>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Agent {
+    /// Connect to Docker and NATS, then start consuming steps and sending heartbeats.
+    pub async fn start(config: Config) -> anyhow::Result<Agent> {
+        let host_id = config.host_id()?;
+        let docker = bollard::Docker::connect_with_local_defaults().context("connecting to Docker")?;
+        docker.ping().await.context("the Docker Engine does not answer")?;
+        let nats = async_nats::connect(&config.nats_url).await.context("connecting to NATS (DEMOFLEET_NATS_URL)")?;
+        tokio::fs::create_dir_all(&config.demo_dir)
+            .await
+            .with_context(|| format!("creating {}", config.demo_dir.display()))?;
+        let context = Arc::new(AgentContext {
+            config,
+            host_id,
+            docker,
+            nats,
+            newest: Mutex::default(),
+            locks: Mutex::default(),
+        });
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(worker::run(context.clone(), stop.clone()));
+        tasks.spawn(heartbeat::run(context.clone(), stop.clone()));
+        tasks.close();
+        tracing::info!(host = %context.host_id, "agent started");
+        Ok(Agent { context, stop, tasks })
+    }
+
+    /// Stop taking steps, let running ones finish, and wait for every task.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+/// Run until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let agent = Agent::start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    agent.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! Running one step of a chain. Every step is idempotent: run twice, same outcome.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use demofleet_common::names;
+use demofleet_common::wire::{DemoSpec, Step, StepOutcome, StepOutput};
+
+use crate::{docker, git, AgentContext};
+
+/// Run `step` for `spec` and say how it went.
+#[tracing::instrument(skip_all, fields(demo = %spec.name, step = step.as_str(), generation = spec.generation))]
+pub async fn run(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> StepOutcome {
+    match run_inner(ctx, step, spec).await {
+        Ok(output) => StepOutcome::Succeeded(output),
+        Err(err) => {
+            let error = format!("{err:#}");
+            tracing::warn!(%error, "step failed");
+            ctx.log(spec, &format!("{} failed: {error}", step.as_str()));
+            StepOutcome::Failed { error }
+        }
+    }
+}
+
+async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::Result<StepOutput> {
+    let dir = clone_dir(ctx, spec)?;
+    let mut output = StepOutput::default();
+    match step {
+        Step::Checkout => {
+            ctx.log(spec, &format!("checking out {}", spec.sha));
+            git::checkout(&dir, &spec.clone_url, &spec.sha).await?;
+        }
+        Step::Build => {
+            let image = docker::build(&ctx.docker, spec, &dir, |line| ctx.log(spec, line)).await?;
+            output.image = Some(image);
+        }
+        Step::Launch => {
+            let (container, port) = docker::launch(&ctx.docker, &ctx.config, &ctx.host_id, spec).await?;
+            docker::remove_other_generations(&ctx.docker, spec).await?;
+            ctx.log(spec, &format!("container {container} answers on {}:{port}", ctx.config.host_address));
+            output.container_id = Some(container);
+            output.host_port = Some(port);
+        }
+        Step::Health => {
+            let port = docker::published_port(&ctx.docker, spec).await?;
+            wait_healthy(ctx, spec, port).await?;
+            output.host_port = Some(port);
+        }
+        Step::Stop => {
+            docker::remove_demo(&ctx.docker, spec).await?;
+            match tokio::fs::remove_dir_all(&dir).await {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err.into()),
+                _ => {}
+            }
+        }
+        Step::Route | Step::Unroute => anyhow::bail!("{} is a controller step", step.as_str()),
+    }
+    Ok(output)
+}
+
+/// `DEMO_DIR/<name>`, for a name that is a safe folder name and nothing else.
+fn clone_dir(ctx: &AgentContext, spec: &DemoSpec) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(names::is_valid_name(&spec.name), "refusing unsafe demo name {:?}", spec.name);
+    Ok(ctx.config.demo_dir.join(&spec.name))
+}
+
+/// Wait for a 2xx or 3xx answer on `/` until the health deadline.
+async fn wait_healthy(ctx: &AgentContext, spec: &DemoSpec, port: u16) -> anyhow::Result<()> {
+    let url = format!("http://{}:{port}/", ctx.config.host_address);
+    let deadline = tokio::time::Instant::now() + ctx.config.health_timeout;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let mut last = String::from("no answer");
+    while tokio::time::Instant::now() < deadline {
+        match client.get(&url).send().await {
+            Ok(response) if response.status().is_success() || response.status().is_redirection() => return Ok(()),
+            Ok(response) => last = format!("answered {}", response.status()),
+            Err(err) => last = err.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let logs = docker::log_tail(&ctx.docker, spec, 20).await;
+    anyhow::bail!(
+        "no 2xx/3xx answer on {url} within {:?} (last: {last}); container output:\n{logs}",
+        ctx.config.health_timeout
+    )
+}

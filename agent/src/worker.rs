@@ -1,0 +1,126 @@
+//! Taking steps off this host's queue: at most `concurrency` at a time, one at a time per
+//! demo, results published (confirmed) before the step's message is acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use demofleet_common::topology;
+use demofleet_common::wire::{StepMessage, StepResult, WIRE_VERSION};
+
+use crate::{steps, AgentContext};
+
+/// Consume this host's queue until `stop`, reconnecting after broker failures.
+pub async fn run(ctx: Arc<AgentContext>, stop: CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        match consume(&ctx, &stop).await {
+            Ok(()) => return,
+            Err(err) => {
+                failures += 1;
+                tracing::warn!(error = %err, "step consumer stopped; reconnecting");
+            }
+        }
+        let pause = Duration::from_millis(500u64.saturating_mul(1 << failures.min(6)).min(30_000));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+async fn consume(ctx: &Arc<AgentContext>, stop: &CancellationToken) -> anyhow::Result<()> {
+    let connection = Connection::connect(&ctx.config.amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let queue = topology::host_queue(&ctx.host_id);
+    topology::declare_queue(&channel, &queue).await?;
+    topology::declare_queue(&channel, topology::CONTROLLER_QUEUE).await?;
+    channel.basic_qos(ctx.config.concurrency, BasicQosOptions::default()).await?;
+    let results = connection.create_channel().await?;
+    results.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(queue.as_str().into(), ctx.host_id.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    tracing::info!(%queue, "consuming steps");
+    let permits = Arc::new(Semaphore::new(usize::from(ctx.config.concurrency.max(1))));
+    let running = TaskTracker::new();
+    let outcome = loop {
+        let delivery = tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            d = consumer.next() => d,
+        };
+        let delivery = match delivery {
+            Some(Ok(d)) => d,
+            Some(Err(err)) => break Err(err.into()),
+            None => break Err(anyhow::anyhow!("the broker closed the consumer")),
+        };
+        let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
+        let (ctx, results) = (ctx.clone(), results.clone());
+        running.spawn(async move {
+            if let Err(err) = handle(&ctx, &results, delivery).await {
+                tracing::warn!(error = %err, "step not acknowledged; the broker will redeliver it");
+            }
+            drop(permit);
+        });
+    };
+    running.close();
+    running.wait().await;
+    outcome
+}
+
+async fn handle(ctx: &AgentContext, results: &Channel, delivery: Delivery) -> anyhow::Result<()> {
+    let message: StepMessage = match serde_json::from_slice(&delivery.data) {
+        Ok(m) => m,
+        Err(err) => {
+            tracing::error!(error = %err, "unreadable step message dropped");
+            delivery.ack(BasicAckOptions::default()).await?;
+            return Ok(());
+        }
+    };
+    if message.version != WIRE_VERSION || message.host_id != ctx.host_id {
+        tracing::error!(version = message.version, host = %message.host_id, "step message for another version or host dropped");
+        delivery.ack(BasicAckOptions::default()).await?;
+        return Ok(());
+    }
+    let demo_lock = ctx.demo_lock(message.demo.id);
+    let _guard = demo_lock.lock().await;
+    if ctx.is_superseded(message.demo.id, message.demo.generation) {
+        tracing::debug!(demo = %message.demo.name, "step of a superseded generation dropped");
+        delivery.ack(BasicAckOptions::default()).await?;
+        return Ok(());
+    }
+    let outcome = steps::run(ctx, message.step, &message.demo).await;
+    let result = StepResult {
+        version: WIRE_VERSION,
+        chain_id: message.chain_id,
+        demo_id: message.demo.id,
+        generation: message.demo.generation,
+        step: message.step,
+        attempt: message.attempt,
+        host_id: ctx.host_id.clone(),
+        outcome,
+    };
+    let body = serde_json::to_vec(&result)?;
+    let properties = BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
+    let confirmation = results
+        .basic_publish(
+            topology::EXCHANGE.into(),
+            topology::CONTROLLER_QUEUE.into(),
+            BasicPublishOptions { mandatory: true, ..Default::default() },
+            &body,
+            properties,
+        )
+        .await?
+        .await?;
+    anyhow::ensure!(confirmation.is_ack(), "RabbitMQ refused the step result");
+    delivery.ack(BasicAckOptions::default()).await?;
+    Ok(())
+}

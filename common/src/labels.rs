@@ -1,0 +1,54 @@
+//! Container labels. The `run.demo*` keys are the original demoservice's, kept so its
+//! tooling still finds demos; `id`, `host`, `sha` and `generation` are ours. Traefik labels
+//! for v1 and v2/v3 let a single-host Traefik docker provider route without the controller.
+
+use std::collections::HashMap;
+
+use crate::wire::DemoSpec;
+
+pub const DEMO: &str = "run.demo";
+pub const URL: &str = "run.demo.url";
+pub const URL_FULL: &str = "run.demo.url_full";
+pub const GITHUB_USER: &str = "run.demo.github_user";
+pub const GITHUB_REPO: &str = "run.demo.github_repo";
+pub const GITHUB_PR: &str = "run.demo.github_pr";
+pub const ID: &str = "run.demo.id";
+pub const HOST: &str = "run.demo.host";
+pub const SHA: &str = "run.demo.sha";
+pub const GENERATION: &str = "run.demo.generation";
+
+/// Every label a demo's container carries. `port` is the port inside the container.
+pub fn demo_labels(spec: &DemoSpec, host_id: &str, port: u16) -> HashMap<String, String> {
+    let name = &spec.name;
+    let mut labels = image_labels(spec);
+    for (key, value) in [
+        (URL, spec.hostname.clone()),
+        (URL_FULL, spec.url.clone()),
+        (GITHUB_USER, spec.owner.clone()),
+        (GITHUB_REPO, spec.repo.clone()),
+        (GITHUB_PR, spec.pr.to_string()),
+        (HOST, host_id.to_string()),
+        (SHA, spec.sha.clone()),
+    ] {
+        labels.insert(key.to_string(), value);
+    }
+    let traefik = [
+        ("traefik.enable".to_string(), "true".to_string()),
+        ("traefik.frontend.rule".to_string(), format!("Host:{}", spec.hostname)),
+        ("traefik.port".to_string(), port.to_string()),
+        (format!("traefik.http.routers.{name}.rule"), format!("Host(`{}`)", spec.hostname)),
+        (format!("traefik.http.routers.{name}.service"), name.clone()),
+        (format!("traefik.http.services.{name}.loadbalancer.server.port"), port.to_string()),
+    ];
+    labels.extend(traefik);
+    labels
+}
+
+/// The labels that identify a demo's image (and are inherited by its container).
+pub fn image_labels(spec: &DemoSpec) -> HashMap<String, String> {
+    HashMap::from([
+        (DEMO.to_string(), "true".to_string()),
+        (ID.to_string(), spec.id.to_string()),
+        (GENERATION.to_string(), spec.generation.to_string()),
+    ])
+}

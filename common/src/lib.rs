@@ -1,0 +1,16 @@
+//! Pieces the demofleet controller and agent must agree on: how a pull request becomes a
+//! demo name, which labels a demo container carries, the broker topology, and the
+//! versioned messages that travel over RabbitMQ and NATS.
+//!
+//! # Layout
+//! - [`duration`]: parsing durations in settings.
+//! - [`names`]: sanitizing `(repo, owner, pr)` into a DNS label and folder name.
+//! - [`labels`]: the container label keys and the full label set of a demo.
+//! - [`wire`]: step messages, step results and heartbeats (serde, versioned).
+//! - [`topology`]: exchange, queue and subject names; declaring them on a channel.
+
+pub mod duration;
+pub mod labels;
+pub mod names;
+pub mod topology;
+pub mod wire;

@@ -1,0 +1,47 @@
+//! Names on the broker and on NATS, and declaring the RabbitMQ side of them.
+//!
+//! Both sides declare what they use with the same arguments, so whichever starts first
+//! creates it and the other finds it.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, ExchangeKind};
+
+/// The direct exchange every task and result goes through.
+pub const EXCHANGE: &str = "demofleet.tasks";
+/// Controller steps and agents' step results.
+pub const CONTROLLER_QUEUE: &str = "demofleet.controller";
+
+/// The queue (and routing key) of one host's agent.
+pub fn host_queue(host_id: &str) -> String {
+    format!("demofleet.host.{host_id}")
+}
+
+/// NATS subject of a host's heartbeats under `prefix` (default `demofleet`).
+pub fn heartbeat_subject(prefix: &str, host_id: &str) -> String {
+    format!("{prefix}.host.{host_id}.heartbeat")
+}
+
+/// NATS subject matching every host's heartbeats.
+pub fn all_heartbeats(prefix: &str) -> String {
+    format!("{prefix}.host.*.heartbeat")
+}
+
+/// NATS subject of a demo's build and run log lines.
+pub fn log_subject(prefix: &str, demo_id: &uuid::Uuid) -> String {
+    format!("{prefix}.demo.{demo_id}.log")
+}
+
+/// Declare the exchange and a durable queue bound to it under its own name.
+pub async fn declare_queue(channel: &Channel, queue: &str) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .exchange_declare(EXCHANGE.into(), ExchangeKind::Direct, durable, FieldTable::default())
+        .await?;
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(queue.into(), durable, FieldTable::default()).await?;
+    channel
+        .queue_bind(queue.into(), EXCHANGE.into(), queue.into(), QueueBindOptions::default(), FieldTable::default())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Messages between controller and agents. Every message carries [`WIRE_VERSION`]; a
+//! receiver refuses versions it does not know instead of guessing.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The version of every message defined here.
+pub const WIRE_VERSION: u32 = 1;
+
+/// Everything an agent needs to know about the demo a step works on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DemoSpec {
+    pub id: Uuid,
+    /// Sanitized `<repo>-<owner>-pr-<n>`: the DNS label and the clone folder name.
+    pub name: String,
+    pub owner: String,
+    pub repo: String,
+    pub pr: u64,
+    /// Head commit to check out.
+    pub sha: String,
+    /// Where to fetch the head commit from (the head repository for fork PRs).
+    pub clone_url: String,
+    /// `<name>.<base domain>`.
+    pub hostname: String,
+    /// Full URL of the demo, as shown to people.
+    pub url: String,
+    /// The PR author's login.
+    pub github_user: String,
+    /// Bumped for every event that changes what the demo should be.
+    pub generation: i64,
+}
+
+/// The steps of a chain. Agent steps run on the demo's host; controller steps in the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Checkout,
+    Build,
+    Launch,
+    Health,
+    Route,
+    Unroute,
+    Stop,
+}
+
+impl Step {
+    /// The steps of a deploy chain, in order.
+    pub const DEPLOY: [Step; 5] = [Step::Checkout, Step::Build, Step::Launch, Step::Health, Step::Route];
+    /// The steps of a teardown chain, in order.
+    pub const TEARDOWN: [Step; 2] = [Step::Unroute, Step::Stop];
+
+    /// True for steps an agent runs.
+    pub fn runs_on_agent(self) -> bool {
+        !matches!(self, Step::Route | Step::Unroute)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Checkout => "checkout",
+            Step::Build => "build",
+            Step::Launch => "launch",
+            Step::Health => "health",
+            Step::Route => "route",
+            Step::Unroute => "unroute",
+            Step::Stop => "stop",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Step> {
+        [Step::Checkout, Step::Build, Step::Launch, Step::Health, Step::Route, Step::Unroute, Step::Stop]
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
+}
+
+/// One step of a chain, sent to the queue of the host that runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepMessage {
+    pub version: u32,
+    pub chain_id: Uuid,
+    pub step: Step,
+    pub attempt: u32,
+    pub host_id: String,
+    pub demo: DemoSpec,
+}
+
+/// What an agent reports after running a step, sent to the controller queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepResult {
+    pub version: u32,
+    pub chain_id: Uuid,
+    pub demo_id: Uuid,
+    pub generation: i64,
+    pub step: Step,
+    pub attempt: u32,
+    pub host_id: String,
+    pub outcome: StepOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum StepOutcome {
+    Succeeded(StepOutput),
+    Failed { error: String },
+}
+
+/// What a successful step learned, for the steps after it and for the record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepOutput {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// Port on the host's address where the demo answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+}
+
+/// Sent by every agent every few seconds on NATS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub version: u32,
+    pub host_id: String,
+    /// Where the edge reaches this host's demos.
+    pub address: String,
+    /// How many demos this host may run.
+    pub capacity: u32,
+    pub agent_version: String,
+    /// Demo containers on this host, from Docker's labels.
+    pub inventory: Vec<InventoryItem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryItem {
+    pub demo_id: Uuid,
+    pub generation: i64,
+    pub container_id: String,
+    /// Docker's container state: `running`, `exited`, …
+    pub state: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_names_round_trip() {
+        for step in Step::DEPLOY.into_iter().chain(Step::TEARDOWN) {
+            assert_eq!(Step::parse(step.as_str()), Some(step));
+            let json = serde_json::to_string(&step).unwrap();
+            assert_eq!(json, format!("\"{}\"", step.as_str()));
+        }
+        assert_eq!(Step::parse("deploy"), None);
+    }
+
+    #[test]
+    fn outcome_is_tagged_by_status() {
+        let ok = StepOutcome::Succeeded(StepOutput { host_port: Some(3000), ..Default::default() });
+        assert_eq!(serde_json::to_value(&ok).unwrap(), serde_json::json!({"status": "succeeded", "host_port": 3000}));
+        let failed = StepOutcome::Failed { error: "no Dockerfile".into() };
+        let back: StepOutcome = serde_json::from_value(serde_json::to_value(&failed).unwrap()).unwrap();
+        assert_eq!(back, failed);
+    }
+}

@@ -1,0 +1,218 @@
+//! RabbitMQ: one connection, opened again on demand after it drops; the outbox publisher
+//! (confirmed publishes, deleted only once confirmed) and the consumer of step results.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use demofleet_common::topology;
+use demofleet_common::wire::{StepResult, WIRE_VERSION};
+
+use crate::db::outbox;
+use crate::scheduler::orchestrate;
+use crate::state::AppState;
+
+/// Outbox messages published per batch.
+const BATCH: i64 = 100;
+
+pub struct Broker {
+    url: String,
+    connection: Mutex<Option<Connection>>,
+}
+
+impl Broker {
+    /// Connect now, so a wrong URL or credentials stop the start-up with a clear error.
+    pub async fn connect(url: &str) -> lapin::Result<Broker> {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+        Ok(Broker { url: url.to_string(), connection: Mutex::new(Some(connection)) })
+    }
+
+    /// A new channel, reconnecting first if the connection dropped.
+    pub async fn channel(&self) -> lapin::Result<Channel> {
+        let mut guard = self.connection.lock().await;
+        if let Some(conn) = guard.as_ref().filter(|c| c.status().connected()) {
+            if let Ok(channel) = conn.create_channel().await {
+                return Ok(channel);
+            }
+        }
+        let conn = Connection::connect(&self.url, ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        *guard = Some(conn);
+        Ok(channel)
+    }
+
+    pub async fn is_connected(&self) -> bool {
+        self.connection.lock().await.as_ref().is_some_and(|c| c.status().connected())
+    }
+}
+
+/// Publish outbox messages whenever woken (and every tick), until `stop`.
+pub async fn run_publisher(app: AppState, stop: CancellationToken) {
+    let mut channel: Option<Channel> = None;
+    let mut declared = HashSet::new();
+    let mut failures = 0u32;
+    loop {
+        if channel.as_ref().is_none_or(|c| !c.status().connected()) {
+            declared.clear();
+            channel = match open_confirm_channel(&app).await {
+                Ok(c) => Some(c),
+                Err(err) => {
+                    tracing::warn!(error = %err, "broker unavailable; outbox messages wait");
+                    None
+                }
+            };
+        }
+        if let Some(ch) = &channel {
+            match publish_pending(&app, ch, &mut declared).await {
+                Ok(()) => failures = 0,
+                Err(err) => {
+                    tracing::warn!(error = %err, "publishing the outbox failed; retrying");
+                    channel = None;
+                    failures += 1;
+                }
+            }
+        }
+        let pause = if channel.is_some() { app.config.tick } else { backoff(failures.max(1)) };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = app.outbox.notified() => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+async fn open_confirm_channel(app: &AppState) -> lapin::Result<Channel> {
+    let channel = app.broker.channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(channel)
+}
+
+/// Publish every outbox message in batches; each batch is deleted only after RabbitMQ
+/// confirmed all of it.
+async fn publish_pending(app: &AppState, channel: &Channel, declared: &mut HashSet<String>) -> anyhow::Result<()> {
+    loop {
+        let mut tx = app.db.begin().await?;
+        let batch = outbox::take(&mut *tx, BATCH).await?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut confirms = Vec::with_capacity(batch.len());
+        for message in &batch {
+            if declared.insert(message.routing_key.clone()) {
+                topology::declare_queue(channel, &message.routing_key).await?;
+            }
+            let body = serde_json::to_vec(&message.payload)?;
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into());
+            let confirm = channel
+                .basic_publish(
+                    topology::EXCHANGE.into(),
+                    message.routing_key.as_str().into(),
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    &body,
+                    properties,
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            let confirmation = confirm.await?;
+            if !confirmation.is_ack() {
+                anyhow::bail!("RabbitMQ refused a message");
+            }
+            if confirmation.take_message().is_some() {
+                anyhow::bail!("a message could not be routed");
+            }
+        }
+        let ids: Vec<i64> = batch.iter().map(|m| m.id).collect();
+        outbox::delete(&mut *tx, &ids).await?;
+        tx.commit().await?;
+    }
+}
+
+/// Consume step results from the controller queue until `stop`, reconnecting as needed.
+pub async fn run_result_consumer(app: AppState, stop: CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = consume_results(&app, &stop) => r,
+        };
+        match result {
+            Ok(()) => return,
+            Err(err) => {
+                failures += 1;
+                tracing::warn!(error = %err, "result consumer stopped; reconnecting");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff(failures)) => {}
+        }
+    }
+}
+
+async fn consume_results(app: &AppState, stop: &CancellationToken) -> anyhow::Result<()> {
+    let channel = app.broker.channel().await?;
+    topology::declare_queue(&channel, topology::CONTROLLER_QUEUE).await?;
+    channel.basic_qos(16, BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            topology::CONTROLLER_QUEUE.into(),
+            "demofleet-controller".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    loop {
+        let delivery = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            d = consumer.next() => d,
+        };
+        let Some(delivery) = delivery else { anyhow::bail!("the broker closed the consumer") };
+        let delivery = delivery?;
+        let result: StepResult = match serde_json::from_slice(&delivery.data) {
+            Ok(r) => r,
+            Err(err) => {
+                tracing::error!(error = %err, "unreadable step result dropped");
+                delivery.ack(BasicAckOptions::default()).await?;
+                continue;
+            }
+        };
+        if result.version != WIRE_VERSION {
+            tracing::error!(version = result.version, "step result of an unknown version dropped");
+            delivery.ack(BasicAckOptions::default()).await?;
+            continue;
+        }
+        match record(app, &result).await {
+            Ok(()) => {
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, chain = %result.chain_id, "recording a result failed; it will be redelivered");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+            }
+        }
+    }
+}
+
+async fn record(app: &AppState, result: &StepResult) -> sqlx::Result<()> {
+    let mut tx = app.db.begin().await?;
+    let effects = orchestrate::record_result(&mut tx, app, result).await?;
+    tx.commit().await?;
+    app.apply(effects).await;
+    Ok(())
+}
+
+/// 0.5 s doubling up to 30 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1 << failures.min(6)).min(30_000))
+}

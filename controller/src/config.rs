@@ -1,0 +1,136 @@
+//! Controller settings: every one a flag and a `DEMOFLEET_*` variable, with defaults that
+//! work on one machine. The webhook secret has no default: no secret, no start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use demofleet_common::duration::parse_duration;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "demofleet-controller", version, about = "demofleet controller")]
+pub struct Config {
+    /// PostgreSQL URL of the state of record.
+    #[arg(long, env = "DEMOFLEET_DATABASE_URL", default_value = "postgres://demofleet:demofleet@127.0.0.1:5432/demofleet")]
+    pub database_url: String,
+
+    /// RabbitMQ URL (with vhost) for task chains.
+    #[arg(long, env = "DEMOFLEET_AMQP_URL", default_value = "amqp://demofleet:demofleet@127.0.0.1:5672/demofleet")]
+    pub amqp_url: String,
+
+    /// NATS URL for heartbeats and live logs.
+    #[arg(long, env = "DEMOFLEET_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// First token of every NATS subject; lets several fleets share one NATS server.
+    #[arg(long, env = "DEMOFLEET_NATS_PREFIX", default_value = "demofleet")]
+    pub nats_prefix: String,
+
+    /// Secret shared with GitHub for webhook signatures. Required.
+    #[arg(long, env = "DEMOFLEET_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: String,
+
+    /// Demos answer on `<name>.<base domain>`.
+    #[arg(long, env = "DEMOFLEET_BASE_DOMAIN", default_value = "localhost")]
+    pub base_domain: String,
+
+    /// Scheme of demo URLs shown to people.
+    #[arg(long, env = "DEMOFLEET_PUBLIC_SCHEME", default_value = "http")]
+    pub public_scheme: String,
+
+    /// Port of demo URLs shown to people; unset means the scheme's default, except with
+    /// base domain `localhost`, where it is the edge proxy's port.
+    #[arg(long, env = "DEMOFLEET_PUBLIC_PORT")]
+    pub public_port: Option<u16>,
+
+    /// GitHub REST API base URL (GitHub Enterprise, or the fake in tests).
+    #[arg(long, env = "DEMOFLEET_GITHUB_API_URL", default_value = "https://api.github.com")]
+    pub github_api_url: String,
+
+    /// Clone URL template; `{owner}` and `{repo}` name the PR's head repository.
+    #[arg(long, env = "DEMOFLEET_GIT_URL", default_value = "https://github.com/{owner}/{repo}.git")]
+    pub git_url: String,
+
+    /// Address of the HTTP API, webhook and dashboard.
+    #[arg(long, env = "DEMOFLEET_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+
+    /// Address of the built-in edge proxy.
+    #[arg(long, env = "DEMOFLEET_EDGE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub edge_listen: SocketAddr,
+
+    /// Largest webhook body accepted, in bytes (GitHub caps payloads at 25 MB).
+    #[arg(long, env = "DEMOFLEET_WEBHOOK_MAX_BYTES", default_value_t = 25 * 1024 * 1024)]
+    pub webhook_max_bytes: usize,
+
+    /// A host whose last heartbeat is older than this is not given new demos.
+    #[arg(long, env = "DEMOFLEET_HOST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub host_timeout: Duration,
+
+    /// How often waiting work (demos with no host yet) and the route table are looked at again.
+    #[arg(long, env = "DEMOFLEET_TICK", default_value = "2s", value_parser = parse_duration)]
+    pub tick: Duration,
+}
+
+/// Why a configuration is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("DEMOFLEET_WEBHOOK_SECRET is empty: the controller never accepts unsigned webhooks")]
+    EmptySecret,
+    #[error("DEMOFLEET_GIT_URL must contain {{owner}} and {{repo}}, got {0:?}")]
+    GitUrl(String),
+    #[error("DEMOFLEET_BASE_DOMAIN {0:?} is not a domain name")]
+    BaseDomain(String),
+}
+
+impl Config {
+    /// Checks that clap cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.webhook_secret.trim().is_empty() {
+            return Err(ConfigError::EmptySecret);
+        }
+        if !(self.git_url.contains("{owner}") && self.git_url.contains("{repo}")) {
+            return Err(ConfigError::GitUrl(self.git_url.clone()));
+        }
+        let domain_ok = !self.base_domain.is_empty()
+            && self.base_domain.split('.').all(|l| !l.is_empty() && demofleet_common::names::is_valid_name(l));
+        if !domain_ok {
+            return Err(ConfigError::BaseDomain(self.base_domain.clone()));
+        }
+        Ok(())
+    }
+
+    /// The clone URL of `owner/repo`.
+    pub fn clone_url(&self, owner: &str, repo: &str) -> String {
+        self.git_url.replace("{owner}", owner).replace("{repo}", repo)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("demofleet-controller").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn refuses_to_start_without_a_secret() {
+        if std::env::var_os("DEMOFLEET_WEBHOOK_SECRET").is_none() {
+            let err = parse(&[]).unwrap_err();
+            assert!(err.to_string().contains("--webhook-secret"), "{err}");
+        }
+        let config = parse(&["--webhook-secret", "  "]).unwrap();
+        assert!(matches!(config.validate(), Err(ConfigError::EmptySecret)));
+    }
+
+    #[test]
+    fn defaults_work_on_one_machine() {
+        let config = parse(&["--webhook-secret", "s"]).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(config.edge_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.base_domain, "localhost");
+        assert_eq!(config.clone_url("o", "r"), "https://github.com/o/r.git");
+    }
+}

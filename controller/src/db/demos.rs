@@ -1,0 +1,142 @@
+//! Demos: desired state, generation and where they run.
+
+use serde::Serialize;
+use sqlx::{FromRow, PgExecutor};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct Demo {
+    pub id: Uuid,
+    pub owner: String,
+    pub repo: String,
+    pub pr: i64,
+    pub name: String,
+    pub desired: String,
+    pub state: String,
+    pub generation: i64,
+    pub sha: String,
+    pub clone_url: String,
+    pub github_user: String,
+    pub host_id: Option<String>,
+    pub host_port: Option<i32>,
+    pub routed: bool,
+    pub error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// What a deploy event says about a demo.
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    pub owner: String,
+    pub repo: String,
+    pub pr: i64,
+    pub name: String,
+    pub sha: String,
+    pub clone_url: String,
+    pub github_user: String,
+}
+
+/// Create the demo or ask an existing one for a new generation running `sha`.
+pub async fn upsert_for_deploy(db: impl PgExecutor<'_>, req: &DeployRequest) -> sqlx::Result<Demo> {
+    sqlx::query_as(
+        "insert into demos (id, owner, repo, pr, name, desired, state, generation, sha, clone_url, github_user)
+         values ($1, $2, $3, $4, $5, 'running', 'pending', 1, $6, $7, $8)
+         on conflict (owner, repo, pr) do update set
+             desired = 'running', generation = demos.generation + 1, sha = excluded.sha,
+             clone_url = excluded.clone_url, github_user = excluded.github_user,
+             error = null, updated_at = now()
+         returning *",
+    )
+    .bind(Uuid::new_v4())
+    .bind(&req.owner)
+    .bind(&req.repo)
+    .bind(req.pr)
+    .bind(&req.name)
+    .bind(&req.sha)
+    .bind(&req.clone_url)
+    .bind(&req.github_user)
+    .fetch_one(db)
+    .await
+}
+
+/// Ask an existing demo to stop, as a new generation. `None` when there is no such demo.
+pub async fn mark_for_teardown(db: impl PgExecutor<'_>, owner: &str, repo: &str, pr: i64) -> sqlx::Result<Option<Demo>> {
+    sqlx::query_as(
+        "update demos set desired = 'stopped', state = 'stopping', generation = generation + 1,
+                          error = null, updated_at = now()
+         where owner = $1 and repo = $2 and pr = $3
+         returning *",
+    )
+    .bind(owner)
+    .bind(repo)
+    .bind(pr)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn get_for_update(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Demo> {
+    sqlx::query_as("select * from demos where id = $1 for update").bind(id).fetch_one(db).await
+}
+
+pub async fn set_state(db: impl PgExecutor<'_>, id: Uuid, state: &str, error: Option<&str>) -> sqlx::Result<()> {
+    sqlx::query("update demos set state = $2, error = $3, updated_at = now() where id = $1")
+        .bind(id)
+        .bind(state)
+        .bind(error)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_host(db: impl PgExecutor<'_>, id: Uuid, host_id: Option<&str>) -> sqlx::Result<()> {
+    sqlx::query("update demos set host_id = $2, host_port = case when $2 is null then null else host_port end,
+                                  updated_at = now() where id = $1")
+        .bind(id)
+        .bind(host_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_host_port(db: impl PgExecutor<'_>, id: Uuid, port: u16) -> sqlx::Result<()> {
+    sqlx::query("update demos set host_port = $2, updated_at = now() where id = $1")
+        .bind(id)
+        .bind(i32::from(port))
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_routed(db: impl PgExecutor<'_>, id: Uuid, routed: bool) -> sqlx::Result<()> {
+    sqlx::query("update demos set routed = $2, updated_at = now() where id = $1")
+        .bind(id)
+        .bind(routed)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn list(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Demo>> {
+    sqlx::query_as("select * from demos order by created_at desc, id").fetch_all(db).await
+}
+
+/// One routed demo: the edge sends `<name>.<domain>` to `address:port`.
+#[derive(Debug, Clone, FromRow)]
+pub struct Route {
+    pub name: String,
+    pub address: String,
+    pub host_port: i32,
+}
+
+pub async fn routes(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Route>> {
+    sqlx::query_as(
+        "select d.name, h.address, d.host_port from demos d join hosts h on h.id = d.host_id
+         where d.routed and d.host_port is not null",
+    )
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,44 @@
+//! Hosts: what their agents last said, and placement of demos on them.
+
+use serde::Serialize;
+use sqlx::{FromRow, PgExecutor};
+use time::OffsetDateTime;
+
+use demofleet_common::wire::Heartbeat;
+
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct Host {
+    pub id: String,
+    pub address: String,
+    pub capacity: i32,
+    pub agent_version: String,
+    pub draining: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub first_seen: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+    pub inventory: serde_json::Value,
+}
+
+/// Record a heartbeat: the host exists, is alive now, and has this inventory.
+pub async fn record_heartbeat(db: impl PgExecutor<'_>, beat: &Heartbeat) -> sqlx::Result<()> {
+    let capacity = i32::try_from(beat.capacity).unwrap_or(i32::MAX);
+    sqlx::query(
+        "insert into hosts (id, address, capacity, agent_version, inventory)
+         values ($1, $2, $3, $4, $5)
+         on conflict (id) do update set address = excluded.address, capacity = excluded.capacity,
+             agent_version = excluded.agent_version, inventory = excluded.inventory, last_seen = now()",
+    )
+    .bind(&beat.host_id)
+    .bind(&beat.address)
+    .bind(capacity)
+    .bind(&beat.agent_version)
+    .bind(serde_json::to_value(&beat.inventory).unwrap_or_default())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn list(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Host>> {
+    sqlx::query_as("select * from hosts order by id").fetch_all(db).await
+}

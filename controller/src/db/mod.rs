@@ -1,0 +1,10 @@
+//! Queries on the state of record, one module per table group. Functions take any
+//! executor so callers decide the transaction.
+
+pub mod chains;
+pub mod demos;
+pub mod hosts;
+pub mod outbox;
+
+/// A Postgres transaction.
+pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;

@@ -1,0 +1,58 @@
+//! The controller's HTTP error: bad input gets a specific 4xx and a message saying what is
+//! wrong; internal errors are logged with their cause and the client learns only that.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Database(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A unique-key violation means the client asked for something that clashes with what
+    /// exists: 409 with `message`. Any other database error stays internal.
+    pub fn conflict_on_unique(err: sqlx::Error, message: impl Into<String>) -> ApiError {
+        match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => ApiError::Conflict(message.into()),
+            _ => ApiError::Database(err),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Database(err) => tracing::error!(error = %err, "database error"),
+            ApiError::Internal(err) => tracing::error!(error = format!("{err:#}"), "internal error"),
+            _ => tracing::debug!(%status, message = %self, "request refused"),
+        }
+        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+    }
+}

@@ -1,0 +1,69 @@
+//! Keeping up with the fleet: agents' heartbeats from NATS, and a periodic tick that places
+//! waiting demos and refreshes the route table.
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use demofleet_common::topology;
+use demofleet_common::wire::{Heartbeat, WIRE_VERSION};
+
+use crate::db::{chains, hosts};
+use crate::scheduler::orchestrate;
+use crate::state::AppState;
+
+/// Record every heartbeat until `stop`.
+pub async fn run_heartbeats(app: AppState, mut subscriber: async_nats::Subscriber, stop: CancellationToken) {
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = subscriber.next() => m,
+        };
+        let Some(message) = message else {
+            tracing::warn!("heartbeat subscription ended");
+            return;
+        };
+        let beat: Heartbeat = match serde_json::from_slice(&message.payload) {
+            Ok(b) => b,
+            Err(err) => {
+                tracing::warn!(subject = %message.subject, error = %err, "unreadable heartbeat dropped");
+                continue;
+            }
+        };
+        let expected = topology::heartbeat_subject(&app.config.nats_prefix, &beat.host_id);
+        if beat.version != WIRE_VERSION || message.subject.as_str() != expected {
+            tracing::warn!(subject = %message.subject, host = %beat.host_id, "heartbeat of another version or subject dropped");
+            continue;
+        }
+        if let Err(err) = hosts::record_heartbeat(&app.db, &beat).await {
+            tracing::warn!(host = %beat.host_id, error = %err, "recording a heartbeat failed");
+        }
+    }
+}
+
+/// Every tick: give waiting chains a host if one is free now, and reload the route table.
+pub async fn run_tick(app: AppState, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(app.config.tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        if let Err(err) = place_waiting(&app).await {
+            tracing::warn!(error = %err, "placing waiting demos failed");
+        }
+        if let Err(err) = app.routes.reload(&app.db).await {
+            tracing::warn!(error = %err, "route table reload failed");
+        }
+    }
+}
+
+async fn place_waiting(app: &AppState) -> sqlx::Result<()> {
+    for chain in chains::waiting(&app.db, 100).await? {
+        let mut tx = app.db.begin().await?;
+        let effects = orchestrate::advance(&mut tx, app, chain).await?;
+        tx.commit().await?;
+        app.apply(effects).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! The JSON API: `GET /api/demos` and `GET /api/hosts`.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::db::{demos, hosts};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/demos", get(list_demos)).route("/api/hosts", get(list_hosts))
+}
+
+/// A demo as the operator contract lists it.
+#[derive(Debug, Serialize)]
+pub struct DemoView {
+    pub id: Uuid,
+    pub owner: String,
+    pub repo: String,
+    pub pr: i64,
+    pub name: String,
+    pub state: String,
+    pub desired: String,
+    pub url: String,
+    pub host: Option<String>,
+    pub sha: String,
+    pub generation: i64,
+    pub error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl DemoView {
+    pub fn new(app: &AppState, demo: demos::Demo) -> DemoView {
+        DemoView {
+            url: app.urls.url(&app.urls.hostname(&demo.name)),
+            id: demo.id,
+            owner: demo.owner,
+            repo: demo.repo,
+            pr: demo.pr,
+            name: demo.name,
+            state: demo.state,
+            desired: demo.desired,
+            host: demo.host_id,
+            sha: demo.sha,
+            generation: demo.generation,
+            error: demo.error,
+            updated_at: demo.updated_at,
+        }
+    }
+}
+
+async fn list_demos(State(app): State<AppState>) -> Result<Json<Vec<DemoView>>, ApiError> {
+    let list = demos::list(&app.db).await?;
+    Ok(Json(list.into_iter().map(|d| DemoView::new(&app, d)).collect()))
+}
+
+/// A host with how long ago it was last heard from.
+#[derive(Debug, Serialize)]
+pub struct HostView {
+    #[serde(flatten)]
+    pub host: hosts::Host,
+    pub seconds_since_seen: f64,
+    pub alive: bool,
+}
+
+async fn list_hosts(State(app): State<AppState>) -> Result<Json<Vec<HostView>>, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let list = hosts::list(&app.db).await?;
+    let views = list
+        .into_iter()
+        .map(|host| {
+            let age = (now - host.last_seen).as_seconds_f64().max(0.0);
+            HostView { alive: age < app.config.host_timeout.as_secs_f64(), seconds_since_seen: age, host }
+        })
+        .collect();
+    Ok(Json(views))
+}

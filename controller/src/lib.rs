@@ -1,0 +1,127 @@
+//! The demofleet controller: takes GitHub webhooks, keeps the fleet's state in Postgres,
+//! places demos on hosts, drives their task chains over RabbitMQ, hears agents over NATS,
+//! and routes demo hostnames through its edge proxy.
+//!
+//! # Layout
+//! - [`config`]: settings (flags and `DEMOFLEET_*` variables).
+//! - [`webhook`]: `POST /webhook/github`: signatures, payloads, intake.
+//! - [`scheduler`]: placement and chain orchestration.
+//! - [`broker`]: RabbitMQ connection, outbox publisher, result consumer.
+//! - [`fleet`]: heartbeats and the periodic tick.
+//! - [`edge`]: the built-in edge proxy and its route table.
+//! - [`http`]: routers for the API, health and index page.
+//! - [`db`]: queries, one module per table group.
+//! - [`state`], [`error`]: shared state and the HTTP error type.
+
+pub mod broker;
+pub mod config;
+pub mod db;
+pub mod edge;
+pub mod error;
+pub mod fleet;
+pub mod http;
+pub mod scheduler;
+pub mod state;
+pub mod webhook;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use config::Config;
+use state::{AppState, DemoUrls};
+
+/// The migrations in `migrations/`, applied at start.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// A started controller: its listening addresses, and the handle that stops it.
+pub struct Controller {
+    pub http_addr: SocketAddr,
+    pub edge_addr: SocketAddr,
+    pub state: AppState,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Controller {
+    /// Connect to everything, migrate, bind both listeners and start every task.
+    pub async fn start(config: Config) -> anyhow::Result<Controller> {
+        config.validate()?;
+        let db = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&config.database_url)
+            .await
+            .context("connecting to PostgreSQL (DEMOFLEET_DATABASE_URL)")?;
+        MIGRATOR.run(&db).await.context("applying migrations")?;
+        let broker = broker::Broker::connect(&config.amqp_url).await.context("connecting to RabbitMQ (DEMOFLEET_AMQP_URL)")?;
+        let nats = async_nats::connect(&config.nats_url).await.context("connecting to NATS (DEMOFLEET_NATS_URL)")?;
+        let heartbeats = nats.subscribe(demofleet_common::topology::all_heartbeats(&config.nats_prefix)).await?;
+
+        let http_listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let edge_listener =
+            TcpListener::bind(config.edge_listen).await.with_context(|| format!("binding {}", config.edge_listen))?;
+        let http_addr = http_listener.local_addr()?;
+        let edge_addr = edge_listener.local_addr()?;
+        let public_port = config
+            .public_port
+            .or_else(|| (config.base_domain == "localhost").then_some(edge_addr.port()));
+        let urls = DemoUrls { base_domain: config.base_domain.clone(), scheme: config.public_scheme.clone(), port: public_port };
+
+        let state = AppState {
+            config: Arc::new(config),
+            db,
+            broker: Arc::new(broker),
+            nats,
+            routes: edge::RouteTable::default(),
+            outbox: Arc::new(Notify::new()),
+            urls: Arc::new(urls),
+        };
+        state.routes.reload(&state.db).await?;
+
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(broker::run_publisher(state.clone(), stop.clone()));
+        tasks.spawn(broker::run_result_consumer(state.clone(), stop.clone()));
+        tasks.spawn(fleet::run_heartbeats(state.clone(), heartbeats, stop.clone()));
+        tasks.spawn(fleet::run_tick(state.clone(), stop.clone()));
+        let edge = Arc::new(edge::proxy::Edge::new(state.routes.clone(), state.urls.clone()));
+        tasks.spawn(edge.serve(edge_listener, stop.clone()));
+        let app = http::router(state.clone());
+        let http_stop = stop.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(http_listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(http_stop.cancelled_owned())
+                .await;
+            if let Err(err) = served {
+                tracing::error!(error = %err, "HTTP server failed");
+            }
+        });
+        tasks.close();
+        tracing::info!(%http_addr, %edge_addr, "controller started");
+        Ok(Controller { http_addr, edge_addr, state, stop, tasks })
+    }
+
+    /// Stop every task and wait for them to finish.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+/// Run until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let controller = Controller::start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    controller.shutdown().await;
+    Ok(())
+}

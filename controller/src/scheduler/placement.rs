@@ -1,0 +1,43 @@
+//! Choosing a host: sticky to the one that already has the demo, else the live, not
+//! draining host with the most free capacity. Eligible hosts are locked in id order, so two
+//! concurrent placements see each other's result and never overfill a host.
+
+use std::time::Duration;
+
+use crate::db::Tx;
+
+/// The host for a demo now on `current` (if any), or `None` when no host can take it.
+pub async fn place(tx: &mut Tx<'_>, current: Option<&str>, host_timeout: Duration) -> sqlx::Result<Option<String>> {
+    let timeout_secs = host_timeout.as_secs_f64();
+    let hosts: Vec<(String, i32)> = sqlx::query_as(
+        "select id, capacity from hosts
+         where not draining and last_seen > now() - make_interval(secs => $1)
+         order by id for update",
+    )
+    .bind(timeout_secs)
+    .fetch_all(&mut **tx)
+    .await?;
+    if let Some(current) = current {
+        if hosts.iter().any(|(id, _)| id == current) {
+            return Ok(Some(current.to_string()));
+        }
+    }
+    let ids: Vec<&str> = hosts.iter().map(|(id, _)| id.as_str()).collect();
+    let used: Vec<(String, i64)> = sqlx::query_as(
+        "select host_id, count(*) from demos where host_id = any($1) and desired = 'running' group by host_id",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let free = |id: &str, capacity: i32| {
+        let used = used.iter().find(|(h, _)| h == id).map_or(0, |(_, n)| *n);
+        i64::from(capacity) - used
+    };
+    Ok(hosts
+        .iter()
+        .map(|(id, capacity)| (free(id, *capacity), id))
+        .filter(|(free, _)| *free > 0)
+        // Most free first; ties go to the smallest id, for predictability.
+        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(a.1)))
+        .map(|(_, id)| id.clone()))
+}

@@ -1,0 +1,124 @@
+//! The parts of GitHub's webhook payloads that demofleet reads, and what each event asks for.
+
+use serde::Deserialize;
+
+/// The fields of a `pull_request` event that decide a demo.
+#[derive(Debug, Deserialize)]
+pub struct PullRequestEvent {
+    pub action: String,
+    pub number: u64,
+    pub pull_request: PullRequest,
+    /// The base repository: the one the PR is opened against, and the demo belongs to.
+    pub repository: Repository,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PullRequest {
+    pub user: User,
+    pub head: Head,
+    #[serde(default)]
+    pub merged: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Head {
+    pub sha: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The fork for fork PRs; null when the fork was deleted.
+    pub repo: Option<Repository>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Repository {
+    pub name: String,
+    pub owner: User,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct User {
+    pub login: String,
+}
+
+/// What a `pull_request` action asks of its demo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// Build and run the head commit (new or updated).
+    Deploy,
+    /// Tear the demo down.
+    Teardown,
+    /// Nothing for demofleet to do.
+    Ignore,
+}
+
+impl PullRequestEvent {
+    pub fn intent(&self) -> Intent {
+        match self.action.as_str() {
+            "opened" | "reopened" | "synchronize" | "ready_for_review" => Intent::Deploy,
+            "closed" => Intent::Teardown,
+            _ => Intent::Ignore,
+        }
+    }
+}
+
+/// Why a payload cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("payload field `{path}`: {message}")]
+pub struct PayloadError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Parse `body` as `T`, naming the offending field on failure.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, PayloadError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        // serde_json appends " at line L column C"; the path already says where.
+        let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+        PayloadError { path, message }
+    })
+}
+
+/// A SHA-1 or SHA-256 commit id, in hex.
+pub fn is_commit_sha(sha: &str) -> bool {
+    matches!(sha.len(), 40 | 64) && sha.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn testdata(name: &str) -> Vec<u8> {
+        let dir = std::env::var("DEMOFLEET_SHARED_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared").to_string());
+        std::fs::read(format!("{dir}/testdata/github/{name}")).unwrap()
+    }
+
+    #[test]
+    fn real_payloads_parse_to_the_right_intent() {
+        for (file, intent) in [
+            ("pull_request.opened.json", Intent::Deploy),
+            ("pull_request.reopened.json", Intent::Deploy),
+            ("pull_request.synchronize.json", Intent::Deploy),
+            ("pull_request.closed.json", Intent::Teardown),
+        ] {
+            let event: PullRequestEvent = parse(&testdata(file)).unwrap();
+            assert_eq!(event.intent(), intent, "{file}");
+            assert_eq!(event.repository.owner.login, "Codertocat");
+            assert!(is_commit_sha(&event.pull_request.head.sha));
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = parse::<PullRequestEvent>(br#"{"action":"opened","number":"two"}"#).unwrap_err();
+        assert_eq!(err.path, "number");
+        let err = parse::<PullRequestEvent>(br#"{"action":"opened","number":2,"repository":{"name":"r"}}"#)
+            .unwrap_err();
+        assert_eq!(err.path, "repository");
+        assert!(err.message.contains("owner"), "{}", err.message);
+    }
+}

@@ -1,0 +1,202 @@
+//! `POST /webhook/github`: verify, record, decide, and answer only once the work is durable.
+//!
+//! # Layout
+//! - [`signature`]: `X-Hub-Signature-256` checking.
+//! - [`event`]: the payload fields we read and what each action asks for.
+
+pub mod event;
+pub mod signature;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use demofleet_common::names;
+use event::{Intent, PullRequestEvent};
+
+use crate::config::Config;
+use crate::db::demos::DeployRequest;
+use crate::error::ApiError;
+use crate::scheduler::{orchestrate, Effects};
+use crate::state::AppState;
+
+pub fn router(config: &Config) -> Router<AppState> {
+    Router::new()
+        .route("/webhook/github", post(receive))
+        .layer(DefaultBodyLimit::max(config.webhook_max_bytes))
+}
+
+type Answer = (StatusCode, Json<Value>);
+
+#[tracing::instrument(skip_all, fields(event, delivery))]
+async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Answer, ApiError> {
+    let signature = headers.get("x-hub-signature-256").map(|v| v.as_bytes());
+    signature::verify(app.config.webhook_secret.as_bytes(), &body, signature)
+        .map_err(|err| ApiError::Unauthorized(err.to_string()))?;
+
+    let event = required_header(&headers, "x-github-event")?;
+    let delivery = required_header(&headers, "x-github-delivery")?;
+    tracing::Span::current().record("event", event).record("delivery", delivery);
+    let payload = json_payload(&headers, &body)?;
+
+    match event {
+        "ping" => record_only(&app, delivery, event, None, "ping", None).await,
+        "pull_request" => pull_request(&app, delivery, &payload).await,
+        _ => {
+            let action = event::parse::<Value>(&payload).ok().and_then(|v| v["action"].as_str().map(String::from));
+            record_only(&app, delivery, event, action.as_deref(), "ignored", Some("event not used by demofleet")).await
+        }
+    }
+}
+
+async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<Answer, ApiError> {
+    let event: PullRequestEvent = event::parse(payload).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let action = event.action.as_str();
+    let intent = event.intent();
+    if intent == Intent::Ignore {
+        return record_only(app, delivery, "pull_request", Some(action), "ignored", Some("action not used by demofleet"))
+            .await;
+    }
+    let owner = &event.repository.owner.login;
+    let repo = &event.repository.name;
+    names::validate_owner(owner).map_err(ApiError::BadRequest)?;
+    names::validate_repo(repo).map_err(ApiError::BadRequest)?;
+    let pr = i64::try_from(event.number)
+        .ok()
+        .filter(|n| *n > 0 && *n <= i64::from(i32::MAX))
+        .ok_or_else(|| ApiError::BadRequest(format!("payload field `number`: {} is not a pull request number", event.number)))?;
+
+    let mut tx = app.db.begin().await?;
+    if !insert_delivery(&mut tx, delivery, "pull_request", Some(action)).await? {
+        return Ok(duplicate(delivery));
+    }
+    let (outcome, demo, effects) = match intent {
+        Intent::Deploy => {
+            let req = deploy_request(app, &event, owner, repo, pr)?;
+            let (demo, effects) = orchestrate::deploy(&mut tx, app, &req, Some(delivery))
+                .await
+                .map_err(|e| ApiError::conflict_on_unique(e, format!("demo name {} is taken by another repository", req.name)))?;
+            ("deploy_queued", Some(demo), effects)
+        }
+        Intent::Teardown => match orchestrate::teardown(&mut tx, app, owner, repo, pr, Some(delivery)).await? {
+            Some((demo, effects)) => ("teardown_queued", Some(demo), effects),
+            None => ("ignored", None, Effects::default()),
+        },
+        Intent::Ignore => unreachable!("handled above"),
+    };
+    let detail = demo.is_none().then_some("no demo for this pull request");
+    set_outcome(&mut tx, delivery, outcome, detail, demo.as_ref().map(|d| d.id)).await?;
+    tx.commit().await?;
+    app.apply(effects).await;
+    let mut answer = json!({ "delivery": delivery, "outcome": outcome });
+    if let Some(demo) = demo {
+        answer["demo"] = json!({ "id": demo.id, "name": demo.name, "generation": demo.generation });
+    }
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+fn deploy_request(app: &AppState, event: &PullRequestEvent, owner: &str, repo: &str, pr: i64) -> Result<DeployRequest, ApiError> {
+    let head = &event.pull_request.head;
+    if !event::is_commit_sha(&head.sha) {
+        return Err(ApiError::BadRequest("payload field `pull_request.head.sha`: not a commit id".into()));
+    }
+    // Fork PRs build from the fork; a deleted fork leaves only the base repository.
+    let (head_owner, head_repo) = match &head.repo {
+        Some(r) => (r.owner.login.as_str(), r.name.as_str()),
+        None => (owner, repo),
+    };
+    names::validate_owner(head_owner).map_err(|e| ApiError::BadRequest(format!("head repository: {e}")))?;
+    names::validate_repo(head_repo).map_err(|e| ApiError::BadRequest(format!("head repository: {e}")))?;
+    let name = names::demo_name(repo, owner, pr as u64).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(DeployRequest {
+        owner: owner.to_string(),
+        repo: repo.to_string(),
+        pr,
+        name,
+        sha: head.sha.to_ascii_lowercase(),
+        clone_url: app.config.clone_url(head_owner, head_repo),
+        github_user: event.pull_request.user.login.clone(),
+    })
+}
+
+/// Record a delivery that starts no work, and answer for it.
+async fn record_only(
+    app: &AppState,
+    delivery: &str,
+    event: &str,
+    action: Option<&str>,
+    outcome: &str,
+    detail: Option<&str>,
+) -> Result<Answer, ApiError> {
+    let mut tx = app.db.begin().await?;
+    if !insert_delivery(&mut tx, delivery, event, action).await? {
+        return Ok(duplicate(delivery));
+    }
+    set_outcome(&mut tx, delivery, outcome, detail, None).await?;
+    tx.commit().await?;
+    let status = if outcome == "ping" { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(json!({ "delivery": delivery, "outcome": outcome }))))
+}
+
+fn duplicate(delivery: &str) -> Answer {
+    (StatusCode::OK, Json(json!({ "delivery": delivery, "outcome": "duplicate" })))
+}
+
+/// False when this delivery id was already recorded (a redelivery).
+async fn insert_delivery(tx: &mut crate::db::Tx<'_>, delivery: &str, event: &str, action: Option<&str>) -> sqlx::Result<bool> {
+    let inserted = sqlx::query(
+        "insert into webhook_deliveries (delivery_id, event, action, outcome) values ($1, $2, $3, 'received')
+         on conflict (delivery_id) do nothing",
+    )
+    .bind(delivery)
+    .bind(event)
+    .bind(action)
+    .execute(&mut **tx)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+async fn set_outcome(
+    tx: &mut crate::db::Tx<'_>,
+    delivery: &str,
+    outcome: &str,
+    detail: Option<&str>,
+    demo: Option<uuid::Uuid>,
+) -> sqlx::Result<()> {
+    sqlx::query("update webhook_deliveries set outcome = $2, detail = $3, demo_id = $4 where delivery_id = $1")
+        .bind(delivery)
+        .bind(outcome)
+        .bind(detail)
+        .bind(demo)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn required_header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, ApiError> {
+    let value = headers.get(name).ok_or_else(|| ApiError::BadRequest(format!("missing {name} header")))?;
+    let value = value.to_str().map_err(|_| ApiError::BadRequest(format!("{name} header is not text")))?;
+    if value.is_empty() || value.len() > 200 {
+        return Err(ApiError::BadRequest(format!("{name} header must be 1-200 characters")));
+    }
+    Ok(value)
+}
+
+/// The JSON document of a delivery: the body itself, or the `payload` field of a form.
+fn json_payload(headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Ok(body.to_vec()),
+        "application/x-www-form-urlencoded" => url::form_urlencoded::parse(body)
+            .find(|(k, _)| k == "payload")
+            .map(|(_, v)| v.into_owned().into_bytes())
+            .ok_or_else(|| ApiError::BadRequest("form body has no `payload` field".into())),
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "content type {other:?} is not supported; use application/json or application/x-www-form-urlencoded"
+        ))),
+    }
+}

@@ -1,0 +1,124 @@
+# Shared shell helpers for scripts/up, scripts/test and scripts/down. Sourced, not run.
+# Everything here is idempotent: running it again finds what is there and leaves it.
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE_DIR=${DEMOFLEET_STATE_DIR:-$ROOT/.demofleet}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/demofleet-target}
+
+# Local service credentials. Loopback only; override through the environment.
+PG_USER=${DEMOFLEET_PG_USER:-demofleet}
+PG_PASSWORD=${DEMOFLEET_PG_PASSWORD:-demofleet}
+PG_DB=${DEMOFLEET_PG_DB:-demofleet}
+AMQP_USER=${DEMOFLEET_AMQP_USER:-demofleet}
+AMQP_PASSWORD=${DEMOFLEET_AMQP_PASSWORD:-demofleet}
+AMQP_VHOST=${DEMOFLEET_AMQP_VHOST:-demofleet}
+NATS_PORT=${DEMOFLEET_NATS_PORT:-4222}
+BASE_IMAGE=${DEMOFLEET_BASE_IMAGE:-demofleet/base:busybox}
+
+log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+
+# wait_for DESCRIPTION SECONDS COMMAND...: poll COMMAND until it succeeds or the deadline passes.
+wait_for() {
+    local what=$1 deadline=$(( $(date +%s) + $2 )); shift 2
+    until "$@" >/dev/null 2>&1; do
+        if (( $(date +%s) > deadline )); then echo "timed out waiting for $what" >&2; return 1; fi
+        sleep 0.3
+    done
+}
+
+# Install with apt-get whatever is absent. Runs `apt-get update` only when something is missing.
+ensure_packages() {
+    local missing=() pkg
+    for pkg in postgresql rabbitmq-server nats-server git busybox-static curl iproute2; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if ((${#missing[@]})); then
+        log "installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    command -v docker >/dev/null || { echo "docker is required and not installed" >&2; return 1; }
+    docker info >/dev/null 2>&1 || { echo "the Docker Engine is not reachable" >&2; return 1; }
+}
+
+start_postgres() {
+    local version cluster
+    version=$(pg_lsclusters -h | awk 'NR==1 {print $1}')
+    cluster=$(pg_lsclusters -h | awk 'NR==1 {print $2}')
+    if [ -z "$version" ]; then
+        version=$(ls /usr/lib/postgresql | sort -n | tail -1); cluster=main
+        pg_createcluster "$version" "$cluster" >/dev/null
+    fi
+    if ! pg_lsclusters -h | awk -v c="$cluster" '$2==c {print $4}' | grep -q online; then
+        log "starting PostgreSQL $version/$cluster"
+        pg_ctlcluster "$version" "$cluster" start
+    fi
+    wait_for postgres 30 su postgres -c "psql -qtAc 'select 1'"
+    su postgres -c "psql -qtAc \"select 1 from pg_roles where rolname='$PG_USER'\"" | grep -q 1 ||
+        su postgres -c "psql -qc \"create role $PG_USER login createdb password '$PG_PASSWORD'\""
+    su postgres -c "psql -qtAc \"select 1 from pg_database where datname='$PG_DB'\"" | grep -q 1 ||
+        su postgres -c "createdb -O $PG_USER $PG_DB"
+}
+
+start_rabbitmq() {
+    if ! rabbitmqctl -q status >/dev/null 2>&1; then
+        log "starting RabbitMQ"
+        rabbitmq-server -detached >/dev/null 2>&1 || true
+        wait_for rabbitmq 90 rabbitmqctl -q await_startup
+    fi
+    rabbitmq-plugins -q list -e -m | grep -qx rabbitmq_management ||
+        rabbitmq-plugins -q enable rabbitmq_management >/dev/null
+    rabbitmqctl -q list_users | awk '{print $1}' | grep -qx "$AMQP_USER" ||
+        rabbitmqctl -q add_user "$AMQP_USER" "$AMQP_PASSWORD" >/dev/null
+    # administrator: the test harness creates a vhost per test through the management API.
+    rabbitmqctl -q set_user_tags "$AMQP_USER" administrator >/dev/null
+    rabbitmqctl -q list_vhosts | grep -qx "$AMQP_VHOST" || rabbitmqctl -q add_vhost "$AMQP_VHOST" >/dev/null
+    rabbitmqctl -q set_permissions -p "$AMQP_VHOST" "$AMQP_USER" '.*' '.*' '.*' >/dev/null
+    wait_for "rabbitmq management" 60 curl -fsS -u "$AMQP_USER:$AMQP_PASSWORD" http://127.0.0.1:15672/api/overview
+}
+
+start_nats() {
+    mkdir -p "$STATE_DIR"
+    if ! (exec 3<>/dev/tcp/127.0.0.1/"$NATS_PORT") 2>/dev/null; then
+        log "starting NATS on 127.0.0.1:$NATS_PORT"
+        nohup nats-server -a 127.0.0.1 -p "$NATS_PORT" -P "$STATE_DIR/nats.pid" \
+            >"$STATE_DIR/nats.log" 2>&1 &
+        wait_for nats 20 bash -c "exec 3<>/dev/tcp/127.0.0.1/$NATS_PORT"
+    fi
+}
+
+# The image example demos build FROM: a busybox-static rootfs imported into Docker (no registry here).
+ensure_base_image() {
+    docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && return 0
+    log "building base image $BASE_IMAGE from busybox-static"
+    local rootfs; rootfs=$(mktemp -d)
+    mkdir -p "$rootfs"/{bin,etc,tmp,www,var/www}
+    cp /bin/busybox "$rootfs/bin/busybox"
+    for applet in $("$rootfs/bin/busybox" --list); do
+        [ -e "$rootfs/bin/$applet" ] || ln -s busybox "$rootfs/bin/$applet"
+    done
+    echo 'root:x:0:0:root:/root:/bin/sh' >"$rootfs/etc/passwd"
+    echo 'nobody:x:65534:65534:nobody:/:/bin/false' >>"$rootfs/etc/passwd"
+    printf 'root:x:0:\nnogroup:x:65534:\n' >"$rootfs/etc/group"
+    tar -C "$rootfs" -c . | docker import -c 'ENV PATH=/bin' -c 'CMD ["/bin/sh"]' - "$BASE_IMAGE" >/dev/null
+    rm -rf "$rootfs"
+}
+
+start_services() {
+    ensure_packages
+    start_postgres
+    start_rabbitmq
+    start_nats
+    ensure_base_image
+}
+
+# The URLs of the local services, for the controller, agent and tests.
+export_service_env() {
+    export DEMOFLEET_DATABASE_URL=${DEMOFLEET_DATABASE_URL:-postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/$PG_DB}
+    export DEMOFLEET_AMQP_URL=${DEMOFLEET_AMQP_URL:-amqp://$AMQP_USER:$AMQP_PASSWORD@127.0.0.1:5672/$AMQP_VHOST}
+    export DEMOFLEET_AMQP_MANAGEMENT_URL=${DEMOFLEET_AMQP_MANAGEMENT_URL:-http://$AMQP_USER:$AMQP_PASSWORD@127.0.0.1:15672}
+    export DEMOFLEET_NATS_URL=${DEMOFLEET_NATS_URL:-nats://127.0.0.1:$NATS_PORT}
+    export DEMOFLEET_BASE_IMAGE=$BASE_IMAGE
+}
