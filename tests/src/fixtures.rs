@@ -1,0 +1,106 @@
+//! Demo repositories on disk and GitHub's webhook payloads from `shared/testdata`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::services::shared_dir;
+
+/// A bare git repository at `<root>/<owner>/<repo>.git`, served like GitHub serves
+/// repositories: a single commit can be fetched by its id.
+pub struct FixtureRepo {
+    pub owner: String,
+    pub repo: String,
+    pub bare: PathBuf,
+    work: PathBuf,
+}
+
+impl FixtureRepo {
+    pub fn create(root: &Path, owner: &str, repo: &str) -> FixtureRepo {
+        let bare = root.join(owner).join(format!("{repo}.git"));
+        let work = root.join("work").join(owner).join(repo);
+        std::fs::create_dir_all(&bare).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        git(&bare, &["init", "--quiet", "--bare"]);
+        git(&bare, &["config", "uploadpack.allowReachableSHA1InWant", "true"]);
+        git(&work, &["init", "--quiet", "-b", "main"]);
+        FixtureRepo { owner: owner.into(), repo: repo.into(), bare, work }
+    }
+
+    /// Commit `files` (path, content) on top of what is there, push, and return the commit id.
+    pub fn commit(&self, message: &str, files: &[(&str, &str)]) -> String {
+        for (path, content) in files {
+            let path = self.work.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        git(&self.work, &["add", "--all"]);
+        git(&self.work, &["commit", "--quiet", "-m", message]);
+        let bare = self.bare.to_str().unwrap();
+        git(&self.work, &["push", "--quiet", "--force", bare, "HEAD:refs/heads/main"]);
+        git_output(&self.work, &["rev-parse", "HEAD"])
+    }
+}
+
+/// A demo that serves `marker` in its page, built FROM the local base image.
+pub fn static_site(base_image: &str, marker: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "Dockerfile",
+            format!(
+                "FROM {base_image}\nCOPY index.html /www/index.html\nEXPOSE 8080\n\
+                 CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
+            ),
+        ),
+        ("index.html", format!("<!doctype html><title>fixture</title><h1>{marker}</h1>\n")),
+    ]
+}
+
+pub fn git(dir: &Path, args: &[&str]) {
+    git_output(dir, args);
+}
+
+pub fn git_output(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Fixture")
+        .env("GIT_AUTHOR_EMAIL", "fixture@example.invalid")
+        .env("GIT_COMMITTER_NAME", "Fixture")
+        .env("GIT_COMMITTER_EMAIL", "fixture@example.invalid")
+        .output()
+        .expect("git runs");
+    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// A payload from `shared/testdata/github/`, as GitHub sent it.
+pub fn payload(file: &str) -> Value {
+    let path = shared_dir().join("testdata/github").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A real `pull_request` payload edited to point at `repo` and its commit `sha`, as if the
+/// PR were opened against `repo` from a branch of the same repository.
+pub fn pull_request(file: &str, repo: &FixtureRepo, sha: &str) -> Value {
+    let mut value = payload(file);
+    for path in ["/repository", "/pull_request/head/repo", "/pull_request/base/repo"] {
+        let target = value.pointer_mut(path).unwrap_or_else(|| panic!("{file} has {path}"));
+        target["name"] = repo.repo.clone().into();
+        target["full_name"] = format!("{}/{}", repo.owner, repo.repo).into();
+        target["owner"]["login"] = repo.owner.clone().into();
+    }
+    value["pull_request"]["head"]["sha"] = sha.into();
+    value
+}
+
+/// `X-Hub-Signature-256` for `body`, as GitHub computes it.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}

@@ -1,0 +1,168 @@
+//! The shared services and each test's private slice of them.
+
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+/// Where the services are: the environment `scripts/test` exports, else the defaults that
+/// `scripts/up` creates.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub database_url: String,
+    pub amqp_url: String,
+    pub amqp_management_url: String,
+    pub nats_url: String,
+    pub base_image: String,
+}
+
+impl Services {
+    pub fn from_env() -> Services {
+        let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
+        Services {
+            database_url: var("DEMOFLEET_DATABASE_URL", "postgres://demofleet:demofleet@127.0.0.1:5432/demofleet"),
+            amqp_url: var("DEMOFLEET_AMQP_URL", "amqp://demofleet:demofleet@127.0.0.1:5672/demofleet"),
+            amqp_management_url: var("DEMOFLEET_AMQP_MANAGEMENT_URL", "http://demofleet:demofleet@127.0.0.1:15672"),
+            nats_url: var("DEMOFLEET_NATS_URL", "nats://127.0.0.1:4222"),
+            base_image: var("DEMOFLEET_BASE_IMAGE", "demofleet/base:busybox"),
+        }
+    }
+}
+
+/// `shared/` of the project: `DEMOFLEET_SHARED_DIR`, else beside the checkout.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("DEMOFLEET_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
+}
+
+/// `url` with its database name replaced.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/{name}")
+}
+
+/// The migrated template, made once per migration set (under an advisory lock, since test
+/// binaries run side by side).
+async fn template(services: &Services) -> &'static str {
+    static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| async {
+            let mut digest = Sha256::new();
+            for migration in demofleet_controller::MIGRATOR.iter() {
+                digest.update(migration.version.to_le_bytes());
+                digest.update(&*migration.checksum);
+            }
+            let name = format!("demofleet_tmpl_{}", &hex::encode(digest.finalize())[..12]);
+            let mut admin = PgConnection::connect(&services.database_url).await.expect("connect to PostgreSQL");
+            admin.execute("select pg_advisory_lock(4242)").await.unwrap();
+            let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+                .bind(&name)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+            if !exists {
+                let building = format!("{name}_building");
+                admin.execute(format!("drop database if exists {building}").as_str()).await.unwrap();
+                admin.execute(format!("create database {building}").as_str()).await.unwrap();
+                let mut conn = PgConnection::connect(&with_database(&services.database_url, &building)).await.unwrap();
+                demofleet_controller::MIGRATOR.run(&mut conn).await.expect("migrations apply");
+                conn.close().await.unwrap();
+                admin.execute(format!("alter database {building} rename to {name}").as_str()).await.unwrap();
+            }
+            admin.execute("select pg_advisory_unlock(4242)").await.unwrap();
+            name
+        })
+        .await
+}
+
+/// A database of this test's own, cloned from the migrated template.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    pub async fn create(services: &Services) -> TestDb {
+        let template = template(services).await;
+        let name = format!("test_{}", Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&services.database_url).await.unwrap();
+        admin.execute(format!("create database {name} template {template}").as_str()).await.unwrap();
+        TestDb { url: with_database(&services.database_url, &name), name, admin_url: services.database_url.clone() }
+    }
+
+    pub async fn drop_db(self) {
+        let mut admin = PgConnection::connect(&self.admin_url).await.unwrap();
+        let sql = format!("drop database if exists {} with (force)", self.name);
+        admin.execute(sql.as_str()).await.unwrap();
+    }
+}
+
+/// A RabbitMQ vhost of this test's own, made through the management API.
+pub struct TestVhost {
+    pub name: String,
+    pub amqp_url: String,
+    management_url: String,
+    user: String,
+    password: String,
+}
+
+impl TestVhost {
+    pub async fn create(services: &Services) -> TestVhost {
+        let (user, password) = credentials(&services.amqp_url);
+        let name = format!("test-{}", Uuid::new_v4().simple());
+        let management_url = strip_userinfo(&services.amqp_management_url);
+        let client = reqwest::Client::new();
+        let put = |path: String, body: serde_json::Value| {
+            client.put(format!("{management_url}{path}")).basic_auth(&user, Some(&password)).json(&body).send()
+        };
+        let created = put(format!("/api/vhosts/{name}"), serde_json::json!({})).await.expect("management API");
+        assert!(created.status().is_success(), "creating vhost: {}", created.status());
+        let permissions = serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"});
+        let granted = put(format!("/api/permissions/{name}/{user}"), permissions).await.unwrap();
+        assert!(granted.status().is_success(), "granting vhost: {}", granted.status());
+        let (base, _) = services.amqp_url.rsplit_once('/').expect("AMQP URL has a vhost");
+        TestVhost { amqp_url: format!("{base}/{name}"), name, management_url, user, password }
+    }
+
+    /// Messages ready in `queue` of this vhost (0 when the queue does not exist).
+    pub async fn queue_depth(&self, queue: &str) -> u64 {
+        let url = format!("{}/api/queues/{}/{}", self.management_url, self.name, queue);
+        let response = reqwest::Client::new().get(url).basic_auth(&self.user, Some(&self.password)).send().await.unwrap();
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return 0;
+        }
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["messages"].as_u64().unwrap_or(0)
+    }
+
+    pub async fn delete(self) {
+        let url = format!("{}/api/vhosts/{}", self.management_url, self.name);
+        let _ = reqwest::Client::new().delete(url).basic_auth(&self.user, Some(&self.password)).send().await;
+    }
+}
+
+/// User and password from `scheme://user:password@host/...`.
+fn credentials(url: &str) -> (String, String) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let userinfo = rest.split_once('@').map_or("guest:guest", |(u, _)| u);
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    (user.to_string(), password.to_string())
+}
+
+fn strip_userinfo(url: &str) -> String {
+    match (url.split_once("://"), url.split_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
+        _ => url.to_string(),
+    }
+    .trim_end_matches('/')
+    .to_string()
+}
+
+/// A NATS subject prefix of this test's own.
+pub fn nats_prefix() -> String {
+    format!("t{}", Uuid::new_v4().simple())
+}

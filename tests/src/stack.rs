@@ -1,0 +1,227 @@
+//! A controller and its agents, started in-process on this test's own slice of the services.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::Value;
+use sqlx::PgPool;
+use tempfile::TempDir;
+use uuid::Uuid;
+
+use demofleet_agent::Agent;
+use demofleet_controller::Controller;
+
+use crate::fixtures::sign;
+use crate::services::{nats_prefix, Services, TestDb, TestVhost};
+use crate::wait;
+
+/// How a stack is set up.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Agents to start, each with its own host id and demo folder.
+    pub agents: usize,
+    /// Extra controller flags, e.g. `--webhook-max-bytes 1024`.
+    pub controller_args: Vec<String>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions { agents: 1, controller_args: Vec::new() }
+    }
+}
+
+/// One running agent of a stack.
+pub struct TestAgent {
+    pub host_id: String,
+    pub demo_dir: PathBuf,
+    agent: Agent,
+}
+
+pub struct Stack {
+    pub services: Services,
+    pub secret: String,
+    pub controller: Controller,
+    pub agents: Vec<TestAgent>,
+    pub db: PgPool,
+    pub vhost: TestVhost,
+    /// Holds fixture repositories and demo folders; removed with the stack.
+    pub scratch: TempDir,
+    test_db: TestDb,
+    http: reqwest::Client,
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> Stack {
+        crate::init_tracing();
+        let services = Services::from_env();
+        let test_db = TestDb::create(&services).await;
+        let vhost = TestVhost::create(&services).await;
+        let prefix = nats_prefix();
+        let scratch = tempfile::Builder::new().prefix("demofleet-test-").tempdir().unwrap();
+        let secret = format!("secret-{}", Uuid::new_v4());
+        let git_url = format!("file://{}/repos/{{owner}}/{{repo}}.git", scratch.path().display());
+        let mut args: Vec<String> = [
+            "demofleet-controller",
+            "--database-url", &test_db.url,
+            "--amqp-url", &vhost.amqp_url,
+            "--nats-url", &services.nats_url,
+            "--nats-prefix", &prefix,
+            "--webhook-secret", &secret,
+            "--git-url", &git_url,
+            "--listen", "127.0.0.1:0",
+            "--edge-listen", "127.0.0.1:0",
+            "--tick", "500ms",
+            "--host-timeout", "5s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(options.controller_args.iter().cloned());
+        let config = demofleet_controller::config::Config::try_parse_from(&args).expect("controller flags");
+        let controller = Controller::start(config).await.expect("controller starts");
+        let db = PgPool::connect(&test_db.url).await.unwrap();
+
+        let mut agents = Vec::new();
+        for _ in 0..options.agents {
+            let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
+            let demo_dir = scratch.path().join("demos").join(&host_id);
+            let args = [
+                "demofleet-agent",
+                "--host-id", &host_id,
+                "--amqp-url", &vhost.amqp_url,
+                "--nats-url", &services.nats_url,
+                "--nats-prefix", &prefix,
+                "--demo-dir", demo_dir.to_str().unwrap(),
+                "--host-address", "127.0.0.1",
+                "--heartbeat-interval", "500ms",
+            ];
+            let config = demofleet_agent::config::Config::try_parse_from(args).expect("agent flags");
+            let agent = Agent::start(config).await.expect("agent starts");
+            agents.push(TestAgent { host_id, demo_dir, agent });
+        }
+        let stack = Stack {
+            services,
+            secret,
+            controller,
+            agents,
+            db,
+            vhost,
+            scratch,
+            test_db,
+            http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        };
+        for agent in &stack.agents {
+            let id = agent.host_id.clone();
+            wait::until(&format!("host {id} in /api/hosts"), Duration::from_secs(20), || async {
+                let hosts = stack.get_json("/api/hosts").await;
+                hosts.as_array()?.iter().any(|h| h["id"] == id.as_str()).then_some(())
+            })
+            .await;
+        }
+        stack
+    }
+
+    /// Where fixture repositories go (matches the controller's `--git-url`).
+    pub fn repos_dir(&self) -> PathBuf {
+        self.scratch.path().join("repos")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.controller.http_addr)
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.http.get(self.url(path)).send().await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// Send `body` as GitHub would: JSON, signed with the stack's secret, with a fresh
+    /// delivery id. Returns the delivery id and the response.
+    pub async fn deliver(&self, event: &str, body: &Value) -> (String, reqwest::Response) {
+        let delivery = Uuid::new_v4().to_string();
+        let response = self.deliver_raw(event, &delivery, &serde_json::to_vec(body).unwrap()).await;
+        (delivery, response)
+    }
+
+    /// Send `body` signed, under a given delivery id.
+    pub async fn deliver_raw(&self, event: &str, delivery: &str, body: &[u8]) -> reqwest::Response {
+        let signature = sign(&self.secret, body);
+        self.webhook(event, delivery, "application/json", Some(&signature), body.to_vec()).await
+    }
+
+    /// A webhook request with every part chosen by the caller.
+    pub async fn webhook(
+        &self,
+        event: &str,
+        delivery: &str,
+        content_type: &str,
+        signature: Option<&str>,
+        body: Vec<u8>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(self.url("/webhook/github"))
+            .header("content-type", content_type)
+            .header("user-agent", "GitHub-Hookshot/044aadd")
+            .header("x-github-event", event)
+            .header("x-github-delivery", delivery)
+            .header("x-github-hook-id", "292430182")
+            .body(body);
+        if let Some(signature) = signature {
+            request = request.header("x-hub-signature-256", signature);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// The demo of `name` as `/api/demos` lists it.
+    pub async fn demo(&self, name: &str) -> Option<Value> {
+        let demos = self.get_json("/api/demos").await;
+        demos.as_array()?.iter().find(|d| d["name"] == name).cloned()
+    }
+
+    /// Wait until the demo `name` is in `state`, and return it.
+    pub async fn wait_for_state(&self, name: &str, state: &str, deadline: Duration) -> Value {
+        let what = format!("demo {name} to be {state}");
+        let found = wait::until(&what, deadline, || async {
+            let demo = self.demo(name).await?;
+            if demo["state"] == "failed" && state != "failed" {
+                return Some(Err(demo));
+            }
+            (demo["state"] == state).then_some(Ok(demo))
+        })
+        .await;
+        found.unwrap_or_else(|demo| panic!("demo {name} failed while waiting for {state}: {demo}"))
+    }
+
+    /// GET `path` through the edge proxy with `Host: host`: status and body.
+    pub async fn edge_get(&self, host: &str, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("http://{}{path}", self.controller.edge_addr))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// Rows in `table` of this test's database.
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("select count(*) from {table}")).fetch_one(&self.db).await.unwrap()
+    }
+
+    /// Stop everything and remove this test's database and vhost.
+    pub async fn stop(self) {
+        for agent in self.agents {
+            agent.agent.shutdown().await;
+        }
+        self.controller.shutdown().await;
+        self.db.close().await;
+        self.test_db.drop_db().await;
+        self.vhost.delete().await;
+    }
+}
