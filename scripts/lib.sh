@@ -28,6 +28,18 @@ wait_for() {
     done
 }
 
+# stop_pidfile FILE: end the process whose id FILE holds (ours), wait for it, remove FILE.
+stop_pidfile() {
+    local file=$1 pid
+    [ -f "$file" ] || return 0
+    pid=$(cat "$file")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill "$pid"
+        wait_for "process $pid to end" 30 bash -c "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$file"
+}
+
 # Install with apt-get whatever is absent. Runs `apt-get update` only when something is missing.
 ensure_packages() {
     local missing=() pkg

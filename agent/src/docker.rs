@@ -101,7 +101,12 @@ fn pack_context(dir: &Path) -> std::io::Result<Vec<u8>> {
 
 /// Run the demo's image as its container, or find it already running. Returns the
 /// container id and the port it is published on at the host's address.
-pub async fn launch(docker: &Docker, config: &Config, host_id: &str, spec: &DemoSpec) -> Result<(String, u16), DockerError> {
+pub async fn launch(
+    docker: &Docker,
+    config: &Config,
+    host_id: &str,
+    spec: &DemoSpec,
+) -> Result<(String, u16), DockerError> {
     let name = container_name(spec);
     if docker.inspect_container(&name, None).await.is_err() {
         let image = image_tag(spec);
@@ -196,7 +201,10 @@ pub async fn log_tail(docker: &Docker, spec: &DemoSpec, lines: usize) -> String 
 }
 
 /// Demo containers of `demo_id` (all generations, running or not).
-async fn containers_of(docker: &Docker, label_filter: String) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
+async fn containers_of(
+    docker: &Docker,
+    label_filter: String,
+) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
     let filters = HashMap::from([("label", vec![label_filter])]);
     let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
     Ok(docker.list_containers(Some(options)).await?)

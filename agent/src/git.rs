@@ -47,7 +47,9 @@ fn redact(message: &str) -> String {
     message
         .split(' ')
         .map(|word| match (word.find("://"), word.find('@')) {
-            (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &word[..scheme], &word[at..]),
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***{}", &word[..scheme], &word[at..])
+            }
             _ => word.to_string(),
         })
         .collect::<Vec<_>>()

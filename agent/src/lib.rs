@@ -91,14 +91,8 @@ impl Agent {
         tokio::fs::create_dir_all(&config.demo_dir)
             .await
             .with_context(|| format!("creating {}", config.demo_dir.display()))?;
-        let context = Arc::new(AgentContext {
-            config,
-            host_id,
-            docker,
-            nats,
-            newest: Mutex::default(),
-            locks: Mutex::default(),
-        });
+        let context =
+            Arc::new(AgentContext { config, host_id, docker, nats, newest: Mutex::default(), locks: Mutex::default() });
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(worker::run(context.clone(), stop.clone()));

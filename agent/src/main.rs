@@ -6,9 +6,5 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DEMOFLEET_LOG").unwrap_or_else(|_| "info".into()))
         .init();
-    let config = Config::parse();
-    demofleet_agent::run(config, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
+    demofleet_agent::run(Config::parse(), demofleet_common::signal::shutdown()).await
 }

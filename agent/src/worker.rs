@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Semaphore;
@@ -47,7 +49,12 @@ async fn consume(ctx: &Arc<AgentContext>, stop: &CancellationToken) -> anyhow::R
     let results = connection.create_channel().await?;
     results.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut consumer = channel
-        .basic_consume(queue.as_str().into(), ctx.host_id.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.as_str().into(),
+            ctx.host_id.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     tracing::info!(%queue, "consuming steps");
     let permits = Arc::new(Semaphore::new(usize::from(ctx.config.concurrency.max(1))));

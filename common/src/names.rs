@@ -110,9 +110,7 @@ pub fn validate_owner(owner: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "owner {owner:?} is not a GitHub login (1-39 ASCII letters, digits or inner single hyphens)"
-        ))
+        Err(format!("owner {owner:?} is not a GitHub login (1-39 ASCII letters, digits or inner single hyphens)"))
     }
 }
 

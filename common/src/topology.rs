@@ -35,9 +35,7 @@ pub fn log_subject(prefix: &str, demo_id: &uuid::Uuid) -> String {
 /// Declare the exchange and a durable queue bound to it under its own name.
 pub async fn declare_queue(channel: &Channel, queue: &str) -> lapin::Result<()> {
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    channel
-        .exchange_declare(EXCHANGE.into(), ExchangeKind::Direct, durable, FieldTable::default())
-        .await?;
+    channel.exchange_declare(EXCHANGE.into(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
     channel.queue_declare(queue.into(), durable, FieldTable::default()).await?;
     channel

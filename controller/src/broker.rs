@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
@@ -108,9 +110,8 @@ async fn publish_pending(app: &AppState, channel: &Channel, declared: &mut HashS
                 topology::declare_queue(channel, &message.routing_key).await?;
             }
             let body = serde_json::to_vec(&message.payload)?;
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into());
+            let properties =
+                BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
             let confirm = channel
                 .basic_publish(
                     topology::EXCHANGE.into(),

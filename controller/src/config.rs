@@ -11,7 +11,11 @@ use demofleet_common::duration::parse_duration;
 #[command(name = "demofleet-controller", version, about = "demofleet controller")]
 pub struct Config {
     /// PostgreSQL URL of the state of record.
-    #[arg(long, env = "DEMOFLEET_DATABASE_URL", default_value = "postgres://demofleet:demofleet@127.0.0.1:5432/demofleet")]
+    #[arg(
+        long,
+        env = "DEMOFLEET_DATABASE_URL",
+        default_value = "postgres://demofleet:demofleet@127.0.0.1:5432/demofleet"
+    )]
     pub database_url: String,
 
     /// RabbitMQ URL (with vhost) for task chains.
@@ -70,6 +74,10 @@ pub struct Config {
     /// How often waiting work (demos with no host yet) and the route table are looked at again.
     #[arg(long, env = "DEMOFLEET_TICK", default_value = "2s", value_parser = parse_duration)]
     pub tick: Duration,
+
+    /// Apply the database migrations and exit.
+    #[arg(long)]
+    pub migrate_only: bool,
 }
 
 /// Why a configuration is refused.

@@ -50,7 +50,9 @@ impl IntoResponse for ApiError {
         let status = self.status();
         match &self {
             ApiError::Database(err) => tracing::error!(error = %err, "database error"),
-            ApiError::Internal(err) => tracing::error!(error = format!("{err:#}"), "internal error"),
+            ApiError::Internal(err) => {
+                tracing::error!(error = format!("{err:#}"), "internal error")
+            }
             _ => tracing::debug!(%status, message = %self, "request refused"),
         }
         (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()

@@ -55,26 +55,26 @@ impl Controller {
     /// Connect to everything, migrate, bind both listeners and start every task.
     pub async fn start(config: Config) -> anyhow::Result<Controller> {
         config.validate()?;
-        let db = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&config.database_url)
-            .await
-            .context("connecting to PostgreSQL (DEMOFLEET_DATABASE_URL)")?;
+        let db = connect_db(&config).await?;
         MIGRATOR.run(&db).await.context("applying migrations")?;
-        let broker = broker::Broker::connect(&config.amqp_url).await.context("connecting to RabbitMQ (DEMOFLEET_AMQP_URL)")?;
+        let broker =
+            broker::Broker::connect(&config.amqp_url).await.context("connecting to RabbitMQ (DEMOFLEET_AMQP_URL)")?;
         let nats = async_nats::connect(&config.nats_url).await.context("connecting to NATS (DEMOFLEET_NATS_URL)")?;
         let heartbeats = nats.subscribe(demofleet_common::topology::all_heartbeats(&config.nats_prefix)).await?;
 
-        let http_listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let http_listener =
+            TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let edge_listener =
             TcpListener::bind(config.edge_listen).await.with_context(|| format!("binding {}", config.edge_listen))?;
         let http_addr = http_listener.local_addr()?;
         let edge_addr = edge_listener.local_addr()?;
-        let public_port = config
-            .public_port
-            .or_else(|| (config.base_domain == "localhost").then_some(edge_addr.port()));
-        let urls = DemoUrls { base_domain: config.base_domain.clone(), scheme: config.public_scheme.clone(), port: public_port };
+        let public_port =
+            config.public_port.or_else(|| (config.base_domain == "localhost").then_some(edge_addr.port()));
+        let urls = DemoUrls {
+            base_domain: config.base_domain.clone(),
+            scheme: config.public_scheme.clone(),
+            port: public_port,
+        };
 
         let state = AppState {
             config: Arc::new(config),
@@ -115,6 +115,23 @@ impl Controller {
         self.stop.cancel();
         self.tasks.wait().await;
     }
+}
+
+async fn connect_db(config: &Config) -> anyhow::Result<sqlx::PgPool> {
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&config.database_url)
+        .await
+        .context("connecting to PostgreSQL (DEMOFLEET_DATABASE_URL)")
+}
+
+/// Apply the migrations and return.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let db = connect_db(config).await?;
+    MIGRATOR.run(&db).await.context("applying migrations")?;
+    db.close().await;
+    Ok(())
 }
 
 /// Run until `shutdown` resolves.

@@ -7,8 +7,8 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DEMOFLEET_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let config = Config::parse();
-    demofleet_controller::run(config, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
+    if config.migrate_only {
+        return demofleet_controller::migrate(&config).await;
+    }
+    demofleet_controller::run(config, demofleet_common::signal::shutdown()).await
 }

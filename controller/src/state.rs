@@ -66,7 +66,8 @@ impl DemoUrls {
     /// The demo name a request's `Host` header asks for, if it is under the base domain
     /// or `localhost`.
     pub fn name_from_host<'h>(&self, host: &'h str) -> Option<&'h str> {
-        let host = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+        let host =
+            host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
         let host = host.strip_suffix('.').unwrap_or(host);
         [self.base_domain.as_str(), "localhost"]
             .iter()

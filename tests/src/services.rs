@@ -131,7 +131,8 @@ impl TestVhost {
     /// Messages ready in `queue` of this vhost (0 when the queue does not exist).
     pub async fn queue_depth(&self, queue: &str) -> u64 {
         let url = format!("{}/api/queues/{}/{}", self.management_url, self.name, queue);
-        let response = reqwest::Client::new().get(url).basic_auth(&self.user, Some(&self.password)).send().await.unwrap();
+        let response =
+            reqwest::Client::new().get(url).basic_auth(&self.user, Some(&self.password)).send().await.unwrap();
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return 0;
         }

@@ -48,7 +48,8 @@ async fn missing_or_wrong_signatures_are_refused_and_nothing_is_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_precise_answer() {
-    let options = StackOptions { controller_args: vec!["--webhook-max-bytes".into(), "65536".into()], ..Default::default() };
+    let options =
+        StackOptions { controller_args: vec!["--webhook-max-bytes".into(), "65536".into()], ..Default::default() };
     let stack = Stack::start(options).await;
 
     // Body over the limit → 413.

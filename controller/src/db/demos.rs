@@ -64,7 +64,12 @@ pub async fn upsert_for_deploy(db: impl PgExecutor<'_>, req: &DeployRequest) -> 
 }
 
 /// Ask an existing demo to stop, as a new generation. `None` when there is no such demo.
-pub async fn mark_for_teardown(db: impl PgExecutor<'_>, owner: &str, repo: &str, pr: i64) -> sqlx::Result<Option<Demo>> {
+pub async fn mark_for_teardown(
+    db: impl PgExecutor<'_>,
+    owner: &str,
+    repo: &str,
+    pr: i64,
+) -> sqlx::Result<Option<Demo>> {
     sqlx::query_as(
         "update demos set desired = 'stopped', state = 'stopping', generation = generation + 1,
                           error = null, updated_at = now()
@@ -93,12 +98,14 @@ pub async fn set_state(db: impl PgExecutor<'_>, id: Uuid, state: &str, error: Op
 }
 
 pub async fn set_host(db: impl PgExecutor<'_>, id: Uuid, host_id: Option<&str>) -> sqlx::Result<()> {
-    sqlx::query("update demos set host_id = $2, host_port = case when $2 is null then null else host_port end,
-                                  updated_at = now() where id = $1")
-        .bind(id)
-        .bind(host_id)
-        .execute(db)
-        .await?;
+    sqlx::query(
+        "update demos set host_id = $2, host_port = case when $2 is null then null else host_port end,
+                                  updated_at = now() where id = $1",
+    )
+    .bind(id)
+    .bind(host_id)
+    .execute(db)
+    .await?;
     Ok(())
 }
 

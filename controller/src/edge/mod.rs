@@ -30,10 +30,7 @@ impl RouteTable {
     /// Replace the table with the routed demos in the database.
     pub async fn reload(&self, db: &PgPool) -> sqlx::Result<()> {
         let routes = demos::routes(db).await?;
-        let table = routes
-            .into_iter()
-            .map(|r| (r.name, format!("{}:{}", r.address, r.host_port)))
-            .collect();
+        let table = routes.into_iter().map(|r| (r.name, format!("{}:{}", r.address, r.host_port))).collect();
         *self.inner.write().expect("route table lock") = table;
         Ok(())
     }

@@ -109,7 +109,9 @@ impl Edge {
             Some(prior) => format!("{prior}, {}", peer.ip()),
             None => peer.ip().to_string(),
         };
-        for (name, value) in [("x-forwarded-for", forwarded_for.as_str()), ("x-forwarded-proto", "http"), ("x-forwarded-host", &host)] {
+        for (name, value) in
+            [("x-forwarded-for", forwarded_for.as_str()), ("x-forwarded-proto", "http"), ("x-forwarded-host", &host)]
+        {
             if let Ok(value) = HeaderValue::from_str(value) {
                 headers.insert(HeaderName::from_static(name), value);
             }

@@ -5,8 +5,8 @@
 
 use uuid::Uuid;
 
-use demofleet_common::wire::{DemoSpec, Step, StepMessage, StepOutcome, StepResult, WIRE_VERSION};
 use demofleet_common::topology;
+use demofleet_common::wire::{DemoSpec, Step, StepMessage, StepOutcome, StepResult, WIRE_VERSION};
 
 use super::{placement, Effects};
 use crate::db::demos::{self, Demo, DeployRequest};

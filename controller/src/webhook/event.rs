@@ -116,8 +116,8 @@ mod tests {
     fn errors_name_the_field() {
         let err = parse::<PullRequestEvent>(br#"{"action":"opened","number":"two"}"#).unwrap_err();
         assert_eq!(err.path, "number");
-        let err = parse::<PullRequestEvent>(br#"{"action":"opened","number":2,"repository":{"name":"r"}}"#)
-            .unwrap_err();
+        let err =
+            parse::<PullRequestEvent>(br#"{"action":"opened","number":2,"repository":{"name":"r"}}"#).unwrap_err();
         assert_eq!(err.path, "repository");
         assert!(err.message.contains("owner"), "{}", err.message);
     }

@@ -24,9 +24,7 @@ use crate::scheduler::{orchestrate, Effects};
 use crate::state::AppState;
 
 pub fn router(config: &Config) -> Router<AppState> {
-    Router::new()
-        .route("/webhook/github", post(receive))
-        .layer(DefaultBodyLimit::max(config.webhook_max_bytes))
+    Router::new().route("/webhook/github", post(receive)).layer(DefaultBodyLimit::max(config.webhook_max_bytes))
 }
 
 type Answer = (StatusCode, Json<Value>);
@@ -57,17 +55,23 @@ async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<
     let action = event.action.as_str();
     let intent = event.intent();
     if intent == Intent::Ignore {
-        return record_only(app, delivery, "pull_request", Some(action), "ignored", Some("action not used by demofleet"))
-            .await;
+        return record_only(
+            app,
+            delivery,
+            "pull_request",
+            Some(action),
+            "ignored",
+            Some("action not used by demofleet"),
+        )
+        .await;
     }
     let owner = &event.repository.owner.login;
     let repo = &event.repository.name;
     names::validate_owner(owner).map_err(ApiError::BadRequest)?;
     names::validate_repo(repo).map_err(ApiError::BadRequest)?;
-    let pr = i64::try_from(event.number)
-        .ok()
-        .filter(|n| *n > 0 && *n <= i64::from(i32::MAX))
-        .ok_or_else(|| ApiError::BadRequest(format!("payload field `number`: {} is not a pull request number", event.number)))?;
+    let pr = i64::try_from(event.number).ok().filter(|n| *n > 0 && *n <= i64::from(i32::MAX)).ok_or_else(|| {
+        ApiError::BadRequest(format!("payload field `number`: {} is not a pull request number", event.number))
+    })?;
 
     let mut tx = app.db.begin().await?;
     if !insert_delivery(&mut tx, delivery, "pull_request", Some(action)).await? {
@@ -76,9 +80,9 @@ async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<
     let (outcome, demo, effects) = match intent {
         Intent::Deploy => {
             let req = deploy_request(app, &event, owner, repo, pr)?;
-            let (demo, effects) = orchestrate::deploy(&mut tx, app, &req, Some(delivery))
-                .await
-                .map_err(|e| ApiError::conflict_on_unique(e, format!("demo name {} is taken by another repository", req.name)))?;
+            let (demo, effects) = orchestrate::deploy(&mut tx, app, &req, Some(delivery)).await.map_err(|e| {
+                ApiError::conflict_on_unique(e, format!("demo name {} is taken by another repository", req.name))
+            })?;
             ("deploy_queued", Some(demo), effects)
         }
         Intent::Teardown => match orchestrate::teardown(&mut tx, app, owner, repo, pr, Some(delivery)).await? {
@@ -98,7 +102,13 @@ async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
-fn deploy_request(app: &AppState, event: &PullRequestEvent, owner: &str, repo: &str, pr: i64) -> Result<DeployRequest, ApiError> {
+fn deploy_request(
+    app: &AppState,
+    event: &PullRequestEvent,
+    owner: &str,
+    repo: &str,
+    pr: i64,
+) -> Result<DeployRequest, ApiError> {
     let head = &event.pull_request.head;
     if !event::is_commit_sha(&head.sha) {
         return Err(ApiError::BadRequest("payload field `pull_request.head.sha`: not a commit id".into()));
@@ -146,7 +156,12 @@ fn duplicate(delivery: &str) -> Answer {
 }
 
 /// False when this delivery id was already recorded (a redelivery).
-async fn insert_delivery(tx: &mut crate::db::Tx<'_>, delivery: &str, event: &str, action: Option<&str>) -> sqlx::Result<bool> {
+async fn insert_delivery(
+    tx: &mut crate::db::Tx<'_>,
+    delivery: &str,
+    event: &str,
+    action: Option<&str>,
+) -> sqlx::Result<bool> {
     let inserted = sqlx::query(
         "insert into webhook_deliveries (delivery_id, event, action, outcome) values ($1, $2, $3, 'received')
          on conflict (delivery_id) do nothing",
