@@ -15,9 +15,10 @@ pub async fn run(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> StepOutcome
         Ok(output) => StepOutcome::Succeeded(output),
         Err(err) => {
             let error = format!("{err:#}");
-            tracing::warn!(%error, "step failed");
+            let retryable = !is_permanent(&err);
+            tracing::warn!(%error, retryable, "step failed");
             ctx.log(spec, &format!("{} failed: {error}", step.as_str()));
-            StepOutcome::Failed { error }
+            StepOutcome::Failed { error, retryable }
         }
     }
 }
@@ -58,9 +59,21 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
     Ok(output)
 }
 
+/// Failures that trying again cannot mend.
+fn is_permanent(err: &anyhow::Error) -> bool {
+    matches!(err.downcast_ref::<docker::DockerError>(), Some(docker::DockerError::NothingToBuild))
+        || err.downcast_ref::<UnsafeName>().is_some()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("refusing unsafe demo name {0:?}")]
+struct UnsafeName(String);
+
 /// `DEMO_DIR/<name>`, for a name that is a safe folder name and nothing else.
 fn clone_dir(ctx: &AgentContext, spec: &DemoSpec) -> anyhow::Result<PathBuf> {
-    anyhow::ensure!(names::is_valid_name(&spec.name), "refusing unsafe demo name {:?}", spec.name);
+    if !names::is_valid_name(&spec.name) {
+        return Err(UnsafeName(spec.name.clone()).into());
+    }
     Ok(ctx.config.demo_dir.join(&spec.name))
 }
 

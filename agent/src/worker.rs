@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use demofleet_common::topology;
-use demofleet_common::wire::{StepMessage, StepResult, WIRE_VERSION};
+use demofleet_common::wire::{StepMessage, StepResult, KIND_RESULT, WIRE_VERSION};
 
 use crate::{steps, AgentContext};
 
@@ -104,6 +104,7 @@ async fn handle(ctx: &AgentContext, results: &Channel, delivery: Delivery) -> an
         delivery.ack(BasicAckOptions::default()).await?;
         return Ok(());
     }
+    let started = std::time::Instant::now();
     let outcome = steps::run(ctx, message.step, &message.demo).await;
     let result = StepResult {
         version: WIRE_VERSION,
@@ -113,10 +114,14 @@ async fn handle(ctx: &AgentContext, results: &Channel, delivery: Delivery) -> an
         step: message.step,
         attempt: message.attempt,
         host_id: ctx.host_id.clone(),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         outcome,
     };
     let body = serde_json::to_vec(&result)?;
-    let properties = BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_type(KIND_RESULT.into());
     let confirmation = results
         .basic_publish(
             topology::EXCHANGE.into(),

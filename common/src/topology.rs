@@ -4,13 +4,22 @@
 //! creates it and the other finds it.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
 /// The direct exchange every task and result goes through.
 pub const EXCHANGE: &str = "demofleet.tasks";
 /// Controller steps and agents' step results.
 pub const CONTROLLER_QUEUE: &str = "demofleet.controller";
+
+/// Steps that used up their attempts, for people to look at.
+pub const DEAD_QUEUE: &str = "demofleet.dead";
+
+/// The fanout exchange (and its queue) that holds messages for `delay` before they return
+/// to [`EXCHANGE`] with their original routing key.
+pub fn retry_exchange(delay: std::time::Duration) -> String {
+    format!("demofleet.retry.{}ms", delay.as_millis())
+}
 
 /// The queue (and routing key) of one host's agent.
 pub fn host_queue(host_id: &str) -> String {
@@ -30,6 +39,35 @@ pub fn all_heartbeats(prefix: &str) -> String {
 /// NATS subject of a demo's build and run log lines.
 pub fn log_subject(prefix: &str, demo_id: &uuid::Uuid) -> String {
     format!("{prefix}.demo.{demo_id}.log")
+}
+
+/// Declare the retry exchanges and queues for `delays`, and the dead-letter queue.
+pub async fn declare_retries(channel: &Channel, delays: &[std::time::Duration]) -> lapin::Result<()> {
+    let durable_exchange = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.exchange_declare(EXCHANGE.into(), ExchangeKind::Direct, durable_exchange, FieldTable::default()).await?;
+    for delay in delays {
+        let name = retry_exchange(*delay);
+        channel
+            .exchange_declare(name.as_str().into(), ExchangeKind::Fanout, durable_exchange, FieldTable::default())
+            .await?;
+        let mut args = FieldTable::default();
+        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(EXCHANGE.into()));
+        channel.queue_declare(name.as_str().into(), durable_queue, args).await?;
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                name.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel.queue_declare(DEAD_QUEUE.into(), durable_queue, FieldTable::default()).await?;
+    Ok(())
 }
 
 /// Declare the exchange and a durable queue bound to it under its own name.

@@ -7,6 +7,13 @@ use uuid::Uuid;
 /// The version of every message defined here.
 pub const WIRE_VERSION: u32 = 1;
 
+/// AMQP `type` of a [`StepMessage`].
+pub const KIND_STEP: &str = "step";
+/// AMQP `type` of a [`StepResult`].
+pub const KIND_RESULT: &str = "result";
+/// AMQP `type` of a [`DeadStep`] in the dead-letter queue.
+pub const KIND_DEAD: &str = "dead";
+
 /// Everything an agent needs to know about the demo a step works on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DemoSpec {
@@ -94,14 +101,34 @@ pub struct StepResult {
     pub step: Step,
     pub attempt: u32,
     pub host_id: String,
+    /// How long the step ran.
+    #[serde(default)]
+    pub duration_ms: u64,
     pub outcome: StepOutcome,
+}
+
+/// A step that used up its attempts, kept in `demofleet.dead` for people to look at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadStep {
+    pub version: u32,
+    pub message: StepMessage,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum StepOutcome {
     Succeeded(StepOutput),
-    Failed { error: String },
+    Failed {
+        error: String,
+        /// False when trying again cannot help (nothing to build, say).
+        #[serde(default = "yes")]
+        retryable: bool,
+    },
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What a successful step learned, for the steps after it and for the record.
@@ -157,8 +184,10 @@ mod tests {
     fn outcome_is_tagged_by_status() {
         let ok = StepOutcome::Succeeded(StepOutput { host_port: Some(3000), ..Default::default() });
         assert_eq!(serde_json::to_value(&ok).unwrap(), serde_json::json!({"status": "succeeded", "host_port": 3000}));
-        let failed = StepOutcome::Failed { error: "no Dockerfile".into() };
+        let failed = StepOutcome::Failed { error: "no Dockerfile".into(), retryable: false };
         let back: StepOutcome = serde_json::from_value(serde_json::to_value(&failed).unwrap()).unwrap();
         assert_eq!(back, failed);
+        let old: StepOutcome = serde_json::from_str(r#"{"status":"failed","error":"x"}"#).unwrap();
+        assert_eq!(old, StepOutcome::Failed { error: "x".into(), retryable: true });
     }
 }

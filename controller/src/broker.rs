@@ -92,6 +92,7 @@ pub async fn run_publisher(app: AppState, stop: CancellationToken) {
 async fn open_confirm_channel(app: &AppState) -> lapin::Result<Channel> {
     let channel = app.broker.channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    topology::declare_retries(&channel, &app.config.retry_delays).await?;
     Ok(channel)
 }
 
@@ -106,15 +107,17 @@ async fn publish_pending(app: &AppState, channel: &Channel, declared: &mut HashS
         }
         let mut confirms = Vec::with_capacity(batch.len());
         for message in &batch {
-            if declared.insert(message.routing_key.clone()) {
+            if message.exchange == topology::EXCHANGE && declared.insert(message.routing_key.clone()) {
                 topology::declare_queue(channel, &message.routing_key).await?;
             }
             let body = serde_json::to_vec(&message.payload)?;
-            let properties =
-                BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_type(message.kind.as_str().into());
             let confirm = channel
                 .basic_publish(
-                    topology::EXCHANGE.into(),
+                    message.exchange.as_str().into(),
                     message.routing_key.as_str().into(),
                     BasicPublishOptions { mandatory: true, ..Default::default() },
                     &body,

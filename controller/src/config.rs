@@ -75,6 +75,11 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_TICK", default_value = "2s", value_parser = parse_duration)]
     pub tick: Duration,
 
+    /// Delays before each retry of a failed step; a step gets one attempt more than there
+    /// are delays, then goes to the dead-letter queue.
+    #[arg(long, env = "DEMOFLEET_RETRY_DELAYS", default_value = "2s,4s,8s,16s", value_delimiter = ',', value_parser = parse_duration)]
+    pub retry_delays: Vec<Duration>,
+
     /// Apply the database migrations and exit.
     #[arg(long)]
     pub migrate_only: bool,
@@ -140,5 +145,7 @@ mod tests {
         assert_eq!(config.edge_listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.base_domain, "localhost");
         assert_eq!(config.clone_url("o", "r"), "https://github.com/o/r.git");
+        let secs: Vec<u64> = config.retry_delays.iter().map(|d| d.as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16]);
     }
 }

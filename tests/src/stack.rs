@@ -152,6 +152,10 @@ impl Stack {
         self.http.get(self.url(path)).send().await.unwrap().json().await.unwrap()
     }
 
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.http.post(self.url(path)).send().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http.get(self.url(path)).send().await.unwrap()
     }

@@ -1,9 +1,11 @@
 //! Chains and their steps.
 
+use serde::Serialize;
 use sqlx::{FromRow, PgExecutor};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
-use demofleet_common::wire::Step;
+use demofleet_common::wire::{Step, StepOutcome, StepResult};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct Chain {
@@ -21,6 +23,7 @@ pub struct ChainStep {
     pub name: String,
     pub status: String,
     pub attempts: i32,
+    pub budget_from: i32,
 }
 
 /// Create a chain of `steps` for the demo's `generation`, superseding its unfinished chains.
@@ -70,7 +73,7 @@ pub async fn get_for_update(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<O
 /// The first step not yet finished.
 pub async fn next_step(db: impl PgExecutor<'_>, chain_id: Uuid) -> sqlx::Result<Option<ChainStep>> {
     sqlx::query_as(
-        "select chain_id, position, name, status, attempts from chain_steps
+        "select chain_id, position, name, status, attempts, budget_from from chain_steps
          where chain_id = $1 and status in ('pending', 'queued') order by position limit 1",
     )
     .bind(chain_id)
@@ -123,4 +126,126 @@ pub async fn waiting(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<Uu
         .bind(limit)
         .fetch_all(db)
         .await
+}
+
+/// Record one attempt's outcome and duration.
+pub async fn record_attempt(
+    db: impl PgExecutor<'_>,
+    chain_id: Uuid,
+    position: i32,
+    result: &StepResult,
+) -> sqlx::Result<()> {
+    let (outcome, error) = match &result.outcome {
+        StepOutcome::Succeeded(_) => ("succeeded", None),
+        StepOutcome::Failed { error, .. } => ("failed", Some(error.as_str())),
+    };
+    sqlx::query(
+        "insert into step_attempts (chain_id, position, attempt, host_id, outcome, error, duration_ms)
+         values ($1, $2, $3, $4, $5, $6, $7) on conflict do nothing",
+    )
+    .bind(chain_id)
+    .bind(position)
+    .bind(i64::from(result.attempt) as i32)
+    .bind(&result.host_id)
+    .bind(outcome)
+    .bind(error)
+    .bind(i64::try_from(result.duration_ms).unwrap_or(i64::MAX))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Put a chain's failed step back to pending with a fresh retry budget.
+pub async fn reset_failed_step(db: impl PgExecutor<'_>, chain_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "update chain_steps set status = 'pending', budget_from = attempts, finished_at = null
+         where chain_id = $1 and status = 'failed'",
+    )
+    .bind(chain_id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A chain as the API shows it: its steps, each with its attempts.
+#[derive(Debug, Serialize)]
+pub struct ChainView {
+    pub id: Uuid,
+    pub generation: i64,
+    pub kind: String,
+    pub status: String,
+    pub error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    pub steps: Vec<StepView>,
+}
+
+#[derive(Debug, Serialize, FromRow)]
+pub struct StepView {
+    #[serde(skip)]
+    pub chain_id: Uuid,
+    pub position: i32,
+    pub name: String,
+    pub status: String,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub output: Option<serde_json::Value>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub queued_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    /// Every attempt: `{attempt, host_id, outcome, error, duration_ms, finished_at}`.
+    pub history: serde_json::Value,
+}
+
+/// The demo's chains, newest first, with steps and attempts.
+pub async fn timeline(db: &sqlx::PgPool, demo_id: Uuid) -> sqlx::Result<Vec<ChainView>> {
+    #[derive(FromRow)]
+    struct Row {
+        id: Uuid,
+        generation: i64,
+        kind: String,
+        status: String,
+        error: Option<String>,
+        created_at: OffsetDateTime,
+        finished_at: Option<OffsetDateTime>,
+    }
+    let chains: Vec<Row> = sqlx::query_as(
+        "select id, generation, kind, status, error, created_at, finished_at from chains
+         where demo_id = $1 order by created_at desc, generation desc",
+    )
+    .bind(demo_id)
+    .fetch_all(db)
+    .await?;
+    let ids: Vec<Uuid> = chains.iter().map(|c| c.id).collect();
+    let mut steps: Vec<StepView> = sqlx::query_as(
+        "select s.chain_id, s.position, s.name, s.status, s.attempts, s.error, s.output, s.queued_at, s.finished_at,
+                coalesce((select jsonb_agg(jsonb_build_object('attempt', a.attempt, 'host_id', a.host_id,
+                                 'outcome', a.outcome, 'error', a.error, 'duration_ms', a.duration_ms,
+                                 'finished_at', a.finished_at) order by a.attempt)
+                          from step_attempts a where a.chain_id = s.chain_id and a.position = s.position), '[]') as history
+         from chain_steps s where s.chain_id = any($1) order by s.chain_id, s.position",
+    )
+    .bind(&ids)
+    .fetch_all(db)
+    .await?;
+    Ok(chains
+        .into_iter()
+        .map(|c| {
+            let (mine, rest): (Vec<StepView>, Vec<StepView>) = steps.drain(..).partition(|s| s.chain_id == c.id);
+            steps = rest;
+            ChainView {
+                id: c.id,
+                generation: c.generation,
+                kind: c.kind,
+                status: c.status,
+                error: c.error,
+                created_at: c.created_at,
+                finished_at: c.finished_at,
+                steps: mine,
+            }
+        })
+        .collect())
 }

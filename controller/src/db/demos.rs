@@ -127,6 +127,10 @@ pub async fn set_routed(db: impl PgExecutor<'_>, id: Uuid, routed: bool) -> sqlx
     Ok(())
 }
 
+pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Demo>> {
+    sqlx::query_as("select * from demos where id = $1").bind(id).fetch_optional(db).await
+}
+
 pub async fn list(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Demo>> {
     sqlx::query_as("select * from demos order by created_at desc, id").fetch_all(db).await
 }

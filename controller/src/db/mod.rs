@@ -1,6 +1,7 @@
 //! Queries on the state of record, one module per table group. Functions take any
 //! executor so callers decide the transaction.
 
+pub mod audit;
 pub mod chains;
 pub mod demos;
 pub mod hosts;

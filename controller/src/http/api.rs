@@ -1,18 +1,24 @@
 //! The JSON API: `GET /api/demos` and `GET /api/hosts`.
 
-use axum::extract::State;
-use axum::routing::get;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::db::{demos, hosts};
+use crate::db::{chains, demos, hosts};
 use crate::error::ApiError;
+use crate::scheduler::orchestrate::{self, RetryError};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/demos", get(list_demos)).route("/api/hosts", get(list_hosts))
+    Router::new()
+        .route("/api/demos", get(list_demos))
+        .route("/api/demos/{id}", get(demo_detail))
+        .route("/api/hosts", get(list_hosts))
+        .route("/api/chains/{id}/retry", post(retry_chain))
 }
 
 /// A demo as the operator contract lists it.
@@ -79,4 +85,33 @@ async fn list_hosts(State(app): State<AppState>) -> Result<Json<Vec<HostView>>, 
         })
         .collect();
     Ok(Json(views))
+}
+
+/// A demo with its chains, newest first, each with its steps and their attempts.
+#[derive(Debug, Serialize)]
+pub struct DemoDetail {
+    #[serde(flatten)]
+    pub demo: DemoView,
+    pub chains: Vec<chains::ChainView>,
+}
+
+async fn demo_detail(State(app): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<DemoDetail>, ApiError> {
+    let demo = demos::get(&app.db, id).await?.ok_or_else(|| ApiError::NotFound(format!("no demo {id}")))?;
+    let chains = chains::timeline(&app.db, id).await?;
+    Ok(Json(DemoDetail { demo: DemoView::new(&app, demo), chains }))
+}
+
+async fn retry_chain(
+    State(app): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let mut tx = app.db.begin().await?;
+    let effects = orchestrate::retry_chain(&mut tx, &app, id, "api").await.map_err(|err| match err {
+        RetryError::NotFound => ApiError::NotFound(format!("no chain {id}")),
+        RetryError::Database(err) => ApiError::Database(err),
+        other => ApiError::Conflict(other.to_string()),
+    })?;
+    tx.commit().await?;
+    app.apply(effects).await;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "chain": id, "status": "running" }))))
 }

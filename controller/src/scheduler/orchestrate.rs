@@ -6,11 +6,12 @@
 use uuid::Uuid;
 
 use demofleet_common::topology;
-use demofleet_common::wire::{DemoSpec, Step, StepMessage, StepOutcome, StepResult, WIRE_VERSION};
+use demofleet_common::wire::{DeadStep, DemoSpec, Step, StepMessage, StepOutcome, StepResult, WIRE_VERSION};
 
 use super::{placement, Effects};
 use crate::db::demos::{self, Demo, DeployRequest};
-use crate::db::{chains, outbox, Tx};
+use crate::db::outbox::{self, Outgoing};
+use crate::db::{audit, chains, Tx};
 use crate::state::AppState;
 
 /// Ask for `req`'s demo to run its head commit, as a new generation.
@@ -103,16 +104,9 @@ pub async fn advance(tx: &mut Tx<'_>, app: &AppState, chain_id: Uuid) -> sqlx::R
             demos::set_state(&mut **tx, demo.id, "starting", None).await?;
             demo.state = "starting".into();
         }
-        let message = StepMessage {
-            version: WIRE_VERSION,
-            chain_id: chain.id,
-            step,
-            attempt: u32::try_from(step_row.attempts + 1).unwrap_or(u32::MAX),
-            host_id: host.clone(),
-            demo: spec(app, &demo),
-        };
-        let payload = serde_json::to_value(&message).expect("step messages serialize");
-        outbox::push(&mut **tx, &topology::host_queue(&host), payload).await?;
+        let attempt = step_row.attempts + 1;
+        let message = step_message(app, &demo, chain.id, step, attempt, &host);
+        outbox::push(&mut **tx, &Outgoing::step(topology::host_queue(&host), &message)).await?;
         chains::mark_step(&mut **tx, chain.id, step_row.position, "queued", None, None).await?;
         effects.published = true;
         return Ok(effects);
@@ -141,6 +135,7 @@ pub async fn record_result(tx: &mut Tx<'_>, app: &AppState, result: &StepResult)
         tracing::debug!(chain = %chain.id, step = result.step.as_str(), "duplicate or out-of-order result dropped");
         return Ok(Effects::default());
     };
+    chains::record_attempt(&mut **tx, chain.id, step_row.position, result).await?;
     match &result.outcome {
         StepOutcome::Succeeded(output) => {
             let output_json = serde_json::to_value(output).ok();
@@ -150,14 +145,72 @@ pub async fn record_result(tx: &mut Tx<'_>, app: &AppState, result: &StepResult)
             }
             advance(tx, app, chain.id).await
         }
-        StepOutcome::Failed { error } => {
-            tracing::warn!(demo = %demo.name, step = result.step.as_str(), %error, "step failed");
+        StepOutcome::Failed { error, retryable } => {
+            let used = usize::try_from(step_row.attempts - step_row.budget_from).unwrap_or(usize::MAX);
+            let host = demo.host_id.clone().unwrap_or_else(|| result.host_id.clone());
+            let message = step_message(app, &demo, chain.id, result.step, step_row.attempts + 1, &host);
+            if let Some(delay) = app.config.retry_delays.get(used.wrapping_sub(1)).filter(|_| *retryable) {
+                tracing::info!(demo = %demo.name, step = result.step.as_str(), attempt = result.attempt, ?delay, %error, "step failed; retrying");
+                let queue = topology::host_queue(&host);
+                outbox::push(&mut **tx, &Outgoing::retry(queue, *delay, &message)).await?;
+                chains::mark_step(&mut **tx, chain.id, step_row.position, "queued", Some(error), None).await?;
+                return Ok(Effects { published: true, ..Effects::default() });
+            }
+            tracing::warn!(demo = %demo.name, step = result.step.as_str(), attempt = result.attempt, %error, "step failed for good");
             chains::mark_step(&mut **tx, chain.id, step_row.position, "failed", Some(error), None).await?;
-            let message = format!("{} failed: {error}", result.step.as_str());
-            chains::set_status(&mut **tx, chain.id, "failed", Some(&message)).await?;
-            demos::set_state(&mut **tx, demo.id, "failed", Some(&message)).await?;
-            Ok(Effects::default())
+            let summary = format!("{} failed: {error}", result.step.as_str());
+            chains::set_status(&mut **tx, chain.id, "failed", Some(&summary)).await?;
+            demos::set_state(&mut **tx, demo.id, "failed", Some(&summary)).await?;
+            let dead = DeadStep {
+                version: WIRE_VERSION,
+                message: StepMessage { attempt: result.attempt, ..message },
+                error: error.clone(),
+            };
+            outbox::push(&mut **tx, &Outgoing::dead(&dead)).await?;
+            Ok(Effects { published: true, ..Effects::default() })
         }
+    }
+}
+
+/// Run a failed chain again from its failed step, with a fresh retry budget.
+pub async fn retry_chain(tx: &mut Tx<'_>, app: &AppState, chain_id: Uuid, actor: &str) -> Result<Effects, RetryError> {
+    let chain = chains::get_for_update(&mut **tx, chain_id).await?.ok_or(RetryError::NotFound)?;
+    if chain.status != "failed" {
+        return Err(RetryError::NotFailed(chain.status));
+    }
+    let demo = demos::get_for_update(&mut **tx, chain.demo_id).await?;
+    if demo.generation != chain.generation {
+        return Err(RetryError::Superseded);
+    }
+    chains::reset_failed_step(&mut **tx, chain.id).await?;
+    chains::set_status(&mut **tx, chain.id, "running", None).await?;
+    let state = if chain.kind == "deploy" { "starting" } else { "stopping" };
+    demos::set_state(&mut **tx, demo.id, state, None).await?;
+    audit::record(&mut **tx, actor, "retry", Some(demo.id), serde_json::json!({ "chain": chain.id })).await?;
+    Ok(advance(tx, app, chain.id).await?)
+}
+
+/// Why a chain cannot be retried.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    #[error("no such chain")]
+    NotFound,
+    #[error("only failed chains can be retried; this one is {0}")]
+    NotFailed(String),
+    #[error("the demo has moved on to a newer generation; this chain is superseded")]
+    Superseded,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+fn step_message(app: &AppState, demo: &Demo, chain_id: Uuid, step: Step, attempt: i32, host: &str) -> StepMessage {
+    StepMessage {
+        version: WIRE_VERSION,
+        chain_id,
+        step,
+        attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+        host_id: host.to_string(),
+        demo: spec(app, demo),
     }
 }
 

@@ -1,0 +1,54 @@
+-- Retries through TTL queues, the dead-letter queue, attempt history, event ordering,
+-- audit events, GitHub feedback state and per-repository settings.
+
+-- Which exchange an outbox message goes to, and its AMQP type ('step', 'result', 'notify', 'dead').
+alter table outbox add column exchange text not null default 'demofleet.tasks';
+alter table outbox add column kind text not null default 'step';
+
+-- Attempts before this number do not count against the retry budget (a manual retry
+-- gives the step a fresh budget).
+alter table chain_steps add column budget_from integer not null default 0;
+
+-- One row per attempt of a step, with its outcome and how long it took.
+create table step_attempts (
+    chain_id    uuid not null,
+    position    integer not null,
+    attempt     integer not null,
+    host_id     text,
+    outcome     text not null check (outcome in ('succeeded', 'failed')),
+    error       text,
+    duration_ms bigint,
+    finished_at timestamptz not null default now(),
+    primary key (chain_id, position, attempt),
+    foreign key (chain_id, position) references chain_steps (chain_id, position) on delete cascade
+);
+
+-- The event time (pull_request.updated_at) of the newest event applied to a demo: an
+-- event older than this arrived late and changes nothing.
+alter table demos add column event_at timestamptz;
+-- Who asked for the demo's current desired state, and whether it waits for approval.
+alter table demos add column approved_by text;
+
+-- Every start, stop and approval, naming who.
+create table audit_events (
+    id      bigserial primary key,
+    at      timestamptz not null default now(),
+    actor   text not null,
+    action  text not null,
+    demo_id uuid references demos (id),
+    detail  jsonb not null default '{}'
+);
+create index audit_events_demo on audit_events (demo_id, at);
+
+-- Settings per repository; a missing row means the defaults.
+create table repo_settings (
+    owner        text not null,
+    repo         text not null,
+    -- What converted_to_draft does: keep the demo running, or stop it.
+    draft_policy text not null default 'keep' check (draft_policy in ('keep', 'stop')),
+    -- Stop a demo after this many hours without a push.
+    ttl_hours    integer check (ttl_hours > 0),
+    -- At most this many demos of the repository run at once; more wait as pending.
+    max_demos    integer check (max_demos >= 0),
+    primary key (owner, repo)
+);
