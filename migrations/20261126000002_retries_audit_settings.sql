@@ -26,8 +26,6 @@ create table step_attempts (
 -- The event time (pull_request.updated_at) of the newest event applied to a demo: an
 -- event older than this arrived late and changes nothing.
 alter table demos add column event_at timestamptz;
--- Who asked for the demo's current desired state, and whether it waits for approval.
-alter table demos add column approved_by text;
 
 -- Every start, stop and approval, naming who.
 create table audit_events (
@@ -51,4 +49,25 @@ create table repo_settings (
     -- At most this many demos of the repository run at once; more wait as pending.
     max_demos    integer check (max_demos >= 0),
     primary key (owner, repo)
+);
+
+-- Approvals: an author without write access waits until someone approves the head commit.
+alter table chains drop constraint chains_status_check;
+alter table chains add constraint chains_status_check
+    check (status in ('waiting', 'running', 'awaiting_approval', 'succeeded', 'failed', 'superseded'));
+alter table chain_steps drop constraint chain_steps_status_check;
+alter table chain_steps add constraint chain_steps_status_check
+    check (status in ('pending', 'queued', 'waiting', 'succeeded', 'failed', 'skipped'));
+-- The head commit someone approved, and who.
+alter table demos add column approved_sha text;
+alter table demos add column approved_by text;
+
+-- What GitHub has been told about a demo: one comment edited in place, one deployment per
+-- head commit, and the last state sent (so a repeated notification sends nothing).
+create table github_feedback (
+    demo_id        uuid primary key references demos (id),
+    comment_id     bigint,
+    deployment_id  bigint,
+    deployment_sha text,
+    synced         text
 );

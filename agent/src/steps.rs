@@ -54,7 +54,7 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
                 _ => {}
             }
         }
-        Step::Route | Step::Unroute => anyhow::bail!("{} is a controller step", step.as_str()),
+        Step::Authorize | Step::Route | Step::Unroute => anyhow::bail!("{} is a controller step", step.as_str()),
     }
     Ok(output)
 }

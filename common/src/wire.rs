@@ -41,6 +41,7 @@ pub struct DemoSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
+    Authorize,
     Checkout,
     Build,
     Launch,
@@ -52,17 +53,25 @@ pub enum Step {
 
 impl Step {
     /// The steps of a deploy chain, in order.
-    pub const DEPLOY: [Step; 5] = [Step::Checkout, Step::Build, Step::Launch, Step::Health, Step::Route];
+    pub const DEPLOY: [Step; 6] =
+        [Step::Authorize, Step::Checkout, Step::Build, Step::Launch, Step::Health, Step::Route];
     /// The steps of a teardown chain, in order.
     pub const TEARDOWN: [Step; 2] = [Step::Unroute, Step::Stop];
 
     /// True for steps an agent runs.
     pub fn runs_on_agent(self) -> bool {
-        !matches!(self, Step::Route | Step::Unroute)
+        !matches!(self, Step::Authorize | Step::Route | Step::Unroute)
+    }
+
+    /// True for controller steps that only change the database, run within the
+    /// transaction that reaches them.
+    pub fn is_inline(self) -> bool {
+        matches!(self, Step::Route | Step::Unroute)
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Step::Authorize => "authorize",
             Step::Checkout => "checkout",
             Step::Build => "build",
             Step::Launch => "launch",
@@ -74,9 +83,7 @@ impl Step {
     }
 
     pub fn parse(name: &str) -> Option<Step> {
-        [Step::Checkout, Step::Build, Step::Launch, Step::Health, Step::Route, Step::Unroute, Step::Stop]
-            .into_iter()
-            .find(|s| s.as_str() == name)
+        Step::DEPLOY.into_iter().chain(Step::TEARDOWN).find(|s| s.as_str() == name)
     }
 }
 
@@ -141,6 +148,9 @@ pub struct StepOutput {
     /// Port on the host's address where the demo answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_port: Option<u16>,
+    /// Set by `authorize` when the author may not start demos: the chain waits for approval.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_approval: bool,
 }
 
 /// Sent by every agent every few seconds on NATS.

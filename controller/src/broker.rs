@@ -10,18 +10,23 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use tokio::sync::Mutex;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use demofleet_common::topology;
-use demofleet_common::wire::{StepResult, WIRE_VERSION};
+use demofleet_common::wire::KIND_RESULT;
 
 use crate::db::outbox;
-use crate::scheduler::orchestrate;
+use crate::jobs;
 use crate::state::AppState;
 
 /// Outbox messages published per batch.
 const BATCH: i64 = 100;
+/// Controller-queue messages handled at once (and the consumer's prefetch).
+const CONCURRENCY: u16 = 16;
 
 pub struct Broker {
     url: String,
@@ -166,7 +171,7 @@ pub async fn run_result_consumer(app: AppState, stop: CancellationToken) {
 async fn consume_results(app: &AppState, stop: &CancellationToken) -> anyhow::Result<()> {
     let channel = app.broker.channel().await?;
     topology::declare_queue(&channel, topology::CONTROLLER_QUEUE).await?;
-    channel.basic_qos(16, BasicQosOptions::default()).await?;
+    channel.basic_qos(CONCURRENCY, BasicQosOptions::default()).await?;
     let mut consumer = channel
         .basic_consume(
             topology::CONTROLLER_QUEUE.into(),
@@ -175,45 +180,43 @@ async fn consume_results(app: &AppState, stop: &CancellationToken) -> anyhow::Re
             FieldTable::default(),
         )
         .await?;
-    loop {
+    let permits = Arc::new(Semaphore::new(usize::from(CONCURRENCY)));
+    let running = TaskTracker::new();
+    let outcome = loop {
         let delivery = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => break Ok(()),
             d = consumer.next() => d,
         };
-        let Some(delivery) = delivery else { anyhow::bail!("the broker closed the consumer") };
-        let delivery = delivery?;
-        let result: StepResult = match serde_json::from_slice(&delivery.data) {
-            Ok(r) => r,
-            Err(err) => {
-                tracing::error!(error = %err, "unreadable step result dropped");
-                delivery.ack(BasicAckOptions::default()).await?;
-                continue;
-            }
+        let delivery = match delivery {
+            Some(Ok(d)) => d,
+            Some(Err(err)) => break Err(err.into()),
+            None => break Err(anyhow::anyhow!("the broker closed the consumer")),
         };
-        if result.version != WIRE_VERSION {
-            tracing::error!(version = result.version, "step result of an unknown version dropped");
-            delivery.ack(BasicAckOptions::default()).await?;
-            continue;
-        }
-        match record(app, &result).await {
-            Ok(()) => {
-                delivery.ack(BasicAckOptions::default()).await?;
+        let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
+        let app = app.clone();
+        running.spawn(async move {
+            let kind = delivery.properties.kind().as_ref().map_or(KIND_RESULT, |k| k.as_str()).to_string();
+            let settled = match jobs::handle(&app, &kind, &delivery.data).await {
+                Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(drop),
+                Err(err) => {
+                    tracing::warn!(
+                        error = format!("{err:#}"),
+                        kind,
+                        "controller message not handled; it will be redelivered"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.map(drop)
+                }
+            };
+            if let Err(err) = settled {
+                tracing::warn!(error = %err, "settling a controller message failed; the broker will redeliver it");
             }
-            Err(err) => {
-                tracing::warn!(error = %err, chain = %result.chain_id, "recording a result failed; it will be redelivered");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
-            }
-        }
-    }
-}
-
-async fn record(app: &AppState, result: &StepResult) -> sqlx::Result<()> {
-    let mut tx = app.db.begin().await?;
-    let effects = orchestrate::record_result(&mut tx, app, result).await?;
-    tx.commit().await?;
-    app.apply(effects).await;
-    Ok(())
+            drop(permit);
+        });
+    };
+    running.close();
+    running.wait().await;
+    outcome
 }
 
 /// 0.5 s doubling up to 30 s.

@@ -51,6 +51,27 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_GITHUB_API_URL", default_value = "https://api.github.com")]
     pub github_api_url: String,
 
+    /// A token for the GitHub API (personal access token). Ignored when App credentials are set.
+    #[arg(long, env = "DEMOFLEET_GITHUB_TOKEN", hide_env_values = true)]
+    pub github_token: Option<String>,
+
+    /// GitHub App id (or client id); with the key file, demofleet acts as this App.
+    #[arg(long, env = "DEMOFLEET_GITHUB_APP_ID")]
+    pub github_app_id: Option<String>,
+
+    /// PEM file with the GitHub App's private key.
+    #[arg(long, env = "DEMOFLEET_GITHUB_APP_KEY_FILE")]
+    pub github_app_key_file: Option<std::path::PathBuf>,
+
+    /// How long one GitHub call keeps retrying transient failures and rate limits.
+    #[arg(long, env = "DEMOFLEET_GITHUB_PATIENCE", default_value = "30s", value_parser = parse_duration)]
+    pub github_patience: Duration,
+
+    /// Without GitHub credentials no author can be checked: these logins may start demos
+    /// (`*` for everyone); anyone else waits for approval.
+    #[arg(long, env = "DEMOFLEET_TRUSTED_AUTHORS", value_delimiter = ',')]
+    pub trusted_authors: Vec<String>,
+
     /// Clone URL template; `{owner}` and `{repo}` name the PR's head repository.
     #[arg(long, env = "DEMOFLEET_GIT_URL", default_value = "https://github.com/{owner}/{repo}.git")]
     pub git_url: String,
@@ -94,6 +115,8 @@ pub enum ConfigError {
     GitUrl(String),
     #[error("DEMOFLEET_BASE_DOMAIN {0:?} is not a domain name")]
     BaseDomain(String),
+    #[error("DEMOFLEET_GITHUB_APP_ID and DEMOFLEET_GITHUB_APP_KEY_FILE go together")]
+    HalfAnApp,
 }
 
 impl Config {
@@ -109,6 +132,9 @@ impl Config {
             && self.base_domain.split('.').all(|l| !l.is_empty() && demofleet_common::names::is_valid_name(l));
         if !domain_ok {
             return Err(ConfigError::BaseDomain(self.base_domain.clone()));
+        }
+        if self.github_app_id.is_some() != self.github_app_key_file.is_some() {
+            return Err(ConfigError::HalfAnApp);
         }
         Ok(())
     }

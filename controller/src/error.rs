@@ -45,6 +45,17 @@ impl ApiError {
     }
 }
 
+impl From<crate::scheduler::orchestrate::ActionError> for ApiError {
+    fn from(err: crate::scheduler::orchestrate::ActionError) -> ApiError {
+        use crate::scheduler::orchestrate::ActionError;
+        match err {
+            ActionError::NotFound(what) => ApiError::NotFound(format!("no such {what}")),
+            ActionError::Refused(why) => ApiError::Conflict(why),
+            ActionError::Database(err) => ApiError::Database(err),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

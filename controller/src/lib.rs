@@ -8,6 +8,8 @@
 //! - [`scheduler`]: placement and chain orchestration.
 //! - [`broker`]: RabbitMQ connection, outbox publisher, result consumer.
 //! - [`fleet`]: heartbeats and the periodic tick.
+//! - [`github`]: the GitHub API client and PR feedback.
+//! - [`jobs`]: controller work taken from its own queue (authorize, notify, approve).
 //! - [`edge`]: the built-in edge proxy and its route table.
 //! - [`http`]: routers for the API, health and index page.
 //! - [`db`]: queries, one module per table group.
@@ -19,7 +21,9 @@ pub mod db;
 pub mod edge;
 pub mod error;
 pub mod fleet;
+pub mod github;
 pub mod http;
+pub mod jobs;
 pub mod scheduler;
 pub mod state;
 pub mod webhook;
@@ -76,6 +80,7 @@ impl Controller {
             port: public_port,
         };
 
+        let github = github_client(&config)?;
         let state = AppState {
             config: Arc::new(config),
             db,
@@ -84,6 +89,7 @@ impl Controller {
             routes: edge::RouteTable::default(),
             outbox: Arc::new(Notify::new()),
             urls: Arc::new(urls),
+            github,
         };
         state.routes.reload(&state.db).await?;
 
@@ -115,6 +121,24 @@ impl Controller {
         self.stop.cancel();
         self.tasks.wait().await;
     }
+}
+
+/// The GitHub client the configuration asks for: App, token, or none.
+fn github_client(config: &Config) -> anyhow::Result<Option<Arc<github::GitHub>>> {
+    let auth = match (&config.github_app_id, &config.github_app_key_file, &config.github_token) {
+        (Some(id), Some(file), _) => {
+            let pem = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            github::auth::Auth::app(id, &pem)?
+        }
+        (_, _, Some(token)) => github::auth::Auth::Token(token.clone()),
+        _ => {
+            tracing::warn!(
+                "no GitHub credentials: no PR feedback; only DEMOFLEET_TRUSTED_AUTHORS start demos unapproved"
+            );
+            return Ok(None);
+        }
+    };
+    Ok(Some(Arc::new(github::GitHub::new(&config.github_api_url, auth, config.github_patience)?)))
 }
 
 async fn connect_db(config: &Config) -> anyhow::Result<sqlx::PgPool> {

@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::edge::RouteTable;
+use crate::github::GitHub;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -25,6 +26,8 @@ pub struct AppState {
     pub outbox: Arc<Notify>,
     /// How demo hostnames and URLs are spelled.
     pub urls: Arc<DemoUrls>,
+    /// The GitHub API, when credentials are configured.
+    pub github: Option<Arc<GitHub>>,
 }
 
 impl AppState {

@@ -6,10 +6,12 @@
 //!
 //! # Layout
 //! - [`services`]: where the services are, per-test databases and vhosts.
+//! - [`fake_github`]: the GitHub API, faithfully faked, recording every call.
 //! - [`fixtures`]: demo repositories and webhook payloads.
 //! - [`stack`]: a running controller (and agents) with helpers to drive and observe it.
 //! - [`wait`]: waiting for conditions with deadlines.
 
+pub mod fake_github;
 pub mod fixtures;
 pub mod services;
 pub mod stack;

@@ -12,9 +12,19 @@ use uuid::Uuid;
 use demofleet_agent::Agent;
 use demofleet_controller::Controller;
 
+use crate::fake_github::{app_key_pair, FakeGitHub};
 use crate::fixtures::sign;
 use crate::services::{nats_prefix, Services, TestDb, TestVhost};
 use crate::wait;
+
+/// How the controller authenticates to the fake GitHub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GitHubAuth {
+    /// A plain token.
+    Token,
+    /// A GitHub App with a freshly made key pair.
+    App,
+}
 
 /// How a stack is set up.
 #[derive(Debug, Clone)]
@@ -23,11 +33,12 @@ pub struct StackOptions {
     pub agents: usize,
     /// Extra controller flags, e.g. `--webhook-max-bytes 1024`.
     pub controller_args: Vec<String>,
+    pub github_auth: GitHubAuth,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions { agents: 1, controller_args: Vec::new() }
+        StackOptions { agents: 1, controller_args: Vec::new(), github_auth: GitHubAuth::Token }
     }
 }
 
@@ -40,6 +51,8 @@ pub struct TestAgent {
 
 pub struct Stack {
     pub services: Services,
+    /// The fake GitHub the controller talks to.
+    pub github: FakeGitHub,
     pub secret: String,
     pub controller: Controller,
     pub agents: Vec<TestAgent>,
@@ -61,32 +74,35 @@ impl Stack {
         let scratch = tempfile::Builder::new().prefix("demofleet-test-").tempdir().unwrap();
         let secret = format!("secret-{}", Uuid::new_v4());
         let git_url = format!("file://{}/repos/{{owner}}/{{repo}}.git", scratch.path().display());
-        let mut args: Vec<String> = [
-            "demofleet-controller",
-            "--database-url",
-            &test_db.url,
-            "--amqp-url",
-            &vhost.amqp_url,
-            "--nats-url",
-            &services.nats_url,
-            "--nats-prefix",
-            &prefix,
-            "--webhook-secret",
-            &secret,
-            "--git-url",
-            &git_url,
-            "--listen",
-            "127.0.0.1:0",
-            "--edge-listen",
-            "127.0.0.1:0",
-            "--tick",
-            "500ms",
-            "--host-timeout",
-            "5s",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let token = format!("ghp_{}", Uuid::new_v4().simple());
+        let (github, github_flags) = match options.github_auth {
+            GitHubAuth::Token => (FakeGitHub::start(&token, None).await, vec![("--github-token", token.clone())]),
+            GitHubAuth::App => {
+                let (key_file, public) = app_key_pair(scratch.path());
+                let flags = vec![
+                    ("--github-app-id", "421337".to_string()),
+                    ("--github-app-key-file", key_file.to_str().unwrap().to_string()),
+                ];
+                (FakeGitHub::start(&token, Some(("421337", &public))).await, flags)
+            }
+        };
+        let flags = [
+            ("--database-url", test_db.url.clone()),
+            ("--amqp-url", vhost.amqp_url.clone()),
+            ("--nats-url", services.nats_url.clone()),
+            ("--nats-prefix", prefix.clone()),
+            ("--webhook-secret", secret.clone()),
+            ("--git-url", git_url),
+            ("--listen", "127.0.0.1:0".into()),
+            ("--edge-listen", "127.0.0.1:0".into()),
+            ("--tick", "500ms".into()),
+            ("--host-timeout", "5s".into()),
+            ("--github-api-url", github.url.clone()),
+        ];
+        let mut args: Vec<String> = vec!["demofleet-controller".into()];
+        for (flag, value) in flags.into_iter().chain(github_flags) {
+            args.extend([flag.to_string(), value]);
+        }
         args.extend(options.controller_args.iter().cloned());
         let config = demofleet_controller::config::Config::try_parse_from(&args).expect("controller flags");
         let controller = Controller::start(config).await.expect("controller starts");
@@ -119,6 +135,7 @@ impl Stack {
         }
         let stack = Stack {
             services,
+            github,
             secret,
             controller,
             agents,

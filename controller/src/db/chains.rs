@@ -74,7 +74,7 @@ pub async fn get_for_update(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<O
 pub async fn next_step(db: impl PgExecutor<'_>, chain_id: Uuid) -> sqlx::Result<Option<ChainStep>> {
     sqlx::query_as(
         "select chain_id, position, name, status, attempts, budget_from from chain_steps
-         where chain_id = $1 and status in ('pending', 'queued') order by position limit 1",
+         where chain_id = $1 and status in ('pending', 'queued', 'waiting') order by position limit 1",
     )
     .bind(chain_id)
     .fetch_optional(db)
@@ -126,6 +126,28 @@ pub async fn waiting(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<Uu
         .bind(limit)
         .fetch_all(db)
         .await
+}
+
+/// The chain of `generation` that waits for approval, locked.
+pub async fn awaiting_approval(db: impl PgExecutor<'_>, demo_id: Uuid, generation: i64) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar(
+        "select id from chains where demo_id = $1 and generation = $2 and status = 'awaiting_approval' for update",
+    )
+    .bind(demo_id)
+    .bind(generation)
+    .fetch_optional(db)
+    .await
+}
+
+/// Mark the step that waited for approval as done.
+pub async fn approve_waiting_step(db: impl PgExecutor<'_>, chain_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "update chain_steps set status = 'succeeded', finished_at = now() where chain_id = $1 and status = 'waiting'",
+    )
+    .bind(chain_id)
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// Record one attempt's outcome and duration.

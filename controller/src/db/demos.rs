@@ -22,6 +22,10 @@ pub struct Demo {
     pub host_port: Option<i32>,
     pub routed: bool,
     pub error: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub event_at: Option<OffsetDateTime>,
+    pub approved_sha: Option<String>,
+    pub approved_by: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -41,14 +45,18 @@ pub struct DeployRequest {
 }
 
 /// Create the demo or ask an existing one for a new generation running `sha`.
-pub async fn upsert_for_deploy(db: impl PgExecutor<'_>, req: &DeployRequest) -> sqlx::Result<Demo> {
+pub async fn upsert_for_deploy(
+    db: impl PgExecutor<'_>,
+    req: &DeployRequest,
+    event_at: Option<OffsetDateTime>,
+) -> sqlx::Result<Demo> {
     sqlx::query_as(
-        "insert into demos (id, owner, repo, pr, name, desired, state, generation, sha, clone_url, github_user)
-         values ($1, $2, $3, $4, $5, 'running', 'pending', 1, $6, $7, $8)
+        "insert into demos (id, owner, repo, pr, name, desired, state, generation, sha, clone_url, github_user, event_at)
+         values ($1, $2, $3, $4, $5, 'running', 'pending', 1, $6, $7, $8, $9)
          on conflict (owner, repo, pr) do update set
              desired = 'running', generation = demos.generation + 1, sha = excluded.sha,
              clone_url = excluded.clone_url, github_user = excluded.github_user,
-             error = null, updated_at = now()
+             event_at = greatest(demos.event_at, excluded.event_at), error = null, updated_at = now()
          returning *",
     )
     .bind(Uuid::new_v4())
@@ -59,28 +67,51 @@ pub async fn upsert_for_deploy(db: impl PgExecutor<'_>, req: &DeployRequest) -> 
     .bind(&req.sha)
     .bind(&req.clone_url)
     .bind(&req.github_user)
+    .bind(event_at)
     .fetch_one(db)
     .await
 }
 
-/// Ask an existing demo to stop, as a new generation. `None` when there is no such demo.
+/// The demo of `owner/repo#pr`, locked, if there is one.
+pub async fn find_for_update(db: impl PgExecutor<'_>, owner: &str, repo: &str, pr: i64) -> sqlx::Result<Option<Demo>> {
+    sqlx::query_as("select * from demos where owner = $1 and repo = $2 and pr = $3 for update")
+        .bind(owner)
+        .bind(repo)
+        .bind(pr)
+        .fetch_optional(db)
+        .await
+}
+
+/// Ask a demo to stop, as a new generation.
 pub async fn mark_for_teardown(
     db: impl PgExecutor<'_>,
-    owner: &str,
-    repo: &str,
-    pr: i64,
-) -> sqlx::Result<Option<Demo>> {
+    id: Uuid,
+    event_at: Option<OffsetDateTime>,
+) -> sqlx::Result<Demo> {
     sqlx::query_as(
-        "update demos set desired = 'stopped', state = 'stopping', generation = generation + 1,
-                          error = null, updated_at = now()
-         where owner = $1 and repo = $2 and pr = $3
+        "update demos set desired = 'stopped', generation = generation + 1, error = null,
+                          event_at = greatest(event_at, $2), updated_at = now()
+         where id = $1
          returning *",
     )
-    .bind(owner)
-    .bind(repo)
-    .bind(pr)
-    .fetch_optional(db)
+    .bind(id)
+    .bind(event_at)
+    .fetch_one(db)
     .await
+}
+
+pub async fn set_approval(db: impl PgExecutor<'_>, id: Uuid, sha: &str, actor: &str) -> sqlx::Result<()> {
+    sqlx::query("update demos set approved_sha = $2, approved_by = $3, updated_at = now() where id = $1")
+        .bind(id)
+        .bind(sha)
+        .bind(actor)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn get_for_update_opt(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Demo>> {
+    sqlx::query_as("select * from demos where id = $1 for update").bind(id).fetch_optional(db).await
 }
 
 pub async fn get_for_update(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Demo> {

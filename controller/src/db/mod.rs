@@ -6,6 +6,7 @@ pub mod chains;
 pub mod demos;
 pub mod hosts;
 pub mod outbox;
+pub mod settings;
 
 /// A Postgres transaction.
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::db::{chains, demos, hosts};
 use crate::error::ApiError;
-use crate::scheduler::orchestrate::{self, RetryError};
+use crate::scheduler::orchestrate;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -18,6 +18,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/demos", get(list_demos))
         .route("/api/demos/{id}", get(demo_detail))
         .route("/api/hosts", get(list_hosts))
+        .route("/api/demos/{id}/approve", post(approve_demo))
         .route("/api/chains/{id}/retry", post(retry_chain))
 }
 
@@ -101,17 +102,20 @@ async fn demo_detail(State(app): State<AppState>, Path(id): Path<Uuid>) -> Resul
     Ok(Json(DemoDetail { demo: DemoView::new(&app, demo), chains }))
 }
 
-async fn retry_chain(
-    State(app): State<AppState>,
-    Path(id): Path<Uuid>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+async fn retry_chain(State(app): State<AppState>, Path(id): Path<Uuid>) -> Result<Accepted, ApiError> {
     let mut tx = app.db.begin().await?;
-    let effects = orchestrate::retry_chain(&mut tx, &app, id, "api").await.map_err(|err| match err {
-        RetryError::NotFound => ApiError::NotFound(format!("no chain {id}")),
-        RetryError::Database(err) => ApiError::Database(err),
-        other => ApiError::Conflict(other.to_string()),
-    })?;
+    let effects = orchestrate::retry_chain(&mut tx, &app, id, "api").await?;
     tx.commit().await?;
     app.apply(effects).await;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "chain": id, "status": "running" }))))
 }
+
+async fn approve_demo(State(app): State<AppState>, Path(id): Path<Uuid>) -> Result<Accepted, ApiError> {
+    let mut tx = app.db.begin().await?;
+    let effects = orchestrate::approve(&mut tx, &app, id, "api").await?;
+    tx.commit().await?;
+    app.apply(effects).await;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "demo": id, "approved": true }))))
+}
+
+type Accepted = (StatusCode, Json<serde_json::Value>);

@@ -1,8 +1,11 @@
-//! Starting chains for events, advancing them step by step, and recording agents' results.
+//! Starting chains for events, advancing them step by step, and recording results.
 //!
 //! A chain belongs to one generation of its demo. Anything that arrives for an older
-//! generation (a late result, a waiting chain) is dropped by comparing generations.
+//! generation (a late result, a waiting chain) is dropped by comparing generations. An
+//! event older than the newest one applied to its demo (by the event's own time, not by
+//! arrival) changes nothing.
 
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use demofleet_common::topology;
@@ -12,39 +15,99 @@ use super::{placement, Effects};
 use crate::db::demos::{self, Demo, DeployRequest};
 use crate::db::outbox::{self, Outgoing};
 use crate::db::{audit, chains, Tx};
+use crate::jobs;
 use crate::state::AppState;
 
-/// Ask for `req`'s demo to run its head commit, as a new generation.
-pub async fn deploy(
-    tx: &mut Tx<'_>,
-    app: &AppState,
-    req: &DeployRequest,
-    delivery_id: Option<&str>,
-) -> sqlx::Result<(Demo, Effects)> {
-    let demo = demos::upsert_for_deploy(&mut **tx, req).await?;
-    let chain = chains::create(tx, demo.id, demo.generation, "deploy", &Step::DEPLOY, delivery_id).await?;
-    let effects = advance(tx, app, chain).await?;
-    Ok((demo, effects))
+/// What became of an event.
+#[derive(Debug)]
+pub enum Applied {
+    /// A new generation with its chain.
+    Started(Demo, Effects),
+    /// The demo already saw a newer event; nothing changed.
+    Stale(Demo),
+    /// There is no demo to act on.
+    NoDemo,
 }
 
-/// Ask for the demo of `owner/repo#pr` to be torn down. `None` when there is no such demo.
+/// Who asked, and when the event happened.
+#[derive(Debug, Clone, Copy)]
+pub struct Cause<'a> {
+    pub actor: &'a str,
+    pub event_at: Option<OffsetDateTime>,
+    pub delivery_id: Option<&'a str>,
+}
+
+/// Ask for `req`'s demo to run its head commit, as a new generation.
+pub async fn deploy(tx: &mut Tx<'_>, app: &AppState, req: &DeployRequest, cause: Cause<'_>) -> sqlx::Result<Applied> {
+    if let Some(existing) = demos::find_for_update(&mut **tx, &req.owner, &req.repo, req.pr).await? {
+        if is_stale(&existing, cause.event_at) {
+            return Ok(Applied::Stale(existing));
+        }
+    }
+    let demo = demos::upsert_for_deploy(&mut **tx, req, cause.event_at).await?;
+    start_chain(tx, app, demo, "deploy", &Step::DEPLOY, cause).await
+}
+
+/// Ask for the demo of `owner/repo#pr` to be torn down, as a new generation.
 pub async fn teardown(
     tx: &mut Tx<'_>,
     app: &AppState,
     owner: &str,
     repo: &str,
     pr: i64,
-    delivery_id: Option<&str>,
-) -> sqlx::Result<Option<(Demo, Effects)>> {
-    let Some(demo) = demos::mark_for_teardown(&mut **tx, owner, repo, pr).await? else {
-        return Ok(None);
+    cause: Cause<'_>,
+) -> sqlx::Result<Applied> {
+    let Some(existing) = demos::find_for_update(&mut **tx, owner, repo, pr).await? else {
+        return Ok(Applied::NoDemo);
     };
-    let chain = chains::create(tx, demo.id, demo.generation, "teardown", &Step::TEARDOWN, delivery_id).await?;
-    let effects = advance(tx, app, chain).await?;
-    Ok(Some((demo, effects)))
+    if is_stale(&existing, cause.event_at) {
+        return Ok(Applied::Stale(existing));
+    }
+    let demo = demos::mark_for_teardown(&mut **tx, existing.id, cause.event_at).await?;
+    start_chain(tx, app, demo, "teardown", &Step::TEARDOWN, cause).await
 }
 
-/// Run controller steps and queue the next agent step, until the chain waits or ends.
+fn is_stale(demo: &Demo, event_at: Option<OffsetDateTime>) -> bool {
+    matches!((demo.event_at, event_at), (Some(newest), Some(this)) if this < newest)
+}
+
+async fn start_chain(
+    tx: &mut Tx<'_>,
+    app: &AppState,
+    demo: Demo,
+    kind: &str,
+    steps: &[Step],
+    cause: Cause<'_>,
+) -> sqlx::Result<Applied> {
+    let chain = chains::create(tx, demo.id, demo.generation, kind, steps, cause.delivery_id).await?;
+    let action = if kind == "deploy" { "start" } else { "stop" };
+    let detail = serde_json::json!({ "generation": demo.generation, "sha": demo.sha, "delivery": cause.delivery_id });
+    audit::record(&mut **tx, cause.actor, action, Some(demo.id), detail).await?;
+    let mut effects = Effects::default();
+    if kind == "teardown" {
+        effects = effects.merge(transition(tx, app, demo.id, "stopping", None).await?);
+    }
+    let effects = effects.merge(advance(tx, app, chain).await?);
+    Ok(Applied::Started(demo, effects))
+}
+
+/// Set the demo's state and, when GitHub is configured, queue a notification of it.
+async fn transition(
+    tx: &mut Tx<'_>,
+    app: &AppState,
+    demo_id: Uuid,
+    state: &str,
+    error: Option<&str>,
+) -> sqlx::Result<Effects> {
+    demos::set_state(&mut **tx, demo_id, state, error).await?;
+    if app.github.is_none() {
+        return Ok(Effects::default());
+    }
+    outbox::push(&mut **tx, &jobs::notify(demo_id)).await?;
+    Ok(Effects { published: true, ..Effects::default() })
+}
+
+/// Run inline steps and queue the next other step, until the chain waits or ends.
 pub async fn advance(tx: &mut Tx<'_>, app: &AppState, chain_id: Uuid) -> sqlx::Result<Effects> {
     let mut effects = Effects::default();
     let Some(chain) = chains::get_for_update(&mut **tx, chain_id).await? else {
@@ -62,58 +125,62 @@ pub async fn advance(tx: &mut Tx<'_>, app: &AppState, chain_id: Uuid) -> sqlx::R
     loop {
         let Some(step_row) = chains::next_step(&mut **tx, chain.id).await? else {
             chains::set_status(&mut **tx, chain.id, "succeeded", None).await?;
-            if deploying {
-                demos::set_state(&mut **tx, demo.id, "running", None).await?;
-            } else {
-                demos::set_state(&mut **tx, demo.id, "stopped", None).await?;
+            if !deploying {
                 demos::set_host(&mut **tx, demo.id, None).await?;
             }
-            return Ok(effects);
+            let state = if deploying { "running" } else { "stopped" };
+            return Ok(effects.merge(transition(tx, app, demo.id, state, None).await?));
         };
-        if step_row.status == "queued" {
+        if step_row.status != "pending" {
             return Ok(effects);
         }
         let step = Step::parse(&step_row.name).expect("chain steps are written from Step names");
-        if !step.runs_on_agent() {
+        if step.is_inline() {
             demos::set_routed(&mut **tx, demo.id, step == Step::Route).await?;
             chains::mark_step(&mut **tx, chain.id, step_row.position, "succeeded", None, None).await?;
             effects.routes_changed = true;
             continue;
         }
-        let host = if deploying {
-            placement::place(tx, demo.host_id.as_deref(), app.config.host_timeout).await?
-        } else {
-            demo.host_id.clone()
-        };
-        let Some(host) = host else {
-            if deploying {
-                chains::set_status(&mut **tx, chain.id, "waiting", None).await?;
-                demos::set_state(&mut **tx, demo.id, "pending", None).await?;
-                return Ok(effects);
+        let queue = if step.runs_on_agent() {
+            let host = if deploying {
+                placement::place(tx, demo.host_id.as_deref(), app.config.host_timeout).await?
+            } else {
+                demo.host_id.clone()
+            };
+            let Some(host) = host else {
+                if deploying {
+                    chains::set_status(&mut **tx, chain.id, "waiting", None).await?;
+                    if demo.state != "pending" {
+                        effects = effects.merge(transition(tx, app, demo.id, "pending", None).await?);
+                    }
+                    return Ok(effects);
+                }
+                // Never placed: there is nothing on any host to stop.
+                chains::mark_step(&mut **tx, chain.id, step_row.position, "skipped", None, None).await?;
+                continue;
+            };
+            if demo.host_id.as_deref() != Some(host.as_str()) {
+                demos::set_host(&mut **tx, demo.id, Some(&host)).await?;
+                demo.host_id = Some(host.clone());
             }
-            // Never placed: there is nothing on any host to stop.
-            chains::mark_step(&mut **tx, chain.id, step_row.position, "skipped", None, None).await?;
-            continue;
+            topology::host_queue(&host)
+        } else {
+            topology::CONTROLLER_QUEUE.to_string()
         };
-        if demo.host_id.as_deref() != Some(host.as_str()) {
-            demos::set_host(&mut **tx, demo.id, Some(&host)).await?;
-            demo.host_id = Some(host.clone());
-        }
         chains::set_status(&mut **tx, chain.id, "running", None).await?;
         if deploying && demo.state != "starting" {
-            demos::set_state(&mut **tx, demo.id, "starting", None).await?;
+            effects = effects.merge(transition(tx, app, demo.id, "starting", None).await?);
             demo.state = "starting".into();
         }
-        let attempt = step_row.attempts + 1;
-        let message = step_message(app, &demo, chain.id, step, attempt, &host);
-        outbox::push(&mut **tx, &Outgoing::step(topology::host_queue(&host), &message)).await?;
+        let message = step_message(app, &demo, chain.id, step, step_row.attempts + 1);
+        outbox::push(&mut **tx, &Outgoing::step(queue, &message)).await?;
         chains::mark_step(&mut **tx, chain.id, step_row.position, "queued", None, None).await?;
         effects.published = true;
         return Ok(effects);
     }
 }
 
-/// Record an agent's result for a step and move its chain on.
+/// Record a step's result and move its chain on: next step, retry, approval or failure.
 pub async fn record_result(tx: &mut Tx<'_>, app: &AppState, result: &StepResult) -> sqlx::Result<Effects> {
     let Some(chain) = chains::get_for_update(&mut **tx, result.chain_id).await? else {
         tracing::warn!(chain = %result.chain_id, "result for an unknown chain dropped");
@@ -137,6 +204,11 @@ pub async fn record_result(tx: &mut Tx<'_>, app: &AppState, result: &StepResult)
     };
     chains::record_attempt(&mut **tx, chain.id, step_row.position, result).await?;
     match &result.outcome {
+        StepOutcome::Succeeded(output) if output.awaiting_approval => {
+            chains::mark_step(&mut **tx, chain.id, step_row.position, "waiting", None, None).await?;
+            chains::set_status(&mut **tx, chain.id, "awaiting_approval", None).await?;
+            transition(tx, app, demo.id, "awaiting_approval", None).await
+        }
         StepOutcome::Succeeded(output) => {
             let output_json = serde_json::to_value(output).ok();
             chains::mark_step(&mut **tx, chain.id, step_row.position, "succeeded", None, output_json).await?;
@@ -147,11 +219,13 @@ pub async fn record_result(tx: &mut Tx<'_>, app: &AppState, result: &StepResult)
         }
         StepOutcome::Failed { error, retryable } => {
             let used = usize::try_from(step_row.attempts - step_row.budget_from).unwrap_or(usize::MAX);
-            let host = demo.host_id.clone().unwrap_or_else(|| result.host_id.clone());
-            let message = step_message(app, &demo, chain.id, result.step, step_row.attempts + 1, &host);
+            let message = step_message(app, &demo, chain.id, result.step, step_row.attempts + 1);
+            let queue = match &demo.host_id {
+                Some(host) if result.step.runs_on_agent() => topology::host_queue(host),
+                _ => topology::CONTROLLER_QUEUE.to_string(),
+            };
             if let Some(delay) = app.config.retry_delays.get(used.wrapping_sub(1)).filter(|_| *retryable) {
                 tracing::info!(demo = %demo.name, step = result.step.as_str(), attempt = result.attempt, ?delay, %error, "step failed; retrying");
-                let queue = topology::host_queue(&host);
                 outbox::push(&mut **tx, &Outgoing::retry(queue, *delay, &message)).await?;
                 chains::mark_step(&mut **tx, chain.id, step_row.position, "queued", Some(error), None).await?;
                 return Ok(Effects { published: true, ..Effects::default() });
@@ -160,61 +234,79 @@ pub async fn record_result(tx: &mut Tx<'_>, app: &AppState, result: &StepResult)
             chains::mark_step(&mut **tx, chain.id, step_row.position, "failed", Some(error), None).await?;
             let summary = format!("{} failed: {error}", result.step.as_str());
             chains::set_status(&mut **tx, chain.id, "failed", Some(&summary)).await?;
-            demos::set_state(&mut **tx, demo.id, "failed", Some(&summary)).await?;
             let dead = DeadStep {
                 version: WIRE_VERSION,
                 message: StepMessage { attempt: result.attempt, ..message },
                 error: error.clone(),
             };
             outbox::push(&mut **tx, &Outgoing::dead(&dead)).await?;
-            Ok(Effects { published: true, ..Effects::default() })
+            let effects = transition(tx, app, demo.id, "failed", Some(&summary)).await?;
+            Ok(effects.merge(Effects { published: true, ..Effects::default() }))
         }
     }
 }
 
-/// Run a failed chain again from its failed step, with a fresh retry budget.
-pub async fn retry_chain(tx: &mut Tx<'_>, app: &AppState, chain_id: Uuid, actor: &str) -> Result<Effects, RetryError> {
-    let chain = chains::get_for_update(&mut **tx, chain_id).await?.ok_or(RetryError::NotFound)?;
-    if chain.status != "failed" {
-        return Err(RetryError::NotFailed(chain.status));
-    }
-    let demo = demos::get_for_update(&mut **tx, chain.demo_id).await?;
-    if demo.generation != chain.generation {
-        return Err(RetryError::Superseded);
-    }
-    chains::reset_failed_step(&mut **tx, chain.id).await?;
-    chains::set_status(&mut **tx, chain.id, "running", None).await?;
-    let state = if chain.kind == "deploy" { "starting" } else { "stopping" };
-    demos::set_state(&mut **tx, demo.id, state, None).await?;
-    audit::record(&mut **tx, actor, "retry", Some(demo.id), serde_json::json!({ "chain": chain.id })).await?;
-    Ok(advance(tx, app, chain.id).await?)
-}
-
-/// Why a chain cannot be retried.
+/// Why an action on a chain or demo is refused.
 #[derive(Debug, thiserror::Error)]
-pub enum RetryError {
-    #[error("no such chain")]
-    NotFound,
-    #[error("only failed chains can be retried; this one is {0}")]
-    NotFailed(String),
-    #[error("the demo has moved on to a newer generation; this chain is superseded")]
-    Superseded,
+pub enum ActionError {
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
-fn step_message(app: &AppState, demo: &Demo, chain_id: Uuid, step: Step, attempt: i32, host: &str) -> StepMessage {
+/// Run a failed chain again from its failed step, with a fresh retry budget.
+pub async fn retry_chain(tx: &mut Tx<'_>, app: &AppState, chain_id: Uuid, actor: &str) -> Result<Effects, ActionError> {
+    let chain = chains::get_for_update(&mut **tx, chain_id).await?.ok_or(ActionError::NotFound("chain"))?;
+    if chain.status != "failed" {
+        return Err(ActionError::Refused(format!("only failed chains can be retried; this one is {}", chain.status)));
+    }
+    let demo = demos::get_for_update(&mut **tx, chain.demo_id).await?;
+    if demo.generation != chain.generation {
+        return Err(ActionError::Refused(
+            "the demo has moved on to a newer generation; this chain is superseded".into(),
+        ));
+    }
+    chains::reset_failed_step(&mut **tx, chain.id).await?;
+    chains::set_status(&mut **tx, chain.id, "running", None).await?;
+    let state = if chain.kind == "deploy" { "starting" } else { "stopping" };
+    let effects = transition(tx, app, demo.id, state, None).await?;
+    audit::record(&mut **tx, actor, "retry", Some(demo.id), serde_json::json!({ "chain": chain.id })).await?;
+    Ok(effects.merge(advance(tx, app, chain.id).await?))
+}
+
+/// Approve the head commit of a demo that waits for approval, and let its chain go on.
+pub async fn approve(tx: &mut Tx<'_>, app: &AppState, demo_id: Uuid, actor: &str) -> Result<Effects, ActionError> {
+    let demo = demos::get_for_update_opt(&mut **tx, demo_id).await?.ok_or(ActionError::NotFound("demo"))?;
+    if demo.state != "awaiting_approval" {
+        return Err(ActionError::Refused(format!("the demo is {}, not awaiting approval", demo.state)));
+    }
+    let chain = chains::awaiting_approval(&mut **tx, demo.id, demo.generation)
+        .await?
+        .ok_or_else(|| ActionError::Refused("no chain of the current generation awaits approval".into()))?;
+    demos::set_approval(&mut **tx, demo.id, &demo.sha, actor).await?;
+    chains::approve_waiting_step(&mut **tx, chain).await?;
+    chains::set_status(&mut **tx, chain, "running", None).await?;
+    let detail = serde_json::json!({ "sha": demo.sha, "generation": demo.generation });
+    audit::record(&mut **tx, actor, "approve", Some(demo.id), detail).await?;
+    Ok(advance(tx, app, chain).await?)
+}
+
+fn step_message(app: &AppState, demo: &Demo, chain_id: Uuid, step: Step, attempt: i32) -> StepMessage {
+    let host_id = if step.runs_on_agent() { demo.host_id.clone().unwrap_or_default() } else { "controller".into() };
     StepMessage {
         version: WIRE_VERSION,
         chain_id,
         step,
         attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
-        host_id: host.to_string(),
+        host_id,
         demo: spec(app, demo),
     }
 }
 
-/// What the agent is told about a demo.
+/// What a step is told about a demo.
 pub fn spec(app: &AppState, demo: &Demo) -> DemoSpec {
     let hostname = app.urls.hostname(&demo.name);
     DemoSpec {

@@ -10,11 +10,49 @@ pub struct PullRequestEvent {
     pub pull_request: PullRequest,
     /// The base repository: the one the PR is opened against, and the demo belongs to.
     pub repository: Repository,
+    /// Who caused the event.
+    #[serde(default)]
+    pub sender: Option<User>,
+}
+
+/// The fields of an `issue_comment` event that can approve a demo.
+#[derive(Debug, Deserialize)]
+pub struct IssueCommentEvent {
+    pub action: String,
+    pub issue: Issue,
+    pub comment: Comment,
+    pub repository: Repository,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Issue {
+    pub number: u64,
+    /// Present when the issue is a pull request.
+    #[serde(default)]
+    pub pull_request: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Comment {
+    pub body: String,
+    pub user: User,
+}
+
+impl IssueCommentEvent {
+    /// A new comment on a pull request whose first line is `/demo approve`.
+    pub fn is_approval(&self) -> bool {
+        self.action == "created"
+            && self.issue.pull_request.is_some()
+            && self.comment.body.lines().next().is_some_and(|l| l.trim() == "/demo approve")
+    }
 }
 
 #[derive(Debug, Deserialize)]
 pub struct PullRequest {
     pub user: User,
+    /// When the PR last changed; orders events that arrive out of order.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub updated_at: Option<time::OffsetDateTime>,
     pub head: Head,
     #[serde(default)]
     pub merged: Option<bool>,
@@ -47,6 +85,8 @@ pub enum Intent {
     Deploy,
     /// Tear the demo down.
     Teardown,
+    /// The PR became a draft: the repository's draft policy decides.
+    Draft,
     /// Nothing for demofleet to do.
     Ignore,
 }
@@ -56,6 +96,7 @@ impl PullRequestEvent {
         match self.action.as_str() {
             "opened" | "reopened" | "synchronize" | "ready_for_review" => Intent::Deploy,
             "closed" => Intent::Teardown,
+            "converted_to_draft" => Intent::Draft,
             _ => Intent::Ignore,
         }
     }

@@ -15,12 +15,15 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use demofleet_common::names;
-use event::{Intent, PullRequestEvent};
+use event::{Intent, IssueCommentEvent, PullRequestEvent};
 
 use crate::config::Config;
 use crate::db::demos::DeployRequest;
+use crate::db::{outbox, settings};
 use crate::error::ApiError;
-use crate::scheduler::{orchestrate, Effects};
+use crate::jobs;
+use crate::scheduler::orchestrate::{self, Applied, Cause};
+use crate::scheduler::Effects;
 use crate::state::AppState;
 
 pub fn router(config: &Config) -> Router<AppState> {
@@ -43,6 +46,7 @@ async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
     match event {
         "ping" => record_only(&app, delivery, event, None, "ping", None).await,
         "pull_request" => pull_request(&app, delivery, &payload).await,
+        "issue_comment" => issue_comment(&app, delivery, &payload).await,
         _ => {
             let action = event::parse::<Value>(&payload).ok().and_then(|v| v["action"].as_str().map(String::from));
             record_only(&app, delivery, event, action.as_deref(), "ignored", Some("event not used by demofleet")).await
@@ -53,7 +57,7 @@ async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
 async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<Answer, ApiError> {
     let event: PullRequestEvent = event::parse(payload).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let action = event.action.as_str();
-    let intent = event.intent();
+    let mut intent = event.intent();
     if intent == Intent::Ignore {
         return record_only(
             app,
@@ -69,29 +73,43 @@ async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<
     let repo = &event.repository.name;
     names::validate_owner(owner).map_err(ApiError::BadRequest)?;
     names::validate_repo(repo).map_err(ApiError::BadRequest)?;
-    let pr = i64::try_from(event.number).ok().filter(|n| *n > 0 && *n <= i64::from(i32::MAX)).ok_or_else(|| {
-        ApiError::BadRequest(format!("payload field `number`: {} is not a pull request number", event.number))
-    })?;
+    let pr = pr_number(event.number)?;
+    let request = match intent {
+        Intent::Deploy => Some(deploy_request(app, &event, owner, repo, pr)?),
+        _ => None,
+    };
 
     let mut tx = app.db.begin().await?;
     if !insert_delivery(&mut tx, delivery, "pull_request", Some(action)).await? {
         return Ok(duplicate(delivery));
     }
-    let (outcome, demo, effects) = match intent {
-        Intent::Deploy => {
-            let req = deploy_request(app, &event, owner, repo, pr)?;
-            let (demo, effects) = orchestrate::deploy(&mut tx, app, &req, Some(delivery)).await.map_err(|e| {
-                ApiError::conflict_on_unique(e, format!("demo name {} is taken by another repository", req.name))
-            })?;
-            ("deploy_queued", Some(demo), effects)
+    if intent == Intent::Draft {
+        let policy = settings::draft_policy(&mut *tx, owner, repo).await?;
+        if policy == "keep" {
+            set_outcome(&mut tx, delivery, "ignored", Some("draft policy: keep running"), None).await?;
+            tx.commit().await?;
+            return Ok((StatusCode::ACCEPTED, Json(json!({ "delivery": delivery, "outcome": "ignored" }))));
         }
-        Intent::Teardown => match orchestrate::teardown(&mut tx, app, owner, repo, pr, Some(delivery)).await? {
-            Some((demo, effects)) => ("teardown_queued", Some(demo), effects),
-            None => ("ignored", None, Effects::default()),
-        },
-        Intent::Ignore => unreachable!("handled above"),
+        intent = Intent::Teardown;
+    }
+    let actor = format!("github:{}", event.sender.as_ref().unwrap_or(&event.pull_request.user).login);
+    let cause = Cause { actor: &actor, event_at: event.pull_request.updated_at, delivery_id: Some(delivery) };
+    let applied = match &request {
+        Some(req) => orchestrate::deploy(&mut tx, app, req, cause).await.map_err(|e| {
+            ApiError::conflict_on_unique(e, format!("demo name {} is taken by another repository", req.name))
+        })?,
+        None => orchestrate::teardown(&mut tx, app, owner, repo, pr, cause).await?,
     };
-    let detail = demo.is_none().then_some("no demo for this pull request");
+    let (outcome, detail, demo, effects) = match applied {
+        Applied::Started(demo, effects) => {
+            let outcome = if intent == Intent::Deploy { "deploy_queued" } else { "teardown_queued" };
+            (outcome, None, Some(demo), effects)
+        }
+        Applied::Stale(demo) => {
+            ("stale", Some("a newer event for this pull request was already applied"), Some(demo), Effects::default())
+        }
+        Applied::NoDemo => ("ignored", Some("no demo for this pull request"), None, Effects::default()),
+    };
     set_outcome(&mut tx, delivery, outcome, detail, demo.as_ref().map(|d| d.id)).await?;
     tx.commit().await?;
     app.apply(effects).await;
@@ -100,6 +118,38 @@ async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<
         answer["demo"] = json!({ "id": demo.id, "name": demo.name, "generation": demo.generation });
     }
     Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// `issue_comment`: `/demo approve` on a pull request asks for its demo to be approved;
+/// whether the commenter may is checked with GitHub, after the answer.
+async fn issue_comment(app: &AppState, delivery: &str, payload: &[u8]) -> Result<Answer, ApiError> {
+    let event: IssueCommentEvent = event::parse(payload).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if !event.is_approval() {
+        return record_only(app, delivery, "issue_comment", Some(&event.action), "ignored", Some("not an approval"))
+            .await;
+    }
+    let owner = &event.repository.owner.login;
+    let repo = &event.repository.name;
+    names::validate_owner(owner).map_err(ApiError::BadRequest)?;
+    names::validate_repo(repo).map_err(ApiError::BadRequest)?;
+    names::validate_owner(&event.comment.user.login).map_err(ApiError::BadRequest)?;
+    let pr = pr_number(event.issue.number)?;
+    let mut tx = app.db.begin().await?;
+    if !insert_delivery(&mut tx, delivery, "issue_comment", Some(&event.action)).await? {
+        return Ok(duplicate(delivery));
+    }
+    outbox::push(&mut *tx, &jobs::approve_by_comment(owner, repo, pr, &event.comment.user.login)).await?;
+    set_outcome(&mut tx, delivery, "approval_requested", None, None).await?;
+    tx.commit().await?;
+    app.outbox.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "delivery": delivery, "outcome": "approval_requested" }))))
+}
+
+fn pr_number(number: u64) -> Result<i64, ApiError> {
+    i64::try_from(number)
+        .ok()
+        .filter(|n| *n > 0 && *n <= i64::from(i32::MAX))
+        .ok_or_else(|| ApiError::BadRequest(format!("payload field `number`: {number} is not a pull request number")))
 }
 
 fn deploy_request(

@@ -1,0 +1,246 @@
+//! Work the controller takes from its own queue, `demofleet.controller`: agents' step
+//! results, its own queued steps (`authorize`), GitHub notifications, and approvals asked
+//! for in PR comments. Each message's AMQP `type` says which.
+//!
+//! Notifications and comment approvals call GitHub; when that fails they are retried
+//! through the same TTL queues as steps, and after the last delay kept in the dead-letter
+//! queue. They never touch the demo's chain: a failing notification never restarts a demo.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use demofleet_common::topology;
+use demofleet_common::wire::{
+    Step, StepMessage, StepOutcome, StepOutput, StepResult, KIND_DEAD, KIND_RESULT, KIND_STEP, WIRE_VERSION,
+};
+
+use crate::db::outbox::{self, Outgoing};
+use crate::db::{audit, demos};
+use crate::github::feedback;
+use crate::scheduler::orchestrate::{self, ActionError};
+use crate::state::AppState;
+
+/// AMQP `type` of a [`NotifyJob`].
+pub const KIND_NOTIFY: &str = "notify";
+/// AMQP `type` of an [`ApproveJob`].
+pub const KIND_APPROVE: &str = "approve";
+
+/// Bring GitHub up to date with a demo's state.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NotifyJob {
+    pub version: u32,
+    pub demo_id: Uuid,
+    #[serde(default = "first")]
+    pub attempt: u32,
+}
+
+/// Someone commented `/demo approve` on a pull request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApproveJob {
+    pub version: u32,
+    pub owner: String,
+    pub repo: String,
+    pub pr: i64,
+    pub commenter: String,
+    #[serde(default = "first")]
+    pub attempt: u32,
+}
+
+fn first() -> u32 {
+    1
+}
+
+/// The outbox message that notifies GitHub about `demo_id`.
+pub fn notify(demo_id: Uuid) -> Outgoing {
+    to_controller(KIND_NOTIFY, &NotifyJob { version: WIRE_VERSION, demo_id, attempt: 1 })
+}
+
+/// The outbox message that checks and applies a comment approval.
+pub fn approve_by_comment(owner: &str, repo: &str, pr: i64, commenter: &str) -> Outgoing {
+    let job = ApproveJob {
+        version: WIRE_VERSION,
+        owner: owner.into(),
+        repo: repo.into(),
+        pr,
+        commenter: commenter.into(),
+        attempt: 1,
+    };
+    to_controller(KIND_APPROVE, &job)
+}
+
+fn to_controller(kind: &'static str, job: &impl Serialize) -> Outgoing {
+    Outgoing {
+        exchange: topology::EXCHANGE.into(),
+        routing_key: topology::CONTROLLER_QUEUE.into(),
+        kind,
+        payload: serde_json::to_value(job).expect("jobs serialize"),
+    }
+}
+
+/// Handle one message of the controller queue. An error means "not done, deliver again"
+/// (the database was unreachable, say); everything else is settled here.
+pub async fn handle(app: &AppState, kind: &str, data: &[u8]) -> anyhow::Result<()> {
+    match kind {
+        KIND_RESULT => {
+            let Some(result) = parse::<StepResult>(kind, data, |r| r.version) else { return Ok(()) };
+            record(app, &result).await
+        }
+        KIND_STEP => {
+            let Some(message) = parse::<StepMessage>(kind, data, |m| m.version) else { return Ok(()) };
+            let started = std::time::Instant::now();
+            let outcome = run_step(app, &message).await?;
+            let result = StepResult {
+                version: WIRE_VERSION,
+                chain_id: message.chain_id,
+                demo_id: message.demo.id,
+                generation: message.demo.generation,
+                step: message.step,
+                attempt: message.attempt,
+                host_id: "controller".into(),
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                outcome,
+            };
+            record(app, &result).await
+        }
+        KIND_NOTIFY => {
+            let Some(job) = parse::<NotifyJob>(kind, data, |j| j.version) else { return Ok(()) };
+            let Some(github) = &app.github else { return Ok(()) };
+            match feedback::sync(app, github, job.demo_id).await {
+                Ok(()) => Ok(()),
+                Err(err) => {
+                    tracing::warn!(demo = %job.demo_id, attempt = job.attempt, error = format!("{err:#}"), "notifying GitHub failed");
+                    retry_later(app, KIND_NOTIFY, job.attempt, data, &err.to_string()).await
+                }
+            }
+        }
+        KIND_APPROVE => {
+            let Some(job) = parse::<ApproveJob>(kind, data, |j| j.version) else { return Ok(()) };
+            match approve_by_comment_now(app, &job).await {
+                Ok(()) => Ok(()),
+                Err(err) => {
+                    tracing::warn!(
+                        pr = job.pr,
+                        attempt = job.attempt,
+                        error = format!("{err:#}"),
+                        "comment approval failed"
+                    );
+                    retry_later(app, KIND_APPROVE, job.attempt, data, &err.to_string()).await
+                }
+            }
+        }
+        other => {
+            tracing::error!(kind = other, "message of an unknown type on the controller queue dropped");
+            Ok(())
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(kind: &str, data: &[u8], version: impl Fn(&T) -> u32) -> Option<T> {
+    match serde_json::from_slice::<T>(data) {
+        Ok(value) if version(&value) == WIRE_VERSION => Some(value),
+        Ok(_) => {
+            tracing::error!(kind, "message of an unknown version dropped");
+            None
+        }
+        Err(err) => {
+            tracing::error!(kind, error = %err, "unreadable message dropped");
+            None
+        }
+    }
+}
+
+async fn record(app: &AppState, result: &StepResult) -> anyhow::Result<()> {
+    let mut tx = app.db.begin().await?;
+    let effects = orchestrate::record_result(&mut tx, app, result).await?;
+    tx.commit().await?;
+    app.apply(effects).await;
+    Ok(())
+}
+
+/// Controller steps that are queued rather than run inline.
+async fn run_step(app: &AppState, message: &StepMessage) -> anyhow::Result<StepOutcome> {
+    match message.step {
+        Step::Authorize => authorize(app, message).await,
+        other => {
+            Ok(StepOutcome::Failed { error: format!("{} is not a controller step", other.as_str()), retryable: false })
+        }
+    }
+}
+
+/// May the PR's author start a demo? Write, maintain or admin on the repository, or an
+/// approval of this very commit; anyone else waits for approval.
+async fn authorize(app: &AppState, message: &StepMessage) -> anyhow::Result<StepOutcome> {
+    let spec = &message.demo;
+    let allowed = |yes: bool| StepOutcome::Succeeded(StepOutput { awaiting_approval: !yes, ..StepOutput::default() });
+    let Some(demo) = demos::get(&app.db, spec.id).await? else {
+        return Ok(StepOutcome::Failed { error: "the demo is gone".into(), retryable: false });
+    };
+    if demo.approved_sha.as_deref() == Some(spec.sha.as_str()) {
+        return Ok(allowed(true));
+    }
+    let Some(github) = &app.github else {
+        let trusted = app.config.trusted_authors.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(&spec.github_user));
+        return Ok(allowed(trusted));
+    };
+    Ok(match github.permission(&spec.owner, &spec.repo, &spec.github_user).await {
+        Ok(permission) => allowed(permission.can_write()),
+        Err(err) => StepOutcome::Failed { error: format!("checking the author's permission: {err}"), retryable: true },
+    })
+}
+
+/// Approve the PR's demo if the commenter may write to the repository.
+async fn approve_by_comment_now(app: &AppState, job: &ApproveJob) -> anyhow::Result<()> {
+    let allowed = match &app.github {
+        Some(github) => github.permission(&job.owner, &job.repo, &job.commenter).await?.can_write(),
+        None => false,
+    };
+    let actor = format!("github:{}", job.commenter);
+    let mut tx = app.db.begin().await?;
+    let demo = demos::find_for_update(&mut *tx, &job.owner, &job.repo, job.pr).await?;
+    let Some(demo) = demo else { return Ok(()) };
+    if !allowed {
+        let detail = serde_json::json!({ "reason": "commenter lacks write access" });
+        audit::record(&mut *tx, &actor, "approval_refused", Some(demo.id), detail).await?;
+        tx.commit().await?;
+        return Ok(());
+    }
+    match orchestrate::approve(&mut tx, app, demo.id, &actor).await {
+        Ok(effects) => {
+            tx.commit().await?;
+            app.apply(effects).await;
+            Ok(())
+        }
+        Err(ActionError::Database(err)) => Err(err.into()),
+        Err(refused) => {
+            tracing::info!(pr = job.pr, reason = %refused, "comment approval had nothing to approve");
+            Ok(())
+        }
+    }
+}
+
+/// Send a failed job around again through a retry queue, or to the dead-letter queue
+/// when its attempts are used up.
+async fn retry_later(app: &AppState, kind: &'static str, attempt: u32, data: &[u8], error: &str) -> anyhow::Result<()> {
+    let mut payload: serde_json::Value = serde_json::from_slice(data)?;
+    let used = usize::try_from(attempt).unwrap_or(usize::MAX);
+    let outgoing = match app.config.retry_delays.get(used.wrapping_sub(1)) {
+        Some(delay) => {
+            payload["attempt"] = (attempt + 1).into();
+            Outgoing {
+                exchange: topology::retry_exchange(*delay),
+                routing_key: topology::CONTROLLER_QUEUE.into(),
+                kind,
+                payload,
+            }
+        }
+        None => Outgoing {
+            exchange: String::new(),
+            routing_key: topology::DEAD_QUEUE.into(),
+            kind: KIND_DEAD,
+            payload: serde_json::json!({ "version": WIRE_VERSION, "kind": kind, "job": payload, "error": error }),
+        },
+    };
+    outbox::push(&app.db, &outgoing).await?;
+    app.outbox.notify_one();
+    Ok(())
+}
