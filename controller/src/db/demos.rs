@@ -44,12 +44,14 @@ pub struct DeployRequest {
     pub github_user: String,
 }
 
-/// Create the demo or ask an existing one for a new generation running `sha`.
+/// Create the demo or ask an existing one for a new generation running `sha`. `None` when
+/// the demo has already applied a newer event (found under the row lock, so concurrent
+/// first events of one pull request order correctly).
 pub async fn upsert_for_deploy(
     db: impl PgExecutor<'_>,
     req: &DeployRequest,
     event_at: Option<OffsetDateTime>,
-) -> sqlx::Result<Demo> {
+) -> sqlx::Result<Option<Demo>> {
     sqlx::query_as(
         "insert into demos (id, owner, repo, pr, name, desired, state, generation, sha, clone_url, github_user, event_at)
          values ($1, $2, $3, $4, $5, 'running', 'pending', 1, $6, $7, $8, $9)
@@ -57,6 +59,7 @@ pub async fn upsert_for_deploy(
              desired = 'running', generation = demos.generation + 1, sha = excluded.sha,
              clone_url = excluded.clone_url, github_user = excluded.github_user,
              event_at = greatest(demos.event_at, excluded.event_at), error = null, updated_at = now()
+         where demos.event_at is null or excluded.event_at is null or excluded.event_at >= demos.event_at
          returning *",
     )
     .bind(Uuid::new_v4())
@@ -68,8 +71,35 @@ pub async fn upsert_for_deploy(
     .bind(&req.clone_url)
     .bind(&req.github_user)
     .bind(event_at)
-    .fetch_one(db)
+    .fetch_optional(db)
     .await
+}
+
+/// Remember a pull request that closed before it had a demo. False when a demo appeared
+/// meanwhile.
+pub async fn insert_stopped(
+    db: impl PgExecutor<'_>,
+    req: &DeployRequest,
+    event_at: Option<OffsetDateTime>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "insert into demos (id, owner, repo, pr, name, desired, state, generation, sha, clone_url, github_user, event_at)
+         values ($1, $2, $3, $4, $5, 'stopped', 'stopped', 1, $6, $7, $8, $9)
+         on conflict (owner, repo, pr) do nothing",
+    )
+    .bind(Uuid::new_v4())
+    .bind(&req.owner)
+    .bind(&req.repo)
+    .bind(req.pr)
+    .bind(&req.name)
+    .bind(&req.sha)
+    .bind(&req.clone_url)
+    .bind(&req.github_user)
+    .bind(event_at)
+    .execute(db)
+    .await?;
+    let inserted = done.rows_affected() == 1;
+    Ok(inserted)
 }
 
 /// The demo of `owner/repo#pr`, locked, if there is one.

@@ -39,27 +39,28 @@ pub struct Cause<'a> {
 
 /// Ask for `req`'s demo to run its head commit, as a new generation.
 pub async fn deploy(tx: &mut Tx<'_>, app: &AppState, req: &DeployRequest, cause: Cause<'_>) -> sqlx::Result<Applied> {
-    if let Some(existing) = demos::find_for_update(&mut **tx, &req.owner, &req.repo, req.pr).await? {
-        if is_stale(&existing, cause.event_at) {
-            return Ok(Applied::Stale(existing));
+    match demos::upsert_for_deploy(&mut **tx, req, cause.event_at).await? {
+        Some(demo) => start_chain(tx, app, demo, "deploy", &Step::DEPLOY, cause).await,
+        None => {
+            let newer = demos::find_for_update(&mut **tx, &req.owner, &req.repo, req.pr).await?;
+            Ok(newer.map_or(Applied::NoDemo, Applied::Stale))
         }
     }
-    let demo = demos::upsert_for_deploy(&mut **tx, req, cause.event_at).await?;
-    start_chain(tx, app, demo, "deploy", &Step::DEPLOY, cause).await
 }
 
-/// Ask for the demo of `owner/repo#pr` to be torn down, as a new generation.
-pub async fn teardown(
-    tx: &mut Tx<'_>,
-    app: &AppState,
-    owner: &str,
-    repo: &str,
-    pr: i64,
-    cause: Cause<'_>,
-) -> sqlx::Result<Applied> {
-    let Some(existing) = demos::find_for_update(&mut **tx, owner, repo, pr).await? else {
-        return Ok(Applied::NoDemo);
-    };
+/// Ask for `req`'s demo to be torn down, as a new generation. A pull request closed before
+/// any of its other events arrived is remembered as a stopped demo, so those events,
+/// being older, change nothing when they come.
+pub async fn teardown(tx: &mut Tx<'_>, app: &AppState, req: &DeployRequest, cause: Cause<'_>) -> sqlx::Result<Applied> {
+    let mut existing = demos::find_for_update(&mut **tx, &req.owner, &req.repo, req.pr).await?;
+    if existing.is_none() {
+        if demos::insert_stopped(&mut **tx, req, cause.event_at).await? {
+            return Ok(Applied::NoDemo);
+        }
+        // Another event created the demo meanwhile: tear that down (or find this one stale).
+        existing = demos::find_for_update(&mut **tx, &req.owner, &req.repo, req.pr).await?;
+    }
+    let existing = existing.expect("the demo exists: found, or inserted by a concurrent event");
     if is_stale(&existing, cause.event_at) {
         return Ok(Applied::Stale(existing));
     }

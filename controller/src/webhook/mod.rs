@@ -74,10 +74,7 @@ async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<
     names::validate_owner(owner).map_err(ApiError::BadRequest)?;
     names::validate_repo(repo).map_err(ApiError::BadRequest)?;
     let pr = pr_number(event.number)?;
-    let request = match intent {
-        Intent::Deploy => Some(deploy_request(app, &event, owner, repo, pr)?),
-        _ => None,
-    };
+    let request = deploy_request(app, &event, owner, repo, pr)?;
 
     let mut tx = app.db.begin().await?;
     if !insert_delivery(&mut tx, delivery, "pull_request", Some(action)).await? {
@@ -94,12 +91,13 @@ async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<
     }
     let actor = format!("github:{}", event.sender.as_ref().unwrap_or(&event.pull_request.user).login);
     let cause = Cause { actor: &actor, event_at: event.pull_request.updated_at, delivery_id: Some(delivery) };
-    let applied = match &request {
-        Some(req) => orchestrate::deploy(&mut tx, app, req, cause).await.map_err(|e| {
-            ApiError::conflict_on_unique(e, format!("demo name {} is taken by another repository", req.name))
-        })?,
-        None => orchestrate::teardown(&mut tx, app, owner, repo, pr, cause).await?,
+    let applied = if intent == Intent::Deploy {
+        orchestrate::deploy(&mut tx, app, &request, cause).await
+    } else {
+        orchestrate::teardown(&mut tx, app, &request, cause).await
     };
+    let name_taken = format!("demo name {} is taken by another repository", request.name);
+    let applied = applied.map_err(|e| ApiError::conflict_on_unique(e, name_taken))?;
     let (outcome, detail, demo, effects) = match applied {
         Applied::Started(demo, effects) => {
             let outcome = if intent == Intent::Deploy { "deploy_queued" } else { "teardown_queued" };
