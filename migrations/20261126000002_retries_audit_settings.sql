@@ -26,6 +26,8 @@ create table step_attempts (
 -- The event time (pull_request.updated_at) of the newest event applied to a demo: an
 -- event older than this arrived late and changes nothing.
 alter table demos add column event_at timestamptz;
+-- When the demo was last asked to run a new head (or to run at all).
+alter table demos add column deployed_at timestamptz;
 
 -- Every start, stop and approval, naming who.
 create table audit_events (
@@ -44,8 +46,8 @@ create table repo_settings (
     repo         text not null,
     -- What converted_to_draft does: keep the demo running, or stop it.
     draft_policy text not null default 'keep' check (draft_policy in ('keep', 'stop')),
-    -- Stop a demo after this many hours without a push.
-    ttl_hours    integer check (ttl_hours > 0),
+    -- Stop a demo this many seconds after its last push.
+    ttl_seconds  integer check (ttl_seconds > 0),
     -- At most this many demos of the repository run at once; more wait as pending.
     max_demos    integer check (max_demos >= 0),
     primary key (owner, repo)

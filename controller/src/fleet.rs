@@ -7,8 +7,9 @@ use tokio_util::sync::CancellationToken;
 use demofleet_common::topology;
 use demofleet_common::wire::{Heartbeat, WIRE_VERSION};
 
-use crate::db::{chains, hosts};
-use crate::scheduler::orchestrate;
+use crate::db::demos::{self, DeployRequest};
+use crate::db::{chains, hosts, settings};
+use crate::scheduler::orchestrate::{self, Applied, Cause};
 use crate::state::AppState;
 
 /// Record every heartbeat until `stop`.
@@ -52,10 +53,41 @@ pub async fn run_tick(app: AppState, stop: CancellationToken) {
         if let Err(err) = place_waiting(&app).await {
             tracing::warn!(error = %err, "placing waiting demos failed");
         }
+        if let Err(err) = stop_expired(&app).await {
+            tracing::warn!(error = %err, "stopping expired demos failed");
+        }
         if let Err(err) = app.routes.reload(&app.db).await {
             tracing::warn!(error = %err, "route table reload failed");
         }
     }
+}
+
+/// Tear down demos whose repository's TTL ran out since their last push.
+async fn stop_expired(app: &AppState) -> sqlx::Result<()> {
+    for id in settings::expired(&app.db).await? {
+        let mut tx = app.db.begin().await?;
+        let Some(demo) = demos::get_for_update_opt(&mut *tx, id).await? else { continue };
+        if demo.desired != "running" {
+            continue;
+        }
+        tracing::info!(demo = %demo.name, "TTL since the last push ran out; stopping");
+        let request = DeployRequest {
+            owner: demo.owner.clone(),
+            repo: demo.repo.clone(),
+            pr: demo.pr,
+            name: demo.name.clone(),
+            sha: demo.sha.clone(),
+            clone_url: demo.clone_url.clone(),
+            github_user: demo.github_user.clone(),
+        };
+        let cause = Cause { actor: "ttl", event_at: None, delivery_id: None };
+        let applied = orchestrate::teardown(&mut tx, app, &request, cause).await?;
+        tx.commit().await?;
+        if let Applied::Started(_, effects) = applied {
+            app.apply(effects).await;
+        }
+    }
+    Ok(())
 }
 
 async fn place_waiting(app: &AppState) -> sqlx::Result<()> {

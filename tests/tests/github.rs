@@ -153,7 +153,7 @@ async fn authors_without_write_access_wait_for_an_approval() {
     assert_eq!(response.status(), 202);
     let demo = stack.wait_for_state(&name, "awaiting_approval", DEADLINE).await;
     comment_says(&stack, &repo, "/demo approve").await;
-    assert_eq!(stack.agents[0].demo_dir.join(&name).exists(), false, "nothing ran");
+    assert!(!stack.agents[0].demo_dir.join(&name).exists(), "nothing ran");
 
     // A comment by someone without write access approves nothing.
     let comment = |login: &str, body: &str| {

@@ -24,6 +24,8 @@ pub struct Demo {
     pub error: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub event_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub deployed_at: Option<OffsetDateTime>,
     pub approved_sha: Option<String>,
     pub approved_by: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
@@ -53,10 +55,11 @@ pub async fn upsert_for_deploy(
     event_at: Option<OffsetDateTime>,
 ) -> sqlx::Result<Option<Demo>> {
     sqlx::query_as(
-        "insert into demos (id, owner, repo, pr, name, desired, state, generation, sha, clone_url, github_user, event_at)
-         values ($1, $2, $3, $4, $5, 'running', 'pending', 1, $6, $7, $8, $9)
+        "insert into demos (id, owner, repo, pr, name, desired, state, generation, sha, clone_url, github_user, event_at,
+                            deployed_at)
+         values ($1, $2, $3, $4, $5, 'running', 'pending', 1, $6, $7, $8, $9, now())
          on conflict (owner, repo, pr) do update set
-             desired = 'running', generation = demos.generation + 1, sha = excluded.sha,
+             desired = 'running', generation = demos.generation + 1, sha = excluded.sha, deployed_at = now(),
              clone_url = excluded.clone_url, github_user = excluded.github_user,
              event_at = greatest(demos.event_at, excluded.event_at), error = null, updated_at = now()
          where demos.event_at is null or excluded.event_at is null or excluded.event_at >= demos.event_at

@@ -1,14 +1,99 @@
 //! Per-repository settings; a repository without a row has the defaults.
 
-use sqlx::PgExecutor;
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, PgExecutor};
 
-/// What `converted_to_draft` does to the repository's demos: `keep` (default) or `stop`.
-pub async fn draft_policy(db: impl PgExecutor<'_>, owner: &str, repo: &str) -> sqlx::Result<String> {
-    let policy: Option<String> =
-        sqlx::query_scalar("select draft_policy from repo_settings where owner = $1 and repo = $2")
+/// A repository's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, FromRow)]
+#[serde(deny_unknown_fields)]
+pub struct RepoSettings {
+    /// What `converted_to_draft` does: `keep` the demo running (default) or `stop` it.
+    #[serde(default = "keep")]
+    pub draft_policy: String,
+    /// Stop a demo this many seconds after its last push; none: never.
+    #[serde(default)]
+    pub ttl_seconds: Option<i32>,
+    /// At most this many of the repository's demos run at once; more wait as `pending`.
+    #[serde(default)]
+    pub max_demos: Option<i32>,
+}
+
+fn keep() -> String {
+    "keep".into()
+}
+
+impl Default for RepoSettings {
+    fn default() -> Self {
+        RepoSettings { draft_policy: keep(), ttl_seconds: None, max_demos: None }
+    }
+}
+
+impl RepoSettings {
+    /// What is wrong with these settings, if anything.
+    pub fn problem(&self) -> Option<String> {
+        if !matches!(self.draft_policy.as_str(), "keep" | "stop") {
+            return Some(format!("draft_policy must be \"keep\" or \"stop\", not {:?}", self.draft_policy));
+        }
+        if self.ttl_seconds.is_some_and(|t| t <= 0) {
+            return Some("ttl_seconds must be positive".into());
+        }
+        if self.max_demos.is_some_and(|m| m < 0) {
+            return Some("max_demos must not be negative".into());
+        }
+        None
+    }
+}
+
+pub async fn get(db: impl PgExecutor<'_>, owner: &str, repo: &str) -> sqlx::Result<RepoSettings> {
+    let found: Option<RepoSettings> =
+        sqlx::query_as("select draft_policy, ttl_seconds, max_demos from repo_settings where owner = $1 and repo = $2")
             .bind(owner)
             .bind(repo)
             .fetch_optional(db)
             .await?;
-    Ok(policy.unwrap_or_else(|| "keep".into()))
+    Ok(found.unwrap_or_default())
+}
+
+pub async fn put(db: impl PgExecutor<'_>, owner: &str, repo: &str, settings: &RepoSettings) -> sqlx::Result<()> {
+    sqlx::query(
+        "insert into repo_settings (owner, repo, draft_policy, ttl_seconds, max_demos) values ($1, $2, $3, $4, $5)
+         on conflict (owner, repo) do update set draft_policy = excluded.draft_policy,
+             ttl_seconds = excluded.ttl_seconds, max_demos = excluded.max_demos",
+    )
+    .bind(owner)
+    .bind(repo)
+    .bind(&settings.draft_policy)
+    .bind(settings.ttl_seconds)
+    .bind(settings.max_demos)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Demos that should run but outlived their repository's TTL since their last push.
+pub async fn expired(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<uuid::Uuid>> {
+    sqlx::query_scalar(
+        "select d.id from demos d join repo_settings s on s.owner = d.owner and s.repo = d.repo
+         where d.desired = 'running' and s.ttl_seconds is not null
+           and coalesce(d.deployed_at, d.created_at) < now() - make_interval(secs => s.ttl_seconds)
+         order by d.id limit 100",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// True when the repository already runs (or has placed) as many demos as it may.
+pub async fn repo_is_full(db: impl PgExecutor<'_>, owner: &str, repo: &str, except: uuid::Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select coalesce(s.max_demos <= (select count(*) from demos d
+                                          where d.owner = s.owner and d.repo = s.repo and d.desired = 'running'
+                                            and d.host_id is not null and d.id <> $3), false)
+         from (select $1::text as owner, $2::text as repo) r
+         left join repo_settings s on s.owner = r.owner and s.repo = r.repo",
+    )
+    .bind(owner)
+    .bind(repo)
+    .bind(except)
+    .fetch_one(db)
+    .await
 }

@@ -8,10 +8,12 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::db::{chains, demos, hosts};
+use crate::db::{audit, chains, demos, hosts, settings};
 use crate::error::ApiError;
 use crate::scheduler::orchestrate;
 use crate::state::AppState;
+use axum::extract::rejection::JsonRejection;
+use demofleet_common::names;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -19,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/demos/{id}", get(demo_detail))
         .route("/api/hosts", get(list_hosts))
         .route("/api/demos/{id}/approve", post(approve_demo))
+        .route("/api/repos/{owner}/{repo}/settings", get(get_settings).put(put_settings))
         .route("/api/chains/{id}/retry", post(retry_chain))
 }
 
@@ -119,3 +122,36 @@ async fn approve_demo(State(app): State<AppState>, Path(id): Path<Uuid>) -> Resu
 }
 
 type Accepted = (StatusCode, Json<serde_json::Value>);
+
+async fn get_settings(
+    State(app): State<AppState>,
+    Path((owner, repo)): Path<(String, String)>,
+) -> Result<Json<settings::RepoSettings>, ApiError> {
+    Ok(Json(settings::get(&app.db, &owner, &repo).await?))
+}
+
+async fn put_settings(
+    State(app): State<AppState>,
+    Path((owner, repo)): Path<(String, String)>,
+    body: Result<Json<settings::RepoSettings>, JsonRejection>,
+) -> Result<Json<settings::RepoSettings>, ApiError> {
+    let Json(new) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    names::validate_owner(&owner).map_err(ApiError::BadRequest)?;
+    names::validate_repo(&repo).map_err(ApiError::BadRequest)?;
+    if let Some(problem) = new.problem() {
+        return Err(ApiError::BadRequest(problem));
+    }
+    let mut tx = app.db.begin().await?;
+    settings::put(&mut *tx, &owner, &repo, &new).await?;
+    let detail = serde_json::to_value(&new).unwrap_or_default();
+    audit::record(
+        &mut *tx,
+        "api",
+        "settings",
+        None,
+        serde_json::json!({ "repo": format!("{owner}/{repo}"), "settings": detail }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(new))
+}

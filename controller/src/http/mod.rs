@@ -3,6 +3,7 @@
 pub mod api;
 pub mod health;
 pub mod index;
+pub mod metrics;
 
 use axum::Router;
 use tower_http::trace::TraceLayer;
@@ -15,6 +16,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::router())
         .merge(health::router())
         .merge(index::router())
+        .merge(metrics::router())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

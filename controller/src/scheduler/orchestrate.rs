@@ -14,7 +14,7 @@ use demofleet_common::wire::{DeadStep, DemoSpec, Step, StepMessage, StepOutcome,
 use super::{placement, Effects};
 use crate::db::demos::{self, Demo, DeployRequest};
 use crate::db::outbox::{self, Outgoing};
-use crate::db::{audit, chains, Tx};
+use crate::db::{audit, chains, settings, Tx};
 use crate::jobs;
 use crate::state::AppState;
 
@@ -144,7 +144,12 @@ pub async fn advance(tx: &mut Tx<'_>, app: &AppState, chain_id: Uuid) -> sqlx::R
         }
         let queue = if step.runs_on_agent() {
             let host = if deploying {
-                placement::place(tx, demo.host_id.as_deref(), app.config.host_timeout).await?
+                let placed = demo.host_id.is_some();
+                if !placed && settings::repo_is_full(&mut **tx, &demo.owner, &demo.repo, demo.id).await? {
+                    None
+                } else {
+                    placement::place(tx, demo.host_id.as_deref(), app.config.host_timeout).await?
+                }
             } else {
                 demo.host_id.clone()
             };

@@ -81,7 +81,7 @@ async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<
         return Ok(duplicate(delivery));
     }
     if intent == Intent::Draft {
-        let policy = settings::draft_policy(&mut *tx, owner, repo).await?;
+        let policy = settings::get(&mut *tx, owner, repo).await?.draft_policy;
         if policy == "keep" {
             set_outcome(&mut tx, delivery, "ignored", Some("draft policy: keep running"), None).await?;
             tx.commit().await?;

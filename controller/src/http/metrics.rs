@@ -1,0 +1,120 @@
+//! `/metrics` in Prometheus text format, computed from the state of record at scrape time
+//! (so every controller replica reports the same fleet), plus the broker's queue depths.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+
+use demofleet_common::topology;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let mut out = String::new();
+    let deliveries: Vec<(String, String, i64)> =
+        sqlx::query_as("select event, outcome, count(*) from webhook_deliveries group by event, outcome order by 1, 2")
+            .fetch_all(&app.db)
+            .await?;
+    family(&mut out, "demofleet_webhook_deliveries_total", "counter", "Webhook deliveries by event and outcome.");
+    for (event, outcome, n) in deliveries {
+        sample(&mut out, "demofleet_webhook_deliveries_total", &[("event", &event), ("outcome", &outcome)], n as f64);
+    }
+
+    let attempts: Vec<(String, String, i64, f64)> = sqlx::query_as(
+        "select s.name, a.outcome, count(*), coalesce(sum(a.duration_ms), 0)::float8 / 1000
+         from step_attempts a join chain_steps s on s.chain_id = a.chain_id and s.position = a.position
+         group by s.name, a.outcome order by 1, 2",
+    )
+    .fetch_all(&app.db)
+    .await?;
+    family(&mut out, "demofleet_step_attempts_total", "counter", "Step attempts by step and outcome.");
+    for (step, outcome, n, _) in &attempts {
+        sample(&mut out, "demofleet_step_attempts_total", &[("step", step), ("outcome", outcome)], *n as f64);
+    }
+    family(&mut out, "demofleet_step_duration_seconds", "summary", "Time spent in step attempts.");
+    let steps: std::collections::BTreeSet<&String> = attempts.iter().map(|(s, ..)| s).collect();
+    for step in steps {
+        let of_step = attempts.iter().filter(|(s, ..)| s == step);
+        let (count, sum) = of_step.fold((0, 0.0), |(c, t), (_, _, n, secs)| (c + n, t + secs));
+        sample(&mut out, "demofleet_step_duration_seconds_sum", &[("step", step)], sum);
+        sample(&mut out, "demofleet_step_duration_seconds_count", &[("step", step)], count as f64);
+    }
+
+    let demos: Vec<(String, i64)> =
+        sqlx::query_as("select state, count(*) from demos group by state order by 1").fetch_all(&app.db).await?;
+    family(&mut out, "demofleet_demos", "gauge", "Demos by state.");
+    for (state, n) in demos {
+        sample(&mut out, "demofleet_demos", &[("state", &state)], n as f64);
+    }
+
+    let timeout = app.config.host_timeout.as_secs_f64();
+    let hosts: Vec<(String, bool)> =
+        sqlx::query_as("select id, last_seen > now() - make_interval(secs => $1) from hosts order by id")
+            .bind(timeout)
+            .fetch_all(&app.db)
+            .await?;
+    family(&mut out, "demofleet_hosts", "gauge", "Hosts by whether their heartbeat is recent.");
+    let up = hosts.iter().filter(|(_, alive)| *alive).count();
+    sample(&mut out, "demofleet_hosts", &[("status", "up")], up as f64);
+    sample(&mut out, "demofleet_hosts", &[("status", "down")], (hosts.len() - up) as f64);
+
+    let outbox: i64 = sqlx::query_scalar("select count(*) from outbox").fetch_one(&app.db).await?;
+    family(&mut out, "demofleet_outbox_messages", "gauge", "Messages committed but not yet confirmed by RabbitMQ.");
+    sample(&mut out, "demofleet_outbox_messages", &[], outbox as f64);
+
+    family(&mut out, "demofleet_queue_messages", "gauge", "Messages ready in RabbitMQ queues.");
+    let mut queues = vec![topology::CONTROLLER_QUEUE.to_string(), topology::DEAD_QUEUE.to_string()];
+    queues.extend(hosts.iter().map(|(id, _)| topology::host_queue(id)));
+    for queue in queues {
+        if let Some(depth) = queue_depth(&app, &queue).await {
+            sample(&mut out, "demofleet_queue_messages", &[("queue", &queue)], f64::from(depth));
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out))
+}
+
+/// Ready messages in `queue`, or `None` when it does not exist or the broker is away. A
+/// passive declare of a missing queue closes its channel, so each gets its own.
+async fn queue_depth(app: &AppState, queue: &str) -> Option<u32> {
+    let channel = app.broker.channel().await.ok()?;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let declared = channel.queue_declare(queue.into(), passive, FieldTable::default()).await.ok()?;
+    let _ = channel.close(200, "done".into()).await;
+    Some(declared.message_count())
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+    let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
+    let _ = writeln!(out, "{name}{labels} {value}");
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        super::sample(&mut out, "m", &[("event", "a\"b\\c\nd")], 1.0);
+        assert_eq!(out, "m{event=\"a\\\"b\\\\c\\nd\"} 1\n");
+    }
+}
