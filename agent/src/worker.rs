@@ -2,7 +2,6 @@
 //! demo, results published (confirmed) before the step's message is acknowledged.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
@@ -15,31 +14,33 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use demofleet_common::topology;
+use backoff::backoff::Backoff;
+use backoff::ExponentialBackoff;
 use demofleet_common::wire::{StepMessage, StepResult, KIND_RESULT, WIRE_VERSION};
+use demofleet_common::{retry, topology};
 
 use crate::{steps, AgentContext};
 
 /// Consume this host's queue until `stop`, reconnecting after broker failures.
 pub async fn run(ctx: Arc<AgentContext>, stop: CancellationToken) {
-    let mut failures = 0u32;
+    let mut policy = retry::reconnect_policy();
     loop {
-        match consume(&ctx, &stop).await {
+        match consume(&ctx, &stop, &mut policy).await {
             Ok(()) => return,
-            Err(err) => {
-                failures += 1;
-                tracing::warn!(error = %err, "step consumer stopped; reconnecting");
-            }
+            Err(err) => tracing::warn!(error = %err, "step consumer stopped; reconnecting"),
         }
-        let pause = Duration::from_millis(500u64.saturating_mul(1 << failures.min(6)).min(30_000));
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep(retry::next_wait(&mut policy)) => {}
         }
     }
 }
 
-async fn consume(ctx: &Arc<AgentContext>, stop: &CancellationToken) -> anyhow::Result<()> {
+async fn consume(
+    ctx: &Arc<AgentContext>,
+    stop: &CancellationToken,
+    policy: &mut ExponentialBackoff,
+) -> anyhow::Result<()> {
     let connection = Connection::connect(&ctx.config.amqp_url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     let queue = topology::host_queue(&ctx.host_id);
@@ -57,6 +58,7 @@ async fn consume(ctx: &Arc<AgentContext>, stop: &CancellationToken) -> anyhow::R
         )
         .await?;
     tracing::info!(%queue, "consuming steps");
+    policy.reset();
     let permits = Arc::new(Semaphore::new(usize::from(ctx.config.concurrency.max(1))));
     let running = TaskTracker::new();
     let outcome = loop {

@@ -7,12 +7,14 @@
 //! - [`names`]: sanitizing `(repo, owner, pr)` into a DNS label and folder name.
 //! - [`labels`]: the container label keys and the full label set of a demo.
 //! - [`wire`]: step messages, step results and heartbeats (serde, versioned).
+//! - [`retry`]: back-off for reconnect loops.
 //! - [`signal`]: waiting for SIGINT or SIGTERM.
 //! - [`topology`]: exchange, queue and subject names; declaring them on a channel.
 
 pub mod duration;
 pub mod labels;
 pub mod names;
+pub mod retry;
 pub mod signal;
 pub mod topology;
 pub mod wire;

@@ -16,8 +16,10 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use demofleet_common::topology;
+use backoff::backoff::Backoff;
+use backoff::ExponentialBackoff;
 use demofleet_common::wire::KIND_RESULT;
+use demofleet_common::{retry, topology};
 
 use crate::db::outbox;
 use crate::jobs;
@@ -63,7 +65,7 @@ impl Broker {
 pub async fn run_publisher(app: AppState, stop: CancellationToken) {
     let mut channel: Option<Channel> = None;
     let mut declared = HashSet::new();
-    let mut failures = 0u32;
+    let mut policy = retry::reconnect_policy();
     loop {
         if channel.as_ref().is_none_or(|c| !c.status().connected()) {
             declared.clear();
@@ -77,15 +79,14 @@ pub async fn run_publisher(app: AppState, stop: CancellationToken) {
         }
         if let Some(ch) = &channel {
             match publish_pending(&app, ch, &mut declared).await {
-                Ok(()) => failures = 0,
+                Ok(()) => policy.reset(),
                 Err(err) => {
                     tracing::warn!(error = %err, "publishing the outbox failed; retrying");
                     channel = None;
-                    failures += 1;
                 }
             }
         }
-        let pause = if channel.is_some() { app.config.tick } else { backoff(failures.max(1)) };
+        let pause = if channel.is_some() { app.config.tick } else { retry::next_wait(&mut policy) };
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = app.outbox.notified() => {}
@@ -146,29 +147,30 @@ async fn publish_pending(app: &AppState, channel: &Channel, declared: &mut HashS
     }
 }
 
-/// Consume step results from the controller queue until `stop`, reconnecting as needed.
+/// Consume the controller queue until `stop`, reconnecting as needed.
 pub async fn run_result_consumer(app: AppState, stop: CancellationToken) {
-    let mut failures = 0u32;
+    let mut policy = retry::reconnect_policy();
     loop {
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = consume_results(&app, &stop) => r,
+            r = consume_results(&app, &stop, &mut policy) => r,
         };
         match result {
             Ok(()) => return,
-            Err(err) => {
-                failures += 1;
-                tracing::warn!(error = %err, "result consumer stopped; reconnecting");
-            }
+            Err(err) => tracing::warn!(error = %err, "controller queue consumer stopped; reconnecting"),
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff(failures)) => {}
+            _ = tokio::time::sleep(retry::next_wait(&mut policy)) => {}
         }
     }
 }
 
-async fn consume_results(app: &AppState, stop: &CancellationToken) -> anyhow::Result<()> {
+async fn consume_results(
+    app: &AppState,
+    stop: &CancellationToken,
+    policy: &mut ExponentialBackoff,
+) -> anyhow::Result<()> {
     let channel = app.broker.channel().await?;
     topology::declare_queue(&channel, topology::CONTROLLER_QUEUE).await?;
     channel.basic_qos(CONCURRENCY, BasicQosOptions::default()).await?;
@@ -180,6 +182,7 @@ async fn consume_results(app: &AppState, stop: &CancellationToken) -> anyhow::Re
             FieldTable::default(),
         )
         .await?;
+    policy.reset();
     let permits = Arc::new(Semaphore::new(usize::from(CONCURRENCY)));
     let running = TaskTracker::new();
     let outcome = loop {
@@ -217,9 +220,4 @@ async fn consume_results(app: &AppState, stop: &CancellationToken) -> anyhow::Re
     running.close();
     running.wait().await;
     outcome
-}
-
-/// 0.5 s doubling up to 30 s.
-fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(500u64.saturating_mul(1 << failures.min(6)).min(30_000))
 }

@@ -34,11 +34,13 @@ pub struct StackOptions {
     /// Extra controller flags, e.g. `--webhook-max-bytes 1024`.
     pub controller_args: Vec<String>,
     pub github_auth: GitHubAuth,
+    /// A NATS server of the test's own instead of the shared one.
+    pub nats_url: Option<String>,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions { agents: 1, controller_args: Vec::new(), github_auth: GitHubAuth::Token }
+        StackOptions { agents: 1, controller_args: Vec::new(), github_auth: GitHubAuth::Token, nats_url: None }
     }
 }
 
@@ -67,7 +69,10 @@ pub struct Stack {
 impl Stack {
     pub async fn start(options: StackOptions) -> Stack {
         crate::init_tracing();
-        let services = Services::from_env();
+        let mut services = Services::from_env();
+        if let Some(url) = &options.nats_url {
+            services.nats_url = url.clone();
+        }
         let test_db = TestDb::create(&services).await;
         let vhost = TestVhost::create(&services).await;
         let prefix = nats_prefix();
