@@ -8,6 +8,7 @@
 //! - [`labels`]: the container label keys and the full label set of a demo.
 //! - [`wire`]: step messages, step results and heartbeats (serde, versioned).
 //! - [`retry`]: back-off for reconnect loops.
+//! - [`secret`]: settings that never reach a log.
 //! - [`signal`]: waiting for SIGINT or SIGTERM.
 //! - [`topology`]: exchange, queue and subject names; declaring them on a channel.
 
@@ -15,6 +16,7 @@ pub mod duration;
 pub mod labels;
 pub mod names;
 pub mod retry;
+pub mod secret;
 pub mod signal;
 pub mod topology;
 pub mod wire;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use demofleet_common::duration::parse_duration;
+use demofleet_common::secret::Secret;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "demofleet-controller", version, about = "demofleet controller")]
@@ -32,7 +33,7 @@ pub struct Config {
 
     /// Secret shared with GitHub for webhook signatures. Required.
     #[arg(long, env = "DEMOFLEET_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: String,
+    pub webhook_secret: Secret,
 
     /// Demos answer on `<name>.<base domain>`.
     #[arg(long, env = "DEMOFLEET_BASE_DOMAIN", default_value = "localhost")]
@@ -53,7 +54,7 @@ pub struct Config {
 
     /// A token for the GitHub API (personal access token). Ignored when App credentials are set.
     #[arg(long, env = "DEMOFLEET_GITHUB_TOKEN", hide_env_values = true)]
-    pub github_token: Option<String>,
+    pub github_token: Option<Secret>,
 
     /// GitHub App id (or client id); with the key file, demofleet acts as this App.
     #[arg(long, env = "DEMOFLEET_GITHUB_APP_ID")]
@@ -122,7 +123,7 @@ pub enum ConfigError {
 impl Config {
     /// Checks that clap cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.webhook_secret.trim().is_empty() {
+        if self.webhook_secret.expose().trim().is_empty() {
             return Err(ConfigError::EmptySecret);
         }
         if !(self.git_url.contains("{owner}") && self.git_url.contains("{repo}")) {
@@ -165,8 +166,10 @@ mod tests {
 
     #[test]
     fn defaults_work_on_one_machine() {
-        let config = parse(&["--webhook-secret", "s"]).unwrap();
+        let config = parse(&["--webhook-secret", "s3cr3t", "--github-token", "ghp_t0ken"]).unwrap();
         config.validate().unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cr3t") && !printed.contains("ghp_t0ken"), "{printed}");
         assert_eq!(config.listen.to_string(), "127.0.0.1:8000");
         assert_eq!(config.edge_listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.base_domain, "localhost");

@@ -130,7 +130,7 @@ fn github_client(config: &Config) -> anyhow::Result<Option<Arc<github::GitHub>>>
             let pem = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
             github::auth::Auth::app(id, &pem)?
         }
-        (_, _, Some(token)) => github::auth::Auth::Token(token.clone()),
+        (_, _, Some(token)) => github::auth::Auth::Token(token.expose().to_string()),
         _ => {
             tracing::warn!(
                 "no GitHub credentials: no PR feedback; only DEMOFLEET_TRUSTED_AUTHORS start demos unapproved"

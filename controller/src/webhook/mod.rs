@@ -35,7 +35,7 @@ type Answer = (StatusCode, Json<Value>);
 #[tracing::instrument(skip_all, fields(event, delivery))]
 async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Answer, ApiError> {
     let signature = headers.get("x-hub-signature-256").map(|v| v.as_bytes());
-    signature::verify(app.config.webhook_secret.as_bytes(), &body, signature)
+    signature::verify(app.config.webhook_secret.expose().as_bytes(), &body, signature)
         .map_err(|err| ApiError::Unauthorized(err.to_string()))?;
 
     let event = required_header(&headers, "x-github-event")?;
