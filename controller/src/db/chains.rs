@@ -7,6 +7,9 @@ use uuid::Uuid;
 
 use demofleet_common::wire::{Step, StepOutcome, StepResult};
 
+use super::demos::Demo;
+use super::outbox::Outgoing;
+
 #[derive(Debug, Clone, FromRow)]
 pub struct Chain {
     pub id: Uuid,
@@ -26,41 +29,111 @@ pub struct ChainStep {
     pub budget_from: i32,
 }
 
-/// Create a chain of `steps` for the demo's `generation`, superseding its unfinished chains.
+/// What the audit trail says about a new chain.
+pub struct AuditNote<'a> {
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub detail: serde_json::Value,
+}
+
+/// Create a chain of `steps` for the demo's current generation, superseding its unfinished
+/// chains and writing the audit event, in one round trip. Returns the chain and its steps.
 pub async fn create(
-    tx: &mut super::Tx<'_>,
-    demo_id: Uuid,
-    generation: i64,
+    db: impl PgExecutor<'_>,
+    demo: &Demo,
     kind: &str,
     steps: &[Step],
     delivery_id: Option<&str>,
-) -> sqlx::Result<Uuid> {
-    sqlx::query(
-        "update chains set status = 'superseded', finished_at = now()
-         where demo_id = $1 and status in ('waiting', 'running')",
-    )
-    .bind(demo_id)
-    .execute(&mut **tx)
-    .await?;
+    audit: AuditNote<'_>,
+) -> sqlx::Result<(Chain, Vec<ChainStep>)> {
     let id = Uuid::new_v4();
-    sqlx::query("insert into chains (id, demo_id, generation, kind, status, delivery_id) values ($1, $2, $3, $4, 'running', $5)")
-        .bind(id)
-        .bind(demo_id)
-        .bind(generation)
-        .bind(kind)
-        .bind(delivery_id)
-        .execute(&mut **tx)
-        .await?;
     let names: Vec<&str> = steps.iter().map(|s| s.as_str()).collect();
     sqlx::query(
-        "insert into chain_steps (chain_id, position, name, status)
-         select $1, ordinality::int, name, 'pending' from unnest($2::text[]) with ordinality as name",
+        "with superseded as (
+             update chains set status = 'superseded', finished_at = now()
+             where demo_id = $2 and status in ('waiting', 'running', 'awaiting_approval')
+         ), chain as (
+             insert into chains (id, demo_id, generation, kind, status, delivery_id)
+             values ($1, $2, $3, $4, 'running', $5)
+         ), steps as (
+             insert into chain_steps (chain_id, position, name, status)
+             select $1, ordinality::int, name, 'pending' from unnest($6::text[]) with ordinality as name
+         )
+         insert into audit_events (actor, action, demo_id, detail) values ($7, $8, $2, $9)",
     )
     .bind(id)
+    .bind(demo.id)
+    .bind(demo.generation)
+    .bind(kind)
+    .bind(delivery_id)
     .bind(&names)
-    .execute(&mut **tx)
+    .bind(audit.actor)
+    .bind(audit.action)
+    .bind(audit.detail)
+    .execute(db)
     .await?;
-    Ok(id)
+    let chain =
+        Chain { id, demo_id: demo.id, generation: demo.generation, kind: kind.into(), status: "running".into() };
+    let rows = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| ChainStep {
+            chain_id: id,
+            position: i as i32 + 1,
+            name: name.to_string(),
+            status: "pending".into(),
+            attempts: 0,
+            budget_from: 0,
+        })
+        .collect();
+    Ok((chain, rows))
+}
+
+/// Every step of a chain, in order.
+pub async fn steps(db: impl PgExecutor<'_>, chain_id: Uuid) -> sqlx::Result<Vec<ChainStep>> {
+    sqlx::query_as(
+        "select chain_id, position, name, status, attempts, budget_from from chain_steps
+         where chain_id = $1 order by position",
+    )
+    .bind(chain_id)
+    .fetch_all(db)
+    .await
+}
+
+/// Mark a step queued and put its message in the outbox (and, when given, set the demo's
+/// state), in one round trip.
+pub async fn queue_step(
+    db: impl PgExecutor<'_>,
+    chain_id: Uuid,
+    position: i32,
+    message: &Outgoing,
+    new_state: Option<(Uuid, &str)>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "with queued as (
+             update chain_steps set status = 'queued', error = null, attempts = attempts + 1, queued_at = now()
+             where chain_id = $1 and position = $2
+         ), state as (
+             update demos set state = $8, error = null, updated_at = now() where id = $7 and $8 is not null
+         )
+         insert into outbox (exchange, routing_key, kind, payload) values ($3, $4, $5, $6)",
+    )
+    .bind(chain_id)
+    .bind(position)
+    .bind(&message.exchange)
+    .bind(&message.routing_key)
+    .bind(message.kind)
+    .bind(&message.payload)
+    .bind(new_state.map(|(id, _)| id))
+    .bind(new_state.map(|(_, s)| s))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The demo a chain belongs to.
+pub async fn demo_of(db: impl PgExecutor<'_>, chain_id: Uuid) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar("select demo_id from chains where id = $1").bind(chain_id).fetch_optional(db).await
 }
 
 pub async fn get_for_update(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Chain>> {

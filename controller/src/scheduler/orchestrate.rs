@@ -12,6 +12,7 @@ use demofleet_common::topology;
 use demofleet_common::wire::{DeadStep, DemoSpec, Step, StepMessage, StepOutcome, StepResult, WIRE_VERSION};
 
 use super::{placement, Effects};
+use crate::db::chains::{Chain, ChainStep};
 use crate::db::demos::{self, Demo, DeployRequest};
 use crate::db::outbox::{self, Outgoing};
 use crate::db::{audit, chains, settings, Tx};
@@ -75,20 +76,24 @@ fn is_stale(demo: &Demo, event_at: Option<OffsetDateTime>) -> bool {
 async fn start_chain(
     tx: &mut Tx<'_>,
     app: &AppState,
-    demo: Demo,
+    mut demo: Demo,
     kind: &str,
     steps: &[Step],
     cause: Cause<'_>,
 ) -> sqlx::Result<Applied> {
-    let chain = chains::create(tx, demo.id, demo.generation, kind, steps, cause.delivery_id).await?;
     let action = if kind == "deploy" { "start" } else { "stop" };
-    let detail = serde_json::json!({ "generation": demo.generation, "sha": demo.sha, "delivery": cause.delivery_id });
-    audit::record(&mut **tx, cause.actor, action, Some(demo.id), detail).await?;
+    let audit = chains::AuditNote {
+        actor: cause.actor,
+        action,
+        detail: serde_json::json!({ "generation": demo.generation, "sha": demo.sha, "delivery": cause.delivery_id }),
+    };
+    let (mut chain, step_rows) = chains::create(&mut **tx, &demo, kind, steps, cause.delivery_id, audit).await?;
     let mut effects = Effects::default();
     if kind == "teardown" {
         effects = effects.merge(transition(tx, app, demo.id, "stopping", None).await?);
+        demo.state = "stopping".into();
     }
-    let effects = effects.merge(advance(tx, app, chain).await?);
+    let effects = effects.merge(advance_loaded(tx, app, &mut chain, &mut demo, step_rows).await?);
     Ok(Applied::Started(demo, effects))
 }
 
@@ -101,6 +106,11 @@ async fn transition(
     error: Option<&str>,
 ) -> sqlx::Result<Effects> {
     demos::set_state(&mut **tx, demo_id, state, error).await?;
+    notify(tx, app, demo_id).await
+}
+
+/// Queue a GitHub notification of the demo's state, when GitHub is configured.
+async fn notify(tx: &mut Tx<'_>, app: &AppState, demo_id: Uuid) -> sqlx::Result<Effects> {
     if app.github.is_none() {
         return Ok(Effects::default());
     }
@@ -110,28 +120,31 @@ async fn transition(
 
 /// Run inline steps and queue the next other step, until the chain waits or ends.
 pub async fn advance(tx: &mut Tx<'_>, app: &AppState, chain_id: Uuid) -> sqlx::Result<Effects> {
-    let mut effects = Effects::default();
-    let Some(chain) = chains::get_for_update(&mut **tx, chain_id).await? else {
-        return Ok(effects);
+    let Some((mut chain, mut demo)) = lock(tx, chain_id).await? else {
+        return Ok(Effects::default());
     };
     if !matches!(chain.status.as_str(), "running" | "waiting") {
-        return Ok(effects);
+        return Ok(Effects::default());
     }
-    let mut demo = demos::get_for_update(&mut **tx, chain.demo_id).await?;
     if demo.generation != chain.generation {
         chains::set_status(&mut **tx, chain.id, "superseded", None).await?;
-        return Ok(effects);
+        return Ok(Effects::default());
     }
+    let steps = chains::steps(&mut **tx, chain.id).await?;
+    advance_loaded(tx, app, &mut chain, &mut demo, steps).await
+}
+
+/// [`advance`] for a chain and demo already locked and checked, with the chain's steps.
+async fn advance_loaded(
+    tx: &mut Tx<'_>,
+    app: &AppState,
+    chain: &mut Chain,
+    demo: &mut Demo,
+    steps: Vec<ChainStep>,
+) -> sqlx::Result<Effects> {
+    let mut effects = Effects::default();
     let deploying = chain.kind == "deploy";
-    loop {
-        let Some(step_row) = chains::next_step(&mut **tx, chain.id).await? else {
-            chains::set_status(&mut **tx, chain.id, "succeeded", None).await?;
-            if !deploying {
-                demos::set_host(&mut **tx, demo.id, None).await?;
-            }
-            let state = if deploying { "running" } else { "stopped" };
-            return Ok(effects.merge(transition(tx, app, demo.id, state, None).await?));
-        };
+    for step_row in steps.iter().filter(|s| s.status != "succeeded" && s.status != "skipped") {
         if step_row.status != "pending" {
             return Ok(effects);
         }
@@ -173,22 +186,38 @@ pub async fn advance(tx: &mut Tx<'_>, app: &AppState, chain_id: Uuid) -> sqlx::R
         } else {
             topology::CONTROLLER_QUEUE.to_string()
         };
-        chains::set_status(&mut **tx, chain.id, "running", None).await?;
-        if deploying && demo.state != "starting" {
-            effects = effects.merge(transition(tx, app, demo.id, "starting", None).await?);
-            demo.state = "starting".into();
+        if chain.status != "running" {
+            chains::set_status(&mut **tx, chain.id, "running", None).await?;
+            chain.status = "running".into();
         }
-        let message = step_message(app, &demo, chain.id, step, step_row.attempts + 1);
-        outbox::push(&mut **tx, &Outgoing::step(queue, &message)).await?;
-        chains::mark_step(&mut **tx, chain.id, step_row.position, "queued", None, None).await?;
+        let new_state = (deploying && demo.state != "starting").then_some("starting");
+        let message = step_message(app, demo, chain.id, step, step_row.attempts + 1);
+        chains::queue_step(
+            &mut **tx,
+            chain.id,
+            step_row.position,
+            &Outgoing::step(queue, &message),
+            new_state.map(|s| (demo.id, s)),
+        )
+        .await?;
         effects.published = true;
+        if let Some(state) = new_state {
+            demo.state = state.into();
+            effects = effects.merge(notify(tx, app, demo.id).await?);
+        }
         return Ok(effects);
     }
+    chains::set_status(&mut **tx, chain.id, "succeeded", None).await?;
+    if !deploying {
+        demos::set_host(&mut **tx, demo.id, None).await?;
+    }
+    let state = if deploying { "running" } else { "stopped" };
+    Ok(effects.merge(transition(tx, app, demo.id, state, None).await?))
 }
 
 /// Record a step's result and move its chain on: next step, retry, approval or failure.
 pub async fn record_result(tx: &mut Tx<'_>, app: &AppState, result: &StepResult) -> sqlx::Result<Effects> {
-    let Some(chain) = chains::get_for_update(&mut **tx, result.chain_id).await? else {
+    let Some((chain, demo)) = lock(tx, result.chain_id).await? else {
         tracing::warn!(chain = %result.chain_id, "result for an unknown chain dropped");
         return Ok(Effects::default());
     };
@@ -196,18 +225,20 @@ pub async fn record_result(tx: &mut Tx<'_>, app: &AppState, result: &StepResult)
         tracing::debug!(chain = %chain.id, status = %chain.status, "result for a finished or superseded chain dropped");
         return Ok(Effects::default());
     }
-    let demo = demos::get_for_update(&mut **tx, chain.demo_id).await?;
     if demo.generation != chain.generation {
         chains::set_status(&mut **tx, chain.id, "superseded", None).await?;
         return Ok(Effects::default());
     }
-    let current = chains::next_step(&mut **tx, chain.id).await?;
-    let Some(step_row) = current.filter(|s| {
+    let mut steps = chains::steps(&mut **tx, chain.id).await?;
+    let current = steps.iter().position(|s| s.status != "succeeded" && s.status != "skipped");
+    let Some(index) = current.filter(|i| {
+        let s = &steps[*i];
         s.status == "queued" && s.name == result.step.as_str() && i64::from(s.attempts) == i64::from(result.attempt)
     }) else {
         tracing::debug!(chain = %chain.id, step = result.step.as_str(), "duplicate or out-of-order result dropped");
         return Ok(Effects::default());
     };
+    let step_row = steps[index].clone();
     chains::record_attempt(&mut **tx, chain.id, step_row.position, result).await?;
     match &result.outcome {
         StepOutcome::Succeeded(output) if output.awaiting_approval => {
@@ -221,7 +252,9 @@ pub async fn record_result(tx: &mut Tx<'_>, app: &AppState, result: &StepResult)
             if let Some(port) = output.host_port {
                 demos::set_host_port(&mut **tx, demo.id, port).await?;
             }
-            advance(tx, app, chain.id).await
+            steps[index].status = "succeeded".into();
+            let (mut chain, mut demo) = (chain, demo);
+            advance_loaded(tx, app, &mut chain, &mut demo, steps).await
         }
         StepOutcome::Failed { error, retryable } => {
             let used = usize::try_from(step_row.attempts - step_row.budget_from).unwrap_or(usize::MAX);
@@ -265,11 +298,10 @@ pub enum ActionError {
 
 /// Run a failed chain again from its failed step, with a fresh retry budget.
 pub async fn retry_chain(tx: &mut Tx<'_>, app: &AppState, chain_id: Uuid, actor: &str) -> Result<Effects, ActionError> {
-    let chain = chains::get_for_update(&mut **tx, chain_id).await?.ok_or(ActionError::NotFound("chain"))?;
+    let (chain, demo) = lock(tx, chain_id).await?.ok_or(ActionError::NotFound("chain"))?;
     if chain.status != "failed" {
         return Err(ActionError::Refused(format!("only failed chains can be retried; this one is {}", chain.status)));
     }
-    let demo = demos::get_for_update(&mut **tx, chain.demo_id).await?;
     if demo.generation != chain.generation {
         return Err(ActionError::Refused(
             "the demo has moved on to a newer generation; this chain is superseded".into(),
@@ -298,6 +330,15 @@ pub async fn approve(tx: &mut Tx<'_>, app: &AppState, demo_id: Uuid, actor: &str
     let detail = serde_json::json!({ "sha": demo.sha, "generation": demo.generation });
     audit::record(&mut **tx, actor, "approve", Some(demo.id), detail).await?;
     Ok(advance(tx, app, chain).await?)
+}
+
+/// Lock a chain's demo, then the chain: always in this order (intake locks the demo before
+/// it supersedes chains), so concurrent transactions never deadlock.
+async fn lock(tx: &mut Tx<'_>, chain_id: Uuid) -> sqlx::Result<Option<(Chain, Demo)>> {
+    let Some(demo_id) = chains::demo_of(&mut **tx, chain_id).await? else { return Ok(None) };
+    let demo = demos::get_for_update(&mut **tx, demo_id).await?;
+    let chain = chains::get_for_update(&mut **tx, chain_id).await?;
+    Ok(chain.map(|c| (c, demo)))
 }
 
 fn step_message(app: &AppState, demo: &Demo, chain_id: Uuid, step: Step, attempt: i32) -> StepMessage {
