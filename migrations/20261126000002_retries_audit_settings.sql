@@ -73,3 +73,7 @@ create table github_feedback (
     deployment_sha text,
     synced         text
 );
+
+-- Live chains are few; the supersede step and the tick look only at them.
+create index chains_live on chains (demo_id) where status in ('waiting', 'running', 'awaiting_approval');
+create index chains_waiting on chains (created_at) where status = 'waiting';

@@ -15,7 +15,7 @@ use demofleet_common::wire::{
 };
 
 use crate::db::outbox::{self, Outgoing};
-use crate::db::{audit, demos};
+use crate::db::{audit, chains, demos};
 use crate::github::feedback;
 use crate::scheduler::orchestrate::{self, ActionError};
 use crate::state::AppState;
@@ -87,6 +87,10 @@ pub async fn handle(app: &AppState, kind: &str, data: &[u8]) -> anyhow::Result<(
         }
         KIND_STEP => {
             let Some(message) = parse::<StepMessage>(kind, data, |m| m.version) else { return Ok(()) };
+            if !chains::is_current(&app.db, message.chain_id, message.demo.generation).await? {
+                tracing::debug!(chain = %message.chain_id, "step of a superseded chain dropped");
+                return Ok(());
+            }
             let started = std::time::Instant::now();
             let outcome = run_step(app, &message).await?;
             let result = StepResult {

@@ -48,7 +48,28 @@ impl Default for StackOptions {
 pub struct TestAgent {
     pub host_id: String,
     pub demo_dir: PathBuf,
-    agent: Agent,
+    agent: Option<Agent>,
+}
+
+impl Drop for TestAgent {
+    /// Remove the demo containers and images this host left, passed or failed.
+    fn drop(&mut self) {
+        let filter = format!("label=run.demo.host={}", self.host_id);
+        let docker = |args: &[&str]| {
+            std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        };
+        let Ok(listed) = docker(&["ps", "-a", "--filter", &filter, "--format", "{{.ID}} {{.Image}}"]) else { return };
+        for line in listed.lines() {
+            let mut parts = line.split_whitespace();
+            if let (Some(id), Some(image)) = (parts.next(), parts.next()) {
+                let _ = docker(&["rm", "-f", id]);
+                let _ = docker(&["rmi", "-f", image]);
+            }
+        }
+    }
 }
 
 pub struct Stack {
@@ -136,7 +157,7 @@ impl Stack {
             ];
             let config = demofleet_agent::config::Config::try_parse_from(args).expect("agent flags");
             let agent = Agent::start(config).await.expect("agent starts");
-            agents.push(TestAgent { host_id, demo_dir, agent });
+            agents.push(TestAgent { host_id, demo_dir, agent: Some(agent) });
         }
         let stack = Stack {
             services,
@@ -259,8 +280,10 @@ impl Stack {
 
     /// Stop everything and remove this test's database and vhost.
     pub async fn stop(self) {
-        for agent in self.agents {
-            agent.agent.shutdown().await;
+        for mut agent in self.agents {
+            if let Some(running) = agent.agent.take() {
+                running.shutdown().await;
+            }
         }
         self.controller.shutdown().await;
         self.db.close().await;

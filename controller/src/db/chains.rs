@@ -131,6 +131,18 @@ pub async fn queue_step(
     Ok(())
 }
 
+/// True while the chain runs and belongs to its demo's newest generation.
+pub async fn is_current(db: impl PgExecutor<'_>, chain_id: Uuid, generation: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select exists (select 1 from chains c join demos d on d.id = c.demo_id
+                        where c.id = $1 and c.status = 'running' and c.generation = $2 and d.generation = $2)",
+    )
+    .bind(chain_id)
+    .bind(generation)
+    .fetch_one(db)
+    .await
+}
+
 /// The demo a chain belongs to.
 pub async fn demo_of(db: impl PgExecutor<'_>, chain_id: Uuid) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar("select demo_id from chains where id = $1").bind(chain_id).fetch_optional(db).await

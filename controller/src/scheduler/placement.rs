@@ -17,6 +17,9 @@ pub async fn place(tx: &mut Tx<'_>, current: Option<&str>, host_timeout: Duratio
     .bind(timeout_secs)
     .fetch_all(&mut **tx)
     .await?;
+    if hosts.is_empty() {
+        return Ok(None);
+    }
     if let Some(current) = current {
         if hosts.iter().any(|(id, _)| id == current) {
             return Ok(Some(current.to_string()));
