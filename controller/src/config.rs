@@ -97,6 +97,19 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_TICK", default_value = "2s", value_parser = parse_duration)]
     pub tick: Duration,
 
+    /// Traefik entry points the demo routers listen on.
+    #[arg(long, env = "DEMOFLEET_TRAEFIK_ENTRYPOINTS", default_value = "web", value_delimiter = ',')]
+    pub traefik_entrypoints: Vec<String>,
+
+    /// Traefik certificate resolver for demo routers; unset: routers without TLS.
+    #[arg(long, env = "DEMOFLEET_TRAEFIK_CERT_RESOLVER")]
+    pub traefik_cert_resolver: Option<String>,
+
+    /// Also write Traefik's dynamic configuration to this file (file provider), atomically
+    /// and only when it changes.
+    #[arg(long, env = "DEMOFLEET_TRAEFIK_FILE")]
+    pub traefik_file: Option<std::path::PathBuf>,
+
     /// Delays before each retry of a failed step; a step gets one attempt more than there
     /// are delays, then goes to the dead-letter queue.
     #[arg(long, env = "DEMOFLEET_RETRY_DELAYS", default_value = "2s,4s,8s,16s", value_delimiter = ',', value_parser = parse_duration)]

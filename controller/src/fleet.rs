@@ -11,6 +11,7 @@ use crate::db::demos::{self, DeployRequest};
 use crate::db::{chains, hosts, settings};
 use crate::scheduler::orchestrate::{self, Applied, Cause};
 use crate::state::AppState;
+use crate::traefik;
 
 /// Record every heartbeat until `stop`.
 pub async fn run_heartbeats(app: AppState, mut subscriber: async_nats::Subscriber, stop: CancellationToken) {
@@ -59,6 +60,11 @@ pub async fn run_tick(app: AppState, stop: CancellationToken) {
         if let Err(err) = app.routes.reload(&app.db).await {
             tracing::warn!(error = %err, "route table reload failed");
         }
+        if let Some(path) = &app.config.traefik_file {
+            if let Err(err) = write_traefik_file(&app, path).await {
+                tracing::warn!(error = %err, file = %path.display(), "writing Traefik's configuration failed");
+            }
+        }
     }
 }
 
@@ -86,6 +92,14 @@ async fn stop_expired(app: &AppState) -> sqlx::Result<()> {
         if let Applied::Started(_, effects) = applied {
             app.apply(effects).await;
         }
+    }
+    Ok(())
+}
+
+async fn write_traefik_file(app: &AppState, path: &std::path::Path) -> anyhow::Result<()> {
+    let config = traefik::current(app).await?;
+    if traefik::write_if_changed(path, &config).await? {
+        tracing::info!(file = %path.display(), "Traefik configuration written");
     }
     Ok(())
 }

@@ -13,6 +13,7 @@
 //! - [`edge`]: the built-in edge proxy and its route table.
 //! - [`http`]: routers for the API, health and index page.
 //! - [`db`]: queries, one module per table group.
+//! - [`traefik`]: Traefik's dynamic configuration (HTTP and file providers).
 //! - [`state`], [`error`]: shared state and the HTTP error type.
 
 pub mod broker;
@@ -26,6 +27,7 @@ pub mod http;
 pub mod jobs;
 pub mod scheduler;
 pub mod state;
+pub mod traefik;
 pub mod webhook;
 
 use std::future::Future;

@@ -17,6 +17,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(index::router())
         .merge(metrics::router())
+        .merge(crate::traefik::router())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

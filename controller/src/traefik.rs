@@ -1,0 +1,145 @@
+//! Traefik's dynamic configuration for the fleet: one router per routed demo (a `Host`
+//! rule on its hostname, the configured entry points, TLS with the configured certificate
+//! resolver) and one service pointing at the demo's host address and published port.
+//!
+//! Served at `GET /traefik/dynamic` for Traefik's HTTP provider, and optionally written to a
+//! file for its file provider (write to a temporary file, then rename; only on change).
+
+use std::path::Path;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+
+use crate::config::Config;
+use crate::db::demos::{self, Route};
+use crate::error::ApiError;
+use crate::state::{AppState, DemoUrls};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/traefik/dynamic", get(dynamic))
+}
+
+async fn dynamic(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(current(&app).await?))
+}
+
+/// The configuration for the demos routed now.
+pub async fn current(app: &AppState) -> sqlx::Result<Value> {
+    let routes = demos::routes(&app.db).await?;
+    Ok(build(&app.config, &app.urls, &routes))
+}
+
+/// Dynamic configuration (Traefik v2 and v3 read the same shape) for `routes`.
+pub fn build(config: &Config, urls: &DemoUrls, routes: &[Route]) -> Value {
+    let mut routers = Map::new();
+    let mut services = Map::new();
+    for route in routes {
+        let hostname = urls.hostname(&route.name);
+        let mut router = json!({
+            "rule": format!("Host(`{hostname}`)"),
+            "entryPoints": config.traefik_entrypoints,
+            "service": route.name,
+        });
+        if let Some(resolver) = &config.traefik_cert_resolver {
+            router["tls"] = json!({ "certResolver": resolver });
+        }
+        routers.insert(route.name.clone(), router);
+        let server = format!("http://{}:{}", route.address, route.host_port);
+        services.insert(
+            route.name.clone(),
+            json!({ "loadBalancer": { "servers": [{ "url": server }], "passHostHeader": true } }),
+        );
+    }
+    json!({ "http": { "routers": routers, "services": services } })
+}
+
+/// Write `config` to `path` if it differs from what is there: a temporary file beside it,
+/// then a rename, so Traefik never reads half a file. Returns whether it wrote.
+pub async fn write_if_changed(path: &Path, config: &Value) -> std::io::Result<bool> {
+    let text = serde_json::to_vec_pretty(config).expect("JSON values serialize");
+    if tokio::fs::read(path).await.ok().as_deref() == Some(text.as_slice()) {
+        return Ok(false);
+    }
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("dynamic.json");
+    let temporary = path.with_file_name(format!(".{file_name}.tmp"));
+    tokio::fs::write(&temporary, &text).await?;
+    tokio::fs::rename(&temporary, path).await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn schema(version: &str) -> jsonschema::Validator {
+        let dir = std::env::var("DEMOFLEET_SHARED_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared").to_string());
+        let path = format!("{dir}/testdata/traefik/traefik-{version}-file-provider.json");
+        let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        jsonschema::validator_for(&schema).unwrap()
+    }
+
+    fn routes() -> Vec<Route> {
+        vec![
+            Route { name: "hello-world-codertocat-pr-2".into(), address: "10.0.0.5".into(), host_port: 32768 },
+            Route { name: "site-o-pr-9".into(), address: "127.0.0.1".into(), host_port: 40001 },
+        ]
+    }
+
+    fn config(args: &[&str]) -> Config {
+        let base = ["demofleet-controller", "--webhook-secret", "s", "--base-domain", "demos.example.com"];
+        Config::try_parse_from(base.iter().chain(args)).unwrap()
+    }
+
+    #[test]
+    fn valid_for_traefik_v2_and_v3_with_and_without_tls() {
+        let urls = DemoUrls { base_domain: "demos.example.com".into(), scheme: "https".into(), port: None };
+        for args in [&[][..], &["--traefik-cert-resolver", "le", "--traefik-entrypoints", "websecure,web"][..]] {
+            let dynamic = build(&config(args), &urls, &routes());
+            for version in ["v2", "v3"] {
+                let errors: Vec<String> = schema(version).iter_errors(&dynamic).map(|e| e.to_string()).collect();
+                assert!(errors.is_empty(), "{version}: {errors:?}\n{dynamic:#}");
+            }
+        }
+        let empty = build(&config(&[]), &urls, &[]);
+        assert!(schema("v3").is_valid(&empty) && schema("v2").is_valid(&empty));
+        // The schemas do refuse what Traefik would refuse.
+        let wrong = json!({ "http": { "routers": { "x": { "rule": 5, "service": "x" } } } });
+        assert!(!schema("v3").is_valid(&wrong) && !schema("v2").is_valid(&wrong));
+        let unknown = json!({ "http": { "routers": { "x": { "rule": "Host(`x`)", "hosts": ["x"] } } } });
+        assert!(!schema("v3").is_valid(&unknown));
+    }
+
+    #[test]
+    fn one_router_and_service_per_demo() {
+        let urls = DemoUrls { base_domain: "demos.example.com".into(), scheme: "https".into(), port: None };
+        let dynamic = build(&config(&["--traefik-cert-resolver", "le"]), &urls, &routes());
+        let router = &dynamic["http"]["routers"]["hello-world-codertocat-pr-2"];
+        assert_eq!(router["rule"], "Host(`hello-world-codertocat-pr-2.demos.example.com`)");
+        assert_eq!(router["entryPoints"], json!(["web"]));
+        assert_eq!(router["tls"], json!({ "certResolver": "le" }));
+        let service = &dynamic["http"]["services"]["hello-world-codertocat-pr-2"];
+        assert_eq!(service["loadBalancer"]["servers"][0]["url"], "http://10.0.0.5:32768");
+        assert_eq!(dynamic["http"]["routers"].as_object().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_file_is_replaced_atomically_and_only_on_change() {
+        let dir = std::env::temp_dir().join(format!("demofleet-traefik-{}", uuid::Uuid::new_v4()));
+        tokio::fs::create_dir_all(&dir).await.unwrap();
+        let path = dir.join("dynamic.json");
+        let first = json!({ "http": { "routers": {}, "services": {} } });
+        assert!(write_if_changed(&path, &first).await.unwrap());
+        assert!(!write_if_changed(&path, &first).await.unwrap(), "unchanged: not written");
+        let second = json!({ "http": { "routers": { "a": { "rule": "Host(`a`)", "service": "a" } }, "services": {} } });
+        assert!(write_if_changed(&path, &second).await.unwrap());
+        let written: Value = serde_json::from_slice(&tokio::fs::read(&path).await.unwrap()).unwrap();
+        assert_eq!(written, second);
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, [std::ffi::OsString::from("dynamic.json")]);
+        tokio::fs::remove_dir_all(&dir).await.unwrap();
+    }
+}

@@ -1,0 +1,117 @@
+//! Routes for the fleet: Traefik's dynamic configuration (HTTP provider and file), valid
+//! against Traefik's own schemas and following demos as they start and stop; and the
+//! edge proxy's forwarding headers and 502 page.
+
+use std::time::Duration;
+
+use demofleet_tests::fixtures::{self, FixtureRepo};
+use demofleet_tests::services::shared_dir;
+use demofleet_tests::stack::{Stack, StackOptions};
+use demofleet_tests::wait;
+use serde_json::Value;
+use uuid::Uuid;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn validator(version: &str) -> jsonschema::Validator {
+    let path = shared_dir().join(format!("testdata/traefik/traefik-{version}-file-provider.json"));
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+fn assert_valid(dynamic: &Value) {
+    for version in ["v2", "v3"] {
+        let errors: Vec<String> = validator(version).iter_errors(dynamic).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{version}: {errors:?}\n{dynamic:#}");
+    }
+}
+
+/// A busybox httpd demo whose CGI script prints the request's environment.
+fn cgi_site(base_image: &str) -> Vec<(&'static str, String)> {
+    let mut files = fixtures::static_site(base_image, "routed");
+    files[0].1 = format!(
+        "FROM {base_image}\nCOPY index.html /www/index.html\nCOPY env.cgi /www/cgi-bin/env\n\
+         RUN chmod 755 /www/cgi-bin/env\nEXPOSE 8080\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
+    );
+    files.push(("env.cgi", "#!/bin/sh\necho 'Content-Type: text/plain'\necho\nenv\n".into()));
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traefik_configuration_and_the_edge_follow_the_demos() {
+    let file = std::env::temp_dir().join(format!("demofleet-traefik-{}.json", Uuid::new_v4()));
+    let options = StackOptions {
+        controller_args: vec![
+            "--traefik-file".into(),
+            file.to_str().unwrap().into(),
+            "--traefik-cert-resolver".into(),
+            "le".into(),
+            "--traefik-entrypoints".into(),
+            "websecure".into(),
+        ],
+        ..Default::default()
+    };
+    let stack = Stack::start(options).await;
+    let repo_name = format!("route-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let repo = FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &repo_name);
+    let files = cgi_site(&stack.services.base_image);
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    let sha = repo.commit("demo", &files);
+    let name = format!("{repo_name}-fixture-owner-pr-2");
+
+    let empty = stack.get_json("/traefik/dynamic").await;
+    assert_valid(&empty);
+    assert_eq!(empty["http"]["routers"].as_object().unwrap().len(), 0);
+
+    stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
+    stack.wait_for_state(&name, "running", DEADLINE).await;
+    let dynamic = stack.get_json("/traefik/dynamic").await;
+    assert_valid(&dynamic);
+    let router = &dynamic["http"]["routers"][&name];
+    assert_eq!(router["rule"], format!("Host(`{name}.localhost`)"));
+    assert_eq!(router["entryPoints"], serde_json::json!(["websecure"]));
+    assert_eq!(router["tls"]["certResolver"], "le");
+    let server = dynamic["http"]["services"][&name]["loadBalancer"]["servers"][0]["url"].as_str().unwrap().to_string();
+    assert!(server.starts_with("http://127.0.0.1:"), "{server}");
+    // The service URL is where the demo really answers.
+    let direct = reqwest::get(format!("{server}/")).await.unwrap().text().await.unwrap();
+    assert!(direct.contains("routed"));
+    // The file provider's copy is the same configuration.
+    let written = wait::until("the Traefik file to list the demo", DEADLINE, || async {
+        let text = tokio::fs::read(&file).await.ok()?;
+        let written: Value = serde_json::from_slice(&text).ok()?;
+        written["http"]["routers"].get(&name).is_some().then_some(written)
+    })
+    .await;
+    assert_eq!(written, dynamic);
+
+    // The edge passes the request on with forwarding headers.
+    let host = format!("{name}.localhost");
+    let (status, env) = stack.edge_get(&host, "/cgi-bin/env").await;
+    assert_eq!(status, 200, "{env}");
+    assert!(env.contains("HTTP_X_FORWARDED_FOR=127.0.0.1"), "{env}");
+    assert!(env.contains("HTTP_X_FORWARDED_PROTO=http"), "{env}");
+    assert!(env.contains(&format!("HTTP_X_FORWARDED_HOST={host}")), "{env}");
+
+    // A routed demo that does not answer gets the 502 page.
+    let demo = stack.demo(&name).await.unwrap();
+    let container = format!("demofleet-{name}-g{}", demo["generation"]);
+    let stopped = std::process::Command::new("docker").args(["stop", "-t", "1", &container]).output().unwrap();
+    assert!(stopped.status.success());
+    let (status, page) = stack.edge_get(&host, "/").await;
+    assert_eq!(status, 502);
+    assert!(page.contains("Demo not answering"), "{page}");
+
+    // Closing removes the router from both providers.
+    stack.deliver("pull_request", &fixtures::pull_request("pull_request.closed.json", &repo, &sha)).await;
+    stack.wait_for_state(&name, "stopped", DEADLINE).await;
+    let dynamic = stack.get_json("/traefik/dynamic").await;
+    assert!(dynamic["http"]["routers"].get(&name).is_none(), "{dynamic}");
+    wait::until("the Traefik file to drop the demo", DEADLINE, || async {
+        let written: Value = serde_json::from_slice(&tokio::fs::read(&file).await.ok()?).ok()?;
+        written["http"]["routers"].get(&name).is_none().then_some(())
+    })
+    .await;
+    let _ = tokio::fs::remove_file(&file).await;
+    stack.stop().await;
+}
