@@ -73,6 +73,10 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_TRUSTED_AUTHORS", value_delimiter = ',')]
     pub trusted_authors: Vec<String>,
 
+    /// How long an author's permission, once asked of GitHub, is trusted without asking again.
+    #[arg(long, env = "DEMOFLEET_PERMISSION_CACHE", default_value = "5m", value_parser = parse_duration)]
+    pub permission_cache: Duration,
+
     /// Clone URL template; `{owner}` and `{repo}` name the PR's head repository.
     #[arg(long, env = "DEMOFLEET_GIT_URL", default_value = "https://github.com/{owner}/{repo}.git")]
     pub git_url: String,

@@ -17,6 +17,7 @@ use demofleet_common::wire::{
 use crate::db::outbox::{self, Outgoing};
 use crate::db::{audit, chains, demos};
 use crate::github::feedback;
+use crate::scheduler::authorize;
 use crate::scheduler::orchestrate::{self, ActionError};
 use crate::state::AppState;
 
@@ -171,23 +172,25 @@ async fn run_step(app: &AppState, message: &StepMessage) -> anyhow::Result<StepO
     }
 }
 
-/// May the PR's author start a demo? Write, maintain or admin on the repository, or an
-/// approval of this very commit; anyone else waits for approval.
+/// May the PR's author start a demo? What needs no GitHub call was decided when the step
+/// was reached; this asks GitHub and remembers the answer for a while.
 async fn authorize(app: &AppState, message: &StepMessage) -> anyhow::Result<StepOutcome> {
     let spec = &message.demo;
     let allowed = |yes: bool| StepOutcome::Succeeded(StepOutput { awaiting_approval: !yes, ..StepOutput::default() });
     let Some(demo) = demos::get(&app.db, spec.id).await? else {
         return Ok(StepOutcome::Failed { error: "the demo is gone".into(), retryable: false });
     };
-    if demo.approved_sha.as_deref() == Some(spec.sha.as_str()) {
-        return Ok(allowed(true));
+    if let Some(decided) = authorize::decide_locally(app, &demo) {
+        return Ok(allowed(decided));
     }
     let Some(github) = &app.github else {
-        let trusted = app.config.trusted_authors.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(&spec.github_user));
-        return Ok(allowed(trusted));
+        return Ok(StepOutcome::Failed { error: "no GitHub client to ask".into(), retryable: false });
     };
     Ok(match github.permission(&spec.owner, &spec.repo, &spec.github_user).await {
-        Ok(permission) => allowed(permission.can_write()),
+        Ok(permission) => {
+            app.permissions.put(&spec.owner, &spec.repo, &spec.github_user, permission.can_write());
+            allowed(permission.can_write())
+        }
         Err(err) => StepOutcome::Failed { error: format!("checking the author's permission: {err}"), retryable: true },
     })
 }

@@ -83,6 +83,7 @@ impl Controller {
         };
 
         let github = github_client(&config)?;
+        let permissions = Arc::new(scheduler::authorize::PermissionCache::new(config.permission_cache));
         let state = AppState {
             config: Arc::new(config),
             db,
@@ -92,6 +93,7 @@ impl Controller {
             outbox: Arc::new(Notify::new()),
             urls: Arc::new(urls),
             github,
+            permissions,
         };
         state.routes.reload(&state.db).await?;
 

@@ -9,6 +9,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::edge::RouteTable;
 use crate::github::GitHub;
+use crate::scheduler::authorize::PermissionCache;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -28,6 +29,8 @@ pub struct AppState {
     pub urls: Arc<DemoUrls>,
     /// The GitHub API, when credentials are configured.
     pub github: Option<Arc<GitHub>>,
+    /// Recent answers about authors' permissions.
+    pub permissions: Arc<PermissionCache>,
 }
 
 impl AppState {

@@ -4,6 +4,7 @@
 //! the caller applies after commit (wake the outbox publisher, reload routes), so nothing
 //! leaves the process before the state that caused it is durable.
 
+pub mod authorize;
 pub mod orchestrate;
 pub mod placement;
 

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use demofleet_common::topology;
 use demofleet_common::wire::{DeadStep, DemoSpec, Step, StepMessage, StepOutcome, StepResult, WIRE_VERSION};
 
-use super::{placement, Effects};
+use super::{authorize, placement, Effects};
 use crate::db::chains::{Chain, ChainStep};
 use crate::db::demos::{self, Demo, DeployRequest};
 use crate::db::outbox::{self, Outgoing};
@@ -149,6 +149,20 @@ async fn advance_loaded(
             return Ok(effects);
         }
         let step = Step::parse(&step_row.name).expect("chain steps are written from Step names");
+        if step == Step::Authorize {
+            match authorize::decide_locally(app, demo) {
+                Some(true) => {
+                    chains::mark_step(&mut **tx, chain.id, step_row.position, "succeeded", None, None).await?;
+                    continue;
+                }
+                Some(false) => {
+                    chains::mark_step(&mut **tx, chain.id, step_row.position, "waiting", None, None).await?;
+                    chains::set_status(&mut **tx, chain.id, "awaiting_approval", None).await?;
+                    return Ok(effects.merge(transition(tx, app, demo.id, "awaiting_approval", None).await?));
+                }
+                None => {}
+            }
+        }
         if step.is_inline() {
             demos::set_routed(&mut **tx, demo.id, step == Step::Route).await?;
             chains::mark_step(&mut **tx, chain.id, step_row.position, "succeeded", None, None).await?;

@@ -112,6 +112,10 @@ pub struct PayloadError {
 
 /// Parse `body` as `T`, naming the offending field on failure.
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, PayloadError> {
+    // The fast path; only a failure pays for tracking the path.
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -7,6 +7,8 @@
 pub mod event;
 pub mod signature;
 
+use std::borrow::Cow;
+
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -249,14 +251,14 @@ fn required_header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, Ap
 }
 
 /// The JSON document of a delivery: the body itself, or the `payload` field of a form.
-fn json_payload(headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+fn json_payload<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<Cow<'b, [u8]>, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {
-        "application/json" => Ok(body.to_vec()),
+        "application/json" => Ok(Cow::Borrowed(body)),
         "application/x-www-form-urlencoded" => url::form_urlencoded::parse(body)
             .find(|(k, _)| k == "payload")
-            .map(|(_, v)| v.into_owned().into_bytes())
+            .map(|(_, v)| Cow::Owned(v.into_owned().into_bytes()))
             .ok_or_else(|| ApiError::BadRequest("form body has no `payload` field".into())),
         other => Err(ApiError::UnsupportedMediaType(format!(
             "content type {other:?} is not supported; use application/json or application/x-www-form-urlencoded"
