@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 use crate::db::demos::Demo;
 use crate::state::AppState;
 
+/// `(owner, repo, user)`, lowercased.
+type Key = (String, String, String);
+
 /// Recent answers of the collaborator-permission API: may `user` write to `owner/repo`?
 pub struct PermissionCache {
     ttl: Duration,
-    answers: Mutex<HashMap<(String, String, String), (bool, Instant)>>,
+    answers: Mutex<HashMap<Key, (bool, Instant)>>,
 }
 
 impl PermissionCache {
