@@ -9,6 +9,7 @@ use backoff::ExponentialBackoff;
 /// Back-off for reconnect loops: 250 ms doubling (with jitter) up to 10 s, forever.
 pub fn reconnect_policy() -> ExponentialBackoff {
     ExponentialBackoff {
+        current_interval: Duration::from_millis(250),
         initial_interval: Duration::from_millis(250),
         max_interval: Duration::from_secs(10),
         max_elapsed_time: None,

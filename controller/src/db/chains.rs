@@ -36,18 +36,25 @@ pub struct AuditNote<'a> {
     pub detail: serde_json::Value,
 }
 
-/// Create a chain of `steps` for the demo's current generation, superseding its unfinished
-/// chains and writing the audit event, in one round trip. Returns the chain and its steps.
-pub async fn create(
-    db: impl PgExecutor<'_>,
-    demo: &Demo,
-    kind: &str,
-    steps: &[Step],
-    delivery_id: Option<&str>,
-    audit: AuditNote<'_>,
-) -> sqlx::Result<(Chain, Vec<ChainStep>)> {
+/// How a new chain starts.
+pub struct NewChain<'a> {
+    pub kind: &'a str,
+    pub steps: &'a [Step],
+    /// The delivery that caused it, and the outcome to record on it.
+    pub delivery: Option<(&'a str, &'a str)>,
+    /// The first step is already decided (an author allowed without asking GitHub).
+    pub first_done: bool,
+    pub audit: AuditNote<'a>,
+}
+
+/// Create a chain for the demo's current generation, superseding its unfinished chains,
+/// writing the audit event and the delivery's outcome, in one round trip. Returns the
+/// chain and its steps.
+pub async fn create(db: impl PgExecutor<'_>, demo: &Demo, new: NewChain<'_>) -> sqlx::Result<(Chain, Vec<ChainStep>)> {
+    let NewChain { kind, steps, delivery, first_done, audit } = new;
     let id = Uuid::new_v4();
     let names: Vec<&str> = steps.iter().map(|s| s.as_str()).collect();
+    let (delivery_id, outcome) = delivery.unzip();
     sqlx::query(
         "with superseded as (
              update chains set status = 'superseded', finished_at = now()
@@ -56,8 +63,13 @@ pub async fn create(
              insert into chains (id, demo_id, generation, kind, status, delivery_id)
              values ($1, $2, $3, $4, 'running', $5)
          ), steps as (
-             insert into chain_steps (chain_id, position, name, status)
-             select $1, ordinality::int, name, 'pending' from unnest($6::text[]) with ordinality as name
+             insert into chain_steps (chain_id, position, name, status, finished_at)
+             select $1, ordinality::int, name,
+                    case when ordinality = 1 and $10 then 'succeeded' else 'pending' end,
+                    case when ordinality = 1 and $10 then now() end
+             from unnest($6::text[]) with ordinality as name
+         ), outcome as (
+             update webhook_deliveries set outcome = $11, demo_id = $2 where delivery_id = $5 and $11 is not null
          )
          insert into audit_events (actor, action, demo_id, detail) values ($7, $8, $2, $9)",
     )
@@ -70,6 +82,8 @@ pub async fn create(
     .bind(audit.actor)
     .bind(audit.action)
     .bind(audit.detail)
+    .bind(first_done)
+    .bind(outcome)
     .execute(db)
     .await?;
     let chain =
@@ -81,12 +95,25 @@ pub async fn create(
             chain_id: id,
             position: i as i32 + 1,
             name: name.to_string(),
-            status: "pending".into(),
+            status: if i == 0 && first_done { "succeeded" } else { "pending" }.into(),
             attempts: 0,
             budget_from: 0,
         })
         .collect();
     Ok((chain, rows))
+}
+
+/// Park a chain until a host is free, and mark its demo `pending`, in one round trip.
+pub async fn park(db: impl PgExecutor<'_>, chain_id: Uuid, demo_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "with chain as (update chains set status = 'waiting', finished_at = null where id = $1)
+         update demos set state = 'pending', error = null, updated_at = now() where id = $2",
+    )
+    .bind(chain_id)
+    .bind(demo_id)
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 /// Every step of a chain, in order.

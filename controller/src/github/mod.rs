@@ -169,6 +169,7 @@ impl GitHub {
         body: Option<Value>,
     ) -> Result<Value, GitHubError> {
         let policy = ExponentialBackoff {
+            current_interval: Duration::from_millis(250),
             initial_interval: Duration::from_millis(250),
             max_interval: Duration::from_secs(10),
             max_elapsed_time: Some(self.patience),

@@ -81,15 +81,26 @@ async fn start_chain(
     steps: &[Step],
     cause: Cause<'_>,
 ) -> sqlx::Result<Applied> {
-    let action = if kind == "deploy" { "start" } else { "stop" };
-    let audit = chains::AuditNote {
-        actor: cause.actor,
-        action,
-        detail: serde_json::json!({ "generation": demo.generation, "sha": demo.sha, "delivery": cause.delivery_id }),
+    let deploying = kind == "deploy";
+    let action = if deploying { "start" } else { "stop" };
+    let outcome = if deploying { "deploy_queued" } else { "teardown_queued" };
+    let new = chains::NewChain {
+        kind,
+        steps,
+        delivery: cause.delivery_id.map(|d| (d, outcome)),
+        // An author allowed without asking GitHub needs no `authorize` round.
+        first_done: deploying
+            && steps.first() == Some(&Step::Authorize)
+            && authorize::decide_locally(app, &demo) == Some(true),
+        audit: chains::AuditNote {
+            actor: cause.actor,
+            action,
+            detail: serde_json::json!({ "generation": demo.generation, "sha": demo.sha, "delivery": cause.delivery_id }),
+        },
     };
-    let (mut chain, step_rows) = chains::create(&mut **tx, &demo, kind, steps, cause.delivery_id, audit).await?;
+    let (mut chain, step_rows) = chains::create(&mut **tx, &demo, new).await?;
     let mut effects = Effects::default();
-    if kind == "teardown" {
+    if !deploying {
         effects = effects.merge(transition(tx, app, demo.id, "stopping", None).await?);
         demo.state = "stopping".into();
     }
@@ -171,20 +182,21 @@ async fn advance_loaded(
         }
         let queue = if step.runs_on_agent() {
             let host = if deploying {
-                let placed = demo.host_id.is_some();
-                if !placed && settings::repo_is_full(&mut **tx, &demo.owner, &demo.repo, demo.id).await? {
+                let candidate = placement::place(tx, demo.host_id.as_deref(), app.config.host_timeout).await?;
+                let newly_placed = candidate.is_some() && demo.host_id.is_none();
+                if newly_placed && settings::repo_is_full(&mut **tx, &demo.owner, &demo.repo, demo.id).await? {
                     None
                 } else {
-                    placement::place(tx, demo.host_id.as_deref(), app.config.host_timeout).await?
+                    candidate
                 }
             } else {
                 demo.host_id.clone()
             };
             let Some(host) = host else {
                 if deploying {
-                    chains::set_status(&mut **tx, chain.id, "waiting", None).await?;
+                    chains::park(&mut **tx, chain.id, demo.id).await?;
                     if demo.state != "pending" {
-                        effects = effects.merge(transition(tx, app, demo.id, "pending", None).await?);
+                        effects = effects.merge(notify(tx, app, demo.id).await?);
                     }
                     return Ok(effects);
                 }

@@ -110,7 +110,10 @@ async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<
         }
         Applied::NoDemo => ("ignored", Some("no demo for this pull request"), None, Effects::default()),
     };
-    set_outcome(&mut tx, delivery, outcome, detail, demo.as_ref().map(|d| d.id)).await?;
+    if detail.is_some() {
+        // A started chain recorded its outcome with itself.
+        set_outcome(&mut tx, delivery, outcome, detail, demo.as_ref().map(|d| d.id)).await?;
+    }
     tx.commit().await?;
     app.apply(effects).await;
     let mut answer = json!({ "delivery": delivery, "outcome": outcome });
