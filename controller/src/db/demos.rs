@@ -1,11 +1,11 @@
 //! Demos: desired state, generation and where they run.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, PgExecutor};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, FromRow, Serialize)]
+#[derive(Debug, Clone, FromRow, Serialize, Deserialize)]
 pub struct Demo {
     pub id: Uuid,
     pub owner: String,
@@ -46,24 +46,53 @@ pub struct DeployRequest {
     pub github_user: String,
 }
 
-/// Create the demo or ask an existing one for a new generation running `sha`. `None` when
-/// the demo has already applied a newer event (found under the row lock, so concurrent
-/// first events of one pull request order correctly).
+/// A delivery to record together with the demo it changes.
+#[derive(Debug, Clone, Copy)]
+pub struct NewDelivery<'a> {
+    pub id: &'a str,
+    pub event: &'a str,
+    pub action: Option<&'a str>,
+}
+
+/// What [`upsert_for_deploy`] did.
+#[derive(Debug)]
+pub enum Upserted {
+    /// The demo, created or at its new generation.
+    Demo(Demo),
+    /// The demo has already applied a newer event (found under the row lock, so
+    /// concurrent first events of one pull request order correctly).
+    Stale,
+    /// The delivery was recorded before: nothing changed.
+    Duplicate,
+}
+
+/// Create the demo or ask an existing one for a new generation running `sha`, recording
+/// `delivery` (if any) in the same round trip.
 pub async fn upsert_for_deploy(
     db: impl PgExecutor<'_>,
     req: &DeployRequest,
     event_at: Option<OffsetDateTime>,
-) -> sqlx::Result<Option<Demo>> {
-    sqlx::query_as(
-        "insert into demos (id, owner, repo, pr, name, desired, state, generation, sha, clone_url, github_user, event_at,
-                            deployed_at)
-         values ($1, $2, $3, $4, $5, 'running', 'pending', 1, $6, $7, $8, $9, now())
-         on conflict (owner, repo, pr) do update set
-             desired = 'running', generation = demos.generation + 1, sha = excluded.sha, deployed_at = now(),
-             clone_url = excluded.clone_url, github_user = excluded.github_user,
-             event_at = greatest(demos.event_at, excluded.event_at), error = null, updated_at = now()
-         where demos.event_at is null or excluded.event_at is null or excluded.event_at >= demos.event_at
-         returning *",
+    delivery: Option<NewDelivery<'_>>,
+) -> sqlx::Result<Upserted> {
+    let (fresh, demo): (bool, Option<serde_json::Value>) = sqlx::query_as(
+        "with delivery as (
+             insert into webhook_deliveries (delivery_id, event, action, outcome)
+             select $10, $11, $12, 'received' where $10 is not null
+             on conflict (delivery_id) do nothing
+             returning delivery_id
+         ), demo as (
+             insert into demos (id, owner, repo, pr, name, desired, state, generation, sha, clone_url, github_user,
+                                event_at, deployed_at)
+             select $1, $2, $3, $4, $5, 'running', 'pending', 1, $6, $7, $8, $9, now()
+             where $10 is null or exists (select 1 from delivery)
+             on conflict (owner, repo, pr) do update set
+                 desired = 'running', generation = demos.generation + 1, sha = excluded.sha, deployed_at = now(),
+                 clone_url = excluded.clone_url, github_user = excluded.github_user,
+                 event_at = greatest(demos.event_at, excluded.event_at), error = null, updated_at = now()
+             where demos.event_at is null or excluded.event_at is null or excluded.event_at >= demos.event_at
+             returning *
+         )
+         select ($10 is null or exists (select 1 from delivery)), (select to_jsonb(demo) from demo)",
     )
     .bind(Uuid::new_v4())
     .bind(&req.owner)
@@ -74,8 +103,16 @@ pub async fn upsert_for_deploy(
     .bind(&req.clone_url)
     .bind(&req.github_user)
     .bind(event_at)
-    .fetch_optional(db)
-    .await
+    .bind(delivery.map(|d| d.id))
+    .bind(delivery.map(|d| d.event))
+    .bind(delivery.and_then(|d| d.action))
+    .fetch_one(db)
+    .await?;
+    Ok(match (fresh, demo) {
+        (false, _) => Upserted::Duplicate,
+        (true, None) => Upserted::Stale,
+        (true, Some(row)) => Upserted::Demo(serde_json::from_value(row).map_err(|e| sqlx::Error::Decode(e.into()))?),
+    })
 }
 
 /// Remember a pull request that closed before it had a demo. False when a demo appeared

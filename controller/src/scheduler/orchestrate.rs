@@ -13,7 +13,7 @@ use demofleet_common::wire::{DeadStep, DemoSpec, Step, StepMessage, StepOutcome,
 
 use super::{authorize, placement, Effects};
 use crate::db::chains::{Chain, ChainStep};
-use crate::db::demos::{self, Demo, DeployRequest};
+use crate::db::demos::{self, Demo, DeployRequest, NewDelivery, Upserted};
 use crate::db::outbox::{self, Outgoing};
 use crate::db::{audit, chains, settings, Tx};
 use crate::jobs;
@@ -28,6 +28,8 @@ pub enum Applied {
     Stale(Demo),
     /// There is no demo to act on.
     NoDemo,
+    /// The delivery was recorded before: nothing changed.
+    Duplicate,
 }
 
 /// Who asked, and when the event happened.
@@ -38,11 +40,19 @@ pub struct Cause<'a> {
     pub delivery_id: Option<&'a str>,
 }
 
-/// Ask for `req`'s demo to run its head commit, as a new generation.
-pub async fn deploy(tx: &mut Tx<'_>, app: &AppState, req: &DeployRequest, cause: Cause<'_>) -> sqlx::Result<Applied> {
-    match demos::upsert_for_deploy(&mut **tx, req, cause.event_at).await? {
-        Some(demo) => start_chain(tx, app, demo, "deploy", &Step::DEPLOY, cause).await,
-        None => {
+/// Ask for `req`'s demo to run its head commit, as a new generation. With `delivery`, the
+/// delivery is recorded in the same round trip ([`Applied::Duplicate`] if it was before).
+pub async fn deploy(
+    tx: &mut Tx<'_>,
+    app: &AppState,
+    req: &DeployRequest,
+    cause: Cause<'_>,
+    delivery: Option<NewDelivery<'_>>,
+) -> sqlx::Result<Applied> {
+    match demos::upsert_for_deploy(&mut **tx, req, cause.event_at, delivery).await? {
+        Upserted::Demo(demo) => start_chain(tx, app, demo, "deploy", &Step::DEPLOY, cause).await,
+        Upserted::Duplicate => Ok(Applied::Duplicate),
+        Upserted::Stale => {
             let newer = demos::find_for_update(&mut **tx, &req.owner, &req.repo, req.pr).await?;
             Ok(newer.map_or(Applied::NoDemo, Applied::Stale))
         }

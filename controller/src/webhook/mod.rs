@@ -21,6 +21,7 @@ use event::{Intent, IssueCommentEvent, PullRequestEvent};
 
 use crate::config::Config;
 use crate::db::demos::DeployRequest;
+use crate::db::demos::NewDelivery;
 use crate::db::{outbox, settings};
 use crate::error::ApiError;
 use crate::jobs;
@@ -79,7 +80,8 @@ async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<
     let request = deploy_request(app, &event, owner, repo, pr)?;
 
     let mut tx = app.db.begin().await?;
-    if !insert_delivery(&mut tx, delivery, "pull_request", Some(action)).await? {
+    // A deploy records its delivery together with the demo; the rest record it first.
+    if intent != Intent::Deploy && !insert_delivery(&mut tx, delivery, "pull_request", Some(action)).await? {
         return Ok(duplicate(delivery));
     }
     if intent == Intent::Draft {
@@ -94,7 +96,8 @@ async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<
     let actor = format!("github:{}", event.sender.as_ref().unwrap_or(&event.pull_request.user).login);
     let cause = Cause { actor: &actor, event_at: event.pull_request.updated_at, delivery_id: Some(delivery) };
     let applied = if intent == Intent::Deploy {
-        orchestrate::deploy(&mut tx, app, &request, cause).await
+        let record = NewDelivery { id: delivery, event: "pull_request", action: Some(action) };
+        orchestrate::deploy(&mut tx, app, &request, cause, Some(record)).await
     } else {
         orchestrate::teardown(&mut tx, app, &request, cause).await
     };
@@ -109,6 +112,7 @@ async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<
             ("stale", Some("a newer event for this pull request was already applied"), Some(demo), Effects::default())
         }
         Applied::NoDemo => ("ignored", Some("no demo for this pull request"), None, Effects::default()),
+        Applied::Duplicate => return Ok(duplicate(delivery)),
     };
     if detail.is_some() {
         // A started chain recorded its outcome with itself.
