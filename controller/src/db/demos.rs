@@ -58,7 +58,7 @@ pub struct NewDelivery<'a> {
 #[derive(Debug)]
 pub enum Upserted {
     /// The demo, created or at its new generation.
-    Demo(Demo),
+    Demo(Box<Demo>),
     /// The demo has already applied a newer event (found under the row lock, so
     /// concurrent first events of one pull request order correctly).
     Stale,
@@ -111,7 +111,7 @@ pub async fn upsert_for_deploy(
     Ok(match (fresh, demo) {
         (false, _) => Upserted::Duplicate,
         (true, None) => Upserted::Stale,
-        (true, Some(row)) => Upserted::Demo(serde_json::from_value(row).map_err(|e| sqlx::Error::Decode(e.into()))?),
+        (true, Some(row)) => Upserted::Demo(Box::new(serde_json::from_value(row).map_err(|e| sqlx::Error::Decode(e.into()))?)),
     })
 }
 

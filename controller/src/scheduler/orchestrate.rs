@@ -50,7 +50,7 @@ pub async fn deploy(
     delivery: Option<NewDelivery<'_>>,
 ) -> sqlx::Result<Applied> {
     match demos::upsert_for_deploy(&mut **tx, req, cause.event_at, delivery).await? {
-        Upserted::Demo(demo) => start_chain(tx, app, demo, "deploy", &Step::DEPLOY, cause).await,
+        Upserted::Demo(demo) => start_chain(tx, app, *demo, "deploy", &Step::DEPLOY, cause).await,
         Upserted::Duplicate => Ok(Applied::Duplicate),
         Upserted::Stale => {
             let newer = demos::find_for_update(&mut **tx, &req.owner, &req.repo, req.pr).await?;
