@@ -19,6 +19,10 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// Connections to PostgreSQL kept in the pool.
+    #[arg(long, env = "DEMOFLEET_DB_POOL", default_value_t = 16)]
+    pub db_pool: u32,
+
     /// RabbitMQ URL (with vhost) for task chains.
     #[arg(long, env = "DEMOFLEET_AMQP_URL", default_value = "amqp://demofleet:demofleet@127.0.0.1:5672/demofleet")]
     pub amqp_url: String,

@@ -147,7 +147,7 @@ fn github_client(config: &Config) -> anyhow::Result<Option<Arc<github::GitHub>>>
 
 async fn connect_db(config: &Config) -> anyhow::Result<sqlx::PgPool> {
     PgPoolOptions::new()
-        .max_connections(16)
+        .max_connections(config.db_pool.max(2))
         .acquire_timeout(Duration::from_secs(10))
         .connect(&config.database_url)
         .await

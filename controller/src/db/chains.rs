@@ -49,11 +49,16 @@ pub struct NewChain<'a> {
 
 /// Create a chain for the demo's current generation, superseding its unfinished chains,
 /// writing the audit event and the delivery's outcome, in one round trip. Returns the
-/// chain and its steps.
+/// chain and its steps. Step rows are stored from when a step is reached, so a chain
+/// starts with none (or only its first, when that is already decided).
 pub async fn create(db: impl PgExecutor<'_>, demo: &Demo, new: NewChain<'_>) -> sqlx::Result<(Chain, Vec<ChainStep>)> {
     let NewChain { kind, steps, delivery, first_done, audit } = new;
     let id = Uuid::new_v4();
-    let names: Vec<&str> = steps.iter().map(|s| s.as_str()).collect();
+    let mut rows = plan(id, kind);
+    debug_assert_eq!(
+        rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        steps.iter().map(|s| s.as_str()).collect::<Vec<_>>()
+    );
     let (delivery_id, outcome) = delivery.unzip();
     sqlx::query(
         "with superseded as (
@@ -62,12 +67,9 @@ pub async fn create(db: impl PgExecutor<'_>, demo: &Demo, new: NewChain<'_>) -> 
          ), chain as (
              insert into chains (id, demo_id, generation, kind, status, delivery_id)
              values ($1, $2, $3, $4, 'running', $5)
-         ), steps as (
+         ), first as (
              insert into chain_steps (chain_id, position, name, status, finished_at)
-             select $1, ordinality::int, name,
-                    case when ordinality = 1 and $10 then 'succeeded' else 'pending' end,
-                    case when ordinality = 1 and $10 then now() end
-             from unnest($6::text[]) with ordinality as name
+             select $1, 1, $6, 'succeeded', now() where $10
          ), outcome as (
              update webhook_deliveries set outcome = $11, demo_id = $2 where delivery_id = $5 and $11 is not null
          )
@@ -78,7 +80,7 @@ pub async fn create(db: impl PgExecutor<'_>, demo: &Demo, new: NewChain<'_>) -> 
     .bind(demo.generation)
     .bind(kind)
     .bind(delivery_id)
-    .bind(&names)
+    .bind(steps.first().map(|s| s.as_str()))
     .bind(audit.actor)
     .bind(audit.action)
     .bind(audit.detail)
@@ -86,20 +88,11 @@ pub async fn create(db: impl PgExecutor<'_>, demo: &Demo, new: NewChain<'_>) -> 
     .bind(outcome)
     .execute(db)
     .await?;
+    if first_done {
+        rows[0].status = "succeeded".into();
+    }
     let chain =
         Chain { id, demo_id: demo.id, generation: demo.generation, kind: kind.into(), status: "running".into() };
-    let rows = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| ChainStep {
-            chain_id: id,
-            position: i as i32 + 1,
-            name: name.to_string(),
-            status: if i == 0 && first_done { "succeeded" } else { "pending" }.into(),
-            attempts: 0,
-            budget_from: 0,
-        })
-        .collect();
     Ok((chain, rows))
 }
 
@@ -116,43 +109,66 @@ pub async fn park(db: impl PgExecutor<'_>, chain_id: Uuid, demo_id: Uuid) -> sql
     Ok(())
 }
 
-/// Every step of a chain, in order.
-pub async fn steps(db: impl PgExecutor<'_>, chain_id: Uuid) -> sqlx::Result<Vec<ChainStep>> {
-    sqlx::query_as(
+/// Every step of a chain, in order: the stored ones (reached) and the rest, pending.
+pub async fn steps(db: impl PgExecutor<'_>, chain: &Chain) -> sqlx::Result<Vec<ChainStep>> {
+    let stored: Vec<ChainStep> = sqlx::query_as(
         "select chain_id, position, name, status, attempts, budget_from from chain_steps
          where chain_id = $1 order by position",
     )
-    .bind(chain_id)
+    .bind(chain.id)
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(plan(chain.id, &chain.kind)
+        .into_iter()
+        .map(|planned| stored.iter().find(|s| s.position == planned.position).cloned().unwrap_or(planned))
+        .collect())
+}
+
+/// The steps of a chain of `kind`, all pending.
+pub fn plan(chain_id: Uuid, kind: &str) -> Vec<ChainStep> {
+    let steps: &[Step] = if kind == "deploy" { &Step::DEPLOY } else { &Step::TEARDOWN };
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| ChainStep {
+            chain_id,
+            position: i as i32 + 1,
+            name: step.as_str().to_string(),
+            status: "pending".into(),
+            attempts: 0,
+            budget_from: 0,
+        })
+        .collect()
 }
 
 /// Mark a step queued and put its message in the outbox (and, when given, set the demo's
 /// state), in one round trip.
 pub async fn queue_step(
     db: impl PgExecutor<'_>,
-    chain_id: Uuid,
-    position: i32,
+    step: &ChainStep,
     message: &Outgoing,
     new_state: Option<(Uuid, &str)>,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "with queued as (
-             update chain_steps set status = 'queued', error = null, attempts = attempts + 1, queued_at = now()
-             where chain_id = $1 and position = $2
+             insert into chain_steps (chain_id, position, name, status, attempts, queued_at)
+             values ($1, $2, $9, 'queued', 1, now())
+             on conflict (chain_id, position) do update set status = 'queued', error = null,
+                 attempts = chain_steps.attempts + 1, queued_at = now()
          ), state as (
              update demos set state = $8, error = null, updated_at = now() where id = $7 and $8 is not null
          )
          insert into outbox (exchange, routing_key, kind, payload) values ($3, $4, $5, $6)",
     )
-    .bind(chain_id)
-    .bind(position)
+    .bind(step.chain_id)
+    .bind(step.position)
     .bind(&message.exchange)
     .bind(&message.routing_key)
     .bind(message.kind)
     .bind(&message.payload)
     .bind(new_state.map(|(id, _)| id))
     .bind(new_state.map(|(_, s)| s))
+    .bind(&step.name)
     .execute(db)
     .await?;
     Ok(())
@@ -193,26 +209,32 @@ pub async fn next_step(db: impl PgExecutor<'_>, chain_id: Uuid) -> sqlx::Result<
     .await
 }
 
+/// Set a step's status (creating its row: steps are stored from when they are reached).
 pub async fn mark_step(
     db: impl PgExecutor<'_>,
-    chain_id: Uuid,
-    position: i32,
+    step: &ChainStep,
     status: &str,
     error: Option<&str>,
     output: Option<serde_json::Value>,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "update chain_steps set status = $3, error = $4, output = coalesce($5, output),
-             attempts = case when $3 = 'queued' then attempts + 1 else attempts end,
-             queued_at = case when $3 = 'queued' then now() else queued_at end,
-             finished_at = case when $3 in ('succeeded', 'failed', 'skipped') then now() else finished_at end
-         where chain_id = $1 and position = $2",
+        "insert into chain_steps (chain_id, position, name, status, error, output, attempts, queued_at, finished_at)
+         values ($1, $2, $6, $3, $4, $5,
+                 case when $3 = 'queued' then 1 else 0 end,
+                 case when $3 = 'queued' then now() end,
+                 case when $3 in ('succeeded', 'failed', 'skipped') then now() end)
+         on conflict (chain_id, position) do update set status = $3, error = $4,
+             output = coalesce($5, chain_steps.output),
+             attempts = case when $3 = 'queued' then chain_steps.attempts + 1 else chain_steps.attempts end,
+             queued_at = case when $3 = 'queued' then now() else chain_steps.queued_at end,
+             finished_at = case when $3 in ('succeeded', 'failed', 'skipped') then now() else chain_steps.finished_at end",
     )
-    .bind(chain_id)
-    .bind(position)
+    .bind(step.chain_id)
+    .bind(step.position)
     .bind(status)
     .bind(error)
     .bind(output)
+    .bind(&step.name)
     .execute(db)
     .await?;
     Ok(())
@@ -316,7 +338,7 @@ pub struct ChainView {
     pub steps: Vec<StepView>,
 }
 
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Clone, Serialize, FromRow)]
 pub struct StepView {
     #[serde(skip)]
     pub chain_id: Uuid,
@@ -332,6 +354,23 @@ pub struct StepView {
     pub finished_at: Option<OffsetDateTime>,
     /// Every attempt: `{attempt, host_id, outcome, error, duration_ms, finished_at}`.
     pub history: serde_json::Value,
+}
+
+impl StepView {
+    fn pending(step: &ChainStep) -> StepView {
+        StepView {
+            chain_id: step.chain_id,
+            position: step.position,
+            name: step.name.clone(),
+            status: "pending".into(),
+            attempts: 0,
+            error: None,
+            output: None,
+            queued_at: None,
+            finished_at: None,
+            history: serde_json::json!([]),
+        }
+    }
 }
 
 /// The demo's chains, newest first, with steps and attempts.
@@ -368,8 +407,14 @@ pub async fn timeline(db: &sqlx::PgPool, demo_id: Uuid) -> sqlx::Result<Vec<Chai
     Ok(chains
         .into_iter()
         .map(|c| {
-            let (mine, rest): (Vec<StepView>, Vec<StepView>) = steps.drain(..).partition(|s| s.chain_id == c.id);
+            let (stored, rest): (Vec<StepView>, Vec<StepView>) = steps.drain(..).partition(|s| s.chain_id == c.id);
             steps = rest;
+            let mine = plan(c.id, &c.kind)
+                .iter()
+                .map(|p| {
+                    stored.iter().find(|s| s.position == p.position).cloned().unwrap_or_else(|| StepView::pending(p))
+                })
+                .collect();
             ChainView {
                 id: c.id,
                 generation: c.generation,

@@ -111,7 +111,9 @@ pub async fn upsert_for_deploy(
     Ok(match (fresh, demo) {
         (false, _) => Upserted::Duplicate,
         (true, None) => Upserted::Stale,
-        (true, Some(row)) => Upserted::Demo(Box::new(serde_json::from_value(row).map_err(|e| sqlx::Error::Decode(e.into()))?)),
+        (true, Some(row)) => {
+            Upserted::Demo(Box::new(serde_json::from_value(row).map_err(|e| sqlx::Error::Decode(e.into()))?))
+        }
     })
 }
 

@@ -151,7 +151,7 @@ pub async fn advance(tx: &mut Tx<'_>, app: &AppState, chain_id: Uuid) -> sqlx::R
         chains::set_status(&mut **tx, chain.id, "superseded", None).await?;
         return Ok(Effects::default());
     }
-    let steps = chains::steps(&mut **tx, chain.id).await?;
+    let steps = chains::steps(&mut **tx, &chain).await?;
     advance_loaded(tx, app, &mut chain, &mut demo, steps).await
 }
 
@@ -173,11 +173,11 @@ async fn advance_loaded(
         if step == Step::Authorize {
             match authorize::decide_locally(app, demo) {
                 Some(true) => {
-                    chains::mark_step(&mut **tx, chain.id, step_row.position, "succeeded", None, None).await?;
+                    chains::mark_step(&mut **tx, &step_row, "succeeded", None, None).await?;
                     continue;
                 }
                 Some(false) => {
-                    chains::mark_step(&mut **tx, chain.id, step_row.position, "waiting", None, None).await?;
+                    chains::mark_step(&mut **tx, &step_row, "waiting", None, None).await?;
                     chains::set_status(&mut **tx, chain.id, "awaiting_approval", None).await?;
                     return Ok(effects.merge(transition(tx, app, demo.id, "awaiting_approval", None).await?));
                 }
@@ -186,7 +186,7 @@ async fn advance_loaded(
         }
         if step.is_inline() {
             demos::set_routed(&mut **tx, demo.id, step == Step::Route).await?;
-            chains::mark_step(&mut **tx, chain.id, step_row.position, "succeeded", None, None).await?;
+            chains::mark_step(&mut **tx, &step_row, "succeeded", None, None).await?;
             effects.routes_changed = true;
             continue;
         }
@@ -211,7 +211,7 @@ async fn advance_loaded(
                     return Ok(effects);
                 }
                 // Never placed: there is nothing on any host to stop.
-                chains::mark_step(&mut **tx, chain.id, step_row.position, "skipped", None, None).await?;
+                chains::mark_step(&mut **tx, &step_row, "skipped", None, None).await?;
                 continue;
             };
             if demo.host_id.as_deref() != Some(host.as_str()) {
@@ -228,14 +228,8 @@ async fn advance_loaded(
         }
         let new_state = (deploying && demo.state != "starting").then_some("starting");
         let message = step_message(app, demo, chain.id, step, step_row.attempts + 1);
-        chains::queue_step(
-            &mut **tx,
-            chain.id,
-            step_row.position,
-            &Outgoing::step(queue, &message),
-            new_state.map(|s| (demo.id, s)),
-        )
-        .await?;
+        chains::queue_step(&mut **tx, step_row, &Outgoing::step(queue, &message), new_state.map(|s| (demo.id, s)))
+            .await?;
         effects.published = true;
         if let Some(state) = new_state {
             demo.state = state.into();
@@ -265,7 +259,7 @@ pub async fn record_result(tx: &mut Tx<'_>, app: &AppState, result: &StepResult)
         chains::set_status(&mut **tx, chain.id, "superseded", None).await?;
         return Ok(Effects::default());
     }
-    let mut steps = chains::steps(&mut **tx, chain.id).await?;
+    let mut steps = chains::steps(&mut **tx, &chain).await?;
     let current = steps.iter().position(|s| s.status != "succeeded" && s.status != "skipped");
     let Some(index) = current.filter(|i| {
         let s = &steps[*i];
@@ -278,13 +272,13 @@ pub async fn record_result(tx: &mut Tx<'_>, app: &AppState, result: &StepResult)
     chains::record_attempt(&mut **tx, chain.id, step_row.position, result).await?;
     match &result.outcome {
         StepOutcome::Succeeded(output) if output.awaiting_approval => {
-            chains::mark_step(&mut **tx, chain.id, step_row.position, "waiting", None, None).await?;
+            chains::mark_step(&mut **tx, &step_row, "waiting", None, None).await?;
             chains::set_status(&mut **tx, chain.id, "awaiting_approval", None).await?;
             transition(tx, app, demo.id, "awaiting_approval", None).await
         }
         StepOutcome::Succeeded(output) => {
             let output_json = serde_json::to_value(output).ok();
-            chains::mark_step(&mut **tx, chain.id, step_row.position, "succeeded", None, output_json).await?;
+            chains::mark_step(&mut **tx, &step_row, "succeeded", None, output_json).await?;
             if let Some(port) = output.host_port {
                 demos::set_host_port(&mut **tx, demo.id, port).await?;
             }
@@ -302,11 +296,11 @@ pub async fn record_result(tx: &mut Tx<'_>, app: &AppState, result: &StepResult)
             if let Some(delay) = app.config.retry_delays.get(used.wrapping_sub(1)).filter(|_| *retryable) {
                 tracing::info!(demo = %demo.name, step = result.step.as_str(), attempt = result.attempt, ?delay, %error, "step failed; retrying");
                 outbox::push(&mut **tx, &Outgoing::retry(queue, *delay, &message)).await?;
-                chains::mark_step(&mut **tx, chain.id, step_row.position, "queued", Some(error), None).await?;
+                chains::mark_step(&mut **tx, &step_row, "queued", Some(error), None).await?;
                 return Ok(Effects { published: true, ..Effects::default() });
             }
             tracing::warn!(demo = %demo.name, step = result.step.as_str(), attempt = result.attempt, %error, "step failed for good");
-            chains::mark_step(&mut **tx, chain.id, step_row.position, "failed", Some(error), None).await?;
+            chains::mark_step(&mut **tx, &step_row, "failed", Some(error), None).await?;
             let summary = format!("{} failed: {error}", result.step.as_str());
             chains::set_status(&mut **tx, chain.id, "failed", Some(&summary)).await?;
             let dead = DeadStep {
