@@ -173,11 +173,11 @@ async fn advance_loaded(
         if step == Step::Authorize {
             match authorize::decide_locally(app, demo) {
                 Some(true) => {
-                    chains::mark_step(&mut **tx, &step_row, "succeeded", None, None).await?;
+                    chains::mark_step(&mut **tx, step_row, "succeeded", None, None).await?;
                     continue;
                 }
                 Some(false) => {
-                    chains::mark_step(&mut **tx, &step_row, "waiting", None, None).await?;
+                    chains::mark_step(&mut **tx, step_row, "waiting", None, None).await?;
                     chains::set_status(&mut **tx, chain.id, "awaiting_approval", None).await?;
                     return Ok(effects.merge(transition(tx, app, demo.id, "awaiting_approval", None).await?));
                 }
@@ -186,7 +186,7 @@ async fn advance_loaded(
         }
         if step.is_inline() {
             demos::set_routed(&mut **tx, demo.id, step == Step::Route).await?;
-            chains::mark_step(&mut **tx, &step_row, "succeeded", None, None).await?;
+            chains::mark_step(&mut **tx, step_row, "succeeded", None, None).await?;
             effects.routes_changed = true;
             continue;
         }
@@ -211,7 +211,7 @@ async fn advance_loaded(
                     return Ok(effects);
                 }
                 // Never placed: there is nothing on any host to stop.
-                chains::mark_step(&mut **tx, &step_row, "skipped", None, None).await?;
+                chains::mark_step(&mut **tx, step_row, "skipped", None, None).await?;
                 continue;
             };
             if demo.host_id.as_deref() != Some(host.as_str()) {
