@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use demofleet_common::duration::parse_duration;
+use demofleet_common::messaging::Messaging;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "demofleet-agent", version, about = "demofleet agent: runs the demos of one Docker host")]
@@ -14,17 +15,8 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_HOST_ID")]
     pub host_id: Option<String>,
 
-    /// RabbitMQ URL (with vhost); this host's own broker user.
-    #[arg(long, env = "DEMOFLEET_AMQP_URL", default_value = "amqp://demofleet:demofleet@127.0.0.1:5672/demofleet")]
-    pub amqp_url: String,
-
-    /// NATS URL for heartbeats and logs.
-    #[arg(long, env = "DEMOFLEET_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-
-    /// First token of every NATS subject (must match the controller's).
-    #[arg(long, env = "DEMOFLEET_NATS_PREFIX", default_value = "demofleet")]
-    pub nats_prefix: String,
+    #[command(flatten)]
+    pub messaging: Messaging,
 
     /// Where clones live, one folder per demo.
     #[arg(long, env = "DEMOFLEET_DEMO_DIR", default_value = "/srv/demos")]

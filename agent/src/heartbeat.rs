@@ -10,7 +10,7 @@ use demofleet_common::wire::{Heartbeat, WIRE_VERSION};
 use crate::{docker, AgentContext};
 
 pub async fn run(ctx: Arc<AgentContext>, stop: CancellationToken) {
-    let subject = topology::heartbeat_subject(&ctx.config.nats_prefix, &ctx.host_id);
+    let subject = topology::heartbeat_subject(&ctx.config.messaging.nats_prefix, &ctx.host_id);
     let mut interval = tokio::time::interval(ctx.config.heartbeat_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -65,7 +65,7 @@ impl AgentContext {
 
     /// Send a line to the demo's live log.
     pub fn log(&self, spec: &DemoSpec, line: &str) {
-        let subject = topology::log_subject(&self.config.nats_prefix, &spec.id);
+        let subject = topology::log_subject(&self.config.messaging.nats_prefix, &spec.id);
         let nats = self.nats.clone();
         let payload = line.to_string().into_bytes();
         tokio::spawn(async move {
@@ -87,7 +87,8 @@ impl Agent {
         let host_id = config.host_id()?;
         let docker = bollard::Docker::connect_with_local_defaults().context("connecting to Docker")?;
         docker.ping().await.context("the Docker Engine does not answer")?;
-        let nats = async_nats::connect(&config.nats_url).await.context("connecting to NATS (DEMOFLEET_NATS_URL)")?;
+        let nats =
+            async_nats::connect(&config.messaging.nats_url).await.context("connecting to NATS (DEMOFLEET_NATS_URL)")?;
         tokio::fs::create_dir_all(&config.demo_dir)
             .await
             .with_context(|| format!("creating {}", config.demo_dir.display()))?;

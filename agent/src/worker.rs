@@ -3,21 +3,18 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoff;
 use demofleet_common::wire::{StepMessage, StepResult, KIND_RESULT, WIRE_VERSION};
-use demofleet_common::{retry, topology};
+use demofleet_common::{consume, retry, topology};
 
 use crate::{steps, AgentContext};
 
@@ -41,7 +38,7 @@ async fn consume(
     stop: &CancellationToken,
     policy: &mut ExponentialBackoff,
 ) -> anyhow::Result<()> {
-    let connection = Connection::connect(&ctx.config.amqp_url, ConnectionProperties::default()).await?;
+    let connection = Connection::connect(&ctx.config.messaging.amqp_url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     let queue = topology::host_queue(&ctx.host_id);
     topology::declare_queue(&channel, &queue).await?;
@@ -49,7 +46,7 @@ async fn consume(
     channel.basic_qos(ctx.config.concurrency, BasicQosOptions::default()).await?;
     let results = connection.create_channel().await?;
     results.confirm_select(ConfirmSelectOptions::default()).await?;
-    let mut consumer = channel
+    let consumer = channel
         .basic_consume(
             queue.as_str().into(),
             ctx.host_id.as_str().into(),
@@ -59,30 +56,17 @@ async fn consume(
         .await?;
     tracing::info!(%queue, "consuming steps");
     policy.reset();
-    let permits = Arc::new(Semaphore::new(usize::from(ctx.config.concurrency.max(1))));
-    let running = TaskTracker::new();
-    let outcome = loop {
-        let delivery = tokio::select! {
-            _ = stop.cancelled() => break Ok(()),
-            d = consumer.next() => d,
-        };
-        let delivery = match delivery {
-            Some(Ok(d)) => d,
-            Some(Err(err)) => break Err(err.into()),
-            None => break Err(anyhow::anyhow!("the broker closed the consumer")),
-        };
-        let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
+    let concurrency = usize::from(ctx.config.concurrency);
+    consume::bounded(consumer, stop, concurrency, |delivery| {
         let (ctx, results) = (ctx.clone(), results.clone());
-        running.spawn(async move {
+        async move {
             if let Err(err) = handle(&ctx, &results, delivery).await {
                 tracing::warn!(error = %err, "step not acknowledged; the broker will redeliver it");
             }
-            drop(permit);
-        });
-    };
-    running.close();
-    running.wait().await;
-    outcome
+        }
+    })
+    .await?;
+    Ok(())
 }
 
 async fn handle(ctx: &AgentContext, results: &Channel, delivery: Delivery) -> anyhow::Result<()> {

@@ -3,7 +3,9 @@
 //! versioned messages that travel over RabbitMQ and NATS.
 //!
 //! # Layout
+//! - [`consume`]: consuming a queue with bounded concurrency.
 //! - [`duration`]: parsing durations in settings.
+//! - [`messaging`]: RabbitMQ and NATS settings shared by both binaries.
 //! - [`names`]: sanitizing `(repo, owner, pr)` into a DNS label and folder name.
 //! - [`labels`]: the container label keys and the full label set of a demo.
 //! - [`wire`]: step messages, step results and heartbeats (serde, versioned).
@@ -12,8 +14,10 @@
 //! - [`signal`]: waiting for SIGINT or SIGTERM.
 //! - [`topology`]: exchange, queue and subject names; declaring them on a channel.
 
+pub mod consume;
 pub mod duration;
 pub mod labels;
+pub mod messaging;
 pub mod names;
 pub mod retry;
 pub mod secret;

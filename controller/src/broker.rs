@@ -4,22 +4,19 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use std::sync::Arc;
 
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoff;
 use demofleet_common::wire::KIND_RESULT;
-use demofleet_common::{retry, topology};
+use demofleet_common::{consume, retry, topology};
 
 use crate::db::outbox;
 use crate::jobs;
@@ -174,7 +171,7 @@ async fn consume_results(
     let channel = app.broker.channel().await?;
     topology::declare_queue(&channel, topology::CONTROLLER_QUEUE).await?;
     channel.basic_qos(CONCURRENCY, BasicQosOptions::default()).await?;
-    let mut consumer = channel
+    let consumer = channel
         .basic_consume(
             topology::CONTROLLER_QUEUE.into(),
             "demofleet-controller".into(),
@@ -183,21 +180,9 @@ async fn consume_results(
         )
         .await?;
     policy.reset();
-    let permits = Arc::new(Semaphore::new(usize::from(CONCURRENCY)));
-    let running = TaskTracker::new();
-    let outcome = loop {
-        let delivery = tokio::select! {
-            _ = stop.cancelled() => break Ok(()),
-            d = consumer.next() => d,
-        };
-        let delivery = match delivery {
-            Some(Ok(d)) => d,
-            Some(Err(err)) => break Err(err.into()),
-            None => break Err(anyhow::anyhow!("the broker closed the consumer")),
-        };
-        let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
+    consume::bounded(consumer, stop, usize::from(CONCURRENCY), |delivery| {
         let app = app.clone();
-        running.spawn(async move {
+        async move {
             let kind = delivery.properties.kind().as_ref().map_or(KIND_RESULT, |k| k.as_str()).to_string();
             let settled = match jobs::handle(&app, &kind, &delivery.data).await {
                 Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(drop),
@@ -214,10 +199,8 @@ async fn consume_results(
             if let Err(err) = settled {
                 tracing::warn!(error = %err, "settling a controller message failed; the broker will redeliver it");
             }
-            drop(permit);
-        });
-    };
-    running.close();
-    running.wait().await;
-    outcome
+        }
+    })
+    .await?;
+    Ok(())
 }

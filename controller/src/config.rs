@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use demofleet_common::duration::parse_duration;
+use demofleet_common::messaging::Messaging;
 use demofleet_common::secret::Secret;
 
 #[derive(Debug, Clone, Parser)]
@@ -23,17 +24,8 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
 
-    /// RabbitMQ URL (with vhost) for task chains.
-    #[arg(long, env = "DEMOFLEET_AMQP_URL", default_value = "amqp://demofleet:demofleet@127.0.0.1:5672/demofleet")]
-    pub amqp_url: String,
-
-    /// NATS URL for heartbeats and live logs.
-    #[arg(long, env = "DEMOFLEET_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-
-    /// First token of every NATS subject; lets several fleets share one NATS server.
-    #[arg(long, env = "DEMOFLEET_NATS_PREFIX", default_value = "demofleet")]
-    pub nats_prefix: String,
+    #[command(flatten)]
+    pub messaging: Messaging,
 
     /// Secret shared with GitHub for webhook signatures. Required.
     #[arg(long, env = "DEMOFLEET_WEBHOOK_SECRET", hide_env_values = true)]

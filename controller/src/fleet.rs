@@ -31,7 +31,7 @@ pub async fn run_heartbeats(app: AppState, mut subscriber: async_nats::Subscribe
                 continue;
             }
         };
-        let expected = topology::heartbeat_subject(&app.config.nats_prefix, &beat.host_id);
+        let expected = topology::heartbeat_subject(&app.config.messaging.nats_prefix, &beat.host_id);
         if beat.version != WIRE_VERSION || message.subject.as_str() != expected {
             tracing::warn!(subject = %message.subject, host = %beat.host_id, "heartbeat of another version or subject dropped");
             continue;

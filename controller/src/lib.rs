@@ -63,10 +63,13 @@ impl Controller {
         config.validate()?;
         let db = connect_db(&config).await?;
         MIGRATOR.run(&db).await.context("applying migrations")?;
-        let broker =
-            broker::Broker::connect(&config.amqp_url).await.context("connecting to RabbitMQ (DEMOFLEET_AMQP_URL)")?;
-        let nats = async_nats::connect(&config.nats_url).await.context("connecting to NATS (DEMOFLEET_NATS_URL)")?;
-        let heartbeats = nats.subscribe(demofleet_common::topology::all_heartbeats(&config.nats_prefix)).await?;
+        let broker = broker::Broker::connect(&config.messaging.amqp_url)
+            .await
+            .context("connecting to RabbitMQ (DEMOFLEET_AMQP_URL)")?;
+        let nats =
+            async_nats::connect(&config.messaging.nats_url).await.context("connecting to NATS (DEMOFLEET_NATS_URL)")?;
+        let heartbeats =
+            nats.subscribe(demofleet_common::topology::all_heartbeats(&config.messaging.nats_prefix)).await?;
 
         let http_listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;

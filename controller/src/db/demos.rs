@@ -1,7 +1,9 @@
 //! Demos: desired state, generation and where they run.
 
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, PgExecutor};
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
+use sqlx::{FromRow, PgExecutor, Postgres};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -46,6 +48,25 @@ pub struct DeployRequest {
     pub github_user: String,
 }
 
+/// Bind `$1`-`$9`: a new demo id, then `req`'s owner, repo, PR, name, head commit, clone
+/// URL and author, and the event's time.
+fn bind_request<'q, O>(
+    query: QueryAs<'q, Postgres, O, PgArguments>,
+    req: &'q DeployRequest,
+    event_at: Option<OffsetDateTime>,
+) -> QueryAs<'q, Postgres, O, PgArguments> {
+    query
+        .bind(Uuid::new_v4())
+        .bind(&req.owner)
+        .bind(&req.repo)
+        .bind(req.pr)
+        .bind(&req.name)
+        .bind(&req.sha)
+        .bind(&req.clone_url)
+        .bind(&req.github_user)
+        .bind(event_at)
+}
+
 /// A delivery to record together with the demo it changes.
 #[derive(Debug, Clone, Copy)]
 pub struct NewDelivery<'a> {
@@ -74,7 +95,7 @@ pub async fn upsert_for_deploy(
     event_at: Option<OffsetDateTime>,
     delivery: Option<NewDelivery<'_>>,
 ) -> sqlx::Result<Upserted> {
-    let (fresh, demo): (bool, Option<serde_json::Value>) = sqlx::query_as(
+    let query = sqlx::query_as(
         "with delivery as (
              insert into webhook_deliveries (delivery_id, event, action, outcome)
              select $10, $11, $12, 'received' where $10 is not null
@@ -93,21 +114,13 @@ pub async fn upsert_for_deploy(
              returning *
          )
          select ($10 is null or exists (select 1 from delivery)), (select to_jsonb(demo) from demo)",
-    )
-    .bind(Uuid::new_v4())
-    .bind(&req.owner)
-    .bind(&req.repo)
-    .bind(req.pr)
-    .bind(&req.name)
-    .bind(&req.sha)
-    .bind(&req.clone_url)
-    .bind(&req.github_user)
-    .bind(event_at)
-    .bind(delivery.map(|d| d.id))
-    .bind(delivery.map(|d| d.event))
-    .bind(delivery.and_then(|d| d.action))
-    .fetch_one(db)
-    .await?;
+    );
+    let (fresh, demo): (bool, Option<serde_json::Value>) = bind_request(query, req, event_at)
+        .bind(delivery.map(|d| d.id))
+        .bind(delivery.map(|d| d.event))
+        .bind(delivery.and_then(|d| d.action))
+        .fetch_one(db)
+        .await?;
     Ok(match (fresh, demo) {
         (false, _) => Upserted::Duplicate,
         (true, None) => Upserted::Stale,
@@ -124,24 +137,14 @@ pub async fn insert_stopped(
     req: &DeployRequest,
     event_at: Option<OffsetDateTime>,
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query(
+    let query = sqlx::query_as(
         "insert into demos (id, owner, repo, pr, name, desired, state, generation, sha, clone_url, github_user, event_at)
          values ($1, $2, $3, $4, $5, 'stopped', 'stopped', 1, $6, $7, $8, $9)
-         on conflict (owner, repo, pr) do nothing",
-    )
-    .bind(Uuid::new_v4())
-    .bind(&req.owner)
-    .bind(&req.repo)
-    .bind(req.pr)
-    .bind(&req.name)
-    .bind(&req.sha)
-    .bind(&req.clone_url)
-    .bind(&req.github_user)
-    .bind(event_at)
-    .execute(db)
-    .await?;
-    let inserted = done.rows_affected() == 1;
-    Ok(inserted)
+         on conflict (owner, repo, pr) do nothing
+         returning true",
+    );
+    let inserted: Option<(bool,)> = bind_request(query, req, event_at).fetch_optional(db).await?;
+    Ok(inserted.is_some())
 }
 
 /// The demo of `owner/repo#pr`, locked, if there is one.
