@@ -8,7 +8,10 @@ use demofleet_tests::fixtures::{self, FixtureRepo};
 use demofleet_tests::services::shared_dir;
 use demofleet_tests::stack::{Stack, StackOptions};
 use demofleet_tests::wait;
+use futures::{SinkExt, StreamExt};
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -113,5 +116,54 @@ async fn traefik_configuration_and_the_edge_follow_the_demos() {
     })
     .await;
     let _ = tokio::fs::remove_file(&file).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_pass_through_the_edge() {
+    let stack = Stack::start(StackOptions { agents: 0, ..Default::default() }).await;
+    // A WebSocket echo server stands in for a demo that speaks WebSocket.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                while let Some(Ok(message)) = ws.next().await {
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    // Routed like a running demo on a host at 127.0.0.1.
+    let name = "ws-fixture-owner-pr-1";
+    sqlx::query("insert into hosts (id, address, capacity) values ('ws-host', '127.0.0.1', 1)")
+        .execute(&stack.db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into demos (id, owner, repo, pr, name, desired, state, sha, clone_url, github_user, host_id, host_port, routed)
+         values ($1, 'fixture-owner', 'ws', 1, $2, 'running', 'running', 'x', 'x', 'x', 'ws-host', $3, true)",
+    )
+    .bind(Uuid::new_v4())
+    .bind(name)
+    .bind(i32::from(port))
+    .execute(&stack.db)
+    .await
+    .unwrap();
+    wait::until("the edge to route the demo", DEADLINE, || async { stack.controller.state.routes.get(name) }).await;
+
+    let mut request = format!("ws://{}/socket", stack.controller.edge_addr).into_client_request().unwrap();
+    request.headers_mut().insert("host", format!("{name}.localhost").parse().unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.expect("upgrade through the edge");
+    assert_eq!(response.status(), 101);
+    for text in ["ping through the edge", "and again"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    ws.close(None).await.unwrap();
     stack.stop().await;
 }

@@ -72,7 +72,9 @@ impl Edge {
                     let edge = edge.clone();
                     async move { Ok::<_, Infallible>(edge.handle(req, peer).await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
                 let mut conn = std::pin::pin!(conn);
                 tokio::select! {
                     _ = conn.as_mut() => {}
@@ -103,8 +105,16 @@ impl Edge {
             return pages::bad_gateway();
         };
         *req.uri_mut() = uri;
+        // A protocol upgrade (WebSocket) keeps its Upgrade and Connection headers and, once
+        // the demo agrees, becomes a byte pipe between the two connections.
+        let upgrade = upgrade_protocol(req.headers());
+        let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        if let Some(protocol) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
         let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prior) => format!("{prior}, {}", peer.ip()),
             None => peer.ip().to_string(),
@@ -118,6 +128,13 @@ impl Edge {
         }
         match tokio::time::timeout(UPSTREAM_TIMEOUT, self.client.request(req)).await {
             Ok(Ok(mut response)) => {
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_side) = client_side {
+                        let demo_side = hyper::upgrade::on(&mut response);
+                        tokio::spawn(pipe(client_side, demo_side));
+                        return response.map(|body| body.boxed());
+                    }
+                }
                 strip_hop_by_hop(response.headers_mut());
                 response.map(|body| body.boxed())
             }
@@ -127,6 +144,33 @@ impl Edge {
             }
             Err(_) => pages::bad_gateway(),
         }
+    }
+}
+
+/// The protocol a request asks to upgrade to (`Connection: upgrade` with `Upgrade: …`).
+fn upgrade_protocol(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+}
+
+/// Copy bytes both ways between an upgraded client connection and the demo's, until
+/// either side closes.
+async fn pipe(client: hyper::upgrade::OnUpgrade, demo: hyper::upgrade::OnUpgrade) {
+    let (client, demo) = match tokio::try_join!(client, demo) {
+        Ok(both) => both,
+        Err(err) => {
+            tracing::debug!(error = %err, "upgrade did not complete");
+            return;
+        }
+    };
+    let (mut client, mut demo) = (TokioIo::new(client), TokioIo::new(demo));
+    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut demo).await {
+        tracing::debug!(error = %err, "upgraded connection ended");
     }
 }
 
