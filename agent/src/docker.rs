@@ -210,17 +210,6 @@ async fn containers_of(
     Ok(docker.list_containers(Some(options)).await?)
 }
 
-/// Remove containers of the demo from generations other than `keep`.
-pub async fn remove_other_generations(docker: &Docker, spec: &DemoSpec) -> Result<(), DockerError> {
-    for container in containers_of(docker, format!("{}={}", labels::ID, spec.id)).await? {
-        let generation = container.labels.as_ref().and_then(|l| l.get(labels::GENERATION));
-        if generation.map(String::as_str) != Some(spec.generation.to_string().as_str()) {
-            remove_container(docker, container.id.as_deref().unwrap_or_default()).await?;
-        }
-    }
-    Ok(())
-}
-
 async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> {
     let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
     match docker.remove_container(id, Some(options)).await {
@@ -231,13 +220,33 @@ async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> 
 
 /// Remove every container and image of the demo. Other demos' and foreign ones are untouched.
 pub async fn remove_demo(docker: &Docker, spec: &DemoSpec) -> Result<(), DockerError> {
+    remove_generations(docker, spec, None).await
+}
+
+/// Remove the containers and images of the demo's generations other than the current one:
+/// after an update has switched the route to the new one.
+pub async fn retire_older(docker: &Docker, spec: &DemoSpec) -> Result<(), DockerError> {
+    remove_generations(docker, spec, Some(spec.generation)).await
+}
+
+/// Remove the demo's containers, then its images, except those of generation `keep`.
+async fn remove_generations(docker: &Docker, spec: &DemoSpec, keep: Option<i64>) -> Result<(), DockerError> {
     let filter = format!("{}={}", labels::ID, spec.id);
+    let kept = |labels: Option<&HashMap<String, String>>| {
+        let generation = labels.and_then(|l| l.get(labels::GENERATION)).and_then(|g| g.parse::<i64>().ok());
+        keep.is_some() && generation == keep
+    };
     for container in containers_of(docker, filter.clone()).await? {
-        remove_container(docker, container.id.as_deref().unwrap_or_default()).await?;
+        if !kept(container.labels.as_ref()) {
+            remove_container(docker, container.id.as_deref().unwrap_or_default()).await?;
+        }
     }
     let filters = HashMap::from([("label", vec![filter])]);
     let options = ListImagesOptionsBuilder::default().all(false).filters(&filters).build();
     for image in docker.list_images(Some(options)).await? {
+        if kept(Some(&image.labels)) {
+            continue;
+        }
         let options = RemoveImageOptionsBuilder::default().force(true).build();
         match docker.remove_image(&image.id, Some(options), None).await {
             Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}

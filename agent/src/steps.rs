@@ -36,8 +36,8 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
             output.image = Some(image);
         }
         Step::Launch => {
+            // Beside the running generation, if any: it keeps serving until this one is healthy.
             let (container, port) = docker::launch(&ctx.docker, &ctx.config, &ctx.host_id, spec).await?;
-            docker::remove_other_generations(&ctx.docker, spec).await?;
             ctx.log(spec, &format!("container {container} answers on {}:{port}", ctx.config.host_address));
             output.container_id = Some(container);
             output.host_port = Some(port);
@@ -47,6 +47,7 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
             wait_healthy(ctx, spec, port).await?;
             output.host_port = Some(port);
         }
+        Step::Retire => docker::retire_older(&ctx.docker, spec).await?,
         Step::Stop => {
             docker::remove_demo(&ctx.docker, spec).await?;
             match tokio::fs::remove_dir_all(&dir).await {

@@ -47,14 +47,16 @@ pub enum Step {
     Launch,
     Health,
     Route,
+    /// Remove older generations once the route points at the new one.
+    Retire,
     Unroute,
     Stop,
 }
 
 impl Step {
     /// The steps of a deploy chain, in order.
-    pub const DEPLOY: [Step; 6] =
-        [Step::Authorize, Step::Checkout, Step::Build, Step::Launch, Step::Health, Step::Route];
+    pub const DEPLOY: [Step; 7] =
+        [Step::Authorize, Step::Checkout, Step::Build, Step::Launch, Step::Health, Step::Route, Step::Retire];
     /// The steps of a teardown chain, in order.
     pub const TEARDOWN: [Step; 2] = [Step::Unroute, Step::Stop];
 
@@ -77,6 +79,7 @@ impl Step {
             Step::Launch => "launch",
             Step::Health => "health",
             Step::Route => "route",
+            Step::Retire => "retire",
             Step::Unroute => "unroute",
             Step::Stop => "stop",
         }

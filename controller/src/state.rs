@@ -36,13 +36,15 @@ pub struct AppState {
 impl AppState {
     /// Apply what a committed transaction asked for.
     pub async fn apply(&self, effects: crate::scheduler::Effects) {
-        if effects.published {
-            self.outbox.notify_one();
-        }
+        // Routes first: a step queued by the same change (retiring the old container, say)
+        // must find the edge already pointing at the new one.
         if effects.routes_changed {
             if let Err(err) = self.routes.reload(&self.db).await {
                 tracing::warn!(error = %err, "route table reload failed; the next tick retries");
             }
+        }
+        if effects.published {
+            self.outbox.notify_one();
         }
     }
 }

@@ -118,7 +118,7 @@ async fn pull_request_demo_lives_and_dies_with_the_pull_request() {
     .await
     .unwrap();
     let names: Vec<&str> = steps.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["authorize", "checkout", "build", "launch", "health", "route", "unroute", "stop"]);
+    assert_eq!(names, ["authorize", "checkout", "build", "launch", "health", "route", "retire", "unroute", "stop"]);
     assert!(steps.iter().all(|(_, s)| s == "succeeded"), "{steps:?}");
     stack.stop().await;
 }

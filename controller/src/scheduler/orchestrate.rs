@@ -279,7 +279,8 @@ pub async fn record_result(tx: &mut Tx<'_>, app: &AppState, result: &StepResult)
         StepOutcome::Succeeded(output) => {
             let output_json = serde_json::to_value(output).ok();
             chains::mark_step(&mut **tx, &step_row, "succeeded", None, output_json).await?;
-            if let Some(port) = output.host_port {
+            // The route follows a new container only once it answers its health check.
+            if let Some(port) = output.host_port.filter(|_| result.step == Step::Health) {
                 demos::set_host_port(&mut **tx, demo.id, port).await?;
             }
             steps[index].status = "succeeded".into();
