@@ -50,12 +50,24 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_DEMO_CPUS", default_value_t = 1.0)]
     pub demo_cpus: f64,
 
+    /// Variables passed into every demo, `NAME=VALUE` (besides this process's own
+    /// `DEMO_OPT_*` variables, which are passed as they are).
+    #[arg(long = "demo-opt", env = "DEMOFLEET_DEMO_OPTS", value_delimiter = ',')]
+    pub demo_opt: Vec<String>,
+
     /// Process limit of each demo container.
     #[arg(long, env = "DEMOFLEET_DEMO_PIDS", default_value_t = 256)]
     pub demo_pids: u32,
 }
 
 impl Config {
+    /// What every demo gets in its environment from the host: `--demo-opt` values and this
+    /// process's `DEMO_OPT_*` variables.
+    pub fn demo_opts(&self) -> Vec<String> {
+        let inherited = std::env::vars().filter(|(k, _)| k.starts_with("DEMO_OPT_")).map(|(k, v)| format!("{k}={v}"));
+        self.demo_opt.iter().cloned().chain(inherited).collect()
+    }
+
     /// The host id: the configured one, else this machine's hostname.
     pub fn host_id(&self) -> anyhow::Result<String> {
         let id = match &self.host_id {

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, NetworkCreateRequest, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
@@ -16,14 +18,13 @@ use demofleet_common::labels;
 use demofleet_common::wire::{DemoSpec, InventoryItem};
 
 use crate::config::Config;
+use crate::demo_config::Plan;
 
 /// Port a demo listens on when its Dockerfile exposes none.
 pub const DEFAULT_PORT: u16 = 8080;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error("the repository has no Dockerfile (nor .demofleet.toml or ./run); demofleet cannot build it")]
-    NothingToBuild,
     #[error("docker build failed: {0}")]
     Build(String),
     #[error("the container has no published port for {0}")]
@@ -44,18 +45,16 @@ pub fn container_name(spec: &DemoSpec) -> String {
     format!("demofleet-{}-g{}", spec.name, spec.generation)
 }
 
-/// Build the clone in `dir` with its Dockerfile; build output lines go to `log`.
-pub async fn build(docker: &Docker, spec: &DemoSpec, dir: &Path, log: impl Fn(&str)) -> Result<String, DockerError> {
-    if !dir.join("Dockerfile").is_file() {
-        return Err(DockerError::NothingToBuild);
-    }
-    let context_dir = dir.to_path_buf();
+/// Build the demo's image as `plan` says; build output lines go to `log`.
+pub async fn build(docker: &Docker, spec: &DemoSpec, plan: &Plan, log: impl Fn(&str)) -> Result<String, DockerError> {
+    let context_dir = plan.context.clone();
     let context = tokio::task::spawn_blocking(move || pack_context(&context_dir))
         .await
         .map_err(|e| DockerError::Build(format!("packing task failed: {e}")))??;
     let tag = image_tag(spec);
     let options = BuildImageOptionsBuilder::default()
-        .dockerfile("Dockerfile")
+        .dockerfile(&plan.dockerfile)
+        .buildargs(&plan.build_args)
         .t(&tag)
         .labels(&labels::image_labels(spec))
         .rm(true)
@@ -106,11 +105,19 @@ pub async fn launch(
     config: &Config,
     host_id: &str,
     spec: &DemoSpec,
+    plan: &Plan,
 ) -> Result<(String, u16), DockerError> {
     let name = container_name(spec);
     if docker.inspect_container(&name, None).await.is_err() {
         let image = image_tag(spec);
-        let port = exposed_port(docker, &image).await?;
+        let port = match plan.port {
+            Some(port) => port,
+            None => exposed_port(docker, &image).await?,
+        };
+        let network = ensure_network(docker, spec).await?;
+        let mut env = demo_env(spec, port);
+        env.extend(plan.env.iter().cloned());
+        env.extend(config.demo_opts());
         let port_key = format!("{port}/tcp");
         let bindings = HashMap::from([(
             port_key.clone(),
@@ -119,14 +126,15 @@ pub async fn launch(
         let body = ContainerCreateBody {
             image: Some(image),
             labels: Some(labels::demo_labels(spec, host_id, port)),
-            env: Some(demo_env(spec, port)),
+            env: Some(env),
             exposed_ports: Some(vec![port_key]),
             host_config: Some(HostConfig {
                 port_bindings: Some(bindings),
                 privileged: Some(false),
-                memory: Some(i64::from(config.demo_memory_mb) * 1024 * 1024),
-                nano_cpus: Some((config.demo_cpus * 1e9) as i64),
-                pids_limit: Some(i64::from(config.demo_pids)),
+                network_mode: Some(network),
+                memory: Some(i64::from(plan.memory_mb) * 1024 * 1024),
+                nano_cpus: Some((plan.cpus * 1e9) as i64),
+                pids_limit: Some(i64::from(plan.pids)),
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                     maximum_retry_count: None,
@@ -143,6 +151,28 @@ pub async fn launch(
     let inspected = docker.inspect_container(&name, None).await?;
     let host_port = host_port_of(&inspected).ok_or_else(|| DockerError::NoPort(name.clone()))?;
     Ok((inspected.id.unwrap_or(name), host_port))
+}
+
+/// The demo's own bridge network, `demofleet-<name>`: demos do not share a network.
+async fn ensure_network(docker: &Docker, spec: &DemoSpec) -> Result<String, DockerError> {
+    let name = format!("demofleet-{}", spec.name);
+    if docker.inspect_network(&name, None).await.is_ok() {
+        return Ok(name);
+    }
+    let request = NetworkCreateRequest {
+        name: name.clone(),
+        driver: Some("bridge".into()),
+        labels: Some(HashMap::from([
+            (labels::DEMO.to_string(), "true".to_string()),
+            (labels::ID.to_string(), spec.id.to_string()),
+        ])),
+        ..Default::default()
+    };
+    match docker.create_network(request).await {
+        // 409: created meanwhile by another step of the same demo.
+        Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(name),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Docker answers 304 when the container already runs: that is success for us.
@@ -250,6 +280,12 @@ async fn remove_generations(docker: &Docker, spec: &DemoSpec, keep: Option<i64>)
         let options = RemoveImageOptionsBuilder::default().force(true).build();
         match docker.remove_image(&image.id, Some(options), None).await {
             Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    if keep.is_none() {
+        match docker.remove_network(&format!("demofleet-{}", spec.name)).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
             Err(err) => return Err(err.into()),
         }
     }

@@ -8,10 +8,12 @@
 //! - [`worker`]: consuming steps and publishing results.
 //! - [`steps`]: what each step does.
 //! - [`git`]: checking out the head commit.
+//! - [`demo_config`]: `.demofleet.toml` and what the agent builds and runs.
 //! - [`docker`]: build, run, inspect and remove demo containers and images.
 //! - [`heartbeat`]: the periodic heartbeat with inventory.
 
 pub mod config;
+pub mod demo_config;
 pub mod docker;
 pub mod git;
 pub mod heartbeat;

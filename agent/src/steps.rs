@@ -6,6 +6,7 @@ use std::time::Duration;
 use demofleet_common::names;
 use demofleet_common::wire::{DemoSpec, Step, StepOutcome, StepOutput};
 
+use crate::demo_config::{self, PlanError};
 use crate::{docker, git, AgentContext};
 
 /// Run `step` for `spec` and say how it went.
@@ -32,19 +33,22 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
             git::checkout(&dir, &spec.clone_url, &spec.sha).await?;
         }
         Step::Build => {
-            let image = docker::build(&ctx.docker, spec, &dir, |line| ctx.log(spec, line)).await?;
+            let plan = demo_config::plan(&dir, &ctx.config)?;
+            let image = docker::build(&ctx.docker, spec, &plan, |line| ctx.log(spec, line)).await?;
             output.image = Some(image);
         }
         Step::Launch => {
             // Beside the running generation, if any: it keeps serving until this one is healthy.
-            let (container, port) = docker::launch(&ctx.docker, &ctx.config, &ctx.host_id, spec).await?;
+            let plan = demo_config::plan(&dir, &ctx.config)?;
+            let (container, port) = docker::launch(&ctx.docker, &ctx.config, &ctx.host_id, spec, &plan).await?;
             ctx.log(spec, &format!("container {container} answers on {}:{port}", ctx.config.host_address));
             output.container_id = Some(container);
             output.host_port = Some(port);
         }
         Step::Health => {
+            let plan = demo_config::plan(&dir, &ctx.config)?;
             let port = docker::published_port(&ctx.docker, spec).await?;
-            wait_healthy(ctx, spec, port).await?;
+            wait_healthy(ctx, spec, port, &plan.health_path).await?;
             output.host_port = Some(port);
         }
         Step::Retire => docker::retire_older(&ctx.docker, spec).await?,
@@ -62,7 +66,7 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
 
 /// Failures that trying again cannot mend.
 fn is_permanent(err: &anyhow::Error) -> bool {
-    matches!(err.downcast_ref::<docker::DockerError>(), Some(docker::DockerError::NothingToBuild))
+    matches!(err.downcast_ref::<PlanError>(), Some(PlanError::NothingToBuild | PlanError::Invalid(_)))
         || err.downcast_ref::<UnsafeName>().is_some()
 }
 
@@ -78,9 +82,9 @@ fn clone_dir(ctx: &AgentContext, spec: &DemoSpec) -> anyhow::Result<PathBuf> {
     Ok(ctx.config.demo_dir.join(&spec.name))
 }
 
-/// Wait for a 2xx or 3xx answer on `/` until the health deadline.
-async fn wait_healthy(ctx: &AgentContext, spec: &DemoSpec, port: u16) -> anyhow::Result<()> {
-    let url = format!("http://{}:{port}/", ctx.config.host_address);
+/// Wait for a 2xx or 3xx answer on the health path until the health deadline.
+async fn wait_healthy(ctx: &AgentContext, spec: &DemoSpec, port: u16, path: &str) -> anyhow::Result<()> {
+    let url = format!("http://{}:{port}{path}", ctx.config.host_address);
     let deadline = tokio::time::Instant::now() + ctx.config.health_timeout;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))

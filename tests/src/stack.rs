@@ -36,11 +36,19 @@ pub struct StackOptions {
     pub github_auth: GitHubAuth,
     /// A NATS server of the test's own instead of the shared one.
     pub nats_url: Option<String>,
+    /// Extra agent flags, e.g. `--demo-opt NAME=VALUE`.
+    pub agent_args: Vec<String>,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions { agents: 1, controller_args: Vec::new(), github_auth: GitHubAuth::Token, nats_url: None }
+        StackOptions {
+            agents: 1,
+            controller_args: Vec::new(),
+            github_auth: GitHubAuth::Token,
+            nats_url: None,
+            agent_args: Vec::new(),
+        }
     }
 }
 
@@ -155,6 +163,7 @@ impl Stack {
                 "--heartbeat-interval",
                 "500ms",
             ];
+            let args = args.iter().map(|s| s.to_string()).chain(options.agent_args.iter().cloned());
             let config = demofleet_agent::config::Config::try_parse_from(args).expect("agent flags");
             let agent = Agent::start(config).await.expect("agent starts");
             agents.push(TestAgent { host_id, demo_dir, agent: Some(agent) });

@@ -1,0 +1,207 @@
+//! How a repository asks to be run: `.demofleet.toml` at its root, else a `Dockerfile`
+//! (port from its `EXPOSE`, else 8080). The file is untrusted input: paths must stay inside
+//! the clone, unknown keys are refused, and limits may not exceed the host's policy.
+//!
+//! ```toml
+//! dockerfile = "deploy/Containerfile"   # relative to `context`; default "Dockerfile"
+//! context = "."                          # build context inside the clone; default "."
+//! port = 9000                            # the port the demo listens on
+//! health_path = "/healthz"               # must answer 2xx/3xx; default "/"
+//! [build_args]
+//! NODE_ENV = "production"
+//! [env]
+//! GREETING = "hello"
+//! [limits]
+//! memory_mb = 256
+//! cpus = 0.5
+//! pids = 128
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::Config;
+
+pub const FILE: &str = ".demofleet.toml";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoConfig {
+    pub dockerfile: Option<String>,
+    pub context: Option<String>,
+    pub port: Option<u16>,
+    pub health_path: Option<String>,
+    #[serde(default)]
+    pub build_args: HashMap<String, String>,
+    #[serde(default)]
+    pub env: HashMap<String, String>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub memory_mb: Option<u32>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u32>,
+}
+
+/// What the agent will build and run, after checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Build context, inside the clone.
+    pub context: PathBuf,
+    /// Dockerfile path relative to the context.
+    pub dockerfile: String,
+    pub build_args: HashMap<String, String>,
+    /// Port from the file; `None`: from the image's `EXPOSE`, else 8080.
+    pub port: Option<u16>,
+    pub health_path: String,
+    pub env: Vec<String>,
+    pub memory_mb: u32,
+    pub cpus: f64,
+    pub pids: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("the repository has no .demofleet.toml, Dockerfile or ./run; demofleet cannot build it")]
+    NothingToBuild,
+    #[error(".demofleet.toml: {0}")]
+    Invalid(String),
+    #[error("reading .demofleet.toml: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The plan for the clone in `dir`, under the host's policy in `config`.
+pub fn plan(dir: &Path, config: &Config) -> Result<Plan, PlanError> {
+    let file = dir.join(FILE);
+    let demo: DemoConfig = if file.is_file() {
+        let text = std::fs::read_to_string(&file)?;
+        toml::from_str(&text).map_err(|e| PlanError::Invalid(e.message().to_string()))?
+    } else if dir.join("Dockerfile").is_file() {
+        DemoConfig::default()
+    } else {
+        return Err(PlanError::NothingToBuild);
+    };
+    let invalid = |m: String| PlanError::Invalid(m);
+    let context = inside(dir, demo.context.as_deref().unwrap_or("."))
+        .ok_or_else(|| invalid("`context` must be a relative path inside the repository".into()))?;
+    let dockerfile = demo.dockerfile.clone().unwrap_or_else(|| "Dockerfile".into());
+    let dockerfile_path = inside(&context, &dockerfile)
+        .ok_or_else(|| invalid("`dockerfile` must be a relative path inside the build context".into()))?;
+    if !dockerfile_path.is_file() {
+        return Err(invalid(format!("`dockerfile` {dockerfile:?} does not exist")));
+    }
+    let health_path = demo.health_path.clone().unwrap_or_else(|| "/".into());
+    if !health_path.starts_with('/') || health_path.contains(char::is_whitespace) {
+        return Err(invalid(format!("`health_path` {health_path:?} must be a path starting with /")));
+    }
+    if demo.port == Some(0) {
+        return Err(invalid("`port` must be 1-65535".into()));
+    }
+    for key in demo.env.keys().chain(demo.build_args.keys()) {
+        let ok = !key.is_empty()
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !key.as_bytes()[0].is_ascii_digit();
+        if !ok {
+            return Err(invalid(format!("{key:?} is not a variable name")));
+        }
+    }
+    let limits = demo.limits;
+    let over = |what: &str, asked: String, cap: String| {
+        invalid(format!("limits.{what} = {asked} is over this host's limit of {cap}"))
+    };
+    let memory_mb = limits.memory_mb.unwrap_or(config.demo_memory_mb);
+    if memory_mb == 0 || memory_mb > config.demo_memory_mb {
+        return Err(over("memory_mb", memory_mb.to_string(), config.demo_memory_mb.to_string()));
+    }
+    let cpus = limits.cpus.unwrap_or(config.demo_cpus);
+    if !(cpus > 0.0 && cpus <= config.demo_cpus) {
+        return Err(over("cpus", cpus.to_string(), config.demo_cpus.to_string()));
+    }
+    let pids = limits.pids.unwrap_or(config.demo_pids);
+    if pids == 0 || pids > config.demo_pids {
+        return Err(over("pids", pids.to_string(), config.demo_pids.to_string()));
+    }
+    let mut env: Vec<String> = demo.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.sort();
+    Ok(Plan {
+        context,
+        dockerfile,
+        build_args: demo.build_args,
+        port: demo.port,
+        health_path,
+        env,
+        memory_mb,
+        cpus,
+        pids,
+    })
+}
+
+/// `base/relative` when `relative` is a relative path that stays inside `base`.
+fn inside(base: &Path, relative: &str) -> Option<PathBuf> {
+    let path = Path::new(relative);
+    let normal = path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    normal.then(|| base.join(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config() -> Config {
+        Config::try_parse_from(["demofleet-agent", "--demo-memory-mb", "512", "--demo-cpus", "1", "--demo-pids", "256"])
+            .unwrap()
+    }
+
+    fn repo(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn first_match_wins_and_defaults_fill_in() {
+        let plain = repo(&[("Dockerfile", "FROM x")]);
+        let p = plan(plain.path(), &config()).unwrap();
+        assert_eq!(
+            (p.dockerfile.as_str(), p.port, p.health_path.as_str(), p.memory_mb),
+            ("Dockerfile", None, "/", 512)
+        );
+        let toml = "dockerfile = \"deploy/Containerfile\"\nport = 9000\nhealth_path = \"/ok\"\n[env]\nA = \"1\"\n[limits]\nmemory_mb = 64\n";
+        let custom = repo(&[(".demofleet.toml", toml), ("deploy/Containerfile", "FROM x"), ("Dockerfile", "FROM y")]);
+        let p = plan(custom.path(), &config()).unwrap();
+        assert_eq!(
+            (p.dockerfile.as_str(), p.port, p.health_path.as_str()),
+            ("deploy/Containerfile", Some(9000), "/ok")
+        );
+        assert_eq!((p.env, p.memory_mb, p.pids), (vec!["A=1".to_string()], 64, 256));
+        assert!(matches!(plan(repo(&[("README", "")]).path(), &config()), Err(PlanError::NothingToBuild)));
+    }
+
+    #[test]
+    fn hostile_files_are_refused_with_a_reason() {
+        for (toml, expect) in [
+            ("privileged = true", "unknown field `privileged`"),
+            ("[limits]\nmemory_mb = 100000", "over this host's limit"),
+            ("[limits]\ncpus = 64.0", "over this host's limit"),
+            ("dockerfile = \"../../etc/passwd\"", "inside the build context"),
+            ("context = \"/var/run\"", "inside the repository"),
+            ("[env]\n\"A B\" = \"x\"", "not a variable name"),
+            ("volumes = [\"/var/run/docker.sock:/var/run/docker.sock\"]", "unknown field `volumes`"),
+        ] {
+            let dir = repo(&[(".demofleet.toml", toml), ("Dockerfile", "FROM x")]);
+            let err = plan(dir.path(), &config()).unwrap_err().to_string();
+            assert!(err.contains(expect), "{toml}: {err}");
+        }
+    }
+}

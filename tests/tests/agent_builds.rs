@@ -1,0 +1,133 @@
+//! What the agent builds and how it runs it: `.demofleet.toml` (Dockerfile path, build
+//! arguments, port, environment, health path, limits), host variables passed into every
+//! demo, a network of its own, never privileged; hostile files refused with a reason; and a
+//! teardown that removes exactly the demo's container, image, network and folder.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use demofleet_tests::fixtures::{self, FixtureRepo};
+use demofleet_tests::stack::{Stack, StackOptions};
+use uuid::Uuid;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker runs");
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn commit(repo: &FixtureRepo, files: &[(&str, String)]) -> String {
+    repo.commit("demo", &files.iter().map(|(p, c)| (*p, c.as_str())).collect::<Vec<_>>())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demofleet_toml_decides_the_build_and_the_run_and_teardown_is_exact() {
+    let options =
+        StackOptions { agent_args: vec!["--demo-opt".into(), "DEMO_OPT_COLOR=blue".into()], ..Default::default() };
+    let stack = Stack::start(options).await;
+    let agent = &stack.agents[0];
+    let repo_name = format!("toml-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let repo = FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &repo_name);
+    let base = &stack.services.base_image;
+    let files = vec![
+        (
+            ".demofleet.toml",
+            "dockerfile = \"deploy/Containerfile\"\nport = 9000\nhealth_path = \"/health.html\"\n\
+             [build_args]\nMARKER = \"built-with-args\"\n[env]\nGREETING = \"hi\"\n[limits]\nmemory_mb = 64\npids = 64\n"
+                .to_string(),
+        ),
+        (
+            "deploy/Containerfile",
+            format!(
+                "FROM {base}\nARG MARKER\nCOPY env.cgi /www/cgi-bin/env\nRUN chmod 755 /www/cgi-bin/env && \
+                 echo \"<h1>$MARKER</h1>\" > /www/index.html && echo ok > /www/health.html\n\
+                 CMD [\"httpd\", \"-f\", \"-p\", \"9000\", \"-h\", \"/www\"]\n"
+            ),
+        ),
+        ("env.cgi", "#!/bin/sh\necho 'Content-Type: text/plain'\necho\nenv\n".to_string()),
+    ];
+    let sha = commit(&repo, &files);
+    let name = format!("{repo_name}-fixture-owner-pr-2");
+    stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
+    let demo = stack.wait_for_state(&name, "running", DEADLINE).await;
+    let host = format!("{name}.localhost");
+    let (status, page) = stack.edge_get(&host, "/").await;
+    assert_eq!((status, page.contains("built-with-args")), (200, true), "{page}");
+    let (_, env) = stack.edge_get(&host, "/cgi-bin/env").await;
+    for line in ["GREETING=hi", "DEMO_OPT_COLOR=blue", "PORT=9000", &format!("DEMO_SHA={sha}")] {
+        assert!(env.lines().any(|l| l == line), "missing {line} in\n{env}");
+    }
+
+    let container = format!("demofleet-{name}-g1");
+    let inspect = |format: &str| docker(&["inspect", "--format", format, &container]);
+    assert_eq!(inspect("{{.HostConfig.Memory}}"), (64u64 * 1024 * 1024).to_string());
+    assert_eq!(inspect("{{.HostConfig.PidsLimit}}"), "64");
+    assert_eq!(inspect("{{.HostConfig.Privileged}}"), "false");
+    assert_eq!(inspect("{{.HostConfig.NetworkMode}}"), format!("demofleet-{name}"));
+    assert_eq!(inspect("{{len .Mounts}}"), "0", "no host paths, no Docker socket");
+    assert_eq!(inspect("{{.HostConfig.RestartPolicy.Name}}"), "unless-stopped");
+
+    // Things that are not the demo's: another demo's container, an image and a folder.
+    let decoy_id = Uuid::new_v4().to_string();
+    let decoy = format!("decoy-{}", &decoy_id[..8]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &decoy,
+        "--label",
+        "run.demo=true",
+        "--label",
+        &format!("run.demo.id={decoy_id}"),
+        base,
+        "sleep",
+        "600",
+    ]);
+    let decoy_image = format!("demofleet/decoy-{}:g1", &decoy_id[..8]);
+    docker(&["tag", base, &decoy_image]);
+    let decoy_dir = agent.demo_dir.join("another-demo-pr-1");
+    std::fs::create_dir_all(&decoy_dir).unwrap();
+
+    stack.deliver("pull_request", &fixtures::pull_request("pull_request.closed.json", &repo, &sha)).await;
+    stack.wait_for_state(&name, "stopped", DEADLINE).await;
+    let demo_id = demo["id"].as_str().unwrap();
+    assert_eq!(docker(&["ps", "-aq", "--filter", &format!("label=run.demo.id={demo_id}")]), "");
+    assert_eq!(docker(&["images", "-q", "--filter", &format!("label=run.demo.id={demo_id}")]), "");
+    assert_eq!(docker(&["network", "ls", "-q", "--filter", &format!("name=^demofleet-{name}$")]), "");
+    assert!(!agent.demo_dir.join(&name).exists());
+    // ...and everything else survives.
+    assert_eq!(docker(&["inspect", "--format", "{{.State.Running}}", &decoy]), "true");
+    assert!(!docker(&["images", "-q", &decoy_image]).is_empty());
+    assert!(decoy_dir.is_dir());
+    docker(&["rm", "-f", &decoy]);
+    docker(&["rmi", &decoy_image]);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_demofleet_toml_is_refused_with_its_reason() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let repo_name = format!("evil-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let repo = FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &repo_name);
+    let mut files = fixtures::static_site(&stack.services.base_image, "never");
+    files.push((".demofleet.toml", "privileged = true\n".into()));
+    let sha = commit(&repo, &files);
+    let name = format!("{repo_name}-fixture-owner-pr-2");
+    stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
+    let demo = stack.wait_for_state(&name, "failed", DEADLINE).await;
+    let error = demo["error"].as_str().unwrap();
+    assert!(error.starts_with("build failed: .demofleet.toml: unknown field `privileged`"), "{error}");
+    let detail = stack.get_json(&format!("/api/demos/{}", demo["id"].as_str().unwrap())).await;
+    let steps: HashMap<String, serde_json::Value> = detail["chains"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s.clone()))
+        .collect();
+    assert_eq!(steps["build"]["attempts"], 1, "refused at once, not retried");
+    assert_eq!(steps["launch"]["status"], "pending", "nothing was run");
+    stack.stop().await;
+}
