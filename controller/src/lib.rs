@@ -97,10 +97,11 @@ impl Controller {
             urls: Arc::new(urls),
             github,
             permissions,
+            stopping: CancellationToken::new(),
         };
         state.routes.reload(&state.db).await?;
 
-        let stop = CancellationToken::new();
+        let stop = state.stopping.clone();
         let tasks = TaskTracker::new();
         tasks.spawn(broker::run_publisher(state.clone(), stop.clone()));
         tasks.spawn(broker::run_result_consumer(state.clone(), stop.clone()));

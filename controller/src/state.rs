@@ -31,6 +31,8 @@ pub struct AppState {
     pub github: Option<Arc<GitHub>>,
     /// Recent answers about authors' permissions.
     pub permissions: Arc<PermissionCache>,
+    /// Cancelled when the controller shuts down; endless responses (live logs) end with it.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {

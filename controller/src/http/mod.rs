@@ -3,6 +3,7 @@
 pub mod api;
 pub mod health;
 pub mod index;
+pub mod logs;
 pub mod metrics;
 
 use axum::Router;
@@ -17,6 +18,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(index::router())
         .merge(metrics::router())
+        .merge(logs::router())
         .merge(crate::traefik::router())
         .layer(TraceLayer::new_for_http())
         .with_state(state)

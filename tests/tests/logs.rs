@@ -1,0 +1,48 @@
+//! Live logs: the agent's build output reaches a client of the controller's SSE endpoint
+//! while the build runs.
+
+use std::time::Duration;
+
+use demofleet_tests::fixtures::{self, FixtureRepo};
+use demofleet_tests::stack::{Stack, StackOptions};
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_output_streams_to_the_client_as_it_happens() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let repo_name = format!("logs-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let repo = FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &repo_name);
+    let mut files = fixtures::static_site(&stack.services.base_image, "logged");
+    // The marker is printed a second into the build, well after the client connects; the
+    // repository name keeps Docker's build cache from skipping the step.
+    let run = format!("RUN sleep 1 && echo build-says-hello-$((40 + 2))-{repo_name}\nEXPOSE 8080");
+    files[0].1 = files[0].1.replace("EXPOSE 8080", &run);
+    let marker = format!("build-says-hello-42-{repo_name}");
+    let sha = repo.commit("demo", &files.iter().map(|(p, c)| (*p, c.as_str())).collect::<Vec<_>>());
+
+    let unknown = stack.get(&format!("/api/demos/{}/logs", Uuid::new_v4())).await;
+    assert_eq!(unknown.status(), 404);
+
+    let (_, response) =
+        stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
+    let answer: serde_json::Value = response.json().await.unwrap();
+    let id = answer["demo"]["id"].as_str().unwrap().to_string();
+    let mut stream = stack.get(&format!("/api/demos/{id}/logs")).await;
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let mut received = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(40), async {
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            received.push_str(&String::from_utf8_lossy(&chunk));
+            if received.lines().any(|l| l == format!("data: {marker}")) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "stream so far:\n{received}");
+    assert!(received.contains("event: log"), "{received}");
+    drop(stream);
+    stack.stop().await;
+}
