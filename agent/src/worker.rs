@@ -92,17 +92,7 @@ async fn handle(ctx: &AgentContext, results: &Channel, delivery: Delivery) -> an
     }
     let started = std::time::Instant::now();
     let outcome = steps::run(ctx, message.step, &message.demo).await;
-    let result = StepResult {
-        version: WIRE_VERSION,
-        chain_id: message.chain_id,
-        demo_id: message.demo.id,
-        generation: message.demo.generation,
-        step: message.step,
-        attempt: message.attempt,
-        host_id: ctx.host_id.clone(),
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        outcome,
-    };
+    let result = StepResult::of(&message, &ctx.host_id, started.elapsed(), outcome);
     let body = serde_json::to_vec(&result)?;
     let properties = BasicProperties::default()
         .with_delivery_mode(2)

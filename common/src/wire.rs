@@ -117,6 +117,23 @@ pub struct StepResult {
     pub outcome: StepOutcome,
 }
 
+impl StepResult {
+    /// The result of running `message` on `host_id` for `duration`.
+    pub fn of(message: &StepMessage, host_id: &str, duration: std::time::Duration, outcome: StepOutcome) -> StepResult {
+        StepResult {
+            version: WIRE_VERSION,
+            chain_id: message.chain_id,
+            demo_id: message.demo.id,
+            generation: message.demo.generation,
+            step: message.step,
+            attempt: message.attempt,
+            host_id: host_id.to_string(),
+            duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+            outcome,
+        }
+    }
+}
+
 /// A step that used up its attempts, kept in `demofleet.dead` for people to look at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadStep {

@@ -94,17 +94,7 @@ pub async fn handle(app: &AppState, kind: &str, data: &[u8]) -> anyhow::Result<(
             }
             let started = std::time::Instant::now();
             let outcome = run_step(app, &message).await?;
-            let result = StepResult {
-                version: WIRE_VERSION,
-                chain_id: message.chain_id,
-                demo_id: message.demo.id,
-                generation: message.demo.generation,
-                step: message.step,
-                attempt: message.attempt,
-                host_id: "controller".into(),
-                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                outcome,
-            };
+            let result = StepResult::of(&message, "controller", started.elapsed(), outcome);
             record(app, &result).await
         }
         KIND_NOTIFY => {
