@@ -230,7 +230,7 @@ pub async fn log_tail(docker: &Docker, spec: &DemoSpec, lines: usize) -> String 
     out.trim_end().to_string()
 }
 
-/// Demo containers of `demo_id` (all generations, running or not).
+/// Containers matching a `label` filter (`key=value`), running or not.
 async fn containers_of(
     docker: &Docker,
     label_filter: String,

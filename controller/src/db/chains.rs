@@ -198,17 +198,6 @@ pub async fn get_for_update(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<O
         .await
 }
 
-/// The first step not yet finished.
-pub async fn next_step(db: impl PgExecutor<'_>, chain_id: Uuid) -> sqlx::Result<Option<ChainStep>> {
-    sqlx::query_as(
-        "select chain_id, position, name, status, attempts, budget_from from chain_steps
-         where chain_id = $1 and status in ('pending', 'queued', 'waiting') order by position limit 1",
-    )
-    .bind(chain_id)
-    .fetch_optional(db)
-    .await
-}
-
 /// Set a step's status (creating its row: steps are stored from when they are reached).
 pub async fn mark_step(
     db: impl PgExecutor<'_>,

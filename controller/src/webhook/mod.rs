@@ -103,7 +103,8 @@ async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<
     };
     let name_taken = format!("demo name {} is taken by another repository", request.name);
     let applied = applied.map_err(|e| ApiError::conflict_on_unique(e, name_taken))?;
-    let (outcome, detail, demo, effects) = match applied {
+    // A started chain records its delivery's outcome itself; the rest are recorded here.
+    let (outcome, unrecorded, demo, effects) = match applied {
         Applied::Started(demo, effects) => {
             let outcome = if intent == Intent::Deploy { "deploy_queued" } else { "teardown_queued" };
             (outcome, None, Some(demo), effects)
@@ -114,9 +115,8 @@ async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<
         Applied::NoDemo => ("ignored", Some("no demo for this pull request"), None, Effects::default()),
         Applied::Duplicate => return Ok(duplicate(delivery)),
     };
-    if detail.is_some() {
-        // A started chain recorded its outcome with itself.
-        set_outcome(&mut tx, delivery, outcome, detail, demo.as_ref().map(|d| d.id)).await?;
+    if let Some(detail) = unrecorded {
+        set_outcome(&mut tx, delivery, outcome, Some(detail), demo.as_ref().map(|d| d.id)).await?;
     }
     tx.commit().await?;
     app.apply(effects).await;
