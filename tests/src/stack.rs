@@ -60,7 +60,7 @@ pub struct TestAgent {
 }
 
 impl Drop for TestAgent {
-    /// Remove the demo containers and images this host left, passed or failed.
+    /// Remove the demo containers, images and networks this host left, passed or failed.
     fn drop(&mut self) {
         let filter = format!("label=run.demo.host={}", self.host_id);
         let docker = |args: &[&str]| {
@@ -69,12 +69,17 @@ impl Drop for TestAgent {
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         };
-        let Ok(listed) = docker(&["ps", "-a", "--filter", &filter, "--format", "{{.ID}} {{.Image}}"]) else { return };
+        let format = "{{.ID}} {{.Image}} {{.Networks}}";
+        let Ok(listed) = docker(&["ps", "-a", "--filter", &filter, "--format", format]) else { return };
         for line in listed.lines() {
             let mut parts = line.split_whitespace();
-            if let (Some(id), Some(image)) = (parts.next(), parts.next()) {
+            if let (Some(id), Some(image), networks) = (parts.next(), parts.next(), parts.next()) {
                 let _ = docker(&["rm", "-f", id]);
                 let _ = docker(&["rmi", "-f", image]);
+                // Each demo has a network of its own; Docker has room for only a few dozen.
+                for network in networks.unwrap_or_default().split(',').filter(|n| n.starts_with("demofleet-")) {
+                    let _ = docker(&["network", "rm", network]);
+                }
             }
         }
     }
