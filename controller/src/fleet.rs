@@ -9,7 +9,8 @@ use demofleet_common::wire::{Heartbeat, WIRE_VERSION};
 
 use crate::db::demos::{self, DeployRequest};
 use crate::db::{chains, hosts, settings};
-use crate::scheduler::orchestrate::{self, Applied, Cause};
+use crate::intake::{Event, Kind};
+use crate::scheduler::orchestrate;
 use crate::state::AppState;
 use crate::traefik;
 
@@ -86,12 +87,10 @@ async fn stop_expired(app: &AppState) -> sqlx::Result<()> {
             clone_url: demo.clone_url.clone(),
             github_user: demo.github_user.clone(),
         };
-        let cause = Cause { actor: "ttl", event_at: None, delivery_id: None };
-        let applied = orchestrate::teardown(&mut tx, app, &request, cause).await?;
+        let event = Event::pull_request(Kind::Teardown, request, "ttl", None);
+        let (_, effects) = orchestrate::apply(&mut tx, app, &event).await?;
         tx.commit().await?;
-        if let Applied::Started(_, effects) = applied {
-            app.apply(effects).await;
-        }
+        app.apply(effects).await;
     }
     Ok(())
 }

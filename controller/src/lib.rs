@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`config`]: settings (flags and `DEMOFLEET_*` variables).
 //! - [`webhook`]: `POST /webhook/github`: signatures, payloads, intake.
+//! - [`intake`]: events recorded in batches, one commit each; their chains started.
 //! - [`scheduler`]: placement and chain orchestration.
 //! - [`broker`]: RabbitMQ connection, outbox publisher, result consumer.
 //! - [`fleet`]: heartbeats and the periodic tick.
@@ -24,6 +25,7 @@ pub mod error;
 pub mod fleet;
 pub mod github;
 pub mod http;
+pub mod intake;
 pub mod jobs;
 pub mod scheduler;
 pub mod state;
@@ -87,6 +89,7 @@ impl Controller {
 
         let github = github_client(&config)?;
         let permissions = Arc::new(scheduler::authorize::PermissionCache::new(config.permission_cache));
+        let (intake, intake_writer, starter) = intake::Intake::new();
         let state = AppState {
             config: Arc::new(config),
             db,
@@ -97,12 +100,17 @@ impl Controller {
             urls: Arc::new(urls),
             github,
             permissions,
+            intake,
             stopping: CancellationToken::new(),
         };
         state.routes.reload(&state.db).await?;
 
         let stop = state.stopping.clone();
         let tasks = TaskTracker::new();
+        for _ in 0..intake::WRITERS {
+            tasks.spawn(intake_writer.clone().run(state.db.clone(), stop.clone()));
+        }
+        tasks.spawn(starter.run(state.clone(), stop.clone()));
         tasks.spawn(broker::run_publisher(state.clone(), stop.clone()));
         tasks.spawn(broker::run_result_consumer(state.clone(), stop.clone()));
         tasks.spawn(fleet::run_heartbeats(state.clone(), heartbeats, stop.clone()));

@@ -31,6 +31,8 @@ pub struct AppState {
     pub github: Option<Arc<GitHub>>,
     /// Recent answers about authors' permissions.
     pub permissions: Arc<PermissionCache>,
+    /// Records webhook events in batches.
+    pub intake: crate::intake::Intake,
     /// Cancelled when the controller shuts down; endless responses (live logs) end with it.
     pub stopping: tokio_util::sync::CancellationToken,
 }

@@ -51,7 +51,10 @@ async fn connections_recover_after_broker_restarts_and_nothing_is_lost() {
     let (_, response) =
         stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
     assert_eq!(response.status(), 202);
-    assert!(stack.count("outbox").await >= 1, "the first step waits in the outbox");
+    wait::until("the first step to wait in the outbox", DEADLINE, || async {
+        (stack.count("outbox").await >= 1).then_some(())
+    })
+    .await;
 
     rabbitmqctl(&["start_app"]);
     drop(guard);

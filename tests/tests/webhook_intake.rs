@@ -119,3 +119,63 @@ fn urlencode(raw: &str) -> String {
         })
         .collect()
 }
+
+/// A `pull_request.opened` delivery for `owner/repo#pr`.
+fn opened(owner: &str, repo: &str, pr: u64) -> serde_json::Value {
+    let mut body = fixtures::payload("pull_request.opened.json");
+    body["number"] = pr.into();
+    body["pull_request"]["number"] = pr.into();
+    body["pull_request"]["head"]["sha"] = format!("{pr:040x}").into();
+    for path in ["/repository", "/pull_request/head/repo", "/pull_request/base/repo"] {
+        let target = body.pointer_mut(path).unwrap();
+        target["name"] = repo.into();
+        target["owner"]["login"] = owner.into();
+    }
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_fails_fails_alone_and_its_batch_is_kept() {
+    use futures::StreamExt;
+    let stack = Stack::start(StackOptions::default()).await;
+    // `clash` of `fixture-owner` and `clash-fixture` of `owner` both name their demo
+    // `clash-fixture-owner-pr-1`.
+    let (_, first) = stack.deliver("pull_request", &opened("fixture-owner", "clash", 1)).await;
+    assert_eq!(first.status(), 202);
+
+    // Sent together, so the intake records them in shared batches.
+    let mut bodies: Vec<serde_json::Value> = (2..=40).map(|pr| opened("fixture-owner", "clash", pr)).collect();
+    bodies.insert(17, opened("owner", "clash-fixture", 1));
+    let answers: Vec<(String, u16, serde_json::Value)> = futures::stream::iter(bodies.iter())
+        .map(|body| async {
+            let (delivery, response) = stack.deliver("pull_request", body).await;
+            let status = response.status().as_u16();
+            (delivery, status, response.json().await.unwrap())
+        })
+        .buffer_unordered(40)
+        .collect()
+        .await;
+    let refused: Vec<&(String, u16, serde_json::Value)> = answers.iter().filter(|(_, s, _)| *s != 202).collect();
+    assert_eq!(refused.len(), 1, "only the clashing event is refused: {refused:?}");
+    let (clashing, status, body) = refused[0];
+    assert_eq!(*status, 409);
+    assert!(body["error"].as_str().unwrap().contains("clash-fixture-owner-pr-1 is taken"), "{body}");
+
+    // Everything else was kept: 40 deliveries, 40 demos, and nothing of the refused one.
+    assert_eq!(stack.count("webhook_deliveries").await, 40);
+    assert_eq!(stack.count("demos").await, 40);
+    let kept: i64 = sqlx::query_scalar("select count(*) from webhook_deliveries where delivery_id = $1")
+        .bind(clashing)
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0);
+    let metrics = stack.get("/metrics").await.text().await.unwrap();
+    let events: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("demofleet_intake_events_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("the intake's event counter");
+    assert!(events >= 40.0, "{events}");
+    stack.stop().await;
+}

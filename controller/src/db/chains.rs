@@ -7,7 +7,6 @@ use uuid::Uuid;
 
 use demofleet_common::wire::{Step, StepOutcome, StepResult};
 
-use super::demos::Demo;
 use super::outbox::Outgoing;
 
 #[derive(Debug, Clone, FromRow)]
@@ -27,73 +26,6 @@ pub struct ChainStep {
     pub status: String,
     pub attempts: i32,
     pub budget_from: i32,
-}
-
-/// What the audit trail says about a new chain.
-pub struct AuditNote<'a> {
-    pub actor: &'a str,
-    pub action: &'a str,
-    pub detail: serde_json::Value,
-}
-
-/// How a new chain starts.
-pub struct NewChain<'a> {
-    pub kind: &'a str,
-    pub steps: &'a [Step],
-    /// The delivery that caused it, and the outcome to record on it.
-    pub delivery: Option<(&'a str, &'a str)>,
-    /// The first step is already decided (an author allowed without asking GitHub).
-    pub first_done: bool,
-    pub audit: AuditNote<'a>,
-}
-
-/// Create a chain for the demo's current generation, superseding its unfinished chains,
-/// writing the audit event and the delivery's outcome, in one round trip. Returns the
-/// chain and its steps. Step rows are stored from when a step is reached, so a chain
-/// starts with none (or only its first, when that is already decided).
-pub async fn create(db: impl PgExecutor<'_>, demo: &Demo, new: NewChain<'_>) -> sqlx::Result<(Chain, Vec<ChainStep>)> {
-    let NewChain { kind, steps, delivery, first_done, audit } = new;
-    let id = Uuid::new_v4();
-    let mut rows = plan(id, kind);
-    debug_assert_eq!(
-        rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
-        steps.iter().map(|s| s.as_str()).collect::<Vec<_>>()
-    );
-    let (delivery_id, outcome) = delivery.unzip();
-    sqlx::query(
-        "with superseded as (
-             update chains set status = 'superseded', finished_at = now()
-             where demo_id = $2 and status in ('waiting', 'running', 'awaiting_approval')
-         ), chain as (
-             insert into chains (id, demo_id, generation, kind, status, delivery_id)
-             values ($1, $2, $3, $4, 'running', $5)
-         ), first as (
-             insert into chain_steps (chain_id, position, name, status, finished_at)
-             select $1, 1, $6, 'succeeded', now() where $10
-         ), outcome as (
-             update webhook_deliveries set outcome = $11, demo_id = $2 where delivery_id = $5 and $11 is not null
-         )
-         insert into audit_events (actor, action, demo_id, detail) values ($7, $8, $2, $9)",
-    )
-    .bind(id)
-    .bind(demo.id)
-    .bind(demo.generation)
-    .bind(kind)
-    .bind(delivery_id)
-    .bind(steps.first().map(|s| s.as_str()))
-    .bind(audit.actor)
-    .bind(audit.action)
-    .bind(audit.detail)
-    .bind(first_done)
-    .bind(outcome)
-    .execute(db)
-    .await?;
-    if first_done {
-        rows[0].status = "succeeded".into();
-    }
-    let chain =
-        Chain { id, demo_id: demo.id, generation: demo.generation, kind: kind.into(), status: "running".into() };
-    Ok((chain, rows))
 }
 
 /// Park a chain until a host is free, and mark its demo `pending`, in one round trip.

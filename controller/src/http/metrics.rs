@@ -51,6 +51,17 @@ async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiEr
         sample(&mut out, "demofleet_step_duration_seconds_count", &[("step", step)], count as f64);
     }
 
+    let stats = &app.intake.stats;
+    let counters = [
+        ("demofleet_intake_batches_total", "Batches the webhook intake committed.", &stats.batches, 1.0),
+        ("demofleet_intake_events_total", "Events the webhook intake recorded in batches.", &stats.events, 1.0),
+        ("demofleet_intake_busy_seconds_total", "Time spent recording intake batches.", &stats.busy_micros, 1e-6),
+    ];
+    for (name, help, counter, scale) in counters {
+        family(&mut out, name, "counter", help);
+        sample(&mut out, name, &[], counter.load(std::sync::atomic::Ordering::Relaxed) as f64 * scale);
+    }
+
     let demos: Vec<(String, i64)> =
         sqlx::query_as("select state, count(*) from demos group by state order by 1").fetch_all(&app.db).await?;
     family(&mut out, "demofleet_demos", "gauge", "Demos by state.");

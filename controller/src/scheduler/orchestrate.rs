@@ -5,7 +5,6 @@
 //! event older than the newest one applied to its demo (by the event's own time, not by
 //! arrival) changes nothing.
 
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use demofleet_common::topology;
@@ -13,109 +12,32 @@ use demofleet_common::wire::{DeadStep, DemoSpec, Step, StepMessage, StepOutcome,
 
 use super::{authorize, placement, Effects};
 use crate::db::chains::{Chain, ChainStep};
-use crate::db::demos::{self, Demo, DeployRequest, NewDelivery, Upserted};
+use crate::db::demos::{self, Demo};
 use crate::db::outbox::{self, Outgoing};
 use crate::db::{audit, chains, settings, Tx};
+use crate::intake::{self, Event, Recorded};
 use crate::jobs;
 use crate::state::AppState;
 
-/// What became of an event.
-#[derive(Debug)]
-pub enum Applied {
-    /// A new generation with its chain.
-    Started(Demo, Effects),
-    /// The demo already saw a newer event; nothing changed.
-    Stale(Demo),
-    /// There is no demo to act on.
-    NoDemo,
-    /// The delivery was recorded before: nothing changed.
-    Duplicate,
-}
-
-/// Who asked, and when the event happened.
-#[derive(Debug, Clone, Copy)]
-pub struct Cause<'a> {
-    pub actor: &'a str,
-    pub event_at: Option<OffsetDateTime>,
-    pub delivery_id: Option<&'a str>,
-}
-
-/// Ask for `req`'s demo to run its head commit, as a new generation. With `delivery`, the
-/// delivery is recorded in the same round trip ([`Applied::Duplicate`] if it was before).
-pub async fn deploy(
-    tx: &mut Tx<'_>,
-    app: &AppState,
-    req: &DeployRequest,
-    cause: Cause<'_>,
-    delivery: Option<NewDelivery<'_>>,
-) -> sqlx::Result<Applied> {
-    match demos::upsert_for_deploy(&mut **tx, req, cause.event_at, delivery).await? {
-        Upserted::Demo(demo) => start_chain(tx, app, *demo, "deploy", &Step::DEPLOY, cause).await,
-        Upserted::Duplicate => Ok(Applied::Duplicate),
-        Upserted::Stale => {
-            let newer = demos::find_for_update(&mut **tx, &req.owner, &req.repo, req.pr).await?;
-            Ok(newer.map_or(Applied::NoDemo, Applied::Stale))
-        }
-    }
-}
-
-/// Ask for `req`'s demo to be torn down, as a new generation. A pull request closed before
-/// any of its other events arrived is remembered as a stopped demo, so those events,
-/// being older, change nothing when they come.
-pub async fn teardown(tx: &mut Tx<'_>, app: &AppState, req: &DeployRequest, cause: Cause<'_>) -> sqlx::Result<Applied> {
-    let mut existing = demos::find_for_update(&mut **tx, &req.owner, &req.repo, req.pr).await?;
-    if existing.is_none() {
-        if demos::insert_stopped(&mut **tx, req, cause.event_at).await? {
-            return Ok(Applied::NoDemo);
-        }
-        // Another event created the demo meanwhile: tear that down (or find this one stale).
-        existing = demos::find_for_update(&mut **tx, &req.owner, &req.repo, req.pr).await?;
-    }
-    let existing = existing.expect("the demo exists: found, or inserted by a concurrent event");
-    if is_stale(&existing, cause.event_at) {
-        return Ok(Applied::Stale(existing));
-    }
-    let demo = demos::mark_for_teardown(&mut **tx, existing.id, cause.event_at).await?;
-    start_chain(tx, app, demo, "teardown", &Step::TEARDOWN, cause).await
-}
-
-fn is_stale(demo: &Demo, event_at: Option<OffsetDateTime>) -> bool {
-    matches!((demo.event_at, event_at), (Some(newest), Some(this)) if this < newest)
-}
-
-async fn start_chain(
-    tx: &mut Tx<'_>,
-    app: &AppState,
-    mut demo: Demo,
-    kind: &str,
-    steps: &[Step],
-    cause: Cause<'_>,
-) -> sqlx::Result<Applied> {
-    let deploying = kind == "deploy";
-    let action = if deploying { "start" } else { "stop" };
-    let outcome = if deploying { "deploy_queued" } else { "teardown_queued" };
-    let new = chains::NewChain {
-        kind,
-        steps,
-        delivery: cause.delivery_id.map(|d| (d, outcome)),
-        // An author allowed without asking GitHub needs no `authorize` round.
-        first_done: deploying
-            && steps.first() == Some(&Step::Authorize)
-            && authorize::decide_locally(app, &demo) == Some(true),
-        audit: chains::AuditNote {
-            actor: cause.actor,
-            action,
-            detail: serde_json::json!({ "generation": demo.generation, "sha": demo.sha, "delivery": cause.delivery_id }),
-        },
+/// Record `event` in the caller's transaction and advance the chain it creates there and
+/// then. For events of the controller's own (a TTL running out); webhooks go through the
+/// batching [`crate::intake::Intake`] instead.
+pub async fn apply(tx: &mut Tx<'_>, app: &AppState, event: &Event) -> sqlx::Result<(Recorded, Effects)> {
+    let recorded = intake::record(&mut **tx, std::slice::from_ref(event)).await?.pop().expect("one answer per event");
+    let effects = match recorded.chain {
+        Some(chain) => advance(tx, app, chain).await?,
+        None => Effects::default(),
     };
-    let (mut chain, step_rows) = chains::create(&mut **tx, &demo, new).await?;
-    let mut effects = Effects::default();
-    if !deploying {
-        effects = effects.merge(transition(tx, app, demo.id, "stopping", None).await?);
-        demo.state = "stopping".into();
-    }
-    let effects = effects.merge(advance_loaded(tx, app, &mut chain, &mut demo, step_rows).await?);
-    Ok(Applied::Started(demo, effects))
+    Ok((recorded, effects))
+}
+
+/// Advance a chain in a transaction of its own, and apply what that asked for.
+pub async fn start(app: &AppState, chain_id: Uuid) -> sqlx::Result<()> {
+    let mut tx = app.db.begin().await?;
+    let effects = advance(&mut tx, app, chain_id).await?;
+    tx.commit().await?;
+    app.apply(effects).await;
+    Ok(())
 }
 
 /// Set the demo's state and, when GitHub is configured, queue a notification of it.
@@ -152,7 +74,13 @@ pub async fn advance(tx: &mut Tx<'_>, app: &AppState, chain_id: Uuid) -> sqlx::R
         return Ok(Effects::default());
     }
     let steps = chains::steps(&mut **tx, &chain).await?;
-    advance_loaded(tx, app, &mut chain, &mut demo, steps).await
+    // A chain intake just created: its demo is `pending` or `stopping` now; tell GitHub.
+    let fresh = chain.status == "waiting" && steps.iter().all(|s| s.status == "pending" && s.attempts == 0);
+    let mut effects = Effects::default();
+    if fresh {
+        effects = notify(tx, app, demo.id).await?;
+    }
+    Ok(effects.merge(advance_loaded(tx, app, &mut chain, &mut demo, steps).await?))
 }
 
 /// [`advance`] for a chain and demo already locked and checked, with the chain's steps.

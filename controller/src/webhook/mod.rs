@@ -21,12 +21,10 @@ use event::{Intent, IssueCommentEvent, PullRequestEvent};
 
 use crate::config::Config;
 use crate::db::demos::DeployRequest;
-use crate::db::demos::NewDelivery;
-use crate::db::{outbox, settings};
+use crate::db::outbox;
 use crate::error::ApiError;
+use crate::intake::{Event, Kind, Recorded};
 use crate::jobs;
-use crate::scheduler::orchestrate::{self, Applied, Cause};
-use crate::scheduler::Effects;
 use crate::state::AppState;
 
 pub fn router(config: &Config) -> Router<AppState> {
@@ -35,7 +33,7 @@ pub fn router(config: &Config) -> Router<AppState> {
 
 type Answer = (StatusCode, Json<Value>);
 
-#[tracing::instrument(skip_all, fields(event, delivery))]
+#[tracing::instrument(skip_all, fields(event, delivery, demo, generation))]
 async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Answer, ApiError> {
     let signature = headers.get("x-hub-signature-256").map(|v| v.as_bytes());
     signature::verify(app.config.webhook_secret.expose().as_bytes(), &body, signature)
@@ -60,7 +58,7 @@ async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
 async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<Answer, ApiError> {
     let event: PullRequestEvent = event::parse(payload).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let action = event.action.as_str();
-    let mut intent = event.intent();
+    let intent = event.intent();
     if intent == Intent::Ignore {
         return record_only(
             app,
@@ -79,52 +77,51 @@ async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<
     let pr = pr_number(event.number)?;
     let request = deploy_request(app, &event, owner, repo, pr)?;
 
-    let mut tx = app.db.begin().await?;
-    // A deploy records its delivery together with the demo; the rest record it first.
-    if intent != Intent::Deploy && !insert_delivery(&mut tx, delivery, "pull_request", Some(action)).await? {
-        return Ok(duplicate(delivery));
-    }
-    if intent == Intent::Draft {
-        let policy = settings::get(&mut *tx, owner, repo).await?.draft_policy;
-        if policy == "keep" {
-            set_outcome(&mut tx, delivery, "ignored", Some("draft policy: keep running"), None).await?;
-            tx.commit().await?;
-            return Ok((StatusCode::ACCEPTED, Json(json!({ "delivery": delivery, "outcome": "ignored" }))));
-        }
-        intent = Intent::Teardown;
-    }
+    let kind = match intent {
+        Intent::Deploy => Kind::Deploy,
+        Intent::Teardown => Kind::Teardown,
+        Intent::Draft => Kind::Draft,
+        Intent::Ignore => unreachable!("ignored actions are recorded above"),
+    };
     let actor = format!("github:{}", event.sender.as_ref().unwrap_or(&event.pull_request.user).login);
-    let cause = Cause { actor: &actor, event_at: event.pull_request.updated_at, delivery_id: Some(delivery) };
-    let applied = if intent == Intent::Deploy {
-        let record = NewDelivery { id: delivery, event: "pull_request", action: Some(action) };
-        orchestrate::deploy(&mut tx, app, &request, cause, Some(record)).await
-    } else {
-        orchestrate::teardown(&mut tx, app, &request, cause).await
-    };
-    let name_taken = format!("demo name {} is taken by another repository", request.name);
-    let applied = applied.map_err(|e| ApiError::conflict_on_unique(e, name_taken))?;
-    // A started chain records its delivery's outcome itself; the rest are recorded here.
-    let (outcome, unrecorded, demo, effects) = match applied {
-        Applied::Started(demo, effects) => {
-            let outcome = if intent == Intent::Deploy { "deploy_queued" } else { "teardown_queued" };
-            (outcome, None, Some(demo), effects)
-        }
-        Applied::Stale(demo) => {
-            ("stale", Some("a newer event for this pull request was already applied"), Some(demo), Effects::default())
-        }
-        Applied::NoDemo => ("ignored", Some("no demo for this pull request"), None, Effects::default()),
-        Applied::Duplicate => return Ok(duplicate(delivery)),
-    };
-    if let Some(detail) = unrecorded {
-        set_outcome(&mut tx, delivery, outcome, Some(detail), demo.as_ref().map(|d| d.id)).await?;
+    let name = request.name.clone();
+    let intake = Event::pull_request(kind, request, &actor, event.pull_request.updated_at);
+    let recorded = submit(app, intake.delivered(delivery, "pull_request", action), |err| {
+        ApiError::conflict_on_unique(err, format!("demo name {name} is taken by another repository"))
+    })
+    .await?;
+    Ok(answer(delivery, recorded))
+}
+
+/// Record an event with the intake's next batch; `on_error` says what a database error means.
+async fn submit(
+    app: &AppState,
+    event: Event,
+    on_error: impl FnOnce(sqlx::Error) -> ApiError,
+) -> Result<Recorded, ApiError> {
+    let recorded = app.intake.submit(event).await.map_err(|stopped| ApiError::Unavailable(stopped.to_string()))?;
+    let recorded = recorded.map_err(on_error)?;
+    let span = tracing::Span::current();
+    if let Some(demo) = &recorded.demo {
+        span.record("demo", tracing::field::display(demo.id)).record("generation", demo.generation);
     }
-    tx.commit().await?;
-    app.apply(effects).await;
-    let mut answer = json!({ "delivery": delivery, "outcome": outcome });
-    if let Some(demo) = demo {
+    Ok(recorded)
+}
+
+/// The answer for a recorded delivery: 200 for a ping or a redelivery, else 202.
+fn answer(delivery: &str, recorded: Recorded) -> Answer {
+    let status = match recorded.outcome.as_str() {
+        "ping" | "duplicate" => StatusCode::OK,
+        _ => StatusCode::ACCEPTED,
+    };
+    let mut answer = json!({ "delivery": delivery, "outcome": recorded.outcome });
+    if let Some(demo) = recorded.demo {
         answer["demo"] = json!({ "id": demo.id, "name": demo.name, "generation": demo.generation });
     }
-    Ok((StatusCode::ACCEPTED, Json(answer)))
+    if let Some(detail) = recorded.detail {
+        answer["detail"] = json!(detail);
+    }
+    (status, Json(answer))
 }
 
 /// `issue_comment`: `/demo approve` on a pull request asks for its demo to be approved;
@@ -198,14 +195,8 @@ async fn record_only(
     outcome: &str,
     detail: Option<&str>,
 ) -> Result<Answer, ApiError> {
-    let mut tx = app.db.begin().await?;
-    if !insert_delivery(&mut tx, delivery, event, action).await? {
-        return Ok(duplicate(delivery));
-    }
-    set_outcome(&mut tx, delivery, outcome, detail, None).await?;
-    tx.commit().await?;
-    let status = if outcome == "ping" { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok((status, Json(json!({ "delivery": delivery, "outcome": outcome }))))
+    let recorded = submit(app, Event::record(delivery, event, action, outcome, detail), ApiError::Database).await?;
+    Ok(answer(delivery, recorded))
 }
 
 fn duplicate(delivery: &str) -> Answer {

@@ -1,0 +1,304 @@
+//! Recording events in batches (group commit), and starting the chains they create.
+//!
+//! Each webhook handler verifies and parses its delivery, then hands the event to the
+//! [`Intake`] writer and waits. The writer takes every event waiting at that moment and
+//! records them with one call of the `demofleet_intake` function (migration 0003): one
+//! round trip and one commit for the whole batch. The handler answers 202 once that commit
+//! is done, so a 202 still means durable. New chains are created `waiting`; the
+//! [`Starter`] then advances them outside the request, newest generation of each demo
+//! only, and the periodic tick starts any that a crash left waiting.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sqlx::{PgExecutor, PgPool};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::db::demos::DeployRequest;
+use crate::scheduler::orchestrate;
+use crate::state::AppState;
+
+/// At most this many events share one commit.
+const MAX_BATCH: usize = 128;
+/// Writers recording batches side by side.
+pub const WRITERS: usize = 2;
+
+/// What an event asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Run the pull request's head commit, as a new generation.
+    Deploy,
+    /// Stop the demo, as a new generation.
+    Teardown,
+    /// Converted to draft: stop if the repository's draft policy says so.
+    Draft,
+    /// Only record the delivery, with the outcome given.
+    Record,
+}
+
+/// One event to record, as the `demofleet_intake` function reads it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub kind: Kind,
+    /// `X-GitHub-Delivery`, or none for events of our own (a TTL running out).
+    pub delivery: Option<String>,
+    pub event: Option<String>,
+    pub action: Option<String>,
+    /// For [`Kind::Record`]: the outcome and its detail.
+    pub outcome: Option<String>,
+    pub detail: Option<String>,
+    #[serde(flatten)]
+    pub pull_request: Option<DeployRequest>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub event_at: Option<OffsetDateTime>,
+    /// Who asked, for the audit trail.
+    pub actor: String,
+}
+
+impl Event {
+    /// A delivery that starts no work.
+    pub fn record(delivery: &str, event: &str, action: Option<&str>, outcome: &str, detail: Option<&str>) -> Event {
+        Event {
+            kind: Kind::Record,
+            delivery: Some(delivery.into()),
+            event: Some(event.into()),
+            action: action.map(Into::into),
+            outcome: Some(outcome.into()),
+            detail: detail.map(Into::into),
+            pull_request: None,
+            event_at: None,
+            actor: String::new(),
+        }
+    }
+
+    /// An event about a pull request.
+    pub fn pull_request(kind: Kind, request: DeployRequest, actor: &str, event_at: Option<OffsetDateTime>) -> Event {
+        Event {
+            kind,
+            delivery: None,
+            event: None,
+            action: None,
+            outcome: None,
+            detail: None,
+            pull_request: Some(request),
+            event_at,
+            actor: actor.into(),
+        }
+    }
+
+    /// The same event, arriving as webhook delivery `id`.
+    pub fn delivered(self, id: &str, event: &str, action: &str) -> Event {
+        Event { delivery: Some(id.into()), event: Some(event.into()), action: Some(action.into()), ..self }
+    }
+
+    /// Two events that must not share a batch: one pull request's events are applied one
+    /// at a time, as are redeliveries of one delivery.
+    fn keys(&self) -> [Option<String>; 2] {
+        let pr = self.pull_request.as_ref().map(|r| format!("pr\0{}\0{}\0{}", r.owner, r.repo, r.pr));
+        [pr, self.delivery.as_ref().map(|d| format!("delivery\0{d}"))]
+    }
+}
+
+/// A demo an event changed.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DemoRef {
+    pub id: Uuid,
+    pub name: String,
+    pub generation: i64,
+}
+
+/// What became of an event.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Recorded {
+    /// `deploy_queued`, `teardown_queued`, `stale`, `ignored`, `duplicate`, or a
+    /// [`Kind::Record`] event's own.
+    pub outcome: String,
+    pub detail: Option<String>,
+    pub demo: Option<DemoRef>,
+    /// The chain it created, waiting to be started.
+    pub chain: Option<Uuid>,
+}
+
+/// Record `events` in order, in the caller's transaction (or as one of their own).
+pub async fn record(db: impl PgExecutor<'_>, events: &[Event]) -> sqlx::Result<Vec<Recorded>> {
+    let answers: sqlx::types::Json<Vec<Recorded>> =
+        sqlx::query_scalar("select demofleet_intake($1)").bind(sqlx::types::Json(events)).fetch_one(db).await?;
+    Ok(answers.0)
+}
+
+struct Pending {
+    event: Event,
+    answer: oneshot::Sender<sqlx::Result<Recorded>>,
+}
+
+/// The handle handlers record events through.
+#[derive(Clone)]
+pub struct Intake {
+    queue: mpsc::Sender<Pending>,
+    pub stats: Arc<Stats>,
+}
+
+/// Counters for `/metrics`: how full batches are and how long their commits take.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub batches: AtomicU64,
+    pub events: AtomicU64,
+    pub busy_micros: AtomicU64,
+}
+
+/// The intake has stopped: the controller is shutting down.
+#[derive(Debug, thiserror::Error)]
+#[error("the controller is shutting down")]
+pub struct Stopped;
+
+impl Intake {
+    /// The handle, and the writer and starter tasks to run.
+    pub fn new() -> (Intake, Writer, Starter) {
+        let (queue, events) = mpsc::channel(4 * MAX_BATCH);
+        let (started, chains) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let writer = Writer { events: Arc::new(Mutex::new(events)), started, stats: stats.clone() };
+        (Intake { queue, stats }, writer, Starter { chains })
+    }
+
+    /// Record `event` with whatever else is waiting, and return once it is committed.
+    pub async fn submit(&self, event: Event) -> Result<sqlx::Result<Recorded>, Stopped> {
+        let (answer, answered) = oneshot::channel();
+        self.queue.send(Pending { event, answer }).await.map_err(|_| Stopped)?;
+        answered.await.map_err(|_| Stopped)
+    }
+}
+
+/// Takes waiting events in batches and records each batch with one commit. Clones share
+/// the queue, so while one commits, another gathers the next batch.
+#[derive(Clone)]
+pub struct Writer {
+    events: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    started: mpsc::UnboundedSender<(Uuid, Uuid)>,
+    stats: Arc<Stats>,
+}
+
+impl Writer {
+    /// Run until `stop`, finishing the batch at hand.
+    pub async fn run(self, db: PgPool, stop: CancellationToken) {
+        let mut carried: Option<Pending> = None;
+        loop {
+            let batch = tokio::select! {
+                batch = self.gather(&mut carried) => match batch {
+                    Some(batch) => batch,
+                    None => return,
+                },
+                () = stop.cancelled() => return,
+            };
+            self.commit(&db, batch).await;
+        }
+    }
+
+    /// The next batch: what waits now, up to the first event that must not share it
+    /// (carried over to the next), sorted by pull request so that writers running side by
+    /// side lock demos in one order.
+    async fn gather(&self, carried: &mut Option<Pending>) -> Option<Vec<Pending>> {
+        let mut events = self.events.lock().await;
+        let first = match carried.take() {
+            Some(pending) => pending,
+            None => events.recv().await?,
+        };
+        let mut keys: HashSet<String> = first.event.keys().into_iter().flatten().collect();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            let Ok(next) = events.try_recv() else { break };
+            let next_keys: Vec<String> = next.event.keys().into_iter().flatten().collect();
+            if next_keys.iter().any(|k| keys.contains(k)) {
+                *carried = Some(next);
+                break;
+            }
+            keys.extend(next_keys);
+            batch.push(next);
+        }
+        drop(events);
+        batch.sort_by_cached_key(|p| p.event.keys());
+        Some(batch)
+    }
+
+    async fn commit(&self, db: &PgPool, batch: Vec<Pending>) {
+        let events: Vec<Event> = batch.iter().map(|p| p.event.clone()).collect();
+        let began = Instant::now();
+        let recorded = record(db, &events).await;
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.events.fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.stats.busy_micros.fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match recorded {
+            Ok(answers) => {
+                for (pending, answer) in batch.into_iter().zip(answers) {
+                    self.answer(pending, Ok(answer));
+                }
+            }
+            // One bad event (a demo name another repository holds, say) fails its batch:
+            // record each alone, so it alone gets the error.
+            Err(err) if batch.len() > 1 => {
+                tracing::debug!(error = %err, size = batch.len(), "batch failed; recording its events one by one");
+                for pending in batch {
+                    let answer = record(db, std::slice::from_ref(&pending.event))
+                        .await
+                        .map(|mut answers| answers.pop().expect("one answer per event"));
+                    self.answer(pending, answer);
+                }
+            }
+            Err(err) => {
+                if let Some(pending) = batch.into_iter().next() {
+                    self.answer(pending, Err(err));
+                }
+            }
+        }
+    }
+
+    fn answer(&self, pending: Pending, answer: sqlx::Result<Recorded>) {
+        if let Ok(Recorded { demo: Some(demo), chain: Some(chain), .. }) = &answer {
+            // Only fails when the starter has stopped; the tick starts the chain then.
+            let _ = self.started.send((demo.id, *chain));
+        }
+        // The handler may have gone (the client hung up); the event is recorded anyway.
+        let _ = pending.answer.send(answer);
+    }
+}
+
+/// Starts the chains the intake created: for each demo only its newest, since an older one
+/// is superseded already.
+pub struct Starter {
+    chains: mpsc::UnboundedReceiver<(Uuid, Uuid)>,
+}
+
+impl Starter {
+    pub async fn run(mut self, app: AppState, stop: CancellationToken) {
+        let mut newest: Vec<(Uuid, Uuid)> = Vec::new();
+        loop {
+            let first = tokio::select! {
+                started = self.chains.recv() => match started {
+                    Some(started) => started,
+                    None => return,
+                },
+                () = stop.cancelled() => return,
+            };
+            newest.clear();
+            newest.push(first);
+            while let Ok((demo, chain)) = self.chains.try_recv() {
+                match newest.iter_mut().find(|(d, _)| *d == demo) {
+                    Some(entry) => entry.1 = chain,
+                    None => newest.push((demo, chain)),
+                }
+            }
+            for (_, chain) in &newest {
+                if let Err(err) = orchestrate::start(&app, *chain).await {
+                    tracing::warn!(%chain, error = %err, "starting a chain failed; the tick retries");
+                }
+            }
+        }
+    }
+}
