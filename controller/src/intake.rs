@@ -127,10 +127,12 @@ pub struct Recorded {
 }
 
 /// Record `events` in order, in the caller's transaction (or as one of their own).
-pub async fn record(db: impl PgExecutor<'_>, events: &[Event]) -> sqlx::Result<Vec<Recorded>> {
-    let answers: sqlx::types::Json<Vec<Recorded>> =
+/// The outer error is the call's (nothing was recorded); an inner one, an answer that
+/// did not read (its event was recorded).
+pub async fn record(db: impl PgExecutor<'_>, events: &[Event]) -> sqlx::Result<Vec<sqlx::Result<Recorded>>> {
+    let answers: sqlx::types::Json<Vec<serde_json::Value>> =
         sqlx::query_scalar("select demofleet_intake($1)").bind(sqlx::types::Json(events)).fetch_one(db).await?;
-    Ok(answers.0)
+    Ok(answers.0.into_iter().map(|a| serde_json::from_value(a).map_err(|e| sqlx::Error::Decode(e.into()))).collect())
 }
 
 struct Pending {
@@ -237,7 +239,7 @@ impl Writer {
         match recorded {
             Ok(answers) => {
                 for (pending, answer) in batch.into_iter().zip(answers) {
-                    self.answer(pending, Ok(answer));
+                    self.answer(pending, answer);
                 }
             }
             // One bad event (a demo name another repository holds, say) fails its batch:
@@ -247,7 +249,7 @@ impl Writer {
                 for pending in batch {
                     let answer = record(db, std::slice::from_ref(&pending.event))
                         .await
-                        .map(|mut answers| answers.pop().expect("one answer per event"));
+                        .and_then(|mut answers| answers.pop().expect("one answer per event"));
                     self.answer(pending, answer);
                 }
             }

@@ -23,7 +23,8 @@ use crate::state::AppState;
 /// then. For events of the controller's own (a TTL running out); webhooks go through the
 /// batching [`crate::intake::Intake`] instead.
 pub async fn apply(tx: &mut Tx<'_>, app: &AppState, event: &Event) -> sqlx::Result<(Recorded, Effects)> {
-    let recorded = intake::record(&mut **tx, std::slice::from_ref(event)).await?.pop().expect("one answer per event");
+    let recorded =
+        intake::record(&mut **tx, std::slice::from_ref(event)).await?.pop().expect("one answer per event")?;
     let effects = match recorded.chain {
         Some(chain) => advance(tx, app, chain).await?,
         None => Effects::default(),
