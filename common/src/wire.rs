@@ -185,6 +185,16 @@ pub struct Heartbeat {
     pub agent_version: String,
     /// Demo containers on this host, from Docker's labels.
     pub inventory: Vec<InventoryItem>,
+    /// The file system of the demo directory (clones; Docker's images usually share it).
+    #[serde(default)]
+    pub disk: Option<Disk>,
+}
+
+/// Size and free space of a file system, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

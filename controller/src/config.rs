@@ -93,6 +93,11 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_HOST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub host_timeout: Duration,
 
+    /// A host whose demo file system has less free space than this (MiB) is given no new
+    /// demos; the ones it runs stay.
+    #[arg(long, env = "DEMOFLEET_MIN_FREE_DISK_MB", default_value_t = 2048)]
+    pub min_free_disk_mb: u64,
+
     /// How often waiting work (demos with no host yet) and the route table are looked at again.
     #[arg(long, env = "DEMOFLEET_TICK", default_value = "2s", value_parser = parse_duration)]
     pub tick: Duration,

@@ -19,14 +19,21 @@ async fn concurrent_placements_never_overfill_a_host() {
     let services = Services::from_env();
     let test_db = TestDb::create(&services).await;
     let db = sqlx::PgPool::connect(&test_db.url).await.unwrap();
-    for (host, capacity) in [("a", 3), ("b", 2), ("drained", 50)] {
-        sqlx::query("insert into hosts (id, address, capacity, draining) values ($1, '127.0.0.1', $2, $3)")
-            .bind(host)
-            .bind(capacity)
-            .bind(host == "drained")
-            .execute(&db)
-            .await
-            .unwrap();
+    // `full` has room for demos but not 2 GiB of free disk; `b` reports plenty, `a` nothing.
+    for (host, capacity, free_mb) in
+        [("a", 3, None), ("b", 2, Some(5000)), ("drained", 50, None), ("full", 50, Some(100))]
+    {
+        sqlx::query(
+            "insert into hosts (id, address, capacity, draining, disk_total_bytes, disk_free_bytes)
+             values ($1, '127.0.0.1', $2, $3, $4 * 4, $4)",
+        )
+        .bind(host)
+        .bind(capacity)
+        .bind(host == "drained")
+        .bind(free_mb.map(|mb: i64| mb << 20))
+        .execute(&db)
+        .await
+        .unwrap();
     }
     let mut tasks = Vec::new();
     for pr in 1..=12i64 {
@@ -44,7 +51,7 @@ async fn concurrent_placements_never_overfill_a_host() {
             .execute(&mut *tx)
             .await
             .unwrap();
-            let host = placement::place(&mut tx, None, Duration::from_secs(30)).await.unwrap();
+            let host = placement::place(&mut tx, None, Duration::from_secs(30), 2048).await.unwrap();
             sqlx::query("update demos set host_id = $2 where id = $1")
                 .bind(id)
                 .bind(&host)
@@ -60,7 +67,7 @@ async fn concurrent_placements_never_overfill_a_host() {
         placed.push(task.await.unwrap());
     }
     let count = |h: &str| placed.iter().filter(|p| p.as_deref() == Some(h)).count();
-    assert_eq!((count("a"), count("b"), count("drained")), (3, 2, 0), "{placed:?}");
+    assert_eq!((count("a"), count("b"), count("drained"), count("full")), (3, 2, 0, 0), "{placed:?}");
     assert_eq!(placed.iter().filter(|p| p.is_none()).count(), 7, "the rest wait");
     db.close().await;
     test_db.drop_db().await;
@@ -146,5 +153,33 @@ async fn repo_quota_ttl_and_draft_policy() {
     }
     assert!(metrics.contains("demofleet_step_duration_seconds_count{step=\"health\"} 2"), "{metrics}");
     wait::until("the outbox to drain", DEADLINE, || async { (stack.count("outbox").await == 0).then_some(()) }).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_short_of_disk_reports_it_and_gets_no_new_demo() {
+    // No file system here has a million GiB free.
+    let options = StackOptions {
+        controller_args: vec!["--min-free-disk-mb".into(), (1u64 << 30).to_string()],
+        ..Default::default()
+    };
+    let stack = Stack::start(options).await;
+    let host = wait::until("the agent's disk in its heartbeat", DEADLINE, || async {
+        let hosts = stack.get_json("/api/hosts").await;
+        let host = hosts.get(0)?.clone();
+        (host["disk_free_bytes"].as_i64()? > 0).then_some(host)
+    })
+    .await;
+    assert!(host["disk_total_bytes"].as_i64().unwrap() >= host["disk_free_bytes"].as_i64().unwrap());
+    assert_eq!(host["low_disk"], true, "{host}");
+
+    let (repo, sha) = site(&stack, &format!("disk-{}", &Uuid::new_v4().simple().to_string()[..8]));
+    let (_, response) =
+        stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
+    assert_eq!(response.status(), 202);
+    // Several ticks later it still waits for a host with room on disk.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let demo = stack.demo(&format!("{}-fixture-owner-pr-2", repo.repo)).await.unwrap();
+    assert_eq!((demo["state"].as_str(), demo["host_id"].as_str()), (Some("pending"), None), "{demo}");
     stack.stop().await;
 }

@@ -18,22 +18,27 @@ pub struct Host {
     #[serde(with = "time::serde::rfc3339")]
     pub last_seen: OffsetDateTime,
     pub inventory: serde_json::Value,
+    pub disk_total_bytes: Option<i64>,
+    pub disk_free_bytes: Option<i64>,
 }
 
 /// Record a heartbeat: the host exists, is alive now, and has this inventory.
 pub async fn record_heartbeat(db: impl PgExecutor<'_>, beat: &Heartbeat) -> sqlx::Result<()> {
     let capacity = i32::try_from(beat.capacity).unwrap_or(i32::MAX);
     sqlx::query(
-        "insert into hosts (id, address, capacity, agent_version, inventory)
-         values ($1, $2, $3, $4, $5)
+        "insert into hosts (id, address, capacity, agent_version, inventory, disk_total_bytes, disk_free_bytes)
+         values ($1, $2, $3, $4, $5, $6, $7)
          on conflict (id) do update set address = excluded.address, capacity = excluded.capacity,
-             agent_version = excluded.agent_version, inventory = excluded.inventory, last_seen = now()",
+             agent_version = excluded.agent_version, inventory = excluded.inventory, last_seen = now(),
+             disk_total_bytes = excluded.disk_total_bytes, disk_free_bytes = excluded.disk_free_bytes",
     )
     .bind(&beat.host_id)
     .bind(&beat.address)
     .bind(capacity)
     .bind(&beat.agent_version)
     .bind(serde_json::to_value(&beat.inventory).unwrap_or_default())
+    .bind(beat.disk.map(|d| i64::try_from(d.total_bytes).unwrap_or(i64::MAX)))
+    .bind(beat.disk.map(|d| i64::try_from(d.free_bytes).unwrap_or(i64::MAX)))
     .execute(db)
     .await?;
     Ok(())

@@ -1,5 +1,5 @@
 //! Choosing a host: sticky to the one that already has the demo, else the live, not
-//! draining host with the most free capacity. Eligible hosts are locked in id order, so two
+//! draining host with enough free disk and the most free capacity. Eligible hosts are locked in id order, so two
 //! concurrent placements see each other's result and never overfill a host.
 
 use std::time::Duration;
@@ -7,24 +7,35 @@ use std::time::Duration;
 use crate::db::Tx;
 
 /// The host for a demo now on `current` (if any), or `None` when no host can take it.
-pub async fn place(tx: &mut Tx<'_>, current: Option<&str>, host_timeout: Duration) -> sqlx::Result<Option<String>> {
+pub async fn place(
+    tx: &mut Tx<'_>,
+    current: Option<&str>,
+    host_timeout: Duration,
+    min_free_disk_mb: u64,
+) -> sqlx::Result<Option<String>> {
     let timeout_secs = host_timeout.as_secs_f64();
-    let hosts: Vec<(String, i32)> = sqlx::query_as(
-        "select id, capacity from hosts
+    let min_free_bytes = i64::try_from(min_free_disk_mb.saturating_mul(1 << 20)).unwrap_or(i64::MAX);
+    // `low_disk`: the host keeps its demos but gets no new ones. A host that does not
+    // report its disk is taken at its word.
+    let hosts: Vec<(String, i32, bool)> = sqlx::query_as(
+        "select id, capacity, coalesce(disk_free_bytes < $2, false) from hosts
          where not draining and last_seen > now() - make_interval(secs => $1)
          order by id for update",
     )
     .bind(timeout_secs)
+    .bind(min_free_bytes)
     .fetch_all(&mut **tx)
     .await?;
     if hosts.is_empty() {
         return Ok(None);
     }
     if let Some(current) = current {
-        if hosts.iter().any(|(id, _)| id == current) {
+        if hosts.iter().any(|(id, ..)| id == current) {
             return Ok(Some(current.to_string()));
         }
     }
+    let hosts: Vec<(String, i32)> =
+        hosts.into_iter().filter(|(.., low_disk)| !low_disk).map(|(id, capacity, _)| (id, capacity)).collect();
     let ids: Vec<&str> = hosts.iter().map(|(id, _)| id.as_str()).collect();
     let used: Vec<(String, i64)> = sqlx::query_as(
         "select host_id, count(*) from demos where host_id = any($1) and desired = 'running' group by host_id",
