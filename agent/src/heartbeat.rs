@@ -44,6 +44,8 @@ pub async fn run(ctx: Arc<AgentContext>, stop: CancellationToken) {
 }
 
 /// Size and free space (for unprivileged users) of the file system holding `path`.
+// statvfs's field types differ between platforms; on some the conversions are no-ops.
+#[allow(clippy::useless_conversion)]
 pub fn disk(path: &Path) -> std::io::Result<Disk> {
     let c_path = CString::new(path.as_os_str().as_bytes())?;
     let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
