@@ -68,8 +68,8 @@ mod tests {
     #[test]
     fn the_demo_directory_s_file_system_is_measured() {
         let dir = tempfile::tempdir().unwrap();
-        let disk = disk(dir.path()).unwrap();
-        assert!(disk.total_bytes > 0 && disk.free_bytes <= disk.total_bytes, "{disk:?}");
+        let measured = disk(dir.path()).unwrap();
+        assert!(measured.total_bytes > 0 && measured.free_bytes <= measured.total_bytes, "{measured:?}");
         assert!(disk(&dir.path().join("missing")).is_err());
     }
 }
