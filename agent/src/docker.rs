@@ -292,13 +292,17 @@ async fn remove_generations(docker: &Docker, spec: &DemoSpec, keep: Option<i64>)
     Ok(())
 }
 
-/// Every demo container on this host, from Docker's labels.
-pub async fn inventory(docker: &Docker) -> Result<Vec<InventoryItem>, DockerError> {
-    let containers = containers_of(docker, format!("{}=true", labels::DEMO)).await?;
+/// Every demo container of this host, from Docker's labels (an engine may serve several
+/// hosts' agents, as in tests; each sees only its own).
+pub async fn inventory(docker: &Docker, host_id: &str) -> Result<Vec<InventoryItem>, DockerError> {
+    let containers = containers_of(docker, format!("{}={host_id}", labels::HOST)).await?;
     Ok(containers
         .into_iter()
         .filter_map(|c| {
             let labels = c.labels?;
+            if labels.get(labels::DEMO).map(String::as_str) != Some("true") {
+                return None;
+            }
             Some(InventoryItem {
                 demo_id: labels.get(labels::ID)?.parse().ok()?,
                 generation: labels.get(labels::GENERATION)?.parse().ok()?,
@@ -307,4 +311,18 @@ pub async fn inventory(docker: &Docker) -> Result<Vec<InventoryItem>, DockerErro
             })
         })
         .collect())
+}
+
+/// Remove the containers `ids` that are demo containers of this host; any other id is
+/// left alone. Returns how many were removed.
+pub async fn remove_orphans(docker: &Docker, host_id: &str, ids: &[String]) -> Result<usize, DockerError> {
+    let ours = containers_of(docker, format!("{}={host_id}", labels::HOST)).await?;
+    let mut removed = 0;
+    for container in ours {
+        let is_demo = container.labels.as_ref().and_then(|l| l.get(labels::DEMO)).map(String::as_str) == Some("true");
+        let Some(id) = container.id.filter(|id| is_demo && ids.contains(id)) else { continue };
+        remove_container(docker, &id).await?;
+        removed += 1;
+    }
+    Ok(removed)
 }

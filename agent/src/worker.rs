@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoff;
-use demofleet_common::wire::{StepMessage, StepResult, KIND_RESULT, WIRE_VERSION};
+use demofleet_common::wire::{Cleanup, StepMessage, StepResult, KIND_CLEANUP, KIND_RESULT, WIRE_VERSION};
 use demofleet_common::{consume, retry, topology};
 
 use crate::{steps, AgentContext};
@@ -70,6 +70,9 @@ async fn consume(
 }
 
 async fn handle(ctx: &AgentContext, results: &Channel, delivery: Delivery) -> anyhow::Result<()> {
+    if delivery.properties.kind().as_ref().map(|k| k.as_str()) == Some(KIND_CLEANUP) {
+        return clean_up(ctx, delivery).await;
+    }
     let message: StepMessage = match serde_json::from_slice(&delivery.data) {
         Ok(m) => m,
         Err(err) => {
@@ -109,6 +112,23 @@ async fn handle(ctx: &AgentContext, results: &Channel, delivery: Delivery) -> an
         .await?
         .await?;
     anyhow::ensure!(confirmation.is_ack(), "RabbitMQ refused the step result");
+    delivery.ack(BasicAckOptions::default()).await?;
+    Ok(())
+}
+
+/// Remove the orphaned containers the controller names; a failure leaves the message for
+/// the broker to redeliver.
+async fn clean_up(ctx: &AgentContext, delivery: Delivery) -> anyhow::Result<()> {
+    match serde_json::from_slice::<Cleanup>(&delivery.data) {
+        Ok(cleanup) if cleanup.version == WIRE_VERSION && cleanup.host_id == ctx.host_id => {
+            let removed = crate::docker::remove_orphans(&ctx.docker, &ctx.host_id, &cleanup.containers).await?;
+            tracing::info!(removed, asked = cleanup.containers.len(), "orphaned demo containers removed");
+        }
+        Ok(cleanup) => {
+            tracing::error!(version = cleanup.version, host = %cleanup.host_id, "cleanup for another version or host dropped")
+        }
+        Err(err) => tracing::error!(error = %err, "unreadable cleanup message dropped"),
+    }
     delivery.ack(BasicAckOptions::default()).await?;
     Ok(())
 }

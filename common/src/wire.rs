@@ -13,6 +13,8 @@ pub const KIND_STEP: &str = "step";
 pub const KIND_RESULT: &str = "result";
 /// AMQP `type` of a [`DeadStep`] in the dead-letter queue.
 pub const KIND_DEAD: &str = "dead";
+/// AMQP `type` of a [`Cleanup`] on a host queue.
+pub const KIND_CLEANUP: &str = "cleanup";
 
 /// Everything an agent needs to know about the demo a step works on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +190,16 @@ pub struct Heartbeat {
     /// The file system of the demo directory (clones; Docker's images usually share it).
     #[serde(default)]
     pub disk: Option<Disk>,
+}
+
+/// Controller → agent: remove these demo containers, which belong to no demo the
+/// controller knows on this host (orphans after a host came back, say) or to a generation
+/// long replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cleanup {
+    pub version: u32,
+    pub host_id: String,
+    pub containers: Vec<String>,
 }
 
 /// Size and free space of a file system, in bytes.

@@ -98,6 +98,11 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_MIN_FREE_DISK_MB", default_value_t = 2048)]
     pub min_free_disk_mb: u64,
 
+    /// How long a difference between a host's inventory and the state of record (an
+    /// orphaned or a missing container) must last before it is acted on.
+    #[arg(long, env = "DEMOFLEET_RECONCILE_GRACE", default_value = "60s", value_parser = parse_duration)]
+    pub reconcile_grace: Duration,
+
     /// How often waiting work (demos with no host yet) and the route table are looked at again.
     #[arg(long, env = "DEMOFLEET_TICK", default_value = "2s", value_parser = parse_duration)]
     pub tick: Duration,

@@ -43,14 +43,19 @@ pub async fn run_heartbeats(app: AppState, mut subscriber: async_nats::Subscribe
     }
 }
 
-/// Every tick: give waiting chains a host if one is free now, and reload the route table.
+/// Every tick: reconcile hosts' inventories, give waiting chains a host if one is free now,
+/// stop expired demos, and reload the route table.
 pub async fn run_tick(app: AppState, stop: CancellationToken) {
     let mut interval = tokio::time::interval(app.config.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reconciler = crate::reconcile::Reconciler::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = interval.tick() => {}
+        }
+        if let Err(err) = reconciler.run(&app).await {
+            tracing::warn!(error = %err, "reconciling hosts' inventories failed");
         }
         if let Err(err) = place_waiting(&app).await {
             tracing::warn!(error = %err, "placing waiting demos failed");
@@ -78,16 +83,7 @@ async fn stop_expired(app: &AppState) -> sqlx::Result<()> {
             continue;
         }
         tracing::info!(demo = %demo.name, "TTL since the last push ran out; stopping");
-        let request = DeployRequest {
-            owner: demo.owner.clone(),
-            repo: demo.repo.clone(),
-            pr: demo.pr,
-            name: demo.name.clone(),
-            sha: demo.sha.clone(),
-            clone_url: demo.clone_url.clone(),
-            github_user: demo.github_user.clone(),
-        };
-        let event = Event::pull_request(Kind::Teardown, request, "ttl", None);
+        let event = Event::pull_request(Kind::Teardown, DeployRequest::of(&demo), "ttl", None);
         let (_, effects) = orchestrate::apply(&mut tx, app, &event).await?;
         tx.commit().await?;
         app.apply(effects).await;

@@ -10,6 +10,7 @@
 //! - [`broker`]: RabbitMQ connection, outbox publisher, result consumer.
 //! - [`fleet`]: heartbeats and the periodic tick.
 //! - [`github`]: the GitHub API client and PR feedback.
+//! - [`reconcile`]: hosts' inventories against the state of record: orphans, missing containers.
 //! - [`jobs`]: controller work taken from its own queue (authorize, notify, approve).
 //! - [`edge`]: the built-in edge proxy and its route table.
 //! - [`http`]: routers for the API, health and index page.
@@ -27,6 +28,7 @@ pub mod github;
 pub mod http;
 pub mod intake;
 pub mod jobs;
+pub mod reconcile;
 pub mod scheduler;
 pub mod state;
 pub mod traefik;

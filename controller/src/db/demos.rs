@@ -46,6 +46,21 @@ pub struct DeployRequest {
     pub github_user: String,
 }
 
+impl DeployRequest {
+    /// What `demo` runs now, asked for again.
+    pub fn of(demo: &Demo) -> DeployRequest {
+        DeployRequest {
+            owner: demo.owner.clone(),
+            repo: demo.repo.clone(),
+            pr: demo.pr,
+            name: demo.name.clone(),
+            sha: demo.sha.clone(),
+            clone_url: demo.clone_url.clone(),
+            github_user: demo.github_user.clone(),
+        }
+    }
+}
+
 /// The demo of `owner/repo#pr`, locked, if there is one.
 pub async fn find_for_update(db: impl PgExecutor<'_>, owner: &str, repo: &str, pr: i64) -> sqlx::Result<Option<Demo>> {
     sqlx::query_as("select * from demos where owner = $1 and repo = $2 and pr = $3 for update")

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::{FromRow, PgExecutor};
 
 use demofleet_common::topology;
-use demofleet_common::wire::{DeadStep, StepMessage, KIND_DEAD, KIND_STEP};
+use demofleet_common::wire::{Cleanup, DeadStep, StepMessage, KIND_CLEANUP, KIND_DEAD, KIND_STEP};
 
 /// A message waiting to be published.
 #[derive(Debug, FromRow)]
@@ -41,6 +41,11 @@ impl Outgoing {
             kind: KIND_STEP,
             payload: json(message),
         }
+    }
+
+    /// Orphaned containers for a host's agent to remove.
+    pub fn cleanup(queue: String, cleanup: &Cleanup) -> Outgoing {
+        Outgoing { exchange: topology::EXCHANGE.into(), routing_key: queue, kind: KIND_CLEANUP, payload: json(cleanup) }
     }
 
     /// A step that used up its attempts, for the dead-letter queue.

@@ -1,0 +1,137 @@
+//! Reconcile: each live host's inventory (from its heartbeats) against the state of record.
+//!
+//! - A demo container that belongs to no demo of that host (unknown, moved, stopped) or to
+//!   a generation older than the one running is an orphan: the agent is told to remove it.
+//! - A running demo whose container is not running on its host is missing: it is launched
+//!   again, as a new generation of the same commit.
+//!
+//! A difference is acted on only once it has lasted the grace period
+//! (`DEMOFLEET_RECONCILE_GRACE`): heartbeats lag behind launches and removals.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use demofleet_common::topology;
+use demofleet_common::wire::{Cleanup, InventoryItem, WIRE_VERSION};
+
+use crate::db::demos::{self, DeployRequest};
+use crate::db::outbox::{self, Outgoing};
+use crate::intake::{Event, Kind};
+use crate::scheduler::orchestrate;
+use crate::state::AppState;
+
+/// A difference between a host and the state of record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Difference {
+    Orphan { host: String, container: String },
+    Missing { demo: Uuid },
+}
+
+/// Differences seen so far, with when each was first seen.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    seen: HashMap<Difference, Instant>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DemoRow {
+    id: Uuid,
+    generation: i64,
+    desired: String,
+    state: String,
+    host_id: Option<String>,
+}
+
+impl Reconciler {
+    /// Compare, and act on the differences that outlasted the grace period.
+    pub async fn run(&mut self, app: &AppState) -> sqlx::Result<()> {
+        let now = Instant::now();
+        let current = differences(app).await?;
+        self.seen.retain(|difference, _| current.contains(difference));
+        for difference in current {
+            self.seen.entry(difference).or_insert(now);
+        }
+        let due: Vec<Difference> = self
+            .seen
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= app.config.reconcile_grace)
+            .map(|(difference, _)| difference.clone())
+            .collect();
+        let mut orphans: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for difference in due {
+            self.seen.remove(&difference);
+            match difference {
+                Difference::Orphan { host, container } => orphans.entry(host).or_default().push(container),
+                Difference::Missing { demo } => relaunch(app, demo).await?,
+            }
+        }
+        for (host, containers) in orphans {
+            tracing::warn!(%host, ?containers, "removing orphaned demo containers");
+            let cleanup = Cleanup { version: WIRE_VERSION, host_id: host.clone(), containers };
+            outbox::push(&app.db, &Outgoing::cleanup(topology::host_queue(&host), &cleanup)).await?;
+            app.outbox.notify_one();
+        }
+        Ok(())
+    }
+}
+
+async fn differences(app: &AppState) -> sqlx::Result<HashSet<Difference>> {
+    let hosts: Vec<(String, serde_json::Value)> =
+        sqlx::query_as("select id, inventory from hosts where last_seen > now() - make_interval(secs => $1)")
+            .bind(app.config.host_timeout.as_secs_f64())
+            .fetch_all(&app.db)
+            .await?;
+    let mut found = HashSet::new();
+    for (host, inventory) in hosts {
+        let items: Vec<InventoryItem> = serde_json::from_value(inventory).unwrap_or_default();
+        let ids: Vec<Uuid> = items.iter().map(|i| i.demo_id).collect();
+        let rows: Vec<DemoRow> = sqlx::query_as(
+            "select id, generation, desired, state, host_id from demos where id = any($1) or host_id = $2",
+        )
+        .bind(&ids)
+        .bind(&host)
+        .fetch_all(&app.db)
+        .await?;
+        for item in &items {
+            let orphan = match rows.iter().find(|d| d.id == item.demo_id) {
+                None => true,
+                Some(d) => {
+                    d.host_id.as_deref() != Some(host.as_str())
+                        || (d.desired == "stopped" && d.state == "stopped")
+                        || (item.generation < d.generation && d.state == "running")
+                }
+            };
+            if orphan {
+                found.insert(Difference::Orphan { host: host.clone(), container: item.container_id.clone() });
+            }
+        }
+        let running_here = rows
+            .iter()
+            .filter(|d| d.host_id.as_deref() == Some(host.as_str()) && d.desired == "running" && d.state == "running");
+        for demo in running_here {
+            let up =
+                items.iter().any(|i| i.demo_id == demo.id && i.generation == demo.generation && i.state == "running");
+            if !up {
+                found.insert(Difference::Missing { demo: demo.id });
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Launch a running demo whose container is gone again, as a new generation of its commit.
+async fn relaunch(app: &AppState, id: Uuid) -> sqlx::Result<()> {
+    let mut tx = app.db.begin().await?;
+    let Some(demo) = demos::get_for_update_opt(&mut *tx, id).await? else { return Ok(()) };
+    if demo.desired != "running" || demo.state != "running" {
+        return Ok(());
+    }
+    tracing::warn!(demo = %demo.name, host = ?demo.host_id, "the demo's container is not running; launching it again");
+    let event = Event::pull_request(Kind::Deploy, DeployRequest::of(&demo), "reconcile", None);
+    let (_, effects) = orchestrate::apply(&mut tx, app, &event).await?;
+    tx.commit().await?;
+    app.apply(effects).await;
+    Ok(())
+}
