@@ -1,0 +1,59 @@
+//! The systemd units in `dist/systemd/` pass systemd's own check and run the daemons as
+//! the design asks: an unprivileged user with no capabilities, the agent reaching Docker
+//! through the `docker` group only and writing nowhere but its demo folder.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn unit(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/systemd").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The `[Service]` section's settings.
+fn service_settings(text: &str) -> HashMap<String, String> {
+    let mut section = "";
+    let mut settings = HashMap::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        if line.starts_with('[') {
+            section = line;
+        } else if section == "[Service]" {
+            let (key, value) = line.split_once('=').unwrap_or_else(|| panic!("not a setting: {line}"));
+            settings.insert(key.to_string(), value.to_string());
+        }
+    }
+    settings
+}
+
+/// `systemd-analyze verify` on the unit, with its program swapped for one that exists here.
+fn verify(name: &str, text: &str, binary: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text.replace(&format!("/usr/local/bin/{binary}"), "/bin/true")).unwrap();
+    let output = Command::new("systemd-analyze").arg("verify").arg(&path).output().expect("systemd-analyze runs");
+    let complaints = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && complaints.trim().is_empty(), "{name}: {complaints}");
+}
+
+#[test]
+fn the_units_verify_and_run_the_daemons_unprivileged() {
+    for (name, binary) in
+        [("demofleet-agent.service", "demofleet-agent"), ("demofleet-controller.service", "demofleet-controller")]
+    {
+        let text = unit(name);
+        verify(name, &text, binary);
+        let settings = service_settings(&text);
+        let setting = |key: &str| settings.get(key).map(String::as_str);
+        assert_eq!(setting("ExecStart"), Some(format!("/usr/local/bin/{binary}").as_str()), "{name}");
+        assert_eq!(setting("User"), Some("demofleet"), "{name}: never root");
+        assert_eq!(setting("NoNewPrivileges"), Some("yes"), "{name}");
+        assert_eq!(setting("CapabilityBoundingSet"), Some(""), "{name}: no capabilities");
+        assert_eq!(setting("ProtectSystem"), Some("strict"), "{name}");
+        assert_eq!(setting("KillSignal"), Some("SIGTERM"), "{name}: graceful stop");
+        assert!(setting("EnvironmentFile").is_some_and(|f| f.starts_with("/etc/demofleet/")), "{name}");
+    }
+    let agent = service_settings(&unit("demofleet-agent.service"));
+    assert_eq!(agent["SupplementaryGroups"], "docker", "Docker through its socket's group");
+    assert_eq!(agent["ReadWritePaths"], "/srv/demos", "writes only its demo folder");
+}
