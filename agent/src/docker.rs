@@ -219,6 +219,24 @@ fn host_port_of(inspected: &bollard::models::ContainerInspectResponse) -> Option
     ports.values().flatten().flatten().find_map(|b| b.host_port.as_deref()?.parse().ok())
 }
 
+/// Follow one generation's container output from its start, line by line, until the
+/// container is gone.
+pub async fn follow_logs(docker: &Docker, spec: &DemoSpec, mut on_line: impl FnMut(&str)) {
+    let options = LogsOptionsBuilder::default().stdout(true).stderr(true).follow(true).build();
+    let mut stream = docker.logs(&container_name(spec), Some(options));
+    let mut pending = String::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        pending.push_str(&chunk.to_string());
+        while let Some(end) = pending.find('\n') {
+            on_line(pending[..end].trim_end_matches('\r'));
+            pending.drain(..=end);
+        }
+    }
+    if !pending.is_empty() {
+        on_line(&pending);
+    }
+}
+
 /// The last `lines` lines of the container's output, for error messages.
 pub async fn log_tail(docker: &Docker, spec: &DemoSpec, lines: usize) -> String {
     let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&lines.to_string()).build();

@@ -67,13 +67,26 @@ impl AgentContext {
 
     /// Send a line to the demo's live log.
     pub fn log(&self, spec: &DemoSpec, line: &str) {
+        publish_log(&self.nats, topology::log_subject(&self.config.messaging.nats_prefix, &spec.id), line);
+    }
+
+    /// Relay the output of the container `spec` just launched to the demo's live log, in
+    /// the background, for as long as the container lives.
+    pub fn follow_container(&self, spec: &DemoSpec) {
+        let (docker, nats, spec) = (self.docker.clone(), self.nats.clone(), spec.clone());
         let subject = topology::log_subject(&self.config.messaging.nats_prefix, &spec.id);
-        let nats = self.nats.clone();
-        let payload = line.to_string().into_bytes();
         tokio::spawn(async move {
-            let _ = nats.publish(subject, payload.into()).await;
+            docker::follow_logs(&docker, &spec, |line| publish_log(&nats, subject.clone(), line)).await;
         });
     }
+}
+
+fn publish_log(nats: &async_nats::Client, subject: String, line: &str) {
+    let nats = nats.clone();
+    let payload = line.to_string().into_bytes();
+    tokio::spawn(async move {
+        let _ = nats.publish(subject, payload.into()).await;
+    });
 }
 
 /// A started agent and the handle that stops it.

@@ -42,6 +42,7 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
             let plan = demo_config::plan(&dir, &ctx.config)?;
             let (container, port) = docker::launch(&ctx.docker, &ctx.config, &ctx.host_id, spec, &plan).await?;
             ctx.log(spec, &format!("container {container} answers on {}:{port}", ctx.config.host_address));
+            ctx.follow_container(spec);
             output.container_id = Some(container);
             output.host_port = Some(port);
         }

@@ -1,5 +1,5 @@
 //! Live logs: the agent's build output reaches a client of the controller's SSE endpoint
-//! while the build runs.
+//! while the build runs, and then the running container's own output.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use demofleet_tests::stack::{Stack, StackOptions};
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn build_output_streams_to_the_client_as_it_happens() {
+async fn build_and_container_output_stream_to_the_client_as_they_happen() {
     let stack = Stack::start(StackOptions::default()).await;
     let repo_name = format!("logs-{}", &Uuid::new_v4().simple().to_string()[..8]);
     let repo = FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &repo_name);
@@ -17,6 +17,10 @@ async fn build_output_streams_to_the_client_as_it_happens() {
     // repository name keeps Docker's build cache from skipping the step.
     let run = format!("RUN sleep 1 && echo build-says-hello-$((40 + 2))-{repo_name}\nEXPOSE 8080");
     files[0].1 = files[0].1.replace("EXPOSE 8080", &run);
+    let runtime = format!("runtime-says-hello-{repo_name}");
+    let cmd = format!("CMD [\"sh\", \"-c\", \"echo {runtime}; exec httpd -f -p 8080 -h /www\"]");
+    files[0].1 =
+        files[0].1.lines().map(|l| if l.starts_with("CMD") { cmd.as_str() } else { l }).collect::<Vec<_>>().join("\n");
     let marker = format!("build-says-hello-42-{repo_name}");
     let sha = repo.commit("demo", &files.iter().map(|(p, c)| (*p, c.as_str())).collect::<Vec<_>>());
 
@@ -31,17 +35,22 @@ async fn build_output_streams_to_the_client_as_it_happens() {
     assert_eq!(stream.status(), 200);
     assert_eq!(stream.headers()["content-type"], "text/event-stream");
     let mut received = String::new();
-    let found = tokio::time::timeout(Duration::from_secs(40), async {
+    let mut found = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(chunk) = stream.chunk().await.unwrap() {
             received.push_str(&String::from_utf8_lossy(&chunk));
-            if received.lines().any(|l| l == format!("data: {marker}")) {
-                return true;
+            found = [&marker, &runtime]
+                .into_iter()
+                .filter(|m| received.lines().any(|l| l == format!("data: {m}")))
+                .cloned()
+                .collect();
+            if found.len() == 2 {
+                return;
             }
         }
-        false
     })
     .await;
-    assert_eq!(found, Ok(true), "stream so far:\n{received}");
+    assert_eq!(found, vec![marker, runtime], "build output, then the container's; stream so far:\n{received}");
     assert!(received.contains("event: log"), "{received}");
     drop(stream);
     stack.stop().await;
