@@ -1,5 +1,7 @@
-//! How a repository asks to be run: `.demofleet.toml` at its root, else a `Dockerfile`
-//! (port from its `EXPOSE`, else 8080). The file is untrusted input: paths must stay inside
+//! How a repository asks to be run, first match wins: `.demofleet.toml` at its root, else
+//! a `Dockerfile` (port from its `EXPOSE`, else 8080), else the legacy executable `./run`
+//! (`./run serve --detach --port P`, which starts the container itself with our options
+//! from `CANONICAL_WEBTEAM_RUN_SERVE_DOCKER_OPTS`, as the service demofleet replaces did). The file is untrusted input: paths must stay inside
 //! the clone, unknown keys are refused, and limits may not exceed the host's policy.
 //!
 //! ```toml
@@ -52,6 +54,8 @@ pub struct Limits {
 /// What the agent will build and run, after checks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
+    /// The legacy `./run` starts the container; nothing is built here.
+    pub legacy_run: bool,
     /// Build context, inside the clone.
     pub context: PathBuf,
     /// Dockerfile path relative to the context.
@@ -84,6 +88,19 @@ pub fn plan(dir: &Path, config: &Config) -> Result<Plan, PlanError> {
         toml::from_str(&text).map_err(|e| PlanError::Invalid(e.message().to_string()))?
     } else if dir.join("Dockerfile").is_file() {
         DemoConfig::default()
+    } else if is_executable(&dir.join("run")) {
+        return Ok(Plan {
+            legacy_run: true,
+            context: dir.to_path_buf(),
+            dockerfile: String::new(),
+            build_args: HashMap::new(),
+            port: None,
+            health_path: "/".into(),
+            env: Vec::new(),
+            memory_mb: config.demo_memory_mb,
+            cpus: config.demo_cpus,
+            pids: config.demo_pids,
+        });
     } else {
         return Err(PlanError::NothingToBuild);
     };
@@ -130,6 +147,7 @@ pub fn plan(dir: &Path, config: &Config) -> Result<Plan, PlanError> {
     let mut env: Vec<String> = demo.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.sort();
     Ok(Plan {
+        legacy_run: false,
         context,
         dockerfile,
         build_args: demo.build_args,
@@ -140,6 +158,11 @@ pub fn plan(dir: &Path, config: &Config) -> Result<Plan, PlanError> {
         cpus,
         pids,
     })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// `base/relative` when `relative` is a relative path that stays inside `base`.
@@ -167,6 +190,18 @@ mod tests {
             std::fs::write(path, text).unwrap();
         }
         dir
+    }
+
+    #[test]
+    fn an_executable_run_is_the_last_resort() {
+        use std::os::unix::fs::PermissionsExt;
+        let legacy = repo(&[("run", "#!/bin/sh\n")]);
+        let run = legacy.path().join("run");
+        assert!(matches!(plan(legacy.path(), &config()), Err(PlanError::NothingToBuild)), "not executable yet");
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(plan(legacy.path(), &config()).unwrap().legacy_run);
+        std::fs::write(legacy.path().join("Dockerfile"), "FROM x").unwrap();
+        assert!(!plan(legacy.path(), &config()).unwrap().legacy_run, "a Dockerfile comes first");
     }
 
     #[test]

@@ -154,7 +154,7 @@ pub async fn launch(
 }
 
 /// The demo's own bridge network, `demofleet-<name>`: demos do not share a network.
-async fn ensure_network(docker: &Docker, spec: &DemoSpec) -> Result<String, DockerError> {
+pub(crate) async fn ensure_network(docker: &Docker, spec: &DemoSpec) -> Result<String, DockerError> {
     let name = format!("demofleet-{}", spec.name);
     if docker.inspect_network(&name, None).await.is_ok() {
         return Ok(name);
@@ -176,7 +176,7 @@ async fn ensure_network(docker: &Docker, spec: &DemoSpec) -> Result<String, Dock
 }
 
 /// Docker answers 304 when the container already runs: that is success for us.
-fn already_started(err: bollard::errors::Error) -> Result<(), bollard::errors::Error> {
+pub(crate) fn already_started(err: bollard::errors::Error) -> Result<(), bollard::errors::Error> {
     match err {
         bollard::errors::Error::DockerResponseServerError { status_code: 304, .. } => Ok(()),
         other => Err(other),
@@ -197,7 +197,7 @@ async fn exposed_port(docker: &Docker, image: &str) -> Result<u16, DockerError> 
 }
 
 /// Environment every demo gets.
-fn demo_env(spec: &DemoSpec, port: u16) -> Vec<String> {
+pub(crate) fn demo_env(spec: &DemoSpec, port: u16) -> Vec<String> {
     vec![
         format!("PORT={port}"),
         format!("DEMO_URL={}", spec.url),
@@ -214,7 +214,7 @@ pub async fn published_port(docker: &Docker, spec: &DemoSpec) -> Result<u16, Doc
     host_port_of(&inspected).ok_or(DockerError::NoPort(name))
 }
 
-fn host_port_of(inspected: &bollard::models::ContainerInspectResponse) -> Option<u16> {
+pub(crate) fn host_port_of(inspected: &bollard::models::ContainerInspectResponse) -> Option<u16> {
     let ports = inspected.network_settings.as_ref()?.ports.as_ref()?;
     ports.values().flatten().flatten().find_map(|b| b.host_port.as_deref()?.parse().ok())
 }

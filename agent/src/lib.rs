@@ -10,6 +10,7 @@
 //! - [`git`]: checking out the head commit.
 //! - [`demo_config`]: `.demofleet.toml` and what the agent builds and runs.
 //! - [`docker`]: build, run, inspect and remove demo containers and images.
+//! - [`legacy`]: the `./run serve` mode of the service demofleet replaces.
 //! - [`heartbeat`]: the periodic heartbeat with inventory.
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod demo_config;
 pub mod docker;
 pub mod git;
 pub mod heartbeat;
+pub mod legacy;
 pub mod steps;
 pub mod worker;
 

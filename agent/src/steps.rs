@@ -7,7 +7,7 @@ use demofleet_common::names;
 use demofleet_common::wire::{DemoSpec, Step, StepOutcome, StepOutput};
 
 use crate::demo_config::{self, PlanError};
-use crate::{docker, git, AgentContext};
+use crate::{docker, git, legacy, AgentContext};
 
 /// Run `step` for `spec` and say how it went.
 #[tracing::instrument(skip_all, fields(demo = %spec.name, step = step.as_str(), generation = spec.generation))]
@@ -34,13 +34,21 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
         }
         Step::Build => {
             let plan = demo_config::plan(&dir, &ctx.config)?;
+            if plan.legacy_run {
+                ctx.log(spec, "legacy ./run mode: ./run serve builds and starts the container at launch");
+                return Ok(output);
+            }
             let image = docker::build(&ctx.docker, spec, &plan, |line| ctx.log(spec, line)).await?;
             output.image = Some(image);
         }
         Step::Launch => {
             // Beside the running generation, if any: it keeps serving until this one is healthy.
             let plan = demo_config::plan(&dir, &ctx.config)?;
-            let (container, port) = docker::launch(&ctx.docker, &ctx.config, &ctx.host_id, spec, &plan).await?;
+            let (container, port) = if plan.legacy_run {
+                legacy::launch(ctx, spec, &dir).await?
+            } else {
+                docker::launch(&ctx.docker, &ctx.config, &ctx.host_id, spec, &plan).await?
+            };
             ctx.log(spec, &format!("container {container} answers on {}:{port}", ctx.config.host_address));
             ctx.follow_container(spec);
             output.container_id = Some(container);

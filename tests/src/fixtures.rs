@@ -31,11 +31,16 @@ impl FixtureRepo {
     }
 
     /// Commit `files` (path, content) on top of what is there, push, and return the commit id.
+    /// A file that starts with `#!` is committed executable.
     pub fn commit(&self, message: &str, files: &[(&str, &str)]) -> String {
+        use std::os::unix::fs::PermissionsExt;
         for (path, content) in files {
             let path = self.work.join(path);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, content).unwrap();
+            std::fs::write(&path, content).unwrap();
+            if content.starts_with("#!") {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
         }
         git(&self.work, &["add", "--all"]);
         git(&self.work, &["commit", "--quiet", "-m", message]);

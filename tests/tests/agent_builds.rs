@@ -1,7 +1,8 @@
 //! What the agent builds and how it runs it: `.demofleet.toml` (Dockerfile path, build
 //! arguments, port, environment, health path, limits), host variables passed into every
-//! demo, a network of its own, never privileged; hostile files refused with a reason; and a
-//! teardown that removes exactly the demo's container, image, network and folder.
+//! demo, a network of its own, never privileged; hostile files refused with a reason; a
+//! teardown that removes exactly the demo's container, image, network and folder; and the
+//! legacy `./run serve` mode.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -129,5 +130,50 @@ async fn a_hostile_demofleet_toml_is_refused_with_its_reason() {
         .collect();
     assert_eq!(steps["build"]["attempts"], 1, "refused at once, not retried");
     assert_eq!(steps["launch"]["status"], "pending", "nothing was run");
+    stack.stop().await;
+}
+
+/// A stand-in for the canonical-webteam `./run`: `serve --detach --port P` runs the site in
+/// a container with the options it is handed, publishing P.
+fn legacy_run(base_image: &str) -> String {
+    format!(
+        r#"#!/bin/sh
+set -eu
+[ "$1 $2 $3" = "serve --detach --port" ] || {{ echo "usage: ./run serve --detach --port PORT" >&2; exit 2; }}
+port=$4
+echo "legacy run serving on $port"
+docker run -d $CANONICAL_WEBTEAM_RUN_SERVE_DOCKER_OPTS -p 127.0.0.1:$port:$port {base_image} \
+    sh -c "mkdir -p /w && echo legacy-run-says-\$DEMO_PR > /w/index.html && exec httpd -f -p $port -h /w"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_legacy_run_script_serves_the_demo_with_our_labels() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let repo_name = format!("legacy-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let repo = FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &repo_name);
+    let sha = commit(&repo, &[("run", legacy_run(&stack.services.base_image)), ("README", "no Dockerfile".into())]);
+    let name = format!("{repo_name}-fixture-owner-pr-2");
+    stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
+    let demo = stack.wait_for_state(&name, "running", DEADLINE).await;
+    let (status, body) = stack.edge_get(&format!("{name}.localhost"), "/").await;
+    assert_eq!((status, body.trim()), (200, "legacy-run-says-2"), "the page of ./run's container, with our env");
+
+    let id = demo["id"].as_str().unwrap();
+    let container = docker(&["ps", "-q", "--no-trunc", "--filter", &format!("label=run.demo.id={id}")]);
+    let labels: HashMap<String, String> =
+        serde_json::from_str(&docker(&["inspect", "--format", "{{json .Config.Labels}}", &container])).unwrap();
+    assert_eq!(labels["run.demo"], "true");
+    assert_eq!(labels["run.demo.host"], stack.agents[0].host_id);
+    assert_eq!(labels["run.demo.generation"], demo["generation"].to_string());
+    let privileged =
+        docker(&["inspect", "--format", "{{.HostConfig.Privileged}} {{.HostConfig.PidsLimit}}", &container]);
+    assert_eq!(privileged, "false 256", "never privileged, limited");
+
+    // Closing the pull request removes the container ./run started.
+    stack.deliver("pull_request", &fixtures::pull_request("pull_request.closed.json", &repo, &sha)).await;
+    stack.wait_for_state(&name, "stopped", DEADLINE).await;
+    assert_eq!(docker(&["ps", "-aq", "--filter", &format!("label=run.demo.id={id}")]), "");
     stack.stop().await;
 }
