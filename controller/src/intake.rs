@@ -207,14 +207,19 @@ impl Writer {
     /// (carried over to the next), sorted by pull request so that writers running side by
     /// side lock demos in one order.
     async fn gather(&self, carried: &mut Option<Pending>) -> Option<Vec<Pending>> {
-        let mut events = self.events.lock().await;
-        let first = match carried.take() {
-            Some(pending) => pending,
-            None => events.recv().await?,
+        let (first, mut events) = match carried.take() {
+            // With an event in hand, never wait for the queue: the other writer may hold it
+            // while it waits for events that will not come until this one is answered.
+            Some(pending) => (pending, self.events.try_lock().ok()),
+            None => {
+                let mut events = self.events.lock().await;
+                let first = events.recv().await?;
+                (first, Some(events))
+            }
         };
         let mut keys: HashSet<String> = first.event.keys().into_iter().flatten().collect();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while let Some(events) = events.as_mut().filter(|_| batch.len() < MAX_BATCH) {
             let Ok(next) = events.try_recv() else { break };
             let next_keys: Vec<String> = next.event.keys().into_iter().flatten().collect();
             if next_keys.iter().any(|k| keys.contains(k)) {
@@ -302,5 +307,50 @@ impl Starter {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn pending(delivery: &str) -> Pending {
+        let (answer, _) = oneshot::channel();
+        Pending { event: Event::record(delivery, "ping", None, "ping", None), answer }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_cut_before_a_second_event_of_one_delivery() {
+        let (intake, writer, _starter) = Intake::new();
+        for delivery in ["a", "b", "a", "c"] {
+            intake.queue.send(pending(delivery)).await.unwrap();
+        }
+        let mut carried = None;
+        let batch = writer.gather(&mut carried).await.unwrap();
+        let ids: Vec<_> = batch.iter().map(|p| p.event.delivery.clone().unwrap()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(carried.as_ref().and_then(|p| p.event.delivery.as_deref()), Some("a"));
+        let next = writer.gather(&mut carried).await.unwrap();
+        assert_eq!(next.len(), 2, "the carried event first, then what waits");
+    }
+
+    #[tokio::test]
+    async fn an_event_in_hand_is_never_held_up_by_the_other_writer() {
+        let (intake, writer, _starter) = Intake::new();
+        // One writer waits for events, holding the queue.
+        let idle = writer.clone();
+        let waiting = tokio::spawn(async move { idle.gather(&mut None).await.map(|batch| batch.len()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The other has an event carried over: it goes out now, alone.
+        let mut carried = Some(pending("carried"));
+        let batch = tokio::time::timeout(Duration::from_secs(5), writer.gather(&mut carried))
+            .await
+            .expect("not held up by the idle writer")
+            .unwrap();
+        assert_eq!(batch.len(), 1);
+        intake.queue.send(pending("next")).await.unwrap();
+        assert_eq!(waiting.await.unwrap(), Some(1), "the idle writer takes the next event");
     }
 }

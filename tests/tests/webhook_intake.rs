@@ -179,3 +179,32 @@ async fn an_event_that_fails_fails_alone_and_its_batch_is_kept() {
     assert!(events >= 40.0, "{events}");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_events_of_one_pull_request_at_once_are_all_answered() {
+    use futures::StreamExt;
+    let stack = Stack::start(StackOptions::default()).await;
+    // One batch holds one event of a pull request, so the intake carries the rest over from
+    // batch to batch; none may be left waiting when the burst ends.
+    let bodies: Vec<serde_json::Value> = (0..30u64)
+        .map(|i| {
+            let mut body = opened("fixture-owner", "together", 1);
+            body["pull_request"]["head"]["sha"] = format!("{:040x}", i + 1).into();
+            body["pull_request"]["updated_at"] = format!("2026-11-26T10:00:{i:02}Z").into();
+            body
+        })
+        .collect();
+    let statuses: Vec<u16> = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        futures::stream::iter(bodies.iter())
+            .map(|body| async { stack.deliver("pull_request", body).await.1.status().as_u16() })
+            .buffer_unordered(30)
+            .collect(),
+    )
+    .await
+    .expect("every delivery answered");
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    let demo = stack.demo("together-fixture-owner-pr-1").await.unwrap();
+    assert_eq!(demo["sha"], format!("{:040x}", 30), "the newest event decides: {demo}");
+    stack.stop().await;
+}
