@@ -58,6 +58,11 @@ pub struct Config {
     /// Process limit of each demo container.
     #[arg(long, env = "DEMOFLEET_DEMO_PIDS", default_value_t = 256)]
     pub demo_pids: u32,
+
+    /// IPv4 pool for demo networks, cut into /28s (e.g. 10.213.0.0/16: 4,096 demos);
+    /// unset: Docker's default address pools (about 30 networks per host).
+    #[arg(long, env = "DEMOFLEET_DEMO_SUBNETS")]
+    pub demo_subnets: Option<crate::subnets::Cidr>,
 }
 
 impl Config {

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use bollard::models::{
-    ContainerCreateBody, HostConfig, NetworkCreateRequest, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, HostConfig, Ipam, IpamConfig, NetworkCreateRequest, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
@@ -19,6 +20,7 @@ use demofleet_common::wire::{DemoSpec, InventoryItem};
 
 use crate::config::Config;
 use crate::demo_config::Plan;
+use crate::subnets;
 
 /// Port a demo listens on when its Dockerfile exposes none.
 pub const DEFAULT_PORT: u16 = 8080;
@@ -33,6 +35,8 @@ pub enum DockerError {
     Api(#[from] bollard::errors::Error),
     #[error("packing the build context: {0}")]
     Context(#[from] std::io::Error),
+    #[error("no free /28 left in DEMOFLEET_DEMO_SUBNETS {0}")]
+    PoolFull(String),
 }
 
 /// The image tag of one generation of a demo.
@@ -114,7 +118,7 @@ pub async fn launch(
             Some(port) => port,
             None => exposed_port(docker, &image).await?,
         };
-        let network = ensure_network(docker, spec).await?;
+        let network = ensure_network(docker, config, spec).await?;
         let mut env = demo_env(spec, port);
         env.extend(plan.env.iter().cloned());
         env.extend(config.demo_opts());
@@ -154,25 +158,58 @@ pub async fn launch(
 }
 
 /// The demo's own bridge network, `demofleet-<name>`: demos do not share a network.
-pub(crate) async fn ensure_network(docker: &Docker, spec: &DemoSpec) -> Result<String, DockerError> {
+/// With a pool (`DEMOFLEET_DEMO_SUBNETS`) its subnet is the pool's first free /28.
+pub(crate) async fn ensure_network(docker: &Docker, config: &Config, spec: &DemoSpec) -> Result<String, DockerError> {
     let name = format!("demofleet-{}", spec.name);
     if docker.inspect_network(&name, None).await.is_ok() {
         return Ok(name);
     }
-    let request = NetworkCreateRequest {
-        name: name.clone(),
-        driver: Some("bridge".into()),
-        labels: Some(HashMap::from([
-            (labels::DEMO.to_string(), "true".to_string()),
-            (labels::ID.to_string(), spec.id.to_string()),
-        ])),
-        ..Default::default()
-    };
-    match docker.create_network(request).await {
-        // 409: created meanwhile by another step of the same demo.
-        Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(name),
-        Err(err) => Err(err.into()),
+    // Two launches may pick the same block at once: the loser tries the next.
+    let mut taken = Vec::new();
+    for _ in 0..8 {
+        let subnet = match &config.demo_subnets {
+            Some(pool) => {
+                taken.extend(subnets_in_use(docker).await?);
+                Some(subnets::first_free(pool, &taken).ok_or(DockerError::PoolFull(pool.to_string()))?)
+            }
+            None => None,
+        };
+        let request = NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".into()),
+            labels: Some(HashMap::from([
+                (labels::DEMO.to_string(), "true".to_string()),
+                (labels::ID.to_string(), spec.id.to_string()),
+            ])),
+            ipam: subnet.map(|s| Ipam {
+                config: Some(vec![IpamConfig { subnet: Some(s.to_string()), ..Default::default() }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match docker.create_network(request).await {
+            // 409: created meanwhile by another step of the same demo.
+            Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => return Ok(name),
+            Err(bollard::errors::Error::DockerResponseServerError { message, .. })
+                if subnet.is_some() && message.contains("overlap") =>
+            {
+                taken.extend(subnet);
+            }
+            Err(err) => return Err(err.into()),
+        }
     }
+    Err(DockerError::PoolFull(config.demo_subnets.map(|p| p.to_string()).unwrap_or_default()))
+}
+
+/// The IPv4 subnets of every network Docker has.
+async fn subnets_in_use(docker: &Docker) -> Result<Vec<subnets::Cidr>, DockerError> {
+    let networks = docker.list_networks(None::<bollard::query_parameters::ListNetworksOptions>).await?;
+    Ok(networks
+        .iter()
+        .filter_map(|n| n.ipam.as_ref()?.config.as_ref())
+        .flatten()
+        .filter_map(|c| c.subnet.as_deref()?.parse().ok())
+        .collect())
 }
 
 /// Docker answers 304 when the container already runs: that is success for us.

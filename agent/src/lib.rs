@@ -10,6 +10,7 @@
 //! - [`git`]: checking out the head commit.
 //! - [`demo_config`]: `.demofleet.toml` and what the agent builds and runs.
 //! - [`docker`]: build, run, inspect and remove demo containers and images.
+//! - [`subnets`]: demo networks' subnets from a pool of our own.
 //! - [`legacy`]: the `./run serve` mode of the service demofleet replaces.
 //! - [`heartbeat`]: the periodic heartbeat with inventory.
 
@@ -20,6 +21,7 @@ pub mod git;
 pub mod heartbeat;
 pub mod legacy;
 pub mod steps;
+pub mod subnets;
 pub mod worker;
 
 use std::collections::HashMap;

@@ -1,6 +1,6 @@
 //! What the agent builds and how it runs it: `.demofleet.toml` (Dockerfile path, build
 //! arguments, port, environment, health path, limits), host variables passed into every
-//! demo, a network of its own, never privileged; hostile files refused with a reason; a
+//! demo, a network of its own (a /28 of the host's pool), never privileged; hostile files refused with a reason; a
 //! teardown that removes exactly the demo's container, image, network and folder; and the
 //! legacy `./run serve` mode.
 
@@ -26,8 +26,15 @@ fn commit(repo: &FixtureRepo, files: &[(&str, String)]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demofleet_toml_decides_the_build_and_the_run_and_teardown_is_exact() {
-    let options =
-        StackOptions { agent_args: vec!["--demo-opt".into(), "DEMO_OPT_COLOR=blue".into()], ..Default::default() };
+    let options = StackOptions {
+        agent_args: vec![
+            "--demo-opt".into(),
+            "DEMO_OPT_COLOR=blue".into(),
+            "--demo-subnets".into(),
+            "10.213.0.0/16".into(),
+        ],
+        ..Default::default()
+    };
     let stack = Stack::start(options).await;
     let agent = &stack.agents[0];
     let repo_name = format!("toml-{}", &Uuid::new_v4().simple().to_string()[..8]);
@@ -68,6 +75,14 @@ async fn demofleet_toml_decides_the_build_and_the_run_and_teardown_is_exact() {
     assert_eq!(inspect("{{.HostConfig.PidsLimit}}"), "64");
     assert_eq!(inspect("{{.HostConfig.Privileged}}"), "false");
     assert_eq!(inspect("{{.HostConfig.NetworkMode}}"), format!("demofleet-{name}"));
+    let subnet = docker(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+        &format!("demofleet-{name}"),
+    ]);
+    assert!(subnet.starts_with("10.213.") && subnet.ends_with("/28"), "a /28 of DEMOFLEET_DEMO_SUBNETS: {subnet}");
     assert_eq!(inspect("{{len .Mounts}}"), "0", "no host paths, no Docker socket");
     assert_eq!(inspect("{{.HostConfig.RestartPolicy.Name}}"), "unless-stopped");
 
