@@ -14,13 +14,29 @@ pub async fn place(
     min_free_disk_mb: u64,
 ) -> sqlx::Result<Option<String>> {
     let timeout_secs = host_timeout.as_secs_f64();
+    // Staying where it is takes no room anyone else could want: no lock. (Every step of
+    // a chain asks; only the first placement of a demo needs the hosts locked.)
+    if let Some(current) = current {
+        let stays: bool = sqlx::query_scalar(
+            "select exists (select 1 from hosts
+                            where id = $1 and not draining and last_seen > now() - make_interval(secs => $2))",
+        )
+        .bind(current)
+        .bind(timeout_secs)
+        .fetch_one(&mut **tx)
+        .await?;
+        if stays {
+            return Ok(Some(current.to_string()));
+        }
+    }
     let min_free_bytes = i64::try_from(min_free_disk_mb.saturating_mul(1 << 20)).unwrap_or(i64::MAX);
     // `low_disk`: the host keeps its demos but gets no new ones. A host that does not
-    // report its disk is taken at its word.
+    // report its disk is taken at its word. `no key update`: placements exclude each
+    // other, but not the key-share locks that demos referencing a host take.
     let hosts: Vec<(String, i32, bool)> = sqlx::query_as(
         "select id, capacity, coalesce(disk_free_bytes < $2, false) from hosts
          where not draining and last_seen > now() - make_interval(secs => $1)
-         order by id for update",
+         order by id for no key update",
     )
     .bind(timeout_secs)
     .bind(min_free_bytes)
