@@ -1,8 +1,9 @@
 //! How a repository asks to be run, first match wins: `.demofleet.toml` at its root, else
 //! a `Dockerfile` (port from its `EXPOSE`, else 8080), else the legacy executable `./run`
 //! (`./run serve --detach --port P`, which starts the container itself with our options
-//! from `CANONICAL_WEBTEAM_RUN_SERVE_DOCKER_OPTS`, as the service demofleet replaces did). The file is untrusted input: paths must stay inside
-//! the clone, unknown keys are refused, and limits may not exceed the host's policy.
+//! from `CANONICAL_WEBTEAM_RUN_SERVE_DOCKER_OPTS`, as the service demofleet replaces did).
+//! The file is untrusted input: paths must stay inside the clone, unknown keys are
+//! refused, and limits may not exceed the host's policy.
 //!
 //! ```toml
 //! dockerfile = "deploy/Containerfile"   # relative to `context`; default "Dockerfile"

@@ -49,6 +49,11 @@ pub fn container_name(spec: &DemoSpec) -> String {
     format!("demofleet-{}-g{}", spec.name, spec.generation)
 }
 
+/// The demo's own network, shared by its generations.
+fn network_name(spec: &DemoSpec) -> String {
+    format!("demofleet-{}", spec.name)
+}
+
 /// Build the demo's image as `plan` says; build output lines go to `log`.
 pub async fn build(docker: &Docker, spec: &DemoSpec, plan: &Plan, log: impl Fn(&str)) -> Result<String, DockerError> {
     let context_dir = plan.context.clone();
@@ -160,7 +165,7 @@ pub async fn launch(
 /// The demo's own bridge network, `demofleet-<name>`: demos do not share a network.
 /// With a pool (`DEMOFLEET_DEMO_SUBNETS`) its subnet is the pool's first free /28.
 pub(crate) async fn ensure_network(docker: &Docker, config: &Config, spec: &DemoSpec) -> Result<String, DockerError> {
-    let name = format!("demofleet-{}", spec.name);
+    let name = network_name(spec);
     if docker.inspect_network(&name, None).await.is_ok() {
         return Ok(name);
     }
@@ -285,12 +290,12 @@ pub async fn log_tail(docker: &Docker, spec: &DemoSpec, lines: usize) -> String 
     out.trim_end().to_string()
 }
 
-/// Containers matching a `label` filter (`key=value`), running or not.
+/// Containers carrying every label of `label_filters` (`key=value`), running or not.
 async fn containers_of(
     docker: &Docker,
-    label_filter: String,
+    label_filters: Vec<String>,
 ) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
-    let filters = HashMap::from([("label", vec![label_filter])]);
+    let filters = HashMap::from([("label", label_filters)]);
     let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
     Ok(docker.list_containers(Some(options)).await?)
 }
@@ -321,7 +326,7 @@ async fn remove_generations(docker: &Docker, spec: &DemoSpec, keep: Option<i64>)
         let generation = labels.and_then(|l| l.get(labels::GENERATION)).and_then(|g| g.parse::<i64>().ok());
         keep.is_some() && generation == keep
     };
-    for container in containers_of(docker, filter.clone()).await? {
+    for container in containers_of(docker, vec![filter.clone()]).await? {
         if !kept(container.labels.as_ref()) {
             remove_container(docker, container.id.as_deref().unwrap_or_default()).await?;
         }
@@ -339,7 +344,7 @@ async fn remove_generations(docker: &Docker, spec: &DemoSpec, keep: Option<i64>)
         }
     }
     if keep.is_none() {
-        match docker.remove_network(&format!("demofleet-{}", spec.name)).await {
+        match docker.remove_network(&network_name(spec)).await {
             Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
             Err(err) => return Err(err.into()),
         }
@@ -350,14 +355,11 @@ async fn remove_generations(docker: &Docker, spec: &DemoSpec, keep: Option<i64>)
 /// Every demo container of this host, from Docker's labels (an engine may serve several
 /// hosts' agents, as in tests; each sees only its own).
 pub async fn inventory(docker: &Docker, host_id: &str) -> Result<Vec<InventoryItem>, DockerError> {
-    let containers = containers_of(docker, format!("{}={host_id}", labels::HOST)).await?;
-    Ok(containers
+    Ok(demo_containers_of_host(docker, host_id)
+        .await?
         .into_iter()
         .filter_map(|c| {
             let labels = c.labels?;
-            if labels.get(labels::DEMO).map(String::as_str) != Some("true") {
-                return None;
-            }
             Some(InventoryItem {
                 demo_id: labels.get(labels::ID)?.parse().ok()?,
                 generation: labels.get(labels::GENERATION)?.parse().ok()?,
@@ -371,13 +373,19 @@ pub async fn inventory(docker: &Docker, host_id: &str) -> Result<Vec<InventoryIt
 /// Remove the containers `ids` that are demo containers of this host; any other id is
 /// left alone. Returns how many were removed.
 pub async fn remove_orphans(docker: &Docker, host_id: &str, ids: &[String]) -> Result<usize, DockerError> {
-    let ours = containers_of(docker, format!("{}={host_id}", labels::HOST)).await?;
     let mut removed = 0;
-    for container in ours {
-        let is_demo = container.labels.as_ref().and_then(|l| l.get(labels::DEMO)).map(String::as_str) == Some("true");
-        let Some(id) = container.id.filter(|id| is_demo && ids.contains(id)) else { continue };
+    for container in demo_containers_of_host(docker, host_id).await? {
+        let Some(id) = container.id.filter(|id| ids.contains(id)) else { continue };
         remove_container(docker, &id).await?;
         removed += 1;
     }
     Ok(removed)
+}
+
+/// The demo containers (`run.demo=true`) of `host_id`.
+async fn demo_containers_of_host(
+    docker: &Docker,
+    host_id: &str,
+) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
+    containers_of(docker, vec![format!("{}=true", labels::DEMO), format!("{}={host_id}", labels::HOST)]).await
 }

@@ -144,6 +144,11 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// `DEMOFLEET_MIN_FREE_DISK_MB` in bytes: a host with less free gets no new demos.
+    pub fn min_free_disk_bytes(&self) -> i64 {
+        i64::try_from(self.min_free_disk_mb.saturating_mul(1 << 20)).unwrap_or(i64::MAX)
+    }
+
     /// Checks that clap cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.webhook_secret.expose().trim().is_empty() {

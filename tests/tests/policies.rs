@@ -51,7 +51,7 @@ async fn concurrent_placements_never_overfill_a_host() {
             .execute(&mut *tx)
             .await
             .unwrap();
-            let host = placement::place(&mut tx, None, Duration::from_secs(30), 2048).await.unwrap();
+            let host = placement::place(&mut tx, None, Duration::from_secs(30), 2048 << 20).await.unwrap();
             sqlx::query("update demos set host_id = $2 where id = $1")
                 .bind(id)
                 .bind(&host)

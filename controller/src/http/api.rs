@@ -87,8 +87,7 @@ async fn list_hosts(State(app): State<AppState>) -> Result<Json<Vec<HostView>>, 
         .into_iter()
         .map(|host| {
             let age = (now - host.last_seen).as_seconds_f64().max(0.0);
-            let min_free_bytes = app.config.min_free_disk_mb.saturating_mul(1 << 20);
-            let low_disk = host.disk_free_bytes.is_some_and(|free| (free.max(0) as u64) < min_free_bytes);
+            let low_disk = host.disk_free_bytes.is_some_and(|free| free < app.config.min_free_disk_bytes());
             HostView { alive: age < app.config.host_timeout.as_secs_f64(), seconds_since_seen: age, low_disk, host }
         })
         .collect();

@@ -121,9 +121,13 @@ async fn advance_loaded(
         }
         let queue = if step.runs_on_agent() {
             let host = if deploying {
-                let candidate =
-                    placement::place(tx, demo.host_id.as_deref(), app.config.host_timeout, app.config.min_free_disk_mb)
-                        .await?;
+                let candidate = placement::place(
+                    tx,
+                    demo.host_id.as_deref(),
+                    app.config.host_timeout,
+                    app.config.min_free_disk_bytes(),
+                )
+                .await?;
                 let newly_placed = candidate.is_some() && demo.host_id.is_none();
                 if newly_placed && settings::repo_is_full(&mut **tx, &demo.owner, &demo.repo, demo.id).await? {
                     None

@@ -1,6 +1,7 @@
 //! Choosing a host: sticky to the one that already has the demo, else the live, not
-//! draining host with enough free disk and the most free capacity. Eligible hosts are locked in id order, so two
-//! concurrent placements see each other's result and never overfill a host.
+//! draining host with enough free disk and the most free capacity. To choose, eligible
+//! hosts are locked in id order, so two concurrent placements see each other's result and
+//! never overfill a host; staying put takes no lock.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ pub async fn place(
     tx: &mut Tx<'_>,
     current: Option<&str>,
     host_timeout: Duration,
-    min_free_disk_mb: u64,
+    min_free_disk_bytes: i64,
 ) -> sqlx::Result<Option<String>> {
     let timeout_secs = host_timeout.as_secs_f64();
     // Staying where it is takes no room anyone else could want: no lock. (Every step of
@@ -29,7 +30,6 @@ pub async fn place(
             return Ok(Some(current.to_string()));
         }
     }
-    let min_free_bytes = i64::try_from(min_free_disk_mb.saturating_mul(1 << 20)).unwrap_or(i64::MAX);
     // `low_disk`: the host keeps its demos but gets no new ones. A host that does not
     // report its disk is taken at its word. `no key update`: placements exclude each
     // other, but not the key-share locks that demos referencing a host take.
@@ -39,7 +39,7 @@ pub async fn place(
          order by id for no key update",
     )
     .bind(timeout_secs)
-    .bind(min_free_bytes)
+    .bind(min_free_disk_bytes)
     .fetch_all(&mut **tx)
     .await?;
     if hosts.is_empty() {
