@@ -10,7 +10,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -37,6 +37,8 @@ pub enum DockerError {
     Context(#[from] std::io::Error),
     #[error("no free /28 left in DEMOFLEET_DEMO_SUBNETS {0}")]
     PoolFull(String),
+    #[error("container {0} is gone; the demo must be deployed again")]
+    Gone(String),
 }
 
 /// The image tag of one generation of a demo.
@@ -162,6 +164,26 @@ pub async fn launch(
     Ok((inspected.id.unwrap_or(name), host_port))
 }
 
+/// Stop one generation's container and keep it, with its image: an idle demo goes to
+/// sleep. Stopped or gone already: nothing to do.
+pub async fn sleep(docker: &Docker, spec: &DemoSpec) -> Result<(), DockerError> {
+    let options = StopContainerOptionsBuilder::default().t(10).build();
+    match docker.stop_container(&container_name(spec), Some(options)).await {
+        Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 304 | 404, .. }) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Start a sleeping generation's container again. Its port may differ from before.
+pub async fn wake(docker: &Docker, spec: &DemoSpec) -> Result<(), DockerError> {
+    let name = container_name(spec);
+    match docker.start_container(&name, None).await.or_else(already_started) {
+        Ok(()) => Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Err(DockerError::Gone(name)),
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// The demo's own bridge network, `demofleet-<name>`: demos do not share a network.
 /// With a pool (`DEMOFLEET_DEMO_SUBNETS`) its subnet is the pool's first free /28.
 pub(crate) async fn ensure_network(docker: &Docker, config: &Config, spec: &DemoSpec) -> Result<String, DockerError> {
@@ -261,10 +283,10 @@ pub(crate) fn host_port_of(inspected: &bollard::models::ContainerInspectResponse
     ports.values().flatten().flatten().find_map(|b| b.host_port.as_deref()?.parse().ok())
 }
 
-/// Follow one generation's container output from its start, line by line, until the
-/// container is gone.
-pub async fn follow_logs(docker: &Docker, spec: &DemoSpec, mut on_line: impl FnMut(&str)) {
-    let options = LogsOptionsBuilder::default().stdout(true).stderr(true).follow(true).build();
+/// Follow one generation's container output, line by line, from `since` (Unix seconds;
+/// 0: from its creation) until the container stops.
+pub async fn follow_logs(docker: &Docker, spec: &DemoSpec, since: i32, mut on_line: impl FnMut(&str)) {
+    let options = LogsOptionsBuilder::default().stdout(true).stderr(true).follow(true).since(since).build();
     let mut stream = docker.logs(&container_name(spec), Some(options));
     let mut pending = String::new();
     while let Some(Ok(chunk)) = stream.next().await {

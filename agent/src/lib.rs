@@ -74,13 +74,13 @@ impl AgentContext {
         publish_log(&self.nats, topology::log_subject(&self.config.messaging.nats_prefix, &spec.id), line);
     }
 
-    /// Relay the output of the container `spec` just launched to the demo's live log, in
-    /// the background, for as long as the container lives.
-    pub fn follow_container(&self, spec: &DemoSpec) {
+    /// Relay the output of the container `spec` just launched or woke, from `since` (Unix
+    /// seconds, 0: all of it), to the demo's live log in the background while it runs.
+    pub fn follow_container(&self, spec: &DemoSpec, since: i32) {
         let (docker, nats, spec) = (self.docker.clone(), self.nats.clone(), spec.clone());
         let subject = topology::log_subject(&self.config.messaging.nats_prefix, &spec.id);
         tokio::spawn(async move {
-            docker::follow_logs(&docker, &spec, |line| publish_log(&nats, subject.clone(), line)).await;
+            docker::follow_logs(&docker, &spec, since, |line| publish_log(&nats, subject.clone(), line)).await;
         });
     }
 }

@@ -50,7 +50,7 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
                 docker::launch(&ctx.docker, &ctx.config, &ctx.host_id, spec, &plan).await?
             };
             ctx.log(spec, &format!("container {container} answers on {}:{port}", ctx.config.host_address));
-            ctx.follow_container(spec);
+            ctx.follow_container(spec, 0);
             output.container_id = Some(container);
             output.host_port = Some(port);
         }
@@ -68,6 +68,17 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
                 _ => {}
             }
         }
+        Step::Sleep => {
+            docker::sleep(&ctx.docker, spec).await?;
+            ctx.log(spec, "no requests for a while: the container sleeps until the next visit");
+        }
+        Step::Wake => {
+            // Its output from now on: what it printed before it slept was sent then.
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            docker::wake(&ctx.docker, spec).await?;
+            ctx.log(spec, "a visit woke the container");
+            ctx.follow_container(spec, i32::try_from(now.as_secs()).unwrap_or(0));
+        }
         Step::Authorize | Step::Route | Step::Unroute => anyhow::bail!("{} is a controller step", step.as_str()),
     }
     Ok(output)
@@ -77,6 +88,7 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
 fn is_permanent(err: &anyhow::Error) -> bool {
     matches!(err.downcast_ref::<PlanError>(), Some(PlanError::NothingToBuild | PlanError::Invalid(_)))
         || err.downcast_ref::<UnsafeName>().is_some()
+        || matches!(err.downcast_ref::<docker::DockerError>(), Some(docker::DockerError::Gone(_)))
 }
 
 #[derive(Debug, thiserror::Error)]

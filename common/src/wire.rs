@@ -53,6 +53,10 @@ pub enum Step {
     Retire,
     Unroute,
     Stop,
+    /// Stop an idle demo's container, keeping it, its image and its clone.
+    Sleep,
+    /// Start a sleeping demo's container again.
+    Wake,
 }
 
 impl Step {
@@ -61,6 +65,10 @@ impl Step {
         [Step::Authorize, Step::Checkout, Step::Build, Step::Launch, Step::Health, Step::Route, Step::Retire];
     /// The steps of a teardown chain, in order.
     pub const TEARDOWN: [Step; 2] = [Step::Unroute, Step::Stop];
+    /// The steps of a sleep chain (an idle demo), in order.
+    pub const SLEEP: [Step; 2] = [Step::Unroute, Step::Sleep];
+    /// The steps of a wake chain (a request for a sleeping demo), in order.
+    pub const WAKE: [Step; 3] = [Step::Wake, Step::Health, Step::Route];
 
     /// True for steps an agent runs.
     pub fn runs_on_agent(self) -> bool {
@@ -84,11 +92,13 @@ impl Step {
             Step::Retire => "retire",
             Step::Unroute => "unroute",
             Step::Stop => "stop",
+            Step::Sleep => "sleep",
+            Step::Wake => "wake",
         }
     }
 
     pub fn parse(name: &str) -> Option<Step> {
-        Step::DEPLOY.into_iter().chain(Step::TEARDOWN).find(|s| s.as_str() == name)
+        Step::DEPLOY.into_iter().chain(Step::TEARDOWN).chain([Step::Sleep, Step::Wake]).find(|s| s.as_str() == name)
     }
 }
 
@@ -224,7 +234,7 @@ mod tests {
 
     #[test]
     fn step_names_round_trip() {
-        for step in Step::DEPLOY.into_iter().chain(Step::TEARDOWN) {
+        for step in Step::DEPLOY.into_iter().chain(Step::TEARDOWN).chain(Step::SLEEP).chain(Step::WAKE) {
             assert_eq!(Step::parse(step.as_str()), Some(step));
             let json = serde_json::to_string(&step).unwrap();
             assert_eq!(json, format!("\"{}\"", step.as_str()));

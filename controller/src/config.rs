@@ -107,6 +107,17 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_TICK", default_value = "2s", value_parser = parse_duration)]
     pub tick: Duration,
 
+    /// Put a demo to sleep after this long without a request through the edge proxy (its
+    /// container stops; the next request starts it again); 0: never. A repository's
+    /// `idle_sleep_seconds` setting overrides it.
+    #[arg(long, env = "DEMOFLEET_IDLE_SLEEP", default_value = "0s", value_parser = parse_duration)]
+    pub idle_sleep: Duration,
+
+    /// Where Traefik reaches the edge proxy, for demos that sleep when idle: their traffic
+    /// passes the edge, which sees it and wakes them. Default: `http://` + DEMOFLEET_EDGE_LISTEN.
+    #[arg(long, env = "DEMOFLEET_EDGE_URL")]
+    pub edge_url: Option<String>,
+
     /// Traefik entry points the demo routers listen on.
     #[arg(long, env = "DEMOFLEET_TRAEFIK_ENTRYPOINTS", default_value = "web", value_delimiter = ',')]
     pub traefik_entrypoints: Vec<String>,
@@ -147,6 +158,16 @@ impl Config {
     /// `DEMOFLEET_MIN_FREE_DISK_MB` in bytes: a host with less free gets no new demos.
     pub fn min_free_disk_bytes(&self) -> i64 {
         i64::try_from(self.min_free_disk_mb.saturating_mul(1 << 20)).unwrap_or(i64::MAX)
+    }
+
+    /// `DEMOFLEET_IDLE_SLEEP` in whole seconds, as repositories' settings spell it (0: never).
+    pub fn idle_sleep_seconds(&self) -> i32 {
+        i32::try_from(self.idle_sleep.as_secs()).unwrap_or(i32::MAX)
+    }
+
+    /// Where Traefik sends the traffic of demos that sleep when idle.
+    pub fn edge_url(&self) -> String {
+        self.edge_url.clone().unwrap_or_else(|| format!("http://{}", self.edge_listen))
     }
 
     /// Checks that clap cannot express.

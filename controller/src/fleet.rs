@@ -1,8 +1,13 @@
 //! Keeping up with the fleet: agents' heartbeats from NATS, and a periodic tick that places
 //! waiting demos and refreshes the route table.
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use futures::StreamExt;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use demofleet_common::topology;
 use demofleet_common::wire::{Heartbeat, WIRE_VERSION};
@@ -44,7 +49,7 @@ pub async fn run_heartbeats(app: AppState, mut subscriber: async_nats::Subscribe
 }
 
 /// Every tick: reconcile hosts' inventories, give waiting chains a host if one is free now,
-/// stop expired demos, and reload the route table.
+/// stop expired demos, put idle ones to sleep, and reload the route table.
 pub async fn run_tick(app: AppState, stop: CancellationToken) {
     let mut interval = tokio::time::interval(app.config.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -62,6 +67,9 @@ pub async fn run_tick(app: AppState, stop: CancellationToken) {
         }
         if let Err(err) = stop_expired(&app).await {
             tracing::warn!(error = %err, "stopping expired demos failed");
+        }
+        if let Err(err) = sleep_idle(&app).await {
+            tracing::warn!(error = %err, "putting idle demos to sleep failed");
         }
         if let Err(err) = app.routes.reload(&app.db).await {
             tracing::warn!(error = %err, "route table reload failed");
@@ -88,6 +96,57 @@ async fn stop_expired(app: &AppState) -> sqlx::Result<()> {
         tx.commit().await?;
         app.apply(effects).await;
     }
+    Ok(())
+}
+
+/// Note the requests the edge passed since the last tick, then put the demos that had none
+/// for their idle time to sleep.
+async fn sleep_idle(app: &AppState) -> sqlx::Result<()> {
+    let visits = app.routes.take_requests();
+    if !visits.is_empty() {
+        demos::record_requests(&app.db, &visits).await?;
+    }
+    for id in demos::idle(&app.db, app.config.idle_sleep_seconds()).await? {
+        let mut tx = app.db.begin().await?;
+        let effects = orchestrate::sleep(&mut tx, app, id).await?;
+        tx.commit().await?;
+        app.apply(effects).await;
+    }
+    Ok(())
+}
+
+/// How long a wake request for a demo makes the next ones for it wait: a waking page
+/// reloads every few seconds, and each reload asks again.
+const WAKE_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// Wake the sleeping demos that requests at the edge asked for, until `stop`.
+pub async fn run_wakes(app: AppState, mut asked: mpsc::UnboundedReceiver<Uuid>, stop: CancellationToken) {
+    let mut recent: HashMap<Uuid, Instant> = HashMap::new();
+    loop {
+        let demo = tokio::select! {
+            _ = stop.cancelled() => return,
+            d = asked.recv() => match d {
+                Some(d) => d,
+                None => return,
+            },
+        };
+        let now = Instant::now();
+        recent.retain(|_, at| now.duration_since(*at) < WAKE_DEBOUNCE);
+        if recent.contains_key(&demo) {
+            continue;
+        }
+        recent.insert(demo, now);
+        if let Err(err) = wake(&app, demo).await {
+            tracing::warn!(%demo, error = %err, "waking a demo failed; the next request asks again");
+        }
+    }
+}
+
+async fn wake(app: &AppState, demo: Uuid) -> sqlx::Result<()> {
+    let mut tx = app.db.begin().await?;
+    let effects = orchestrate::wake(&mut tx, app, demo).await?;
+    tx.commit().await?;
+    app.apply(effects).await;
     Ok(())
 }
 

@@ -63,7 +63,7 @@ pub struct Controller {
 
 impl Controller {
     /// Connect to everything, migrate, bind both listeners and start every task.
-    pub async fn start(config: Config) -> anyhow::Result<Controller> {
+    pub async fn start(mut config: Config) -> anyhow::Result<Controller> {
         config.validate()?;
         let db = connect_db(&config).await?;
         MIGRATOR.run(&db).await.context("applying migrations")?;
@@ -81,6 +81,8 @@ impl Controller {
             TcpListener::bind(config.edge_listen).await.with_context(|| format!("binding {}", config.edge_listen))?;
         let http_addr = http_listener.local_addr()?;
         let edge_addr = edge_listener.local_addr()?;
+        // The port bound, when the setting asked for any free one.
+        config.edge_url.get_or_insert_with(|| format!("http://{edge_addr}"));
         let public_port =
             config.public_port.or_else(|| (config.base_domain == "localhost").then_some(edge_addr.port()));
         let urls = DemoUrls {
@@ -92,12 +94,13 @@ impl Controller {
         let github = github_client(&config)?;
         let permissions = Arc::new(scheduler::authorize::PermissionCache::new(config.permission_cache));
         let (intake, intake_writer, starter) = intake::Intake::new();
+        let routes = edge::RouteTable::new(config.idle_sleep_seconds());
         let state = AppState {
             config: Arc::new(config),
             db,
             broker: Arc::new(broker),
             nats,
-            routes: edge::RouteTable::default(),
+            routes,
             outbox: Arc::new(Notify::new()),
             urls: Arc::new(urls),
             github,
@@ -117,7 +120,9 @@ impl Controller {
         tasks.spawn(broker::run_result_consumer(state.clone(), stop.clone()));
         tasks.spawn(fleet::run_heartbeats(state.clone(), heartbeats, stop.clone()));
         tasks.spawn(fleet::run_tick(state.clone(), stop.clone()));
-        let edge = Arc::new(edge::proxy::Edge::new(state.routes.clone(), state.urls.clone()));
+        let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
+        tasks.spawn(fleet::run_wakes(state.clone(), wake_rx, stop.clone()));
+        let edge = Arc::new(edge::proxy::Edge::new(state.routes.clone(), state.urls.clone(), wake_tx));
         tasks.spawn(edge.serve(edge_listener, stop.clone()));
         let app = http::router(state.clone());
         let http_stop = stop.clone();

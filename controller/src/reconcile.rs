@@ -2,8 +2,9 @@
 //!
 //! - A demo container that belongs to no demo of that host (unknown, moved, stopped) or to
 //!   a generation older than the one running is an orphan: the agent is told to remove it.
-//! - A running demo whose container is not running on its host is missing: it is launched
-//!   again, as a new generation of the same commit.
+//! - A running demo whose container is not running on its host, or a sleeping one whose
+//!   stopped container is gone, is missing: it is launched again, as a new generation of
+//!   the same commit.
 //!
 //! A difference is acted on only once it has lasted the grace period
 //! (`DEMOFLEET_RECONCILE_GRACE`): heartbeats lag behind launches and removals.
@@ -117,6 +118,14 @@ async fn differences(app: &AppState) -> sqlx::Result<HashSet<Difference>> {
                 found.insert(Difference::Missing { demo: demo.id });
             }
         }
+        let sleeping_here = rows
+            .iter()
+            .filter(|d| d.host_id.as_deref() == Some(host.as_str()) && d.desired == "running" && d.state == "sleeping");
+        for demo in sleeping_here {
+            if !items.iter().any(|i| i.demo_id == demo.id && i.generation == demo.generation) {
+                found.insert(Difference::Missing { demo: demo.id });
+            }
+        }
     }
     Ok(found)
 }
@@ -125,10 +134,10 @@ async fn differences(app: &AppState) -> sqlx::Result<HashSet<Difference>> {
 async fn relaunch(app: &AppState, id: Uuid) -> sqlx::Result<()> {
     let mut tx = app.db.begin().await?;
     let Some(demo) = demos::get_for_update_opt(&mut *tx, id).await? else { return Ok(()) };
-    if demo.desired != "running" || demo.state != "running" {
+    if demo.desired != "running" || !matches!(demo.state.as_str(), "running" | "sleeping") {
         return Ok(());
     }
-    tracing::warn!(demo = %demo.name, host = ?demo.host_id, "the demo's container is not running; launching it again");
+    tracing::warn!(demo = %demo.name, host = ?demo.host_id, state = %demo.state, "the demo's container is gone; launching it again");
     let event = Event::pull_request(Kind::Deploy, DeployRequest::of(&demo), "reconcile", None);
     let (_, effects) = orchestrate::apply(&mut tx, app, &event).await?;
     tx.commit().await?;

@@ -1,6 +1,8 @@
 //! Traefik's dynamic configuration for the fleet: one router per routed demo (a `Host`
 //! rule on its hostname, the configured entry points, TLS with the configured certificate
 //! resolver) and one service pointing at the demo's host address and published port.
+//! Demos that sleep when idle are served through the edge proxy instead, which notes their
+//! requests and wakes them (`DEMOFLEET_EDGE_URL`).
 //!
 //! Served at `GET /traefik/dynamic` for Traefik's HTTP provider, and optionally written to a
 //! file for its file provider (write to a temporary file, then rename; only on change).
@@ -27,7 +29,7 @@ async fn dynamic(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
 
 /// The configuration for the demos routed now.
 pub async fn current(app: &AppState) -> sqlx::Result<Value> {
-    let routes = demos::routes(&app.db).await?;
+    let routes = demos::routes(&app.db, app.config.idle_sleep_seconds()).await?;
     Ok(build(&app.config, &app.urls, &routes))
 }
 
@@ -46,7 +48,10 @@ pub fn build(config: &Config, urls: &DemoUrls, routes: &[Route]) -> Value {
             router["tls"] = json!({ "certResolver": resolver });
         }
         routers.insert(route.name.clone(), router);
-        let server = format!("http://{}:{}", route.address, route.host_port);
+        let server = match route.host_port.filter(|_| route.routed && !route.sleeps) {
+            Some(port) => format!("http://{}:{port}", route.address),
+            None => config.edge_url(),
+        };
         services.insert(
             route.name.clone(),
             json!({ "loadBalancer": { "servers": [{ "url": server }], "passHostHeader": true } }),
@@ -83,10 +88,18 @@ mod tests {
     }
 
     fn routes() -> Vec<Route> {
-        vec![
-            Route { name: "hello-world-codertocat-pr-2".into(), address: "10.0.0.5".into(), host_port: 32768 },
-            Route { name: "site-o-pr-9".into(), address: "127.0.0.1".into(), host_port: 40001 },
-        ]
+        vec![route("hello-world-codertocat-pr-2", "10.0.0.5", 32768), route("site-o-pr-9", "127.0.0.1", 40001)]
+    }
+
+    fn route(name: &str, address: &str, port: i32) -> Route {
+        Route {
+            id: uuid::Uuid::new_v4(),
+            name: name.into(),
+            address: address.into(),
+            host_port: Some(port),
+            routed: true,
+            sleeps: false,
+        }
     }
 
     fn config(args: &[&str]) -> Config {
@@ -124,6 +137,21 @@ mod tests {
         let service = &dynamic["http"]["services"]["hello-world-codertocat-pr-2"];
         assert_eq!(service["loadBalancer"]["servers"][0]["url"], "http://10.0.0.5:32768");
         assert_eq!(dynamic["http"]["routers"].as_object().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn demos_that_sleep_are_served_through_the_edge() {
+        let urls = DemoUrls { base_domain: "demos.example.com".into(), scheme: "https".into(), port: None };
+        let awake = Route { sleeps: true, ..route("a-o-pr-1", "10.0.0.5", 32768) };
+        let asleep = Route { sleeps: true, routed: false, host_port: None, ..route("b-o-pr-2", "10.0.0.5", 1) };
+        let config = config(&["--edge-url", "http://10.0.0.1:8080"]);
+        let dynamic = build(&config, &urls, &[awake, asleep]);
+        for name in ["a-o-pr-1", "b-o-pr-2"] {
+            let server = &dynamic["http"]["services"][name]["loadBalancer"]["servers"][0]["url"];
+            assert_eq!(server, "http://10.0.0.1:8080", "{name}");
+            assert_eq!(dynamic["http"]["routers"][name]["rule"], format!("Host(`{name}.demos.example.com`)"));
+        }
+        assert!(schema("v3").is_valid(&dynamic) && schema("v2").is_valid(&dynamic));
     }
 
     #[tokio::test]

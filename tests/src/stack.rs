@@ -217,6 +217,11 @@ impl Stack {
         self.http.get(self.url(path)).send().await.unwrap()
     }
 
+    /// PUT a repository's settings.
+    pub async fn put_settings(&self, owner: &str, repo: &str, settings: &Value) -> reqwest::Response {
+        self.http.put(self.url(&format!("/api/repos/{owner}/{repo}/settings"))).json(settings).send().await.unwrap()
+    }
+
     /// Send `body` as GitHub would: JSON, signed with the stack's secret, with a fresh
     /// delivery id. Returns the delivery id and the response.
     pub async fn deliver(&self, event: &str, body: &Value) -> (String, reqwest::Response) {
@@ -277,14 +282,13 @@ impl Stack {
 
     /// GET `path` through the edge proxy with `Host: host`: status and body.
     pub async fn edge_get(&self, host: &str, path: &str) -> (u16, String) {
-        let response = self
-            .http
-            .get(format!("http://{}{path}", self.controller.edge_addr))
-            .header("host", host)
-            .send()
-            .await
-            .unwrap();
+        let response = self.edge_request(host, path).await;
         (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// GET `path` through the edge proxy with `Host: host`: the whole response.
+    pub async fn edge_request(&self, host: &str, path: &str) -> reqwest::Response {
+        self.http.get(format!("http://{}{path}", self.controller.edge_addr)).header("host", host).send().await.unwrap()
     }
 
     /// Rows in `table` of this test's database.

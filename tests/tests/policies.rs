@@ -90,8 +90,7 @@ fn event(file: &str, repo: &FixtureRepo, sha: &str, pr: u64) -> Value {
 }
 
 async fn put_settings(stack: &Stack, repo: &FixtureRepo, settings: Value) -> reqwest::Response {
-    let url = stack.url(&format!("/api/repos/{}/{}/settings", repo.owner, repo.repo));
-    reqwest::Client::new().put(url).json(&settings).send().await.unwrap()
+    stack.put_settings(&repo.owner, &repo.repo, &settings).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

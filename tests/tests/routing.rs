@@ -153,7 +153,7 @@ async fn websocket_upgrades_pass_through_the_edge() {
     .execute(&stack.db)
     .await
     .unwrap();
-    wait::until("the edge to route the demo", DEADLINE, || async { stack.controller.state.routes.get(name) }).await;
+    wait::until("the edge to route the demo", DEADLINE, || async { stack.controller.state.routes.target(name) }).await;
 
     let mut request = format!("ws://{}/socket", stack.controller.edge_addr).into_client_request().unwrap();
     request.headers_mut().insert("host", format!("{name}.localhost").parse().unwrap());

@@ -58,7 +58,12 @@ pub async fn steps(db: impl PgExecutor<'_>, chain: &Chain) -> sqlx::Result<Vec<C
 
 /// The steps of a chain of `kind`, all pending.
 pub fn plan(chain_id: Uuid, kind: &str) -> Vec<ChainStep> {
-    let steps: &[Step] = if kind == "deploy" { &Step::DEPLOY } else { &Step::TEARDOWN };
+    let steps: &[Step] = match kind {
+        "deploy" => &Step::DEPLOY,
+        "sleep" => &Step::SLEEP,
+        "wake" => &Step::WAKE,
+        _ => &Step::TEARDOWN,
+    };
     steps
         .iter()
         .enumerate()
@@ -173,6 +178,28 @@ pub async fn set_status(db: impl PgExecutor<'_>, id: Uuid, status: &str, error: 
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// A new `waiting` chain of `kind` for the demo's `generation`, unless the demo has a
+/// chain under way (waiting, running or awaiting approval). Call with the demo locked.
+pub async fn create_if_idle(
+    db: impl PgExecutor<'_>,
+    demo_id: Uuid,
+    generation: i64,
+    kind: &str,
+) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar(
+        "insert into chains (id, demo_id, generation, kind, status)
+         select gen_random_uuid(), $1, $2, $3, 'waiting'
+         where not exists (select 1 from chains
+                           where demo_id = $1 and status in ('waiting', 'running', 'awaiting_approval'))
+         returning id",
+    )
+    .bind(demo_id)
+    .bind(generation)
+    .bind(kind)
+    .fetch_optional(db)
+    .await
 }
 
 /// Chains waiting for a host, oldest first.

@@ -28,6 +28,9 @@ pub struct Demo {
     pub deployed_at: Option<OffsetDateTime>,
     pub approved_sha: Option<String>,
     pub approved_by: Option<String>,
+    /// The last request the edge proxy passed to it.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_request_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -137,19 +140,67 @@ pub async fn list(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Demo>> {
     sqlx::query_as("select * from demos order by created_at desc, id").fetch_all(db).await
 }
 
-/// One routed demo: the edge sends `<name>.<domain>` to `address:port`.
+/// A demo the edge and Traefik know of: routed to `address:port` on its host, or asleep
+/// (or waking up) there.
 #[derive(Debug, Clone, FromRow)]
 pub struct Route {
+    pub id: Uuid,
     pub name: String,
     pub address: String,
-    pub host_port: i32,
+    pub host_port: Option<i32>,
+    /// Requests go to its container; false: it sleeps or is waking up.
+    pub routed: bool,
+    /// Idle sleep applies to it, so its traffic must pass the edge proxy, which notes
+    /// requests and wakes it.
+    pub sleeps: bool,
 }
 
-pub async fn routes(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Route>> {
+/// Every routed or sleeping demo; `idle_sleep_seconds` is the controller's default.
+pub async fn routes(db: impl PgExecutor<'_>, idle_sleep_seconds: i32) -> sqlx::Result<Vec<Route>> {
     sqlx::query_as(
-        "select d.name, h.address, d.host_port from demos d join hosts h on h.id = d.host_id
-         where d.routed and d.host_port is not null",
+        "select d.id, d.name, h.address, d.host_port, d.routed and d.host_port is not null as routed,
+                coalesce(s.idle_sleep_seconds, $1) > 0 as sleeps
+         from demos d join hosts h on h.id = d.host_id
+         left join repo_settings s on s.owner = d.owner and s.repo = d.repo
+         where (d.routed and d.host_port is not null) or (d.desired = 'running' and d.state = 'sleeping')",
     )
+    .bind(idle_sleep_seconds)
     .fetch_all(db)
     .await
+}
+
+/// Note the requests the edge passed: `(name, when)`, the newest time kept.
+pub async fn record_requests(db: impl PgExecutor<'_>, visits: &[(String, OffsetDateTime)]) -> sqlx::Result<()> {
+    let (names, times): (Vec<&str>, Vec<OffsetDateTime>) = visits.iter().map(|(n, t)| (n.as_str(), *t)).unzip();
+    sqlx::query(
+        "update demos d set last_request_at = greatest(d.last_request_at, v.at)
+         from unnest($1::text[], $2::timestamptz[]) as v (name, at) where d.name = v.name",
+    )
+    .bind(&names)
+    .bind(&times)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Running, routed demos that had no request for their idle time (`idle_sleep_seconds`: the
+/// controller's default, overridden by the repository's setting; 0: never).
+pub async fn idle(db: impl PgExecutor<'_>, idle_sleep_seconds: i32) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "select d.id from demos d left join repo_settings s on s.owner = d.owner and s.repo = d.repo
+         where d.desired = 'running' and d.state = 'running' and d.routed
+           and coalesce(s.idle_sleep_seconds, $1) > 0
+           and greatest(d.last_request_at, d.updated_at)
+               < now() - make_interval(secs => coalesce(s.idle_sleep_seconds, $1))
+         order by d.id limit 100",
+    )
+    .bind(idle_sleep_seconds)
+    .fetch_all(db)
+    .await
+}
+
+/// Note a request now, without touching `updated_at`.
+pub async fn touch(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("update demos set last_request_at = now() where id = $1").bind(id).execute(db).await?;
+    Ok(())
 }

@@ -16,6 +16,10 @@ pub struct RepoSettings {
     /// At most this many of the repository's demos run at once; more wait as `pending`.
     #[serde(default)]
     pub max_demos: Option<i32>,
+    /// Put a demo to sleep after this many seconds without a request; 0: never; none: the
+    /// controller's default (`DEMOFLEET_IDLE_SLEEP`).
+    #[serde(default)]
+    pub idle_sleep_seconds: Option<i32>,
 }
 
 fn keep() -> String {
@@ -24,7 +28,7 @@ fn keep() -> String {
 
 impl Default for RepoSettings {
     fn default() -> Self {
-        RepoSettings { draft_policy: keep(), ttl_seconds: None, max_demos: None }
+        RepoSettings { draft_policy: keep(), ttl_seconds: None, max_demos: None, idle_sleep_seconds: None }
     }
 }
 
@@ -40,31 +44,39 @@ impl RepoSettings {
         if self.max_demos.is_some_and(|m| m < 0) {
             return Some("max_demos must not be negative".into());
         }
+        if self.idle_sleep_seconds.is_some_and(|s| s < 0) {
+            return Some("idle_sleep_seconds must not be negative (0: never sleep)".into());
+        }
         None
     }
 }
 
 pub async fn get(db: impl PgExecutor<'_>, owner: &str, repo: &str) -> sqlx::Result<RepoSettings> {
-    let found: Option<RepoSettings> =
-        sqlx::query_as("select draft_policy, ttl_seconds, max_demos from repo_settings where owner = $1 and repo = $2")
-            .bind(owner)
-            .bind(repo)
-            .fetch_optional(db)
-            .await?;
+    let found: Option<RepoSettings> = sqlx::query_as(
+        "select draft_policy, ttl_seconds, max_demos, idle_sleep_seconds from repo_settings
+             where owner = $1 and repo = $2",
+    )
+    .bind(owner)
+    .bind(repo)
+    .fetch_optional(db)
+    .await?;
     Ok(found.unwrap_or_default())
 }
 
 pub async fn put(db: impl PgExecutor<'_>, owner: &str, repo: &str, settings: &RepoSettings) -> sqlx::Result<()> {
     sqlx::query(
-        "insert into repo_settings (owner, repo, draft_policy, ttl_seconds, max_demos) values ($1, $2, $3, $4, $5)
+        "insert into repo_settings (owner, repo, draft_policy, ttl_seconds, max_demos, idle_sleep_seconds)
+         values ($1, $2, $3, $4, $5, $6)
          on conflict (owner, repo) do update set draft_policy = excluded.draft_policy,
-             ttl_seconds = excluded.ttl_seconds, max_demos = excluded.max_demos",
+             ttl_seconds = excluded.ttl_seconds, max_demos = excluded.max_demos,
+             idle_sleep_seconds = excluded.idle_sleep_seconds",
     )
     .bind(owner)
     .bind(repo)
     .bind(&settings.draft_policy)
     .bind(settings.ttl_seconds)
     .bind(settings.max_demos)
+    .bind(settings.idle_sleep_seconds)
     .execute(db)
     .await?;
     Ok(())

@@ -22,9 +22,33 @@ pub fn bad_gateway() -> Response<EdgeBody> {
     )
 }
 
+/// Seconds between reloads of the "waking up" page.
+const WAKE_REFRESH: u32 = 2;
+
+/// A sleeping demo was asked for: it is being started; the page reloads itself until the
+/// demo answers instead.
+pub fn waking_up() -> Response<EdgeBody> {
+    let refresh = format!("<meta http-equiv=\"refresh\" content=\"{WAKE_REFRESH}\">");
+    let mut response = page_with_head(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Waking up the demo",
+        "Nobody visited this demo for a while, so it was put to sleep. It is starting again; \
+         this page reloads by itself until it is ready.",
+        &refresh,
+    );
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, WAKE_REFRESH.into());
+    headers.insert("refresh", WAKE_REFRESH.into());
+    response
+}
+
 fn page(status: StatusCode, title: &str, text: &str) -> Response<EdgeBody> {
+    page_with_head(status, title, text, "")
+}
+
+fn page_with_head(status: StatusCode, title: &str, text: &str, head: &str) -> Response<EdgeBody> {
     let html = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} · demofleet</title></head>\n\
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{head}<title>{title} · demofleet</title></head>\n\
          <body><main><h1>{title}</h1><p>{text}</p><p><small>{} · demofleet</small></p></main></body></html>\n",
         status.as_u16()
     );

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{pages, RouteTable};
+use super::{pages, RouteTable, Target};
 use crate::state::DemoUrls;
 
 /// Every response body the edge sends.
@@ -43,12 +43,14 @@ pub struct Edge {
     routes: RouteTable,
     urls: Arc<DemoUrls>,
     client: Client<HttpConnector, Incoming>,
+    /// Sleeping demos that a request asked for.
+    wake: tokio::sync::mpsc::UnboundedSender<uuid::Uuid>,
 }
 
 impl Edge {
-    pub fn new(routes: RouteTable, urls: Arc<DemoUrls>) -> Edge {
+    pub fn new(routes: RouteTable, urls: Arc<DemoUrls>, wake: tokio::sync::mpsc::UnboundedSender<uuid::Uuid>) -> Edge {
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Edge { routes, urls, client }
+        Edge { routes, urls, client, wake }
     }
 
     /// Accept connections on `listener` until `stop`.
@@ -97,8 +99,13 @@ impl Edge {
             .or_else(|| req.uri().host())
             .unwrap_or_default()
             .to_ascii_lowercase();
-        let Some(upstream) = self.urls.name_from_host(&host).and_then(|name| self.routes.get(name)) else {
-            return pages::not_found();
+        let upstream = match self.urls.name_from_host(&host).and_then(|name| self.routes.visit(name)) {
+            Some(Target::Up(upstream)) => upstream,
+            Some(Target::Asleep(demo)) => {
+                let _ = self.wake.send(demo);
+                return pages::waking_up();
+            }
+            None => return pages::not_found(),
         };
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let Ok(uri) = format!("http://{upstream}{path}").parse::<Uri>() else {

@@ -119,7 +119,7 @@ fn comment_body(demo: &Demo, url: &str, view: &StateView) -> String {
     let short = &demo.sha[..demo.sha.len().min(7)];
     let mut body =
         format!("<!-- demofleet:{} -->\n**demofleet**: the demo of this pull request {}.\n\n", demo.id, view.headline);
-    if demo.state == "running" {
+    if matches!(demo.state.as_str(), "running" | "sleeping") {
         body.push_str(&format!("- Open it: {url}\n"));
     }
     body.push_str(&format!("- Commit: `{short}`\n- State: `{}`\n", demo.state));

@@ -75,10 +75,11 @@ pub async fn advance(tx: &mut Tx<'_>, app: &AppState, chain_id: Uuid) -> sqlx::R
         return Ok(Effects::default());
     }
     let steps = chains::steps(&mut **tx, &chain).await?;
-    // A chain intake just created: its demo is `pending` or `stopping` now; tell GitHub.
+    // A chain just created: its demo is `pending`, `stopping` or `sleeping` now; tell
+    // GitHub. (Waking up shows there only once it runs again.)
     let fresh = chain.status == "waiting" && steps.iter().all(|s| s.status == "pending" && s.attempts == 0);
     let mut effects = Effects::default();
-    if fresh {
+    if fresh && chain.kind != "wake" {
         effects = notify(tx, app, demo.id).await?;
     }
     Ok(effects.merge(advance_loaded(tx, app, &mut chain, &mut demo, steps).await?))
@@ -173,11 +174,51 @@ async fn advance_loaded(
         return Ok(effects);
     }
     chains::set_status(&mut **tx, chain.id, "succeeded", None).await?;
-    if !deploying {
-        demos::set_host(&mut **tx, demo.id, None).await?;
-    }
-    let state = if deploying { "running" } else { "stopped" };
+    let state = match chain.kind.as_str() {
+        "deploy" | "wake" => "running",
+        // Asleep since the chain began.
+        "sleep" => return Ok(effects),
+        _ => {
+            demos::set_host(&mut **tx, demo.id, None).await?;
+            "stopped"
+        }
+    };
     Ok(effects.merge(transition(tx, app, demo.id, state, None).await?))
+}
+
+/// Put an idle demo to sleep: a sleep chain of its current generation unroutes it and
+/// stops its container. Only a running demo with nothing under way goes to sleep.
+pub async fn sleep(tx: &mut Tx<'_>, app: &AppState, demo_id: Uuid) -> sqlx::Result<Effects> {
+    let Some(demo) = demos::get_for_update_opt(&mut **tx, demo_id).await? else { return Ok(Effects::default()) };
+    if demo.desired != "running" || demo.state != "running" || demo.host_id.is_none() {
+        return Ok(Effects::default());
+    }
+    let Some(chain) = chains::create_if_idle(&mut **tx, demo.id, demo.generation, "sleep").await? else {
+        return Ok(Effects::default());
+    };
+    tracing::info!(demo = %demo.name, "no requests for the idle time; putting the demo to sleep");
+    demos::set_state(&mut **tx, demo.id, "sleeping", None).await?;
+    audit::record(&mut **tx, "idle", "sleep", Some(demo.id), serde_json::json!({ "generation": demo.generation }))
+        .await?;
+    advance(tx, app, chain).await
+}
+
+/// Wake a sleeping demo that a request asked for: a wake chain starts its container, waits
+/// for it to answer and routes it again. Nothing happens while a chain is under way (the
+/// sleep chain still stopping it, or an earlier wake).
+pub async fn wake(tx: &mut Tx<'_>, app: &AppState, demo_id: Uuid) -> sqlx::Result<Effects> {
+    let Some(demo) = demos::get_for_update_opt(&mut **tx, demo_id).await? else { return Ok(Effects::default()) };
+    if demo.desired != "running" || demo.state != "sleeping" || demo.host_id.is_none() {
+        return Ok(Effects::default());
+    }
+    let Some(chain) = chains::create_if_idle(&mut **tx, demo.id, demo.generation, "wake").await? else {
+        return Ok(Effects::default());
+    };
+    tracing::info!(demo = %demo.name, "a request for a sleeping demo; waking it");
+    demos::touch(&mut **tx, demo.id).await?;
+    audit::record(&mut **tx, "visitor", "wake", Some(demo.id), serde_json::json!({ "generation": demo.generation }))
+        .await?;
+    advance(tx, app, chain).await
 }
 
 /// Record a step's result and move its chain on: next step, retry, approval or failure.
@@ -275,7 +316,11 @@ pub async fn retry_chain(tx: &mut Tx<'_>, app: &AppState, chain_id: Uuid, actor:
     }
     chains::reset_failed_step(&mut **tx, chain.id).await?;
     chains::set_status(&mut **tx, chain.id, "running", None).await?;
-    let state = if chain.kind == "deploy" { "starting" } else { "stopping" };
+    let state = match chain.kind.as_str() {
+        "deploy" => "starting",
+        "teardown" => "stopping",
+        _ => "sleeping",
+    };
     let effects = transition(tx, app, demo.id, state, None).await?;
     audit::record(&mut **tx, actor, "retry", Some(demo.id), serde_json::json!({ "chain": chain.id })).await?;
     Ok(effects.merge(advance(tx, app, chain.id).await?))
