@@ -34,6 +34,12 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
 
+    /// On SIGTERM, how long steps in flight may take to finish; those still running then
+    /// are given back to the queue and run again by the next agent of this host (steps are
+    /// idempotent). Keep it below the service manager's stop timeout.
+    #[arg(long, env = "DEMOFLEET_SHUTDOWN_GRACE", default_value = "10m", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// How often to send a heartbeat.
     #[arg(long, env = "DEMOFLEET_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,

@@ -57,7 +57,7 @@ async fn consume(
     tracing::info!(%queue, "consuming steps");
     policy.reset();
     let concurrency = usize::from(ctx.config.concurrency);
-    consume::bounded(consumer, stop, concurrency, |delivery| {
+    let consumed = consume::bounded(consumer, stop, concurrency, ctx.config.shutdown_grace, |delivery| {
         let (ctx, results) = (ctx.clone(), results.clone());
         async move {
             if let Err(err) = handle(&ctx, &results, delivery).await {
@@ -65,7 +65,10 @@ async fn consume(
             }
         }
     })
-    .await?;
+    .await;
+    // Steps taken but not acknowledged (abandoned, or prefetched) go back to the queue now.
+    let _ = connection.close(200, "agent stopping".into()).await;
+    consumed?;
     Ok(())
 }
 

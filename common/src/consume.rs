@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery;
@@ -22,11 +23,14 @@ pub enum ConsumeError {
 }
 
 /// Hand every delivery of `consumer` to `handle` until `stop` (then `Ok`) or the consumer
-/// fails; waits for the handlers already started either way.
+/// fails. Handlers already started get `grace` to finish; those still running then are
+/// dropped with their deliveries unacknowledged, which the broker gives back to the queue
+/// once the caller closes the channel (every handler must be safe to run again).
 pub async fn bounded<F, Fut>(
     mut consumer: Consumer,
     stop: &CancellationToken,
     concurrency: usize,
+    grace: Duration,
     handle: F,
 ) -> Result<(), ConsumeError>
 where
@@ -35,6 +39,7 @@ where
 {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let running = TaskTracker::new();
+    let abandon = CancellationToken::new();
     let outcome = loop {
         let delivery = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
@@ -47,12 +52,19 @@ where
         };
         let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
         let work = handle(delivery);
+        let abandon = abandon.clone();
         running.spawn(async move {
-            work.await;
+            tokio::select! {
+                _ = work => {}
+                _ = abandon.cancelled() => tracing::warn!("work in flight abandoned at shutdown; the broker gives it back"),
+            }
             drop(permit);
         });
     };
     running.close();
-    running.wait().await;
+    if tokio::time::timeout(grace, running.wait()).await.is_err() {
+        abandon.cancel();
+        running.wait().await;
+    }
     outcome
 }

@@ -26,6 +26,8 @@ use crate::state::AppState;
 const BATCH: i64 = 100;
 /// Controller-queue messages handled at once (and the consumer's prefetch).
 const CONCURRENCY: u16 = 16;
+/// On shutdown, how long results and jobs in hand may take; the rest go back to the queue.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 pub struct Broker {
     url: String,
@@ -180,7 +182,7 @@ async fn consume_results(
         )
         .await?;
     policy.reset();
-    consume::bounded(consumer, stop, usize::from(CONCURRENCY), |delivery| {
+    consume::bounded(consumer, stop, usize::from(CONCURRENCY), SHUTDOWN_GRACE, |delivery| {
         let app = app.clone();
         async move {
             let kind = delivery.properties.kind().as_ref().map_or(KIND_RESULT, |k| k.as_str()).to_string();

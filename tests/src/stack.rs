@@ -56,6 +56,8 @@ impl Default for StackOptions {
 pub struct TestAgent {
     pub host_id: String,
     pub demo_dir: PathBuf,
+    /// The flags it was started with.
+    args: Vec<String>,
     agent: Option<Agent>,
 }
 
@@ -168,10 +170,10 @@ impl Stack {
                 "--heartbeat-interval",
                 "500ms",
             ];
-            let args = args.iter().map(|s| s.to_string()).chain(options.agent_args.iter().cloned());
-            let config = demofleet_agent::config::Config::try_parse_from(args).expect("agent flags");
-            let agent = Agent::start(config).await.expect("agent starts");
-            agents.push(TestAgent { host_id, demo_dir, agent: Some(agent) });
+            let args: Vec<String> =
+                args.iter().map(|s| s.to_string()).chain(options.agent_args.iter().cloned()).collect();
+            let agent = start_agent(&args, &[]).await;
+            agents.push(TestAgent { host_id, demo_dir, args, agent: Some(agent) });
         }
         let stack = Stack {
             services,
@@ -194,6 +196,21 @@ impl Stack {
             .await;
         }
         stack
+    }
+
+    /// Stop agent `index` as SIGTERM does: steps in flight finish within its shutdown
+    /// grace or go back to the queue.
+    pub async fn stop_agent(&mut self, index: usize) {
+        if let Some(agent) = self.agents[index].agent.take() {
+            agent.shutdown().await;
+        }
+    }
+
+    /// Start agent `index` again, with its flags and `extra` ones.
+    pub async fn start_agent(&mut self, index: usize, extra: &[&str]) {
+        let agent = &mut self.agents[index];
+        assert!(agent.agent.is_none(), "agent {index} is running");
+        agent.agent = Some(start_agent(&agent.args, extra).await);
     }
 
     /// Where fixture repositories go (matches the controller's `--git-url`).
@@ -308,4 +325,10 @@ impl Stack {
         self.test_db.drop_db().await;
         self.vhost.delete().await;
     }
+}
+
+async fn start_agent(args: &[String], extra: &[&str]) -> Agent {
+    let args = args.iter().cloned().chain(extra.iter().map(|s| s.to_string()));
+    let config = demofleet_agent::config::Config::try_parse_from(args).expect("agent flags");
+    Agent::start(config).await.expect("agent starts")
 }
