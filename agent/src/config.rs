@@ -34,6 +34,13 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
 
+    /// A file holding a token that may read the demos' repositories (a GitHub App
+    /// installation token or a fine-grained read-only token), read at each checkout so it
+    /// can be rotated in place. It reaches git through the environment of the fetch only:
+    /// never the clone's `.git/config`, the command line or the logs.
+    #[arg(long, env = "DEMOFLEET_GIT_TOKEN_FILE")]
+    pub git_token_file: Option<std::path::PathBuf>,
+
     /// On SIGTERM, how long steps in flight may take to finish; those still running then
     /// are given back to the queue and run again by the next agent of this host (steps are
     /// idempotent). Keep it below the service manager's stop timeout.

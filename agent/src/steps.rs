@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use demofleet_common::names;
+use demofleet_common::secret::Secret;
 use demofleet_common::wire::{DemoSpec, Step, StepOutcome, StepOutput};
 
 use crate::demo_config::{self, PlanError};
@@ -30,7 +31,8 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
     match step {
         Step::Checkout => {
             ctx.log(spec, &format!("checking out {}", spec.sha));
-            git::checkout(&dir, &spec.clone_url, &spec.sha).await?;
+            let token = git_token(ctx).await?;
+            git::checkout(&dir, &spec.clone_url, &spec.sha, token.as_ref()).await?;
         }
         Step::Build => {
             let plan = demo_config::plan(&dir, &ctx.config)?;
@@ -82,6 +84,15 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
         Step::Authorize | Step::Route | Step::Unroute => anyhow::bail!("{} is a controller step", step.as_str()),
     }
     Ok(output)
+}
+
+/// The token in `DEMOFLEET_GIT_TOKEN_FILE`, read now so a rotated one is used at once.
+async fn git_token(ctx: &AgentContext) -> anyhow::Result<Option<Secret>> {
+    let Some(path) = &ctx.config.git_token_file else { return Ok(None) };
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|err| anyhow::anyhow!("reading DEMOFLEET_GIT_TOKEN_FILE {}: {err}", path.display()))?;
+    Ok(Some(Secret::new(text.trim())))
 }
 
 /// Failures that trying again cannot mend.

@@ -13,6 +13,7 @@
 
 pub mod fake_github;
 pub mod fixtures;
+pub mod git_http;
 pub mod services;
 pub mod stack;
 pub mod wait;

@@ -14,6 +14,7 @@ use demofleet_controller::Controller;
 
 use crate::fake_github::{app_key_pair, FakeGitHub};
 use crate::fixtures::sign;
+use crate::git_http::GitHttp;
 use crate::services::{nats_prefix, Services, TestDb, TestVhost};
 use crate::wait;
 
@@ -38,6 +39,9 @@ pub struct StackOptions {
     pub nats_url: Option<String>,
     /// Extra agent flags, e.g. `--demo-opt NAME=VALUE`.
     pub agent_args: Vec<String>,
+    /// Serve the fixture repositories over HTTP to clients with this token only, as
+    /// private repositories are, instead of from the file system.
+    pub private_repos_token: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -48,6 +52,7 @@ impl Default for StackOptions {
             github_auth: GitHubAuth::Token,
             nats_url: None,
             agent_args: Vec::new(),
+            private_repos_token: None,
         }
     }
 }
@@ -96,6 +101,8 @@ pub struct Stack {
     pub agents: Vec<TestAgent>,
     pub db: PgPool,
     pub vhost: TestVhost,
+    /// The HTTP git server of private repositories, when asked for.
+    pub git_http: Option<GitHttp>,
     /// Holds fixture repositories and demo folders; removed with the stack.
     pub scratch: TempDir,
     test_db: TestDb,
@@ -114,7 +121,15 @@ impl Stack {
         let prefix = nats_prefix();
         let scratch = tempfile::Builder::new().prefix("demofleet-test-").tempdir().unwrap();
         let secret = format!("secret-{}", Uuid::new_v4());
-        let git_url = format!("file://{}/repos/{{owner}}/{{repo}}.git", scratch.path().display());
+        let repos = scratch.path().join("repos");
+        let git_http = match &options.private_repos_token {
+            Some(token) => Some(GitHttp::start(repos.clone(), token).await),
+            None => None,
+        };
+        let git_url = match &git_http {
+            Some(server) => format!("{}/{{owner}}/{{repo}}.git", server.url),
+            None => format!("file://{}/{{owner}}/{{repo}}.git", repos.display()),
+        };
         let token = format!("ghp_{}", Uuid::new_v4().simple());
         let (github, github_flags) = match options.github_auth {
             GitHubAuth::Token => (FakeGitHub::start(&token, None).await, vec![("--github-token", token.clone())]),
@@ -183,6 +198,7 @@ impl Stack {
             agents,
             db,
             vhost,
+            git_http,
             scratch,
             test_db,
             http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
