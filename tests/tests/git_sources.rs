@@ -1,7 +1,7 @@
-//! Private repositories: the agent fetches over HTTPS-style smart HTTP with the token from
-//! `DEMOFLEET_GIT_TOKEN_FILE`, and the token never lands on disk (the clone, its
-//! `.git/config`), in the chain's errors or in the live log. A rotated token file is used
-//! at the next checkout.
+//! Where the agent fetches from: a fork PR from the fork (its head repository); a private
+//! repository over smart HTTP with the token from `DEMOFLEET_GIT_TOKEN_FILE`, which never
+//! lands on disk (the clone, its `.git/config`), in the chain's errors or in the live log,
+//! and which is read again at each checkout, so it can be rotated in place.
 
 use std::path::Path;
 use std::time::Duration;
@@ -94,5 +94,32 @@ async fn private_repositories_are_fetched_with_a_token_that_is_never_stored() {
     assert_eq!((status, body.contains("private two")), (200, true));
     assert_eq!(files_containing(&stack.agents[0].demo_dir, &token), Vec::<String>::new());
     assert_eq!(files_containing(&stack.agents[0].demo_dir, &wrong), Vec::<String>::new());
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_pr_is_built_from_the_fork() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let repo_name = format!("fork-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let base = FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &repo_name);
+    let files = fixtures::static_site(&stack.services.base_image, "upstream");
+    base.commit("base", &files.iter().map(|(p, c)| (*p, c.as_str())).collect::<Vec<_>>());
+    // The contributor's fork, a repository of another owner, holds the PR's head commit.
+    let fork = FixtureRepo::create(&stack.repos_dir(), "fork-owner", &repo_name);
+    let files = fixtures::static_site(&stack.services.base_image, "from the fork");
+    let sha = fork.commit("change", &files.iter().map(|(p, c)| (*p, c.as_str())).collect::<Vec<_>>());
+    let mut body = fixtures::pull_request("pull_request.opened.json", &base, &sha);
+    let head = &mut body["pull_request"]["head"]["repo"];
+    head["owner"]["login"] = "fork-owner".into();
+    head["full_name"] = format!("fork-owner/{repo_name}").into();
+    head["fork"] = true.into();
+
+    stack.deliver("pull_request", &body).await;
+    // Named after the base repository, built from the fork's commit.
+    let name = format!("{repo_name}-fixture-owner-pr-2");
+    let demo = stack.wait_for_state(&name, "running", DEADLINE).await;
+    assert_eq!(demo["sha"], sha.as_str());
+    let (status, page) = stack.edge_get(&format!("{name}.localhost"), "/").await;
+    assert_eq!((status, page.contains("from the fork")), (200, true), "{page}");
     stack.stop().await;
 }
