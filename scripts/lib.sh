@@ -16,6 +16,10 @@ AMQP_PASSWORD=${DEMOFLEET_AMQP_PASSWORD:-demofleet}
 AMQP_VHOST=${DEMOFLEET_AMQP_VHOST:-demofleet}
 NATS_PORT=${DEMOFLEET_NATS_PORT:-4222}
 BASE_IMAGE=${DEMOFLEET_BASE_IMAGE:-demofleet/base:busybox}
+OIDC_PORT=${DEMOFLEET_OIDC_PORT:-9400}
+# A virtualenv outside the clone, kept between runs (like the cargo target directory).
+OIDC_VENV=${DEMOFLEET_OIDC_VENV:-/var/tmp/demofleet-oidc-venv}
+OIDC_MOCK_VERSION=0.3.4
 
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 
@@ -119,11 +123,30 @@ ensure_base_image() {
     rm -rf "$rootfs"
 }
 
+# The local OpenID provider for one machine and the tests: oidc-provider-mock from PyPI.
+start_oidc() {
+    mkdir -p "$STATE_DIR"
+    if ! "$OIDC_VENV/bin/python" -c "import oidc_provider_mock" >/dev/null 2>&1 ||
+        [ "$("$OIDC_VENV/bin/pip" show oidc-provider-mock 2>/dev/null | awk '/^Version/ {print $2}')" != "$OIDC_MOCK_VERSION" ]; then
+        log "installing oidc-provider-mock $OIDC_MOCK_VERSION into $OIDC_VENV"
+        python3 -m venv "$OIDC_VENV"
+        "$OIDC_VENV/bin/pip" install -q "oidc-provider-mock==$OIDC_MOCK_VERSION"
+    fi
+    if ! curl -fsS "http://127.0.0.1:$OIDC_PORT/.well-known/openid-configuration" >/dev/null 2>&1; then
+        log "starting the OpenID provider on 127.0.0.1:$OIDC_PORT"
+        nohup "$OIDC_VENV/bin/oidc-provider-mock" --host 127.0.0.1 --port "$OIDC_PORT" \
+            >"$STATE_DIR/oidc.log" 2>&1 &
+        echo $! >"$STATE_DIR/oidc.pid"
+        wait_for "the OpenID provider" 30 curl -fsS "http://127.0.0.1:$OIDC_PORT/.well-known/openid-configuration"
+    fi
+}
+
 start_services() {
     ensure_packages
     start_postgres
     start_rabbitmq
     start_nats
+    start_oidc
     ensure_base_image
 }
 
@@ -134,4 +157,5 @@ export_service_env() {
     export DEMOFLEET_AMQP_MANAGEMENT_URL=${DEMOFLEET_AMQP_MANAGEMENT_URL:-http://$AMQP_USER:$AMQP_PASSWORD@127.0.0.1:15672}
     export DEMOFLEET_NATS_URL=${DEMOFLEET_NATS_URL:-nats://127.0.0.1:$NATS_PORT}
     export DEMOFLEET_BASE_IMAGE=$BASE_IMAGE
+    export DEMOFLEET_OIDC_ISSUER=${DEMOFLEET_OIDC_ISSUER:-http://127.0.0.1:$OIDC_PORT}
 }

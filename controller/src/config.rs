@@ -44,6 +44,52 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_PUBLIC_PORT")]
     pub public_port: Option<u16>,
 
+    /// The controller's own URL as browsers reach it: sign-in redirects come back to
+    /// `<it>/auth/callback`. Default: `http://` + the bound DEMOFLEET_LISTEN address.
+    #[arg(long, env = "DEMOFLEET_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// The OpenID provider people sign in with (found by discovery from this issuer URL).
+    #[arg(long, env = "DEMOFLEET_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+
+    /// This controller's client id at the provider.
+    #[arg(long, env = "DEMOFLEET_OIDC_CLIENT_ID", default_value = "demofleet")]
+    pub oidc_client_id: String,
+
+    /// This controller's client secret at the provider (or DEMOFLEET_OIDC_CLIENT_SECRET_FILE).
+    #[arg(long, env = "DEMOFLEET_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    pub oidc_client_secret: Option<Secret>,
+
+    /// A file holding the client secret.
+    #[arg(long, env = "DEMOFLEET_OIDC_CLIENT_SECRET_FILE")]
+    pub oidc_client_secret_file: Option<std::path::PathBuf>,
+
+    /// The ID-token claim that lists a person's groups.
+    #[arg(long, env = "DEMOFLEET_OIDC_GROUPS_CLAIM", default_value = "groups")]
+    pub oidc_groups_claim: String,
+
+    /// Emails allowed in (comma-separated). Anyone on none of the three lists is refused.
+    #[arg(long, env = "DEMOFLEET_ALLOW_EMAILS", value_delimiter = ',')]
+    pub allow_emails: Vec<String>,
+
+    /// Email domains allowed in (comma-separated).
+    #[arg(long, env = "DEMOFLEET_ALLOW_DOMAINS", value_delimiter = ',')]
+    pub allow_domains: Vec<String>,
+
+    /// Groups (from the groups claim) allowed in (comma-separated).
+    #[arg(long, env = "DEMOFLEET_ALLOW_GROUPS", value_delimiter = ',')]
+    pub allow_groups: Vec<String>,
+
+    /// How long a sign-in lasts.
+    #[arg(long, env = "DEMOFLEET_SESSION_TTL", default_value = "12h", value_parser = parse_duration)]
+    pub session_ttl: Duration,
+
+    /// Where Traefik's forwardAuth middleware reaches the SSO gate. Default:
+    /// `http://` + the bound DEMOFLEET_LISTEN address + `/auth/forward`.
+    #[arg(long, env = "DEMOFLEET_FORWARD_AUTH_URL")]
+    pub forward_auth_url: Option<String>,
+
     /// GitHub REST API base URL (GitHub Enterprise, or the fake in tests).
     #[arg(long, env = "DEMOFLEET_GITHUB_API_URL", default_value = "https://api.github.com")]
     pub github_api_url: String,

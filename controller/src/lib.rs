@@ -18,6 +18,7 @@
 //! - [`traefik`]: Traefik's dynamic configuration (HTTP and file providers).
 //! - [`state`], [`error`]: shared state and the HTTP error type.
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod db;
@@ -81,8 +82,10 @@ impl Controller {
             TcpListener::bind(config.edge_listen).await.with_context(|| format!("binding {}", config.edge_listen))?;
         let http_addr = http_listener.local_addr()?;
         let edge_addr = edge_listener.local_addr()?;
-        // The port bound, when the setting asked for any free one.
+        // The ports bound, when the settings asked for any free one.
         config.edge_url.get_or_insert_with(|| format!("http://{edge_addr}"));
+        config.public_url.get_or_insert_with(|| format!("http://{http_addr}"));
+        config.forward_auth_url.get_or_insert_with(|| format!("http://{http_addr}/auth/forward"));
         let public_port =
             config.public_port.or_else(|| (config.base_domain == "localhost").then_some(edge_addr.port()));
         let urls = DemoUrls {
@@ -95,12 +98,14 @@ impl Controller {
         let permissions = Arc::new(scheduler::authorize::PermissionCache::new(config.permission_cache));
         let (intake, intake_writer, starter) = intake::Intake::new();
         let routes = edge::RouteTable::new(config.idle_sleep_seconds());
+        let auth = Arc::new(auth::Auth::new(&config, auth::signing_key(&db, "gate").await?)?);
         let state = AppState {
             config: Arc::new(config),
             db,
             broker: Arc::new(broker),
             nats,
             routes,
+            auth,
             outbox: Arc::new(Notify::new()),
             urls: Arc::new(urls),
             github,
@@ -122,7 +127,7 @@ impl Controller {
         tasks.spawn(fleet::run_tick(state.clone(), stop.clone()));
         let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
         tasks.spawn(fleet::run_wakes(state.clone(), wake_rx, stop.clone()));
-        let edge = Arc::new(edge::proxy::Edge::new(state.routes.clone(), state.urls.clone(), wake_tx));
+        let edge = Arc::new(edge::proxy::Edge::new(state.clone(), wake_tx));
         tasks.spawn(edge.serve(edge_listener, stop.clone()));
         let app = http::router(state.clone());
         let http_stop = stop.clone();

@@ -23,6 +23,8 @@ pub struct AppState {
     pub nats: async_nats::Client,
     /// Where the edge proxy sends each demo hostname.
     pub routes: RouteTable,
+    /// Sign-in and the preview gate.
+    pub auth: Arc<crate::auth::Auth>,
     /// Woken after a commit that put messages in the outbox.
     pub outbox: Arc<Notify>,
     /// How demo hostnames and URLs are spelled.

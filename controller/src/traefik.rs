@@ -37,6 +37,7 @@ pub async fn current(app: &AppState) -> sqlx::Result<Value> {
 pub fn build(config: &Config, urls: &DemoUrls, routes: &[Route]) -> Value {
     let mut routers = Map::new();
     let mut services = Map::new();
+    let mut middlewares = Map::new();
     for route in routes {
         let hostname = urls.hostname(&route.name);
         let mut router = json!({
@@ -46,6 +47,10 @@ pub fn build(config: &Config, urls: &DemoUrls, routes: &[Route]) -> Value {
         });
         if let Some(resolver) = &config.traefik_cert_resolver {
             router["tls"] = json!({ "certResolver": resolver });
+        }
+        if route.gated {
+            router["middlewares"] = json!([SSO_MIDDLEWARE]);
+            middlewares.insert(SSO_MIDDLEWARE.into(), sso_middleware(config));
         }
         routers.insert(route.name.clone(), router);
         let server = match route.host_port.filter(|_| route.routed && !route.sleeps) {
@@ -57,7 +62,21 @@ pub fn build(config: &Config, urls: &DemoUrls, routes: &[Route]) -> Value {
             json!({ "loadBalancer": { "servers": [{ "url": server }], "passHostHeader": true } }),
         );
     }
-    json!({ "http": { "routers": routers, "services": services } })
+    let mut http = json!({ "routers": routers, "services": services });
+    if !middlewares.is_empty() {
+        http["middlewares"] = Value::Object(middlewares);
+    }
+    json!({ "http": http })
+}
+
+/// The forwardAuth middleware in front of gated demos.
+const SSO_MIDDLEWARE: &str = "demofleet-sso";
+
+/// Traefik asks the controller's `/auth/forward` about each request; 2xx passes (with
+/// `X-Forwarded-User`), anything else (a redirect to sign in) goes back to the visitor.
+fn sso_middleware(config: &Config) -> Value {
+    let address = config.forward_auth_url.clone().unwrap_or_else(|| format!("http://{}/auth/forward", config.listen));
+    json!({ "forwardAuth": { "address": address, "trustForwardHeader": true, "authResponseHeaders": ["X-Forwarded-User"] } })
 }
 
 /// Write `config` to `path` if it differs from what is there: a temporary file beside it,
@@ -99,6 +118,7 @@ mod tests {
             host_port: Some(port),
             routed: true,
             sleeps: false,
+            gated: false,
         }
     }
 
@@ -137,6 +157,24 @@ mod tests {
         let service = &dynamic["http"]["services"]["hello-world-codertocat-pr-2"];
         assert_eq!(service["loadBalancer"]["servers"][0]["url"], "http://10.0.0.5:32768");
         assert_eq!(dynamic["http"]["routers"].as_object().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn gated_demos_pass_the_forward_auth_middleware() {
+        let urls = DemoUrls { base_domain: "demos.example.com".into(), scheme: "https".into(), port: None };
+        let gated = Route { gated: true, ..route("a-o-pr-1", "10.0.0.5", 32768) };
+        let config =
+            config(&["--forward-auth-url", "http://10.0.0.1:8000/auth/forward", "--traefik-cert-resolver", "le"]);
+        let dynamic = build(&config, &urls, &[gated, route("b-o-pr-2", "10.0.0.5", 32769)]);
+        assert_eq!(dynamic["http"]["routers"]["a-o-pr-1"]["middlewares"], json!(["demofleet-sso"]));
+        assert!(dynamic["http"]["routers"]["b-o-pr-2"].get("middlewares").is_none(), "ungated: no middleware");
+        let forward = &dynamic["http"]["middlewares"]["demofleet-sso"]["forwardAuth"];
+        assert_eq!(forward["address"], "http://10.0.0.1:8000/auth/forward");
+        assert_eq!(forward["trustForwardHeader"], true);
+        for version in ["v2", "v3"] {
+            let errors: Vec<String> = schema(version).iter_errors(&dynamic).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{version}: {errors:?}\n{dynamic:#}");
+        }
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub struct Services {
     pub amqp_management_url: String,
     pub nats_url: String,
     pub base_image: String,
+    /// The OpenID provider (oidc-provider-mock) every stack signs people in with.
+    pub oidc_issuer: String,
 }
 
 impl Services {
@@ -27,6 +29,7 @@ impl Services {
             amqp_management_url: var("DEMOFLEET_AMQP_MANAGEMENT_URL", "http://demofleet:demofleet@127.0.0.1:15672"),
             nats_url: var("DEMOFLEET_NATS_URL", "nats://127.0.0.1:4222"),
             base_image: var("DEMOFLEET_BASE_IMAGE", "demofleet/base:busybox"),
+            oidc_issuer: var("DEMOFLEET_OIDC_ISSUER", "http://127.0.0.1:9400"),
         }
     }
 }

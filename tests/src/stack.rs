@@ -154,6 +154,9 @@ impl Stack {
             ("--tick", "500ms".into()),
             ("--host-timeout", "5s".into()),
             ("--github-api-url", github.url.clone()),
+            ("--oidc-issuer", services.oidc_issuer.clone()),
+            ("--oidc-client-secret", format!("secret-{}", Uuid::new_v4().simple())),
+            ("--allow-domains", "example.com".into()),
         ];
         let mut args: Vec<String> = vec!["demofleet-controller".into()];
         for (flag, value) in flags.into_iter().chain(github_flags) {

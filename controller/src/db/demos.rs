@@ -153,13 +153,15 @@ pub struct Route {
     /// Idle sleep applies to it, so its traffic must pass the edge proxy, which notes
     /// requests and wakes it.
     pub sleeps: bool,
+    /// Only signed-in people may see it (the repository's `gated` setting).
+    pub gated: bool,
 }
 
 /// Every routed or sleeping demo; `idle_sleep_seconds` is the controller's default.
 pub async fn routes(db: impl PgExecutor<'_>, idle_sleep_seconds: i32) -> sqlx::Result<Vec<Route>> {
     sqlx::query_as(
         "select d.id, d.name, h.address, d.host_port, d.routed and d.host_port is not null as routed,
-                coalesce(s.idle_sleep_seconds, $1) > 0 as sleeps
+                coalesce(s.idle_sleep_seconds, $1) > 0 as sleeps, coalesce(s.gated, false) as gated
          from demos d join hosts h on h.id = d.host_id
          left join repo_settings s on s.owner = d.owner and s.repo = d.repo
          where (d.routed and d.host_port is not null) or (d.desired = 'running' and d.state = 'sleeping')",

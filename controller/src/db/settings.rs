@@ -20,6 +20,9 @@ pub struct RepoSettings {
     /// controller's default (`DEMOFLEET_IDLE_SLEEP`).
     #[serde(default)]
     pub idle_sleep_seconds: Option<i32>,
+    /// Only people signed in (and on the allow-list) may open the demos' preview URLs.
+    #[serde(default)]
+    pub gated: bool,
 }
 
 fn keep() -> String {
@@ -28,7 +31,13 @@ fn keep() -> String {
 
 impl Default for RepoSettings {
     fn default() -> Self {
-        RepoSettings { draft_policy: keep(), ttl_seconds: None, max_demos: None, idle_sleep_seconds: None }
+        RepoSettings {
+            draft_policy: keep(),
+            ttl_seconds: None,
+            max_demos: None,
+            idle_sleep_seconds: None,
+            gated: false,
+        }
     }
 }
 
@@ -53,7 +62,7 @@ impl RepoSettings {
 
 pub async fn get(db: impl PgExecutor<'_>, owner: &str, repo: &str) -> sqlx::Result<RepoSettings> {
     let found: Option<RepoSettings> = sqlx::query_as(
-        "select draft_policy, ttl_seconds, max_demos, idle_sleep_seconds from repo_settings
+        "select draft_policy, ttl_seconds, max_demos, idle_sleep_seconds, gated from repo_settings
              where owner = $1 and repo = $2",
     )
     .bind(owner)
@@ -65,11 +74,11 @@ pub async fn get(db: impl PgExecutor<'_>, owner: &str, repo: &str) -> sqlx::Resu
 
 pub async fn put(db: impl PgExecutor<'_>, owner: &str, repo: &str, settings: &RepoSettings) -> sqlx::Result<()> {
     sqlx::query(
-        "insert into repo_settings (owner, repo, draft_policy, ttl_seconds, max_demos, idle_sleep_seconds)
-         values ($1, $2, $3, $4, $5, $6)
+        "insert into repo_settings (owner, repo, draft_policy, ttl_seconds, max_demos, idle_sleep_seconds, gated)
+         values ($1, $2, $3, $4, $5, $6, $7)
          on conflict (owner, repo) do update set draft_policy = excluded.draft_policy,
              ttl_seconds = excluded.ttl_seconds, max_demos = excluded.max_demos,
-             idle_sleep_seconds = excluded.idle_sleep_seconds",
+             idle_sleep_seconds = excluded.idle_sleep_seconds, gated = excluded.gated",
     )
     .bind(owner)
     .bind(repo)
@@ -77,6 +86,7 @@ pub async fn put(db: impl PgExecutor<'_>, owner: &str, repo: &str, settings: &Re
     .bind(settings.ttl_seconds)
     .bind(settings.max_demos)
     .bind(settings.idle_sleep_seconds)
+    .bind(settings.gated)
     .execute(db)
     .await?;
     Ok(())

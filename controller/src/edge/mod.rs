@@ -30,8 +30,16 @@ pub enum Target {
     Asleep(Uuid),
 }
 
+/// Where a request goes, and whether the SSO gate stands before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Visit {
+    pub target: Target,
+    pub gated: bool,
+}
+
 struct Entry {
     target: Target,
+    gated: bool,
     /// Unix time of the last request not yet written to the database; 0: none.
     last_request: Arc<AtomicI64>,
 }
@@ -54,12 +62,17 @@ impl RouteTable {
         self.inner.read().expect("route table lock").get(name).map(|e| e.target.clone())
     }
 
+    /// Whether the demo `name` is gated, if it is in the table.
+    pub fn gated(&self, name: &str) -> Option<bool> {
+        self.inner.read().expect("route table lock").get(name).map(|e| e.gated)
+    }
+
     /// Where a request for `name` goes, noting the request.
-    pub fn visit(&self, name: &str) -> Option<Target> {
+    pub fn visit(&self, name: &str) -> Option<Visit> {
         let table = self.inner.read().expect("route table lock");
         let entry = table.get(name)?;
         entry.last_request.store(OffsetDateTime::now_utc().unix_timestamp(), Ordering::Relaxed);
-        Some(entry.target.clone())
+        Some(Visit { target: entry.target.clone(), gated: entry.gated })
     }
 
     /// Replace the table with the routed and sleeping demos in the database. Requests
@@ -74,7 +87,7 @@ impl RouteTable {
                 None => Target::Asleep(route.id),
             };
             let last_request = old.remove(&route.name).map(|e| e.last_request).unwrap_or_default();
-            table.insert(route.name, Entry { target, last_request });
+            table.insert(route.name, Entry { target, gated: route.gated, last_request });
         }
         Ok(())
     }

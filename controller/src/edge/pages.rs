@@ -22,6 +22,19 @@ pub fn bad_gateway() -> Response<EdgeBody> {
     )
 }
 
+/// Send the visitor to `location` (sign in, or on after signing in), setting `set_cookie`.
+pub fn redirect(location: &str, set_cookie: Option<&str>) -> Response<EdgeBody> {
+    let mut response = page(StatusCode::FOUND, "Sign in to see this demo", "Redirecting to sign in.");
+    let headers = response.headers_mut();
+    if let Ok(location) = location.parse() {
+        headers.insert(header::LOCATION, location);
+    }
+    if let Some(cookie) = set_cookie.and_then(|c| c.parse().ok()) {
+        headers.insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
 /// Seconds between reloads of the "waking up" page.
 const WAKE_REFRESH: u32 = 2;
 

@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{pages, RouteTable, Target};
-use crate::state::DemoUrls;
+use crate::auth::{gate, Auth};
+use crate::state::{AppState, DemoUrls};
 
 /// Every response body the edge sends.
 pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
@@ -42,15 +43,16 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 pub struct Edge {
     routes: RouteTable,
     urls: Arc<DemoUrls>,
+    auth: Arc<Auth>,
     client: Client<HttpConnector, Incoming>,
     /// Sleeping demos that a request asked for.
     wake: tokio::sync::mpsc::UnboundedSender<uuid::Uuid>,
 }
 
 impl Edge {
-    pub fn new(routes: RouteTable, urls: Arc<DemoUrls>, wake: tokio::sync::mpsc::UnboundedSender<uuid::Uuid>) -> Edge {
+    pub fn new(app: AppState, wake: tokio::sync::mpsc::UnboundedSender<uuid::Uuid>) -> Edge {
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Edge { routes, urls, client, wake }
+        Edge { routes: app.routes, urls: app.urls, auth: app.auth, client, wake }
     }
 
     /// Accept connections on `listener` until `stop`.
@@ -99,13 +101,24 @@ impl Edge {
             .or_else(|| req.uri().host())
             .unwrap_or_default()
             .to_ascii_lowercase();
-        let upstream = match self.urls.name_from_host(&host).and_then(|name| self.routes.visit(name)) {
-            Some(Target::Up(upstream)) => upstream,
-            Some(Target::Asleep(demo)) => {
+        let Some(visit) = self.urls.name_from_host(&host).and_then(|name| self.routes.visit(name)) else {
+            return pages::not_found();
+        };
+        // Gated previews: only people signed in, and the gate's cookie stays here.
+        if visit.gated {
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let decision = self.auth.gate.check(&self.urls.scheme, &host, path, req.headers());
+            if let gate::Decision::Redirect { location, set_cookie } = decision {
+                return pages::redirect(&location, set_cookie.as_deref());
+            }
+            gate::strip_cookie(req.headers_mut());
+        }
+        let upstream = match visit.target {
+            Target::Up(upstream) => upstream,
+            Target::Asleep(demo) => {
                 let _ = self.wake.send(demo);
                 return pages::waking_up();
             }
-            None => return pages::not_found(),
         };
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let Ok(uri) = format!("http://{upstream}{path}").parse::<Uri>() else {

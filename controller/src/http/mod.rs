@@ -20,6 +20,8 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::router())
         .merge(logs::router())
         .merge(crate::traefik::router())
+        .merge(crate::auth::oidc::router())
+        .merge(crate::auth::gate::router())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

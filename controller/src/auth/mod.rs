@@ -1,0 +1,209 @@
+//! Signing in: OpenID Connect against the configured provider, sessions in Postgres, the
+//! allow-list, and the SSO gate in front of preview URLs.
+//!
+//! # Layout
+//! - [`oidc`]: `/auth/login`, `/auth/callback`, `/auth/logout`: the authorization-code flow
+//!   with PKCE, state and nonce; the provider is found by discovery from its issuer URL.
+//! - [`gate`]: signed per-host cookies for gated previews, checked by the edge proxy and by
+//!   `/auth/forward` (Traefik's forwardAuth).
+//! - Sessions, cookies and the allow-list: here.
+
+pub mod gate;
+pub mod oidc;
+
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::{FromRow, PgExecutor, PgPool};
+use time::OffsetDateTime;
+
+use crate::config::Config;
+
+/// The cookie that holds a session's token.
+pub const SESSION_COOKIE: &str = "demofleet_session";
+
+/// What the controller keeps for sign-ins: the provider (found once), the gate's key.
+pub struct Auth {
+    pub gate: gate::Gate,
+    provider: tokio::sync::OnceCell<openidconnect::core::CoreProviderMetadata>,
+    http: reqwest::Client,
+}
+
+impl Auth {
+    /// `gate_key`: the key gate cookies are signed with, shared by every replica.
+    pub fn new(config: &Config, gate_key: Vec<u8>) -> anyhow::Result<Auth> {
+        // Following redirects from the provider's endpoints would invite request forgery.
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+        Ok(Auth { gate: gate::Gate::new(config, gate_key), provider: tokio::sync::OnceCell::new(), http })
+    }
+}
+
+/// Who the provider says someone is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: String,
+    pub email: String,
+    /// As the provider states it; absent: not stated.
+    pub email_verified: Option<bool>,
+    pub name: Option<String>,
+    pub groups: Vec<String>,
+}
+
+/// A signed-in person.
+#[derive(Debug, Clone, FromRow)]
+pub struct Session {
+    pub subject: String,
+    pub email: String,
+    pub name: Option<String>,
+    pub csrf: String,
+    pub expires_at: OffsetDateTime,
+}
+
+/// True when the allow-list lets `who` in: an allowed email, an email in an allowed domain,
+/// or an allowed group. An email the provider says is unverified counts for nothing.
+pub fn allowed(config: &Config, who: &Identity) -> bool {
+    let email = who.email.trim().to_ascii_lowercase();
+    let by_email = who.email_verified != Some(false)
+        && (config.allow_emails.iter().any(|e| e.trim().eq_ignore_ascii_case(&email))
+            || email.rsplit_once('@').is_some_and(|(_, domain)| {
+                config.allow_domains.iter().any(|d| d.trim().trim_start_matches('@').eq_ignore_ascii_case(domain))
+            }));
+    by_email || who.groups.iter().any(|g| config.allow_groups.iter().any(|a| a.trim() == g))
+}
+
+/// 32 random bytes, URL-safe.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Start a session for `who`; returns the token for the cookie.
+pub async fn create_session(db: &PgPool, who: &Identity, ttl: Duration) -> sqlx::Result<String> {
+    let token = random_token();
+    sqlx::query(
+        "insert into sessions (token_hash, subject, email, name, groups, csrf, expires_at)
+         values ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
+    )
+    .bind(token_hash(&token))
+    .bind(&who.subject)
+    .bind(&who.email)
+    .bind(&who.name)
+    .bind(serde_json::json!(who.groups))
+    .bind(random_token())
+    .bind(ttl.as_secs_f64())
+    .execute(db)
+    .await?;
+    sqlx::query("delete from sessions where expires_at < now()").execute(db).await?;
+    Ok(token)
+}
+
+/// The live session the request's cookie names, if any.
+pub async fn session(db: impl PgExecutor<'_>, headers: &HeaderMap) -> sqlx::Result<Option<Session>> {
+    let Some(token) = cookie(headers, SESSION_COOKIE) else { return Ok(None) };
+    sqlx::query_as(
+        "select subject, email, name, csrf, expires_at from sessions where token_hash = $1 and expires_at > now()",
+    )
+    .bind(token_hash(token))
+    .fetch_optional(db)
+    .await
+}
+
+/// End the session the request's cookie names.
+pub async fn end_session(db: impl PgExecutor<'_>, headers: &HeaderMap) -> sqlx::Result<()> {
+    if let Some(token) = cookie(headers, SESSION_COOKIE) {
+        sqlx::query("delete from sessions where token_hash = $1").bind(token_hash(token)).execute(db).await?;
+    }
+    Ok(())
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+/// A `Set-Cookie` value: host-only, HttpOnly, SameSite=Lax, Secure under https; `max_age`
+/// zero removes it.
+pub fn set_cookie(name: &str, value: &str, max_age: Duration, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}", max_age.as_secs())
+}
+
+/// The key called `name`, made at random the first time any replica asks.
+pub async fn signing_key(db: &PgPool, name: &str) -> sqlx::Result<Vec<u8>> {
+    let mut fresh = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut fresh);
+    sqlx::query("insert into signing_keys (name, key) values ($1, $2) on conflict (name) do nothing")
+        .bind(name)
+        .bind(fresh.as_slice())
+        .execute(db)
+        .await?;
+    sqlx::query_scalar("select key from signing_keys where name = $1").bind(name).fetch_one(db).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn who(email: &str, verified: Option<bool>, groups: &[&str]) -> Identity {
+        Identity {
+            subject: email.into(),
+            email: email.into(),
+            email_verified: verified,
+            name: None,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_allow_list_lets_in_emails_domains_and_groups_only() {
+        let config = Config::try_parse_from([
+            "demofleet-controller",
+            "--webhook-secret",
+            "s",
+            "--allow-emails",
+            "Boss@Elsewhere.org",
+            "--allow-domains",
+            "example.com",
+            "--allow-groups",
+            "demo-admins",
+        ])
+        .unwrap();
+        assert!(allowed(&config, &who("alice@example.com", None, &[])));
+        assert!(allowed(&config, &who("ALICE@EXAMPLE.COM", Some(true), &[])));
+        assert!(allowed(&config, &who("boss@elsewhere.org", None, &[])));
+        assert!(allowed(&config, &who("carol@contractor.net", None, &["demo-admins"])));
+        assert!(!allowed(&config, &who("mallory@evil.test", None, &["users"])));
+        assert!(!allowed(&config, &who("alice@example.com.evil.test", None, &[])));
+        assert!(!allowed(&config, &who("alice@example.com", Some(false), &[])), "unverified email");
+        let nobody = Config::try_parse_from(["demofleet-controller", "--webhook-secret", "s"]).unwrap();
+        assert!(!allowed(&nobody, &who("alice@example.com", None, &[])), "empty lists let nobody in");
+    }
+
+    #[test]
+    fn cookies_are_found_and_made_safe() {
+        let mut headers = HeaderMap::new();
+        headers.insert("cookie", "a=1; demofleet_session=tok; b=2".parse().unwrap());
+        assert_eq!(cookie(&headers, SESSION_COOKIE), Some("tok"));
+        assert_eq!(cookie(&headers, "c"), None);
+        let made = set_cookie(SESSION_COOKIE, "v", Duration::from_secs(60), true);
+        assert_eq!(made, "demofleet_session=v; Path=/; HttpOnly; SameSite=Lax; Max-Age=60; Secure");
+        assert!(!set_cookie("x", "v", Duration::ZERO, false).contains("Secure"));
+    }
+}
