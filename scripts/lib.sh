@@ -141,6 +141,26 @@ start_oidc() {
     fi
 }
 
+# ansible-core and ansible-lint for the playbooks in ansible/ and their test, in a virtualenv
+# outside the clone, kept between runs (like the OpenID provider's).
+ANSIBLE_VENV=${DEMOFLEET_ANSIBLE_VENV:-/var/tmp/demofleet-ansible-venv}
+ANSIBLE_CORE_VERSION=2.19.14
+ANSIBLE_LINT_VERSION=26.10.1
+
+# pip_version VENV PACKAGE: the version of PACKAGE installed in the virtualenv VENV, if any.
+pip_version() { "$1/bin/pip" show "$2" 2>/dev/null | awk '/^Version/ {print $2}'; }
+
+ensure_ansible() {
+    if [ "$(pip_version "$ANSIBLE_VENV" ansible-core)" != "$ANSIBLE_CORE_VERSION" ] ||
+        [ "$(pip_version "$ANSIBLE_VENV" ansible-lint)" != "$ANSIBLE_LINT_VERSION" ]; then
+        log "installing ansible-core $ANSIBLE_CORE_VERSION and ansible-lint $ANSIBLE_LINT_VERSION into $ANSIBLE_VENV"
+        python3 -m venv "$ANSIBLE_VENV"
+        "$ANSIBLE_VENV/bin/pip" install -q "ansible-core==$ANSIBLE_CORE_VERSION" "ansible-lint==$ANSIBLE_LINT_VERSION"
+    fi
+    # tests/tests/ansible_traefik.rs finds the playbook tools here.
+    export DEMOFLEET_ANSIBLE_VENV=$ANSIBLE_VENV
+}
+
 start_services() {
     ensure_packages
     start_postgres
