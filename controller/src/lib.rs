@@ -18,9 +18,11 @@
 //! - [`traefik`]: Traefik's dynamic configuration (HTTP and file providers).
 //! - [`state`], [`error`]: shared state and the HTTP error type.
 
+pub mod actions;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod edge;
 pub mod error;

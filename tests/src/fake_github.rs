@@ -54,6 +54,8 @@ struct Inner {
     next_id: i64,
     /// Comment id → (owner/repo#pr, body).
     comments: HashMap<i64, (String, String)>,
+    /// `owner/repo#number` → the pull request as `GET /repos/{owner}/{repo}/pulls/{number}` returns it.
+    pulls: HashMap<String, Value>,
     remaining: u64,
 }
 
@@ -93,6 +95,13 @@ impl FakeGitHub {
             let _ = axum::serve(listener, app).await;
         });
         FakeGitHub { url: format!("http://{addr}"), inner, _server: Arc::new(AbortOnDrop(task.abort_handle())) }
+    }
+
+    /// Serve `pull` (a pull request object, as in a `pull_request` webhook) at
+    /// `GET /repos/{owner}/{repo}/pulls/{number}`, as GitHub's REST API does.
+    pub fn add_pull(&self, pull: &Value) {
+        let key = format!("{}#{}", pull["base"]["repo"]["full_name"].as_str().unwrap(), pull["number"]);
+        self.inner.lock().unwrap().pulls.insert(key, pull.clone());
     }
 
     pub fn set_permission(&self, repo: &str, user: &str, permission: &str) {
@@ -229,6 +238,12 @@ fn answer(inner: &mut Inner, method: &Method, path: &str, headers: &HeaderMap, b
             let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
             let expires = expires.format(&time::format_description::well_known::Rfc3339).unwrap();
             created(json!({ "token": token, "expires_at": expires, "permissions": {}, "repository_selection": "all" }))
+        }
+        ("GET", ["repos", owner, repo, "pulls", number]) => {
+            match inner.pulls.get(&format!("{owner}/{repo}#{number}")) {
+                Some(pull) => (StatusCode::OK, pull.clone()),
+                None => error(StatusCode::NOT_FOUND, "Not Found"),
+            }
         }
         ("GET", ["repos", owner, repo, "collaborators", user, "permission"]) => {
             let key = (format!("{owner}/{repo}"), user.to_string());

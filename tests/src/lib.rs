@@ -14,6 +14,7 @@
 pub mod fake_github;
 pub mod fixtures;
 pub mod git_http;
+pub mod oidc;
 pub mod services;
 pub mod stack;
 pub mod wait;

@@ -107,6 +107,8 @@ pub struct Stack {
     pub scratch: TempDir,
     test_db: TestDb,
     http: reqwest::Client,
+    /// For demos through the edge: no API token.
+    plain: reqwest::Client,
 }
 
 impl Stack {
@@ -166,6 +168,7 @@ impl Stack {
         let config = demofleet_controller::config::Config::try_parse_from(&args).expect("controller flags");
         let controller = Controller::start(config).await.expect("controller starts");
         let db = PgPool::connect(&test_db.url).await.unwrap();
+        let api_token = demofleet_controller::auth::create_api_token(&db, "tests", "test harness").await.unwrap();
 
         let mut agents = Vec::new();
         for _ in 0..options.agents {
@@ -204,7 +207,8 @@ impl Stack {
             git_http,
             scratch,
             test_db,
-            http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+            http: api_client(&api_token),
+            plain: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
         };
         for agent in &stack.agents {
             let id = agent.host_id.clone();
@@ -324,7 +328,7 @@ impl Stack {
 
     /// GET `path` through the edge proxy with `Host: host`: the whole response.
     pub async fn edge_request(&self, host: &str, path: &str) -> reqwest::Response {
-        self.http.get(format!("http://{}{path}", self.controller.edge_addr)).header("host", host).send().await.unwrap()
+        self.plain.get(format!("http://{}{path}", self.controller.edge_addr)).header("host", host).send().await.unwrap()
     }
 
     /// Rows in `table` of this test's database.
@@ -350,4 +354,11 @@ async fn start_agent(args: &[String], extra: &[&str]) -> Agent {
     let args = args.iter().cloned().chain(extra.iter().map(|s| s.to_string()));
     let config = demofleet_agent::config::Config::try_parse_from(args).expect("agent flags");
     Agent::start(config).await.expect("agent starts")
+}
+
+/// A client that sends the stack's API token with every request and follows no redirects.
+fn api_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).default_headers(headers).build().unwrap()
 }

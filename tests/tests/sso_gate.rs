@@ -7,31 +7,13 @@
 use std::time::Duration;
 
 use demofleet_tests::fixtures::{self, FixtureRepo};
+use demofleet_tests::oidc::{self, location, set_cookie, url_encode};
 use demofleet_tests::stack::{Stack, StackOptions};
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
-use reqwest::{Client, Response};
+use reqwest::header::{COOKIE, SET_COOKIE};
 use serde_json::json;
 use uuid::Uuid;
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-fn location(response: &Response) -> String {
-    assert_eq!(response.status(), 302, "{response:?}");
-    response.headers()[LOCATION].to_str().unwrap().to_string()
-}
-
-/// `name=value` of the cookie `name` that `response` sets, with its attributes.
-fn set_cookie(response: &Response, name: &str) -> (String, String) {
-    let header = response
-        .headers()
-        .get_all(SET_COOKIE)
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .find(|c| c.starts_with(&format!("{name}=")))
-        .unwrap_or_else(|| panic!("no {name} cookie set: {response:?}"));
-    let pair = header.split(';').next().unwrap().to_string();
-    (pair, header)
-}
 
 /// Deploy a demo of a new repository; `gated` sets its repository's gate.
 async fn demo(stack: &Stack, gated: bool) -> String {
@@ -47,24 +29,10 @@ async fn demo(stack: &Stack, gated: bool) -> String {
     name
 }
 
-/// At the provider: make `email` known and sign in as them at `authorize`; returns where
-/// the provider sends the browser back to.
-async fn sign_in_at_provider(http: &Client, issuer: &str, authorize: &str, email: &str) -> String {
-    let user = http
-        .put(format!("{issuer}/users/{email}"))
-        .json(&json!({ "email": email, "name": "Test Person", "groups": ["qa"] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(user.status(), 204);
-    let answer = http.post(authorize).form(&[("sub", email)]).send().await.unwrap();
-    location(&answer)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gated_preview_needs_sign_in_and_forward_auth_agrees() {
     let stack = Stack::start(StackOptions::default()).await;
-    let http = Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http = oidc::client();
     let issuer = stack.services.oidc_issuer.clone();
     let edge = format!("http://{}", stack.controller.edge_addr);
     let gated = demo(&stack, true).await;
@@ -84,7 +52,7 @@ async fn a_gated_preview_needs_sign_in_and_forward_auth_agrees() {
     assert_eq!((status, body.contains("behind the gate")), (200, true));
     let to_login = location(&on_edge("/page.html?x=1", None).await.unwrap());
     let next = format!("http://{host}/page.html?x=1");
-    assert_eq!(to_login, format!("{}?next={}", stack.url("/auth/login"), urlencode(&next)));
+    assert_eq!(to_login, format!("{}?next={}", stack.url("/auth/login"), url_encode(&next)));
 
     // Sign-in at the provider: authorization code with PKCE, state and nonce.
     let to_provider = location(&http.get(&to_login).send().await.unwrap());
@@ -92,7 +60,7 @@ async fn a_gated_preview_needs_sign_in_and_forward_auth_agrees() {
     for part in ["code_challenge_method=S256", "code_challenge=", "state=", "nonce=", "response_type=code"] {
         assert!(to_provider.contains(part), "{part} in {to_provider}");
     }
-    let callback = sign_in_at_provider(&http, &issuer, &to_provider, "alice@example.com").await;
+    let callback = oidc::at_provider(&http, &issuer, &to_provider, "alice@example.com").await;
     assert!(callback.starts_with(&stack.url("/auth/callback?")), "{callback}");
     let signed_in = http.get(&callback).send().await.unwrap();
     if signed_in.status() != 302 {
@@ -159,7 +127,7 @@ async fn a_gated_preview_needs_sign_in_and_forward_auth_agrees() {
     // Signed in already: the next preview needs no trip to the provider.
     let second = format!("http://{open}.localhost:{edge_port}/");
     let direct = http
-        .get(format!("{}?next={}", stack.url("/auth/login"), urlencode(&second)))
+        .get(format!("{}?next={}", stack.url("/auth/login"), url_encode(&second)))
         .header(COOKIE, &session)
         .send()
         .await
@@ -168,13 +136,13 @@ async fn a_gated_preview_needs_sign_in_and_forward_auth_agrees() {
 
     // Only previews and the controller's own paths are destinations.
     for bad in ["https://evil.test/", "//evil.test/x", "http://user@evil.localhost.evil.test/"] {
-        let refused = http.get(format!("{}?next={}", stack.url("/auth/login"), urlencode(bad))).send().await.unwrap();
+        let refused = http.get(format!("{}?next={}", stack.url("/auth/login"), url_encode(bad))).send().await.unwrap();
         assert_eq!(refused.status(), 400, "{bad}");
     }
 
     // Off the allow-list: refused with a message that says so, and no session.
     let to_provider = location(&http.get(&to_login).send().await.unwrap());
-    let callback = sign_in_at_provider(&http, &issuer, &to_provider, "mallory@evil.test").await;
+    let callback = oidc::at_provider(&http, &issuer, &to_provider, "mallory@evil.test").await;
     let refused = http.get(&callback).send().await.unwrap();
     assert_eq!(refused.status(), 403);
     assert!(refused.headers().get(SET_COOKIE).is_none());
@@ -203,15 +171,4 @@ async fn a_gated_preview_needs_sign_in_and_forward_auth_agrees() {
     let again = http.get(&to_login).header(COOKIE, &session).send().await.unwrap();
     assert!(location(&again).starts_with(&format!("{issuer}/oauth2/authorize?")), "signed out: to the provider");
     stack.stop().await;
-}
-
-/// Percent-encoding as `application/x-www-form-urlencoded` does it.
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => (b as char).to_string(),
-            b' ' => "+".into(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

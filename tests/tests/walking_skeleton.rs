@@ -154,8 +154,9 @@ async fn agents_are_visible_and_the_controller_reports_ready() {
     let ready: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(ready, serde_json::json!({"ready": true, "postgres": true, "rabbitmq": true, "nats": true}));
 
+    // The dashboard is there, behind sign-in.
     let index = stack.get("/").await;
-    assert_eq!(index.status(), 200);
-    assert!(index.text().await.unwrap().contains("<h1>Demos</h1>"));
+    assert_eq!(index.status(), 302);
+    assert_eq!(index.headers()["location"], "/auth/login?next=%2F");
     stack.stop().await;
 }

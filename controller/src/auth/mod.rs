@@ -9,6 +9,7 @@
 //! - Sessions, cookies and the allow-list: here.
 
 pub mod gate;
+pub mod guard;
 pub mod oidc;
 
 use std::time::Duration;
@@ -61,6 +62,59 @@ pub struct Session {
     pub name: Option<String>,
     pub csrf: String,
     pub expires_at: OffsetDateTime,
+}
+
+/// Who is asking: a signed-in person, or a script with an API token.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    Person(Session),
+    Token { name: String, created_by: String },
+}
+
+impl Principal {
+    /// The name audit events record.
+    pub fn actor(&self) -> String {
+        match self {
+            Principal::Person(session) => session.email.clone(),
+            Principal::Token { name, created_by } => format!("token {name} ({created_by})"),
+        }
+    }
+}
+
+/// The prefix of API tokens, so they are recognisable in a leaked file.
+const API_TOKEN_PREFIX: &str = "dft_";
+
+/// Who the request comes from: a bearer API token if it has one (and then only that), else
+/// the session cookie.
+pub async fn principal(db: &PgPool, headers: &HeaderMap) -> sqlx::Result<Option<Principal>> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(token) = bearer {
+        let found: Option<(String, String)> = sqlx::query_as(
+            "update api_tokens set last_used_at = now() where token_hash = $1 and revoked_at is null
+             returning name, created_by",
+        )
+        .bind(token_hash(token.trim()))
+        .fetch_optional(db)
+        .await?;
+        return Ok(found.map(|(name, created_by)| Principal::Token { name, created_by }));
+    }
+    Ok(session(db, headers).await?.map(Principal::Person))
+}
+
+/// A new API token called `name`; returns it (shown once: only its hash is kept).
+pub async fn create_api_token(db: impl PgExecutor<'_>, name: &str, created_by: &str) -> sqlx::Result<String> {
+    let token = format!("{API_TOKEN_PREFIX}{}", random_token());
+    sqlx::query("insert into api_tokens (id, name, token_hash, created_by) values ($1, $2, $3, $4)")
+        .bind(uuid::Uuid::new_v4())
+        .bind(name)
+        .bind(token_hash(&token))
+        .bind(created_by)
+        .execute(db)
+        .await?;
+    Ok(token)
 }
 
 /// True when the allow-list lets `who` in: an allowed email, an email in an allowed domain,

@@ -28,6 +28,8 @@ pub struct Demo {
     pub deployed_at: Option<OffsetDateTime>,
     pub approved_sha: Option<String>,
     pub approved_by: Option<String>,
+    /// False for a demo started by hand without telling GitHub.
+    pub notify: bool,
     /// The last request the edge proxy passed to it.
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_request_at: Option<OffsetDateTime>,
@@ -205,4 +207,52 @@ pub async fn idle(db: impl PgExecutor<'_>, idle_sleep_seconds: i32) -> sqlx::Res
 pub async fn touch(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
     sqlx::query("update demos set last_request_at = now() where id = $1").bind(id).execute(db).await?;
     Ok(())
+}
+
+/// Which demos the overview lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter<'a> {
+    /// Those that should run (desired `running`), in any state.
+    Active,
+    All,
+    State(&'a str),
+}
+
+/// One page of demos, newest first, matching `search` (in owner, repository or name) and
+/// `filter`; and how many match in all.
+pub async fn page(
+    db: impl PgExecutor<'_>,
+    search: &str,
+    filter: Filter<'_>,
+    limit: i64,
+    offset: i64,
+) -> sqlx::Result<(Vec<Demo>, i64)> {
+    let (mode, state) = match filter {
+        Filter::Active => ("active", ""),
+        Filter::All => ("all", ""),
+        Filter::State(state) => ("state", state),
+    };
+    let pattern = format!("%{}%", search.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+    #[derive(FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        demo: Demo,
+        total: i64,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "select d.*, count(*) over () as total from demos d
+         where ($1 = '' or d.owner || '/' || d.repo ilike $2 or d.name ilike $2)
+           and case $3 when 'active' then d.desired = 'running' when 'state' then d.state = $4 else true end
+         order by d.created_at desc, d.id limit $5 offset $6",
+    )
+    .bind(search)
+    .bind(&pattern)
+    .bind(mode)
+    .bind(state)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(db)
+    .await?;
+    let total = rows.first().map_or(0, |row| row.total);
+    Ok((rows.into_iter().map(|row| row.demo).collect(), total))
 }

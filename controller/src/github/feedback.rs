@@ -32,6 +32,10 @@ pub async fn sync(app: &AppState, github: &GitHub, demo_id: Uuid) -> anyhow::Res
     .fetch_one(&mut *tx)
     .await?;
     let Some(demo) = demos::get(&mut *tx, demo_id).await? else { return Ok(()) };
+    if !demo.notify {
+        // Started by hand with GitHub kept out of it.
+        return Ok(());
+    }
     let key = format!("{}:{}:{}", demo.state, demo.generation, demo.sha);
     if feedback.synced.as_deref() == Some(key.as_str()) {
         return Ok(());

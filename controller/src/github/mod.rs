@@ -89,6 +89,11 @@ impl GitHub {
         })
     }
 
+    /// The pull request `owner/repo#number`, as the REST API returns it.
+    pub async fn pull_request(&self, owner: &str, repo: &str, number: i64) -> Result<Value, GitHubError> {
+        self.call(Method::GET, &format!("/repos/{owner}/{repo}/pulls/{number}"), owner, repo, None).await
+    }
+
     pub async fn create_comment(&self, owner: &str, repo: &str, pr: i64, body: &str) -> Result<i64, GitHubError> {
         let path = format!("/repos/{owner}/{repo}/issues/{pr}/comments");
         let answer = self.call(Method::POST, &path, owner, repo, Some(json!({ "body": body }))).await?;

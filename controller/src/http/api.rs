@@ -3,21 +3,27 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::actions;
+use crate::auth::Principal;
 use crate::db::{audit, chains, demos, hosts, settings};
 use crate::error::ApiError;
-use crate::scheduler::orchestrate;
 use crate::state::AppState;
 use axum::extract::rejection::JsonRejection;
 use demofleet_common::names;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/demos", get(list_demos))
+        .route("/api/demos", get(list_demos).post(start_demo))
+        .route("/api/demos/{id}/stop", post(stop_demo))
+        .route("/api/demos/{id}/redeploy", post(redeploy_demo))
+        .route("/api/hosts/{id}/drain", post(drain_host))
+        .route("/api/hosts/{id}/undrain", post(undrain_host))
+        .route("/api/deliveries", get(list_deliveries))
         .route("/api/demos/{id}", get(demo_detail))
         .route("/api/hosts", get(list_hosts))
         .route("/api/demos/{id}/approve", post(approve_demo))
@@ -108,20 +114,106 @@ async fn demo_detail(State(app): State<AppState>, Path(id): Path<Uuid>) -> Resul
     Ok(Json(DemoDetail { demo: DemoView::new(&app, demo), chains }))
 }
 
-async fn retry_chain(State(app): State<AppState>, Path(id): Path<Uuid>) -> Result<Accepted, ApiError> {
-    let mut tx = app.db.begin().await?;
-    let effects = orchestrate::retry_chain(&mut tx, &app, id, "api").await?;
-    tx.commit().await?;
-    app.apply(effects).await;
+async fn retry_chain(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+) -> Result<Accepted, ApiError> {
+    actions::retry(&app, id, &who.actor()).await?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "chain": id, "status": "running" }))))
 }
 
-async fn approve_demo(State(app): State<AppState>, Path(id): Path<Uuid>) -> Result<Accepted, ApiError> {
-    let mut tx = app.db.begin().await?;
-    let effects = orchestrate::approve(&mut tx, &app, id, "api").await?;
-    tx.commit().await?;
-    app.apply(effects).await;
+async fn approve_demo(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+) -> Result<Accepted, ApiError> {
+    actions::approve(&app, id, &who.actor()).await?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "demo": id, "approved": true }))))
+}
+
+async fn stop_demo(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+) -> Result<Accepted, ApiError> {
+    actions::stop(&app, id, &who.actor()).await?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "demo": id, "desired": "stopped" }))))
+}
+
+async fn redeploy_demo(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+) -> Result<Accepted, ApiError> {
+    actions::redeploy(&app, id, &who.actor()).await?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "demo": id, "desired": "running" }))))
+}
+
+async fn drain_host(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    actions::set_draining(&app, &id, true, &who.actor()).await?;
+    Ok(Json(serde_json::json!({ "host": id, "draining": true })))
+}
+
+async fn undrain_host(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    actions::set_draining(&app, &id, false, &who.actor()).await?;
+    Ok(Json(serde_json::json!({ "host": id, "draining": false })))
+}
+
+/// `POST /api/demos`: start the demo of a pull request by hand.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRequest {
+    /// `https://github.com/<owner>/<repo>/pull/<n>` or `<owner>/<repo>#<n>`.
+    pull_request: String,
+    /// Tell the pull request on GitHub (default: yes).
+    #[serde(default = "yes")]
+    notify: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn start_demo(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    body: Result<Json<StartRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<DemoView>), ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let demo = actions::start(&app, &request.pull_request, request.notify, &who.actor()).await?;
+    Ok((StatusCode::ACCEPTED, Json(DemoView::new(&app, demo))))
+}
+
+/// One webhook delivery and what became of it.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct DeliveryView {
+    delivery_id: String,
+    event: String,
+    action: Option<String>,
+    outcome: String,
+    detail: Option<String>,
+    demo_id: Option<Uuid>,
+    #[serde(with = "time::serde::rfc3339")]
+    received_at: OffsetDateTime,
+}
+
+async fn list_deliveries(State(app): State<AppState>) -> Result<Json<Vec<DeliveryView>>, ApiError> {
+    let list = sqlx::query_as(
+        "select delivery_id, event, action, outcome, detail, demo_id, received_at from webhook_deliveries
+         order by received_at desc limit 100",
+    )
+    .fetch_all(&app.db)
+    .await?;
+    Ok(Json(list))
 }
 
 type Accepted = (StatusCode, Json<serde_json::Value>);
@@ -135,6 +227,7 @@ async fn get_settings(
 
 async fn put_settings(
     State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path((owner, repo)): Path<(String, String)>,
     body: Result<Json<settings::RepoSettings>, JsonRejection>,
 ) -> Result<Json<settings::RepoSettings>, ApiError> {
@@ -149,7 +242,7 @@ async fn put_settings(
     let detail = serde_json::to_value(&new).unwrap_or_default();
     audit::record(
         &mut *tx,
-        "api",
+        &who.actor(),
         "settings",
         None,
         serde_json::json!({ "repo": format!("{owner}/{repo}"), "settings": detail }),

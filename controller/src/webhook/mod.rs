@@ -149,6 +149,21 @@ async fn issue_comment(app: &AppState, delivery: &str, payload: &[u8]) -> Result
     Ok((StatusCode::ACCEPTED, Json(json!({ "delivery": delivery, "outcome": "approval_requested" }))))
 }
 
+/// What a pull request as GitHub's REST API returns it (`GET /repos/{owner}/{repo}/pulls/{n}`)
+/// asks for, checked exactly as a webhook's would be; and whether it is open.
+pub(crate) fn request_of_pull(app: &AppState, pull: &serde_json::Value) -> Result<(DeployRequest, bool), ApiError> {
+    let as_event = serde_json::json!({
+        "action": "opened", "number": pull["number"], "pull_request": pull, "repository": pull["base"]["repo"],
+    });
+    let bytes = serde_json::to_vec(&as_event).map_err(anyhow::Error::from)?;
+    let event: PullRequestEvent = event::parse(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let (owner, repo) = (&event.repository.owner.login, &event.repository.name);
+    names::validate_owner(owner).map_err(ApiError::BadRequest)?;
+    names::validate_repo(repo).map_err(ApiError::BadRequest)?;
+    let request = deploy_request(app, &event, owner, repo, pr_number(event.number)?)?;
+    Ok((request, pull["state"] == "open"))
+}
+
 fn pr_number(number: u64) -> Result<i64, ApiError> {
     i64::try_from(number)
         .ok()

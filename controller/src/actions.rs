@@ -1,0 +1,158 @@
+//! What people do to the fleet, from the dashboard's forms or the JSON API: start a demo
+//! from a pull request, stop, redeploy, approve, retry, drain a host. Each runs in one
+//! transaction, records who did it, and applies its effects after commit.
+
+use uuid::Uuid;
+
+use crate::db::demos::{self, DeployRequest};
+use crate::db::{audit, Tx};
+use crate::error::ApiError;
+use crate::intake::{Event, Kind};
+use crate::scheduler::{orchestrate, Effects};
+use crate::state::AppState;
+
+/// Run `work` in a transaction, commit, and apply its effects.
+async fn in_transaction<T>(
+    app: &AppState,
+    work: impl for<'t> AsyncFnOnce(&mut Tx<'t>) -> Result<(T, Effects), ApiError>,
+) -> Result<T, ApiError> {
+    let mut tx = app.db.begin().await?;
+    let (value, effects) = work(&mut tx).await?;
+    tx.commit().await?;
+    app.apply(effects).await;
+    Ok(value)
+}
+
+/// Tear a demo down, as a closed pull request would.
+pub async fn stop(app: &AppState, demo_id: Uuid, actor: &str) -> Result<(), ApiError> {
+    in_transaction(app, async |tx| {
+        let demo = demos::get_for_update_opt(&mut **tx, demo_id).await?.ok_or_else(|| no_demo(demo_id))?;
+        if demo.desired == "stopped" {
+            return Err(ApiError::Conflict(format!("{} is already stopped", demo.name)));
+        }
+        let event = Event::pull_request(Kind::Teardown, DeployRequest::of(&demo), actor, None);
+        let (_, effects) = orchestrate::apply(tx, app, &event).await?;
+        Ok(((), effects))
+    })
+    .await
+}
+
+/// Deploy the demo's commit again, as a new generation (it may have been stopped).
+pub async fn redeploy(app: &AppState, demo_id: Uuid, actor: &str) -> Result<(), ApiError> {
+    in_transaction(app, async |tx| {
+        let demo = demos::get_for_update_opt(&mut **tx, demo_id).await?.ok_or_else(|| no_demo(demo_id))?;
+        let event = Event::pull_request(Kind::Deploy, DeployRequest::of(&demo), actor, None);
+        let (_, effects) = orchestrate::apply(tx, app, &event).await?;
+        Ok(((), effects))
+    })
+    .await
+}
+
+pub async fn approve(app: &AppState, demo_id: Uuid, actor: &str) -> Result<(), ApiError> {
+    in_transaction(app, async |tx| Ok(((), orchestrate::approve(tx, app, demo_id, actor).await?))).await
+}
+
+pub async fn retry(app: &AppState, chain_id: Uuid, actor: &str) -> Result<(), ApiError> {
+    in_transaction(app, async |tx| Ok(((), orchestrate::retry_chain(tx, app, chain_id, actor).await?))).await
+}
+
+/// Stop (or resume) giving the host new demos.
+pub async fn set_draining(app: &AppState, host: &str, draining: bool, actor: &str) -> Result<(), ApiError> {
+    in_transaction(app, async |tx| {
+        let found = sqlx::query("update hosts set draining = $2 where id = $1")
+            .bind(host)
+            .bind(draining)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        if found == 0 {
+            return Err(ApiError::NotFound(format!("no host {host}")));
+        }
+        let action = if draining { "drain" } else { "undrain" };
+        audit::record(&mut **tx, actor, action, None, serde_json::json!({ "host": host })).await?;
+        Ok(((), Effects::default()))
+    })
+    .await
+}
+
+/// A pull request reference: `https://github.com/<owner>/<repo>/pull/<n>` (any host, for
+/// GitHub Enterprise) or `<owner>/<repo>#<n>`.
+pub fn parse_pull_reference(reference: &str) -> Option<(String, String, i64)> {
+    let reference = reference.trim();
+    let (owner, repo, number) = if let Some((path, number)) = reference.split_once('#') {
+        let (owner, repo) = path.split_once('/')?;
+        (owner, repo, number)
+    } else {
+        let path = reference.split_once("://").map_or(reference, |(_, rest)| rest);
+        let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+        match parts.as_slice() {
+            [_host, owner, repo, "pull" | "pulls", number, ..] => (*owner, *repo, *number),
+            _ => return None,
+        }
+    };
+    let number: i64 = number.parse().ok().filter(|n| *n > 0)?;
+    let valid =
+        demofleet_common::names::validate_owner(owner).is_ok() && demofleet_common::names::validate_repo(repo).is_ok();
+    valid.then(|| (owner.to_string(), repo.to_string(), number))
+}
+
+/// Start (or update) the demo of an open pull request by hand, as its author's push would,
+/// with the starter's approval; `notify`: whether GitHub hears of it.
+pub async fn start(app: &AppState, reference: &str, notify: bool, actor: &str) -> Result<demos::Demo, ApiError> {
+    let (owner, repo, number) = parse_pull_reference(reference).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "{reference:?} is not a pull request: give https://github.com/<owner>/<repo>/pull/<n> or <owner>/<repo>#<n>"
+        ))
+    })?;
+    let github = app.github.as_ref().ok_or_else(|| {
+        ApiError::Unavailable("GitHub is not configured, so the pull request cannot be looked up".into())
+    })?;
+    let pull = github.pull_request(&owner, &repo, number).await.map_err(|err| {
+        if err.is_not_found() {
+            ApiError::NotFound(format!("GitHub has no pull request {owner}/{repo}#{number}"))
+        } else {
+            ApiError::Unavailable(err.to_string())
+        }
+    })?;
+    let (request, open) = crate::webhook::request_of_pull(app, &pull)?;
+    if !open {
+        return Err(ApiError::Conflict(format!("{owner}/{repo}#{number} is closed")));
+    }
+    in_transaction(app, async |tx| {
+        let event = Event::pull_request(Kind::Deploy, request, actor, None);
+        let (recorded, mut effects) = orchestrate::apply(tx, app, &event).await?;
+        let demo_id = recorded.demo.map(|d| d.id).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no demo")))?;
+        sqlx::query("update demos set notify = $2 where id = $1").bind(demo_id).bind(notify).execute(&mut **tx).await?;
+        let demo = demos::get_for_update(&mut **tx, demo_id).await?;
+        // Started by an admin: approved by them.
+        if demo.state == "awaiting_approval" {
+            effects = effects.merge(orchestrate::approve(tx, app, demo_id, actor).await?);
+        } else {
+            demos::set_approval(&mut **tx, demo_id, &demo.sha, actor).await?;
+        }
+        Ok((demos::get_for_update(&mut **tx, demo_id).await?, effects))
+    })
+    .await
+}
+
+fn no_demo(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no demo {id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_pull_reference;
+
+    #[test]
+    fn pull_references() {
+        let expected = Some(("canonical".to_string(), "ubuntu.com".to_string(), 42));
+        assert_eq!(parse_pull_reference("https://github.com/canonical/ubuntu.com/pull/42"), expected);
+        assert_eq!(parse_pull_reference("https://github.com/canonical/ubuntu.com/pull/42/files"), expected);
+        assert_eq!(parse_pull_reference(" canonical/ubuntu.com#42 "), expected);
+        for bad in
+            ["canonical/ubuntu.com", "canonical#42", "a/b#0", "a/b#x", "https://github.com/a/b/issues/1", "../x/y#1"]
+        {
+            assert_eq!(parse_pull_reference(bad), None, "{bad}");
+        }
+    }
+}

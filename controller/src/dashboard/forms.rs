@@ -1,0 +1,201 @@
+//! The dashboard's forms: each checks the session's CSRF token, acts through
+//! [`crate::actions`] in the signed-in person's name, and redirects back (303).
+
+use axum::extract::{Form, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Router};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::pages::{token_rows, TokensPage};
+use super::{render, Layout, PageError};
+use crate::actions;
+use crate::auth::{self, Principal};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/demos/{id}/stop", post(stop))
+        .route("/demos/{id}/redeploy", post(redeploy))
+        .route("/demos/{id}/approve", post(approve))
+        .route("/chains/{id}/retry", post(retry))
+        .route("/hosts/{id}/drain", post(drain))
+        .route("/hosts/{id}/undrain", post(undrain))
+        .route("/start", post(start))
+        .route("/tokens", post(make_token))
+        .route("/tokens/{id}/revoke", post(revoke_token))
+}
+
+/// The fields every form has; `back` (a path) says where to go afterwards.
+#[derive(Deserialize)]
+struct Plain {
+    csrf: String,
+    back: Option<String>,
+    demo: Option<Uuid>,
+}
+
+fn see_other(location: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, location.to_string())]).into_response()
+}
+
+/// A local path to go back to, never another site.
+fn back_to(back: Option<&str>, default: String) -> String {
+    back.filter(|b| b.starts_with('/') && !b.starts_with("//")).map(String::from).unwrap_or(default)
+}
+
+/// Check the form's CSRF token, run `act` as the signed-in person, redirect to `to`.
+async fn act(
+    who: &Principal,
+    csrf: &str,
+    to: String,
+    act: impl AsyncFnOnce(&str) -> Result<(), ApiError>,
+) -> Result<Response, PageError> {
+    let layout = Layout::of(who);
+    if csrf.is_empty() || csrf != layout.csrf {
+        let refused = ApiError::Forbidden("the form's CSRF token does not match your session; reload the page".into());
+        return Err(PageError::new(layout, refused));
+    }
+    match act(&who.actor()).await {
+        Ok(()) => Ok(see_other(&to)),
+        Err(err) => Err(PageError::new(layout, err)),
+    }
+}
+
+async fn stop(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+    Form(form): Form<Plain>,
+) -> Result<Response, PageError> {
+    let to = back_to(form.back.as_deref(), format!("/demos/{id}"));
+    act(&who, &form.csrf, to, async |actor| actions::stop(&app, id, actor).await).await
+}
+
+async fn redeploy(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+    Form(form): Form<Plain>,
+) -> Result<Response, PageError> {
+    let to = back_to(form.back.as_deref(), format!("/demos/{id}"));
+    act(&who, &form.csrf, to, async |actor| actions::redeploy(&app, id, actor).await).await
+}
+
+async fn approve(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+    Form(form): Form<Plain>,
+) -> Result<Response, PageError> {
+    let to = back_to(form.back.as_deref(), format!("/demos/{id}"));
+    act(&who, &form.csrf, to, async |actor| actions::approve(&app, id, actor).await).await
+}
+
+async fn retry(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+    Form(form): Form<Plain>,
+) -> Result<Response, PageError> {
+    let to = form.demo.map_or_else(|| "/".to_string(), |demo| format!("/demos/{demo}"));
+    act(&who, &form.csrf, to, async |actor| actions::retry(&app, id, actor).await).await
+}
+
+async fn drain(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Form(form): Form<Plain>,
+) -> Result<Response, PageError> {
+    act(&who, &form.csrf, "/hosts".into(), async |actor| actions::set_draining(&app, &id, true, actor).await).await
+}
+
+async fn undrain(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Form(form): Form<Plain>,
+) -> Result<Response, PageError> {
+    act(&who, &form.csrf, "/hosts".into(), async |actor| actions::set_draining(&app, &id, false, actor).await).await
+}
+
+#[derive(Deserialize)]
+struct StartForm {
+    csrf: String,
+    reference: String,
+    /// A checkbox: present when ticked.
+    notify: Option<String>,
+}
+
+async fn start(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Form(form): Form<StartForm>,
+) -> Result<Response, PageError> {
+    let layout = Layout::of(&who);
+    if form.csrf != layout.csrf {
+        let refused = ApiError::Forbidden("the form's CSRF token does not match your session; reload the page".into());
+        return Err(PageError::new(layout, refused));
+    }
+    match actions::start(&app, &form.reference, form.notify.is_some(), &who.actor()).await {
+        Ok(demo) => Ok(see_other(&format!("/demos/{}", demo.id))),
+        Err(err) => Err(PageError::new(layout, err)),
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenForm {
+    csrf: String,
+    name: String,
+}
+
+async fn make_token(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Form(form): Form<TokenForm>,
+) -> Result<Response, PageError> {
+    let layout = Layout::of(&who);
+    let made = async {
+        if form.csrf != layout.csrf {
+            return Err(ApiError::Forbidden("the form's CSRF token does not match your session".into()));
+        }
+        let name = form.name.trim();
+        if name.is_empty() || name.len() > 100 {
+            return Err(ApiError::BadRequest("a token needs a name of 1 to 100 characters".into()));
+        }
+        let token = auth::create_api_token(&app.db, name, &who.actor()).await?;
+        let detail = serde_json::json!({ "token": name });
+        crate::db::audit::record(&app.db, &who.actor(), "token", None, detail).await?;
+        let tokens = token_rows(&app.db).await?;
+        render(&TokensPage { layout: &layout, tokens, created: Some(token) })
+    }
+    .await;
+    match made {
+        Ok(page) => Ok(([(header::CACHE_CONTROL, "no-store")], page).into_response()),
+        Err(err) => Err(PageError::new(Layout::of(&who), err)),
+    }
+}
+
+async fn revoke_token(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+    Form(form): Form<Plain>,
+) -> Result<Response, PageError> {
+    act(&who, &form.csrf, "/tokens".into(), async |actor| {
+        let revoked = sqlx::query("update api_tokens set revoked_at = now() where id = $1 and revoked_at is null")
+            .bind(id)
+            .execute(&app.db)
+            .await?
+            .rows_affected();
+        if revoked == 0 {
+            return Err(ApiError::NotFound("no such live token".into()));
+        }
+        crate::db::audit::record(&app.db, actor, "revoke_token", None, serde_json::json!({ "token": id })).await?;
+        Ok(())
+    })
+    .await
+}

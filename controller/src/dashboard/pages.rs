@@ -1,0 +1,315 @@
+//! The dashboard's pages.
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::response::Html;
+use axum::routing::get;
+use axum::{Extension, Router};
+use serde::Deserialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{age, render, Layout, PageError};
+use crate::auth::Principal;
+use crate::db::chains::{self, ChainView};
+use crate::db::demos::{self, Demo, Filter};
+use crate::db::hosts;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Demos on one page of the overview.
+pub const PAGE_SIZE: i64 = 50;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(overview))
+        .route("/demos/{id}", get(demo))
+        .route("/hosts", get(hosts_page))
+        .route("/approvals", get(approvals))
+        .route("/deliveries", get(deliveries))
+        .route("/start", get(start))
+        .route("/tokens", get(tokens))
+}
+
+type Page = Result<Html<String>, PageError>;
+
+/// Run a page's body; a failure becomes an error page in the same frame.
+async fn page(who: &Principal, body: impl AsyncFnOnce(&Layout) -> Result<Html<String>, ApiError>) -> Page {
+    let layout = Layout::of(who);
+    body(&layout).await.map_err(|err| PageError::new(layout, err))
+}
+
+struct OverviewRow {
+    id: Uuid,
+    name: String,
+    owner: String,
+    repo: String,
+    pr: i64,
+    state: String,
+    host: String,
+    age: String,
+    url: String,
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct Overview<'a> {
+    layout: &'a Layout,
+    demos: Vec<OverviewRow>,
+    q: String,
+    state: String,
+    states: &'static [&'static str],
+    total: i64,
+    page: i64,
+    pages: i64,
+    prev_link: String,
+    next_link: String,
+}
+
+/// The overview's state filter: `active` (default), `all`, or one state.
+const STATES: &[&str] = &[
+    "active",
+    "all",
+    "pending",
+    "awaiting_approval",
+    "starting",
+    "running",
+    "sleeping",
+    "failed",
+    "stopping",
+    "stopped",
+];
+
+#[derive(Deserialize)]
+struct OverviewQuery {
+    #[serde(default)]
+    q: String,
+    state: Option<String>,
+    page: Option<i64>,
+}
+
+async fn overview(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Query(query): Query<OverviewQuery>,
+) -> Page {
+    page(&who, async |layout| {
+        let state = query.state.unwrap_or_else(|| "active".into());
+        let filter = match state.as_str() {
+            "active" => Filter::Active,
+            "all" => Filter::All,
+            s if STATES.contains(&s) => Filter::State(s),
+            other => return Err(ApiError::BadRequest(format!("no state {other:?}; choose one of {STATES:?}"))),
+        };
+        let number = query.page.unwrap_or(1).max(1);
+        let q = query.q.trim().to_string();
+        let (list, total) = demos::page(&app.db, &q, filter, PAGE_SIZE, (number - 1) * PAGE_SIZE).await?;
+        let pages = ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1);
+        let link = |n: i64| {
+            let q: String = url::form_urlencoded::byte_serialize(q.as_bytes()).collect();
+            format!("/?q={q}&state={state}&page={n}")
+        };
+        let demos = list
+            .into_iter()
+            .map(|d| OverviewRow {
+                url: app.urls.url(&app.urls.hostname(&d.name)),
+                age: age(d.created_at),
+                host: d.host_id.unwrap_or_else(|| "-".into()),
+                id: d.id,
+                name: d.name,
+                owner: d.owner,
+                repo: d.repo,
+                pr: d.pr,
+                state: d.state,
+            })
+            .collect();
+        render(&Overview {
+            layout,
+            demos,
+            prev_link: link(number - 1),
+            next_link: link(number + 1),
+            q: q.clone(),
+            state: state.clone(),
+            states: STATES,
+            total,
+            page: number,
+            pages,
+        })
+    })
+    .await
+}
+
+#[derive(Template)]
+#[template(path = "demo.html")]
+struct DemoPage<'a> {
+    layout: &'a Layout,
+    demo: Demo,
+    host: String,
+    url: String,
+    chains: Vec<ChainView>,
+}
+
+async fn demo(State(app): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<Uuid>) -> Page {
+    page(&who, async |layout| {
+        let demo = demos::get(&app.db, id).await?.ok_or_else(|| ApiError::NotFound(format!("no demo {id}")))?;
+        let chains = chains::timeline(&app.db, id).await?;
+        let url = app.urls.url(&app.urls.hostname(&demo.name));
+        let host = demo.host_id.clone().unwrap_or_else(|| "none".into());
+        render(&DemoPage { layout, demo, host, url, chains })
+    })
+    .await
+}
+
+struct HostRow {
+    id: String,
+    address: String,
+    last_seen: String,
+    alive: bool,
+    demos: i64,
+    capacity: i32,
+    disk_free: String,
+    draining: bool,
+}
+
+#[derive(Template)]
+#[template(path = "hosts.html")]
+struct HostsPage<'a> {
+    layout: &'a Layout,
+    hosts: Vec<HostRow>,
+}
+
+async fn hosts_page(State(app): State<AppState>, Extension(who): Extension<Principal>) -> Page {
+    page(&who, async |layout| {
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "select host_id, count(*) from demos where host_id is not null and desired = 'running' group by host_id",
+        )
+        .fetch_all(&app.db)
+        .await?;
+        let hosts = hosts::list(&app.db)
+            .await?
+            .into_iter()
+            .map(|h| {
+                let seconds = (OffsetDateTime::now_utc() - h.last_seen).whole_seconds().max(0);
+                HostRow {
+                    demos: counts.iter().find(|(id, _)| *id == h.id).map_or(0, |(_, n)| *n),
+                    alive: (seconds as f64) < app.config.host_timeout.as_secs_f64(),
+                    last_seen: format!("{} ago", age(h.last_seen)),
+                    disk_free: h.disk_free_bytes.map_or("-".into(), |b| format!("{:.1} GiB", b as f64 / 1073741824.0)),
+                    id: h.id,
+                    address: h.address,
+                    capacity: h.capacity,
+                    draining: h.draining,
+                }
+            })
+            .collect();
+        render(&HostsPage { layout, hosts })
+    })
+    .await
+}
+
+#[derive(Template)]
+#[template(path = "approvals.html")]
+struct ApprovalsPage<'a> {
+    layout: &'a Layout,
+    demos: Vec<Demo>,
+}
+
+async fn approvals(State(app): State<AppState>, Extension(who): Extension<Principal>) -> Page {
+    page(&who, async |layout| {
+        let demos = sqlx::query_as("select * from demos where state = 'awaiting_approval' order by updated_at")
+            .fetch_all(&app.db)
+            .await?;
+        render(&ApprovalsPage { layout, demos })
+    })
+    .await
+}
+
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    id: String,
+    event: String,
+    outcome: String,
+    detail: Option<String>,
+    demo: Option<Uuid>,
+    demo_name: String,
+    received: String,
+}
+
+#[derive(Template)]
+#[template(path = "deliveries.html")]
+struct DeliveriesPage<'a> {
+    layout: &'a Layout,
+    deliveries: Vec<DeliveryRow>,
+}
+
+async fn deliveries(State(app): State<AppState>, Extension(who): Extension<Principal>) -> Page {
+    page(&who, async |layout| {
+        let deliveries = sqlx::query_as(
+            "select w.delivery_id as id, w.event || coalesce('.' || w.action, '') as event, w.outcome, w.detail,
+                    w.demo_id as demo, coalesce(d.name, '') as demo_name,
+                    to_char(w.received_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS') as received
+             from webhook_deliveries w left join demos d on d.id = w.demo_id
+             order by w.received_at desc limit 100",
+        )
+        .fetch_all(&app.db)
+        .await?;
+        render(&DeliveriesPage { layout, deliveries })
+    })
+    .await
+}
+
+#[derive(Template)]
+#[template(path = "start.html")]
+struct StartPage<'a> {
+    layout: &'a Layout,
+}
+
+async fn start(Extension(who): Extension<Principal>) -> Page {
+    page(&who, async |layout| render(&StartPage { layout })).await
+}
+
+pub struct TokenRow {
+    pub id: Uuid,
+    pub name: String,
+    pub created_by: String,
+    pub created: String,
+    pub last_used: String,
+    pub revoked: bool,
+}
+
+#[derive(Template)]
+#[template(path = "tokens.html")]
+pub struct TokensPage<'a> {
+    pub layout: &'a Layout,
+    pub tokens: Vec<TokenRow>,
+    /// A token just made, shown this once.
+    pub created: Option<String>,
+}
+
+pub async fn token_rows(db: &sqlx::PgPool) -> sqlx::Result<Vec<TokenRow>> {
+    let rows: Vec<(Uuid, String, String, OffsetDateTime, Option<OffsetDateTime>, bool)> = sqlx::query_as(
+        "select id, name, created_by, created_at, last_used_at, revoked_at is not null from api_tokens
+         order by created_at desc",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, created_by, created, last_used, revoked)| TokenRow {
+            id,
+            name,
+            created_by,
+            created: format!("{} ago", age(created)),
+            last_used: last_used.map_or("never".into(), |t| format!("{} ago", age(t))),
+            revoked,
+        })
+        .collect())
+}
+
+async fn tokens(State(app): State<AppState>, Extension(who): Extension<Principal>) -> Page {
+    page(&who, async |layout| {
+        let tokens = token_rows(&app.db).await?;
+        render(&TokensPage { layout, tokens, created: None })
+    })
+    .await
+}

@@ -1,0 +1,71 @@
+//! Signing in through the controller and the real OpenID provider the tests share
+//! (oidc-provider-mock): its users are made on the fly with `PUT /users/<sub>`, and its
+//! authorization form is answered with `sub`, as a person would fill it in.
+
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::{Client, Response};
+use serde_json::json;
+
+use crate::stack::Stack;
+
+/// A client that follows no redirects, so each hop can be checked.
+pub fn client() -> Client {
+    Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+/// The `Location` of a 302 answer.
+pub fn location(response: &Response) -> String {
+    assert_eq!(response.status(), 302, "{response:?}");
+    response.headers()[LOCATION].to_str().unwrap().to_string()
+}
+
+/// `name=value` of the cookie `name` that `response` sets, and the whole header.
+pub fn set_cookie(response: &Response, name: &str) -> (String, String) {
+    let header = response
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} cookie set: {response:?}"));
+    (header.split(';').next().unwrap().to_string(), header)
+}
+
+/// At the provider: make `email` known (with the groups claim) and sign in as them at
+/// `authorize`; returns where the provider sends the browser back to.
+pub async fn at_provider(http: &Client, issuer: &str, authorize: &str, email: &str) -> String {
+    let user = http
+        .put(format!("{issuer}/users/{email}"))
+        .json(&json!({ "email": email, "name": "Test Person", "groups": ["qa"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(user.status(), 204);
+    location(&http.post(authorize).form(&[("sub", email)]).send().await.unwrap())
+}
+
+/// Sign `email` in to the dashboard; returns the session cookie (`name=value`).
+pub async fn sign_in(stack: &Stack, email: &str) -> String {
+    let http = client();
+    let to_provider = location(&http.get(stack.url("/auth/login?next=/")).send().await.unwrap());
+    let callback = at_provider(&http, &stack.services.oidc_issuer, &to_provider, email).await;
+    let signed_in = http.get(&callback).send().await.unwrap();
+    assert_eq!(location(&signed_in), "/");
+    set_cookie(&signed_in, "demofleet_session").0
+}
+
+/// GET `path` of the controller with `cookie`.
+pub async fn get_with(stack: &Stack, path: &str, cookie: &str) -> Response {
+    client().get(stack.url(path)).header(COOKIE, cookie).send().await.unwrap()
+}
+
+/// Percent-encoding as `application/x-www-form-urlencoded` does it.
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => (b as char).to_string(),
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
