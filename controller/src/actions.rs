@@ -135,6 +135,39 @@ pub async fn start(app: &AppState, reference: &str, notify: bool, actor: &str) -
     .await
 }
 
+/// Deliver a recorded webhook's event again, as the new delivery `<id>.redelivery-<n>` in
+/// the name of `actor`; returns its id and outcome. Judged by the event's own time, like any
+/// event: stale if the demo has applied a newer one since.
+pub async fn redeliver(app: &AppState, delivery_id: &str, actor: &str) -> Result<(String, String), ApiError> {
+    in_transaction(app, async |tx| {
+        let stored: Option<Option<sqlx::types::Json<Event>>> =
+            sqlx::query_scalar("select item from webhook_deliveries where delivery_id = $1")
+                .bind(delivery_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        let Some(stored) = stored else {
+            return Err(ApiError::NotFound(format!("no delivery {delivery_id}")));
+        };
+        let Some(sqlx::types::Json(mut event)) = stored else {
+            return Err(ApiError::Conflict(format!(
+                "delivery {delivery_id} asked for no work (it was only recorded): there is nothing to deliver again"
+            )));
+        };
+        let earlier: i64 = sqlx::query_scalar(
+            "select count(*) from webhook_deliveries where starts_with(delivery_id, $1 || '.redelivery-')",
+        )
+        .bind(delivery_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        let again = format!("{delivery_id}.redelivery-{}", earlier + 1);
+        event.delivery = Some(again.clone());
+        event.actor = actor.to_string();
+        let (recorded, effects) = orchestrate::apply(tx, app, &event).await?;
+        Ok(((again, recorded.outcome), effects))
+    })
+    .await
+}
+
 fn no_demo(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no demo {id}"))
 }

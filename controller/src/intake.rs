@@ -30,7 +30,7 @@ const MAX_BATCH: usize = 128;
 pub const WRITERS: usize = 2;
 
 /// What an event asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// Run the pull request's head commit, as a new generation.
@@ -43,8 +43,9 @@ pub enum Kind {
     Record,
 }
 
-/// One event to record, as the `demofleet_intake` function reads it.
-#[derive(Debug, Clone, Serialize)]
+/// One event to record, as the `demofleet_intake` function reads it (and stores it, for
+/// deliveries that asked for work).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     pub kind: Kind,
     /// `X-GitHub-Delivery`, or none for events of our own (a TTL running out).
@@ -56,7 +57,7 @@ pub struct Event {
     pub detail: Option<String>,
     #[serde(flatten)]
     pub pull_request: Option<DeployRequest>,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(default, with = "time::serde::rfc3339::option")]
     pub event_at: Option<OffsetDateTime>,
     /// Who asked, for the audit trail.
     pub actor: String,

@@ -12,6 +12,12 @@ use uuid::Uuid;
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
+/// Where a 303 answer sends the browser.
+fn location_of(response: &reqwest::Response) -> String {
+    assert_eq!(response.status(), 303, "{response:?}");
+    response.headers()["location"].to_str().unwrap().to_string()
+}
+
 /// The session's CSRF token, as its pages carry it in every form.
 fn csrf_of(page: &str) -> String {
     let at = page.find("name=\"csrf\" value=\"").expect("a form with a CSRF token") + "name=\"csrf\" value=\"".len();
@@ -123,6 +129,29 @@ async fn the_fleet_is_run_from_the_dashboard_by_signed_in_admins_only() {
     let (delivery, _) = stack.deliver("ping", &fixtures::payload("ping.json")).await;
     let deliveries = get_with(&stack, "/deliveries", &session).await.text().await.unwrap();
     assert!(deliveries.contains(&delivery), "{deliveries}");
+    // A delivery that asked for work can be delivered again: a new delivery, a new generation.
+    let (opened, _) =
+        stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
+    let generation = stack.wait_for_state(&name, "running", DEADLINE).await["generation"].as_i64().unwrap();
+    let deliveries = get_with(&stack, "/deliveries", &session).await.text().await.unwrap();
+    assert!(deliveries.contains(&format!("action=\"/deliveries/{opened}/redeliver\"")), "{deliveries}");
+    assert!(!deliveries.contains(&format!("/deliveries/{delivery}/redeliver")), "a ping asked for nothing");
+    let again = form(&format!("/deliveries/{opened}/redeliver"), vec![("csrf", csrf.clone())]).await.unwrap();
+    assert_eq!(location_of(&again), "/deliveries");
+    let (outcome, actor): (String, String) = sqlx::query_as(
+        "select w.outcome, a.actor from webhook_deliveries w
+         join audit_events a on a.detail->>'delivery' = w.delivery_id where w.delivery_id = $1",
+    )
+    .bind(format!("{opened}.redelivery-1"))
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+    assert_eq!((outcome.as_str(), actor.as_str()), ("deploy_queued", "admin@example.com"));
+    let redeployed = stack.wait_for_state(&name, "running", DEADLINE).await;
+    assert!(redeployed["generation"].as_i64().unwrap() > generation);
+    let nothing = stack.post(&format!("/api/deliveries/{delivery}/redeliver")).await;
+    assert_eq!(nothing.status(), 409);
+    assert!(nothing.text().await.unwrap().contains("nothing to deliver again"));
 
     // An API token made in the dashboard opens the API, until revoked.
     let made = form("/tokens", vec![("csrf", csrf.clone()), ("name", "ci script".into())]).await.unwrap();

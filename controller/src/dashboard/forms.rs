@@ -25,6 +25,7 @@ pub fn router() -> Router<AppState> {
         .route("/hosts/{id}/drain", post(drain))
         .route("/hosts/{id}/undrain", post(undrain))
         .route("/start", post(start))
+        .route("/deliveries/{id}/redeliver", post(redeliver))
         .route("/tokens", post(make_token))
         .route("/tokens/{id}/revoke", post(revoke_token))
 }
@@ -120,6 +121,16 @@ async fn undrain(
     Form(form): Form<Plain>,
 ) -> Result<Response, PageError> {
     act(&who, &form.csrf, "/hosts".into(), async |actor| actions::set_draining(&app, &id, false, actor).await).await
+}
+
+async fn redeliver(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Form(form): Form<Plain>,
+) -> Result<Response, PageError> {
+    act(&who, &form.csrf, "/deliveries".into(), async |actor| actions::redeliver(&app, &id, actor).await.map(drop))
+        .await
 }
 
 #[derive(Deserialize)]

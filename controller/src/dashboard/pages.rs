@@ -233,6 +233,8 @@ struct DeliveryRow {
     demo: Option<Uuid>,
     demo_name: String,
     received: String,
+    /// It asked for work, so it can be delivered again.
+    redeliverable: bool,
 }
 
 #[derive(Template)]
@@ -247,7 +249,8 @@ async fn deliveries(State(app): State<AppState>, Extension(who): Extension<Princ
         let deliveries = sqlx::query_as(
             "select w.delivery_id as id, w.event || coalesce('.' || w.action, '') as event, w.outcome, w.detail,
                     w.demo_id as demo, coalesce(d.name, '') as demo_name,
-                    to_char(w.received_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS') as received
+                    to_char(w.received_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS') as received,
+                    w.item is not null as redeliverable
              from webhook_deliveries w left join demos d on d.id = w.demo_id
              order by w.received_at desc limit 100",
         )

@@ -40,7 +40,7 @@ pub struct Demo {
 }
 
 /// What an event says about a pull request's demo.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeployRequest {
     pub owner: String,
     pub repo: String,

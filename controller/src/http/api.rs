@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/hosts/{id}/drain", post(drain_host))
         .route("/api/hosts/{id}/undrain", post(undrain_host))
         .route("/api/deliveries", get(list_deliveries))
+        .route("/api/deliveries/{id}/redeliver", post(redeliver))
         .route("/api/demos/{id}", get(demo_detail))
         .route("/api/hosts", get(list_hosts))
         .route("/api/demos/{id}/approve", post(approve_demo))
@@ -204,6 +205,15 @@ struct DeliveryView {
     demo_id: Option<Uuid>,
     #[serde(with = "time::serde::rfc3339")]
     received_at: OffsetDateTime,
+}
+
+async fn redeliver(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Accepted, ApiError> {
+    let (delivery, outcome) = actions::redeliver(&app, &id, &who.actor()).await?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "delivery": delivery, "outcome": outcome }))))
 }
 
 async fn list_deliveries(State(app): State<AppState>) -> Result<Json<Vec<DeliveryView>>, ApiError> {
