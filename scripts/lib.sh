@@ -47,8 +47,10 @@ stop_pidfile() {
 # Install with apt-get whatever is absent. Runs `apt-get update` only when something is missing.
 ensure_packages() {
     local missing=() pkg
-    # systemd: only for `systemd-analyze verify` of the units in dist/systemd.
-    for pkg in postgresql rabbitmq-server nats-server git busybox-static curl iproute2 openssl systemd; do
+    # systemd: only for `systemd-analyze verify` of the units in dist/systemd; chromium and
+    # its driver: for the dashboard's browser test.
+    for pkg in postgresql rabbitmq-server nats-server git busybox-static curl iproute2 openssl systemd \
+        chromium chromium-driver; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then

@@ -1,0 +1,174 @@
+//! The dashboard in a real browser: headless Chromium, driven over WebDriver (chromedriver),
+//! signs in through the real OpenID provider's own form, finds the running demo on the
+//! overview, opens it, stops it from the keyboard, and sees it leave the overview. Every
+//! page visited has one `h1` and a label for every field and button. Screenshots go to
+//! `DEMOFLEET_ARTIFACTS` (default `/var/tmp/demofleet-artifacts`)/browser.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::key::Key;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use demofleet_tests::fixtures::{self, FixtureRepo};
+use demofleet_tests::stack::{Stack, StackOptions};
+use demofleet_tests::wait;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// chromedriver on a free port, ended with the test.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_driver() -> Driver {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian's chromium-driver) is installed by scripts/test");
+    let url = format!("http://127.0.0.1:{port}");
+    let status = format!("{url}/status");
+    wait::until("chromedriver to listen", Duration::from_secs(30), || async {
+        reqwest::get(&status).await.ok().filter(|r| r.status().is_success()).map(drop)
+    })
+    .await;
+    Driver { child, url }
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({ "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"] }),
+    );
+    // chromedriver listens on loopback: plain HTTP.
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector).capabilities(capabilities).connect(&driver.url).await.expect("a browser")
+}
+
+fn artifacts() -> PathBuf {
+    let root = std::env::var_os("DEMOFLEET_ARTIFACTS")
+        .map_or_else(|| PathBuf::from("/var/tmp/demofleet-artifacts"), PathBuf::from);
+    let dir = root.join("browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    let png = client.screenshot().await.unwrap();
+    std::fs::write(artifacts().join(format!("{name}.png")), png).unwrap();
+}
+
+/// The page's headings and unlabelled controls, read in the browser.
+async fn accessibility(client: &Client) -> (u64, Vec<String>) {
+    let found = client
+        .execute(
+            "const unlabelled = [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
+               .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                             && !(el.tagName === 'BUTTON' && el.textContent.trim()))
+               .map(el => el.outerHTML);
+             return [document.querySelectorAll('h1').length, unlabelled];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    (found[0].as_u64().unwrap(), serde_json::from_value(found[1].clone()).unwrap())
+}
+
+async fn check_page(client: &Client, name: &str) {
+    screenshot(client, name).await;
+    let (headings, unlabelled) = accessibility(client).await;
+    assert_eq!(headings, 1, "{name}: one h1");
+    assert!(unlabelled.is_empty(), "{name}: controls without a label: {unlabelled:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_signs_in_opens_a_demo_and_stops_it_in_a_browser() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let repo_name = format!("web-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let repo = FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &repo_name);
+    let files = fixtures::static_site(&stack.services.base_image, "seen in a browser");
+    let sha = repo.commit("demo", &files.iter().map(|(p, c)| (*p, c.as_str())).collect::<Vec<_>>());
+    stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
+    let name = format!("{repo_name}-fixture-owner-pr-2");
+    let demo = stack.wait_for_state(&name, "running", DEADLINE).await;
+    let id = demo["id"].as_str().unwrap().to_string();
+    let email = "browser@example.com";
+    let user = reqwest::Client::new()
+        .put(format!("{}/users/{email}", stack.services.oidc_issuer))
+        .json(&json!({ "email": email, "name": "Browser Admin" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(user.status(), 204);
+
+    let driver = start_driver().await;
+    let client = browser(&driver).await;
+    // Anonymous: the dashboard sends the browser to the provider's sign-in form.
+    client.goto(&stack.url("/")).await.unwrap();
+    let sub = client.wait().for_element(Locator::Css("input[name=sub]")).await.unwrap();
+    assert!(client.current_url().await.unwrap().as_str().starts_with(&stack.services.oidc_issuer));
+    screenshot(&client, "1-provider-sign-in").await;
+    sub.send_keys(email).await.unwrap();
+    client.find(Locator::XPath("//button[normalize-space()='Authorize']")).await.unwrap().click().await.unwrap();
+
+    // Back on the overview, signed in, with the running demo listed.
+    let heading = client.wait().for_element(Locator::Css("h1")).await.unwrap();
+    assert_eq!(heading.text().await.unwrap(), "Demos");
+    assert_eq!(client.current_url().await.unwrap().as_str(), stack.url("/"));
+    let body = client.find(Locator::Css("body")).await.unwrap().text().await.unwrap();
+    assert!(body.contains(email), "signed in as {email}");
+    check_page(&client, "2-overview").await;
+    let link = client.find(Locator::Css(&format!("a[href='/demos/{id}']"))).await.unwrap();
+    link.click().await.unwrap();
+
+    // The demo's page, its chain, and a Stop button worked from the keyboard.
+    let heading = client.wait().for_element(Locator::Css("h1")).await.unwrap();
+    assert_eq!(heading.text().await.unwrap(), name);
+    let page = client.find(Locator::Css("main")).await.unwrap().text().await.unwrap();
+    assert!(page.contains("deploy, generation 1: succeeded"), "{page}");
+    check_page(&client, "3-demo").await;
+    let stop = client.find(Locator::XPath("//button[normalize-space()='Stop']")).await.unwrap();
+    stop.send_keys(&String::from(char::from(Key::Enter))).await.unwrap();
+    wait::until("the demo to stop", DEADLINE, || async {
+        (stack.demo(&name).await?["state"] == "stopped").then_some(())
+    })
+    .await;
+    let audit: String = sqlx::query_scalar("select actor from audit_events where action = 'stop' and demo_id = $1")
+        .bind(Uuid::parse_str(&id).unwrap())
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(audit, email, "the stop is recorded in the admin's name");
+
+    // It has left the overview.
+    client.goto(&stack.url("/")).await.unwrap();
+    client.wait().for_element(Locator::Css("h1")).await.unwrap();
+    let gone: Value = client
+        .execute(&format!("return document.querySelectorAll(\"a[href='/demos/{id}']\").length"), vec![])
+        .await
+        .unwrap();
+    assert_eq!(gone, json!(0));
+    screenshot(&client, "4-overview-after-stop").await;
+    for path in ["/hosts", "/start", "/tokens", "/deliveries", "/approvals"] {
+        client.goto(&stack.url(path)).await.unwrap();
+        client.wait().for_element(Locator::Css("h1")).await.unwrap();
+        check_page(&client, &format!("5-{}", path.trim_start_matches('/'))).await;
+    }
+    client.close().await.unwrap();
+    stack.stop().await;
+}
