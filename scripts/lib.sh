@@ -163,6 +163,22 @@ ensure_ansible() {
     export DEMOFLEET_ANSIBLE_VENV=$ANSIBLE_VENV
 }
 
+# api_token DB FILE: an API token for scripts in FILE, made (in database DB, whose
+# migrations have run) unless FILE already holds a live one.
+api_token() {
+    local db=$1 file=$2 token hash
+    if [ -s "$file" ]; then
+        hash=$(sha256sum <"$file" | cut -d' ' -f1)
+        su postgres -c "psql -d $db -qtAc \"select 1 from api_tokens where token_hash = decode('$hash', 'hex') and revoked_at is null\"" |
+            grep -q 1 && return 0
+    fi
+    token=dft_$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    hash=$(printf %s "$token" | sha256sum | cut -d' ' -f1)
+    su postgres -c "psql -d $db -qc \"insert into api_tokens (id, name, token_hash, created_by)
+        values (gen_random_uuid(), 'scripts', decode('$hash', 'hex'), 'scripts')\"" >/dev/null
+    (umask 077; printf %s "$token" >"$file")
+}
+
 start_services() {
     ensure_packages
     start_postgres

@@ -48,6 +48,25 @@ pub async fn redeploy(app: &AppState, demo_id: Uuid, actor: &str) -> Result<(), 
     .await
 }
 
+/// `stop`, `redeploy` or `approve` the demo, as named in a URL.
+pub async fn on_demo(app: &AppState, demo_id: Uuid, action: &str, actor: &str) -> Result<(), ApiError> {
+    match action {
+        "stop" => stop(app, demo_id, actor).await,
+        "redeploy" => redeploy(app, demo_id, actor).await,
+        "approve" => approve(app, demo_id, actor).await,
+        other => Err(ApiError::NotFound(format!("no action {other:?} on demos: stop, redeploy or approve"))),
+    }
+}
+
+/// `drain` or `undrain` the host, as named in a URL.
+pub async fn on_host(app: &AppState, host: &str, action: &str, actor: &str) -> Result<(), ApiError> {
+    match action {
+        "drain" => set_draining(app, host, true, actor).await,
+        "undrain" => set_draining(app, host, false, actor).await,
+        other => Err(ApiError::NotFound(format!("no action {other:?} on hosts: drain or undrain"))),
+    }
+}
+
 pub async fn approve(app: &AppState, demo_id: Uuid, actor: &str) -> Result<(), ApiError> {
     in_transaction(app, async |tx| Ok(((), orchestrate::approve(tx, app, demo_id, actor).await?))).await
 }

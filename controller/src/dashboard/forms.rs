@@ -18,12 +18,9 @@ use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/demos/{id}/stop", post(stop))
-        .route("/demos/{id}/redeploy", post(redeploy))
-        .route("/demos/{id}/approve", post(approve))
+        .route("/demos/{id}/{action}", post(demo_action))
         .route("/chains/{id}/retry", post(retry))
-        .route("/hosts/{id}/drain", post(drain))
-        .route("/hosts/{id}/undrain", post(undrain))
+        .route("/hosts/{id}/{action}", post(host_action))
         .route("/start", post(start))
         .route("/deliveries/{id}/redeliver", post(redeliver))
         .route("/tokens", post(make_token))
@@ -65,34 +62,15 @@ async fn act(
     }
 }
 
-async fn stop(
+/// `stop`, `redeploy` or `approve` a demo.
+async fn demo_action(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<Uuid>,
+    Path((id, action)): Path<(Uuid, String)>,
     Form(form): Form<Plain>,
 ) -> Result<Response, PageError> {
     let to = back_to(form.back.as_deref(), format!("/demos/{id}"));
-    act(&who, &form.csrf, to, async |actor| actions::stop(&app, id, actor).await).await
-}
-
-async fn redeploy(
-    State(app): State<AppState>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<Uuid>,
-    Form(form): Form<Plain>,
-) -> Result<Response, PageError> {
-    let to = back_to(form.back.as_deref(), format!("/demos/{id}"));
-    act(&who, &form.csrf, to, async |actor| actions::redeploy(&app, id, actor).await).await
-}
-
-async fn approve(
-    State(app): State<AppState>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<Uuid>,
-    Form(form): Form<Plain>,
-) -> Result<Response, PageError> {
-    let to = back_to(form.back.as_deref(), format!("/demos/{id}"));
-    act(&who, &form.csrf, to, async |actor| actions::approve(&app, id, actor).await).await
+    act(&who, &form.csrf, to, async |actor| actions::on_demo(&app, id, &action, actor).await).await
 }
 
 async fn retry(
@@ -105,22 +83,14 @@ async fn retry(
     act(&who, &form.csrf, to, async |actor| actions::retry(&app, id, actor).await).await
 }
 
-async fn drain(
+/// `drain` or `undrain` a host.
+async fn host_action(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
     Form(form): Form<Plain>,
 ) -> Result<Response, PageError> {
-    act(&who, &form.csrf, "/hosts".into(), async |actor| actions::set_draining(&app, &id, true, actor).await).await
-}
-
-async fn undrain(
-    State(app): State<AppState>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-    Form(form): Form<Plain>,
-) -> Result<Response, PageError> {
-    act(&who, &form.csrf, "/hosts".into(), async |actor| actions::set_draining(&app, &id, false, actor).await).await
+    act(&who, &form.csrf, "/hosts".into(), async |actor| actions::on_host(&app, &id, &action, actor).await).await
 }
 
 async fn redeliver(

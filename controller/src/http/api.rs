@@ -19,15 +19,12 @@ use demofleet_common::names;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/demos", get(list_demos).post(start_demo))
-        .route("/api/demos/{id}/stop", post(stop_demo))
-        .route("/api/demos/{id}/redeploy", post(redeploy_demo))
-        .route("/api/hosts/{id}/drain", post(drain_host))
-        .route("/api/hosts/{id}/undrain", post(undrain_host))
+        .route("/api/demos/{id}/{action}", post(demo_action))
+        .route("/api/hosts/{id}/{action}", post(host_action))
         .route("/api/deliveries", get(list_deliveries))
         .route("/api/deliveries/{id}/redeliver", post(redeliver))
         .route("/api/demos/{id}", get(demo_detail))
         .route("/api/hosts", get(list_hosts))
-        .route("/api/demos/{id}/approve", post(approve_demo))
         .route("/api/repos/{owner}/{repo}/settings", get(get_settings).put(put_settings))
         .route("/api/chains/{id}/retry", post(retry_chain))
 }
@@ -124,49 +121,24 @@ async fn retry_chain(
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "chain": id, "status": "running" }))))
 }
 
-async fn approve_demo(
+/// `POST /api/demos/{id}/stop`, `/redeploy`, `/approve` (202).
+async fn demo_action(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<Uuid>,
+    Path((id, action)): Path<(Uuid, String)>,
 ) -> Result<Accepted, ApiError> {
-    actions::approve(&app, id, &who.actor()).await?;
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "demo": id, "approved": true }))))
+    actions::on_demo(&app, id, &action, &who.actor()).await?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "demo": id, "action": action }))))
 }
 
-async fn stop_demo(
+/// `POST /api/hosts/{id}/drain`, `/undrain`.
+async fn host_action(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<Uuid>,
-) -> Result<Accepted, ApiError> {
-    actions::stop(&app, id, &who.actor()).await?;
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "demo": id, "desired": "stopped" }))))
-}
-
-async fn redeploy_demo(
-    State(app): State<AppState>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<Uuid>,
-) -> Result<Accepted, ApiError> {
-    actions::redeploy(&app, id, &who.actor()).await?;
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "demo": id, "desired": "running" }))))
-}
-
-async fn drain_host(
-    State(app): State<AppState>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    actions::set_draining(&app, &id, true, &who.actor()).await?;
-    Ok(Json(serde_json::json!({ "host": id, "draining": true })))
-}
-
-async fn undrain_host(
-    State(app): State<AppState>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    actions::set_draining(&app, &id, false, &who.actor()).await?;
-    Ok(Json(serde_json::json!({ "host": id, "draining": false })))
+    actions::on_host(&app, &id, &action, &who.actor()).await?;
+    Ok(Json(serde_json::json!({ "host": id, "draining": action == "drain" })))
 }
 
 /// `POST /api/demos`: start the demo of a pull request by hand.
