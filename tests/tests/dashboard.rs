@@ -113,9 +113,10 @@ async fn the_fleet_is_run_from_the_dashboard_by_signed_in_admins_only() {
     let detail = get_with(&stack, &detail_path, &session).await.text().await.unwrap();
     assert!(detail.contains(&format!("<h1>{name}</h1>")) && detail.contains("deploy, generation 1: succeeded"));
     assert!(detail.contains("<h2>Live log</h2>") && detail.contains(&format!("/api/demos/{id}/logs")));
+    let host = stack.agents[0].host_id.clone();
+    assert!(detail.contains(&format!("attempt 1 on {host}: succeeded in ")), "each attempt is listed: {detail}");
 
     // The hosts page drains and undrains.
-    let host = stack.agents[0].host_id.clone();
     let hosts = get_with(&stack, "/hosts", &session).await.text().await.unwrap();
     assert!(hosts.contains(&format!("Drain {host}")), "{hosts}");
     let drained = form(&format!("/hosts/{host}/drain"), vec![("csrf", csrf.clone())]).await.unwrap();

@@ -149,6 +149,33 @@ struct DemoPage<'a> {
     chains: Vec<ChainView>,
 }
 
+/// One attempt of a step, as the demo page lists it.
+struct AttemptRow {
+    attempt: i64,
+    host: String,
+    outcome: String,
+    duration_ms: i64,
+    error: Option<String>,
+}
+
+/// The attempts recorded in a step's history.
+fn attempts(history: &serde_json::Value) -> Vec<AttemptRow> {
+    history
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|a| AttemptRow {
+                    attempt: a["attempt"].as_i64().unwrap_or_default(),
+                    host: a["host_id"].as_str().unwrap_or("-").to_string(),
+                    outcome: a["outcome"].as_str().unwrap_or_default().to_string(),
+                    duration_ms: a["duration_ms"].as_i64().unwrap_or_default(),
+                    error: a["error"].as_str().map(String::from),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 async fn demo(State(app): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<Uuid>) -> Page {
     page(&who, async |layout| {
         let demo = demos::get(&app.db, id).await?.ok_or_else(|| ApiError::NotFound(format!("no demo {id}")))?;
