@@ -51,7 +51,10 @@ pub struct Edge {
 
 impl Edge {
     pub fn new(app: AppState, wake: tokio::sync::mpsc::UnboundedSender<uuid::Uuid>) -> Edge {
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        // Small requests and answers go out at once, not after Nagle's delay.
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
         Edge { routes: app.routes, urls: app.urls, auth: app.auth, client, wake }
     }
 
@@ -69,6 +72,7 @@ impl Edge {
                     }
                 },
             };
+            let _ = stream.set_nodelay(true);
             let edge = self.clone();
             let stop = stop.clone();
             connections.spawn(async move {
