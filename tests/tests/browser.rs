@@ -73,6 +73,20 @@ async fn screenshot(client: &Client, name: &str) {
     std::fs::write(artifacts().join(format!("{name}.png")), png).unwrap();
 }
 
+/// Wait until the browser shows `url` and its `h1` reads `heading` (a click navigates in
+/// its own time; until then the old page is still there).
+async fn wait_for_page(client: &Client, url: &str, heading: &str) {
+    wait::until(&format!("{url} with heading {heading:?}"), DEADLINE, || async {
+        let here = client.current_url().await.ok()?;
+        if here.as_str() != url {
+            return None;
+        }
+        let h1 = client.find(Locator::Css("h1")).await.ok()?.text().await.ok()?;
+        (h1 == heading).then_some(())
+    })
+    .await;
+}
+
 /// The page's headings and unlabelled controls, read in the browser.
 async fn accessibility(client: &Client) -> (u64, Vec<String>) {
     let found = client
@@ -127,9 +141,7 @@ async fn an_admin_signs_in_opens_a_demo_and_stops_it_in_a_browser() {
     client.find(Locator::XPath("//button[normalize-space()='Authorize']")).await.unwrap().click().await.unwrap();
 
     // Back on the overview, signed in, with the running demo listed.
-    let heading = client.wait().for_element(Locator::Css("h1")).await.unwrap();
-    assert_eq!(heading.text().await.unwrap(), "Demos");
-    assert_eq!(client.current_url().await.unwrap().as_str(), stack.url("/"));
+    wait_for_page(&client, &stack.url("/"), "Demos").await;
     let body = client.find(Locator::Css("body")).await.unwrap().text().await.unwrap();
     assert!(body.contains(email), "signed in as {email}");
     check_page(&client, "2-overview").await;
@@ -137,8 +149,7 @@ async fn an_admin_signs_in_opens_a_demo_and_stops_it_in_a_browser() {
     link.click().await.unwrap();
 
     // The demo's page, its chain, and a Stop button worked from the keyboard.
-    let heading = client.wait().for_element(Locator::Css("h1")).await.unwrap();
-    assert_eq!(heading.text().await.unwrap(), name);
+    wait_for_page(&client, &stack.url(&format!("/demos/{id}")), &name).await;
     let page = client.find(Locator::Css("main")).await.unwrap().text().await.unwrap();
     assert!(page.contains("deploy, generation 1: succeeded"), "{page}");
     check_page(&client, "3-demo").await;
@@ -157,7 +168,7 @@ async fn an_admin_signs_in_opens_a_demo_and_stops_it_in_a_browser() {
 
     // It has left the overview.
     client.goto(&stack.url("/")).await.unwrap();
-    client.wait().for_element(Locator::Css("h1")).await.unwrap();
+    wait_for_page(&client, &stack.url("/"), "Demos").await;
     let gone: Value = client
         .execute(&format!("return document.querySelectorAll(\"a[href='/demos/{id}']\").length"), vec![])
         .await
@@ -166,7 +177,7 @@ async fn an_admin_signs_in_opens_a_demo_and_stops_it_in_a_browser() {
     screenshot(&client, "4-overview-after-stop").await;
     for path in ["/hosts", "/start", "/tokens", "/deliveries", "/approvals"] {
         client.goto(&stack.url(path)).await.unwrap();
-        client.wait().for_element(Locator::Css("h1")).await.unwrap();
+        client.wait().for_element(Locator::Css("main h1")).await.unwrap();
         check_page(&client, &format!("5-{}", path.trim_start_matches('/'))).await;
     }
     client.close().await.unwrap();
