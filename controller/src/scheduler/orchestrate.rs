@@ -189,36 +189,42 @@ async fn advance_loaded(
 /// Put an idle demo to sleep: a sleep chain of its current generation unroutes it and
 /// stops its container. Only a running demo with nothing under way goes to sleep.
 pub async fn sleep(tx: &mut Tx<'_>, app: &AppState, demo_id: Uuid) -> sqlx::Result<Effects> {
-    let Some(demo) = demos::get_for_update_opt(&mut **tx, demo_id).await? else { return Ok(Effects::default()) };
-    if demo.desired != "running" || demo.state != "running" || demo.host_id.is_none() {
-        return Ok(Effects::default());
-    }
-    let Some(chain) = chains::create_if_idle(&mut **tx, demo.id, demo.generation, "sleep").await? else {
-        return Ok(Effects::default());
-    };
-    tracing::info!(demo = %demo.name, "no requests for the idle time; putting the demo to sleep");
-    demos::set_state(&mut **tx, demo.id, "sleeping", None).await?;
-    audit::record(&mut **tx, "idle", "sleep", Some(demo.id), serde_json::json!({ "generation": demo.generation }))
-        .await?;
-    advance(tx, app, chain).await
+    let Some(demo) = own_chain(tx, demo_id, "running", "sleep", "idle").await? else { return Ok(Effects::default()) };
+    tracing::info!(demo = %demo.0, "no requests for the idle time; putting the demo to sleep");
+    demos::set_state(&mut **tx, demo_id, "sleeping", None).await?;
+    advance(tx, app, demo.1).await
 }
 
 /// Wake a sleeping demo that a request asked for: a wake chain starts its container, waits
 /// for it to answer and routes it again. Nothing happens while a chain is under way (the
 /// sleep chain still stopping it, or an earlier wake).
 pub async fn wake(tx: &mut Tx<'_>, app: &AppState, demo_id: Uuid) -> sqlx::Result<Effects> {
-    let Some(demo) = demos::get_for_update_opt(&mut **tx, demo_id).await? else { return Ok(Effects::default()) };
-    if demo.desired != "running" || demo.state != "sleeping" || demo.host_id.is_none() {
-        return Ok(Effects::default());
-    }
-    let Some(chain) = chains::create_if_idle(&mut **tx, demo.id, demo.generation, "wake").await? else {
+    let Some(demo) = own_chain(tx, demo_id, "sleeping", "wake", "visitor").await? else {
         return Ok(Effects::default());
     };
-    tracing::info!(demo = %demo.name, "a request for a sleeping demo; waking it");
-    demos::touch(&mut **tx, demo.id).await?;
-    audit::record(&mut **tx, "visitor", "wake", Some(demo.id), serde_json::json!({ "generation": demo.generation }))
-        .await?;
-    advance(tx, app, chain).await
+    tracing::info!(demo = %demo.0, "a request for a sleeping demo; waking it");
+    demos::touch(&mut **tx, demo_id).await?;
+    advance(tx, app, demo.1).await
+}
+
+/// A chain of the controller's own (`kind`, same generation) for a placed demo that should
+/// run, is `state` and has nothing under way, audited as `actor`; its name and the chain.
+async fn own_chain(
+    tx: &mut Tx<'_>,
+    demo_id: Uuid,
+    state: &str,
+    kind: &str,
+    actor: &str,
+) -> sqlx::Result<Option<(String, Uuid)>> {
+    let Some(demo) = demos::get_for_update_opt(&mut **tx, demo_id).await? else { return Ok(None) };
+    if demo.desired != "running" || demo.state != state || demo.host_id.is_none() {
+        return Ok(None);
+    }
+    let Some(chain) = chains::create_if_idle(&mut **tx, demo.id, demo.generation, kind).await? else {
+        return Ok(None);
+    };
+    audit::record(&mut **tx, actor, kind, Some(demo.id), serde_json::json!({ "generation": demo.generation })).await?;
+    Ok(Some((demo.name, chain)))
 }
 
 /// Record a step's result and move its chain on: next step, retry, approval or failure.
