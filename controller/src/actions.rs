@@ -4,28 +4,16 @@
 
 use uuid::Uuid;
 
+use crate::db::audit;
 use crate::db::demos::{self, DeployRequest};
-use crate::db::{audit, Tx};
 use crate::error::ApiError;
 use crate::intake::{Event, Kind};
 use crate::scheduler::{orchestrate, Effects};
 use crate::state::AppState;
 
-/// Run `work` in a transaction, commit, and apply its effects.
-async fn in_transaction<T>(
-    app: &AppState,
-    work: impl for<'t> AsyncFnOnce(&mut Tx<'t>) -> Result<(T, Effects), ApiError>,
-) -> Result<T, ApiError> {
-    let mut tx = app.db.begin().await?;
-    let (value, effects) = work(&mut tx).await?;
-    tx.commit().await?;
-    app.apply(effects).await;
-    Ok(value)
-}
-
 /// Tear a demo down, as a closed pull request would.
 pub async fn stop(app: &AppState, demo_id: Uuid, actor: &str) -> Result<(), ApiError> {
-    in_transaction(app, async |tx| {
+    app.transact(async |tx| {
         let demo = demos::get_for_update_opt(&mut **tx, demo_id).await?.ok_or_else(|| no_demo(demo_id))?;
         if demo.desired == "stopped" {
             return Err(ApiError::Conflict(format!("{} is already stopped", demo.name)));
@@ -39,7 +27,7 @@ pub async fn stop(app: &AppState, demo_id: Uuid, actor: &str) -> Result<(), ApiE
 
 /// Deploy the demo's commit again, as a new generation (it may have been stopped).
 pub async fn redeploy(app: &AppState, demo_id: Uuid, actor: &str) -> Result<(), ApiError> {
-    in_transaction(app, async |tx| {
+    app.transact(async |tx| {
         let demo = demos::get_for_update_opt(&mut **tx, demo_id).await?.ok_or_else(|| no_demo(demo_id))?;
         let event = Event::pull_request(Kind::Deploy, DeployRequest::of(&demo), actor, None);
         let (_, effects) = orchestrate::apply(tx, app, &event).await?;
@@ -68,16 +56,16 @@ pub async fn on_host(app: &AppState, host: &str, action: &str, actor: &str) -> R
 }
 
 pub async fn approve(app: &AppState, demo_id: Uuid, actor: &str) -> Result<(), ApiError> {
-    in_transaction(app, async |tx| Ok(((), orchestrate::approve(tx, app, demo_id, actor).await?))).await
+    app.transact(async |tx| Ok(((), orchestrate::approve(tx, app, demo_id, actor).await?))).await
 }
 
 pub async fn retry(app: &AppState, chain_id: Uuid, actor: &str) -> Result<(), ApiError> {
-    in_transaction(app, async |tx| Ok(((), orchestrate::retry_chain(tx, app, chain_id, actor).await?))).await
+    app.transact(async |tx| Ok(((), orchestrate::retry_chain(tx, app, chain_id, actor).await?))).await
 }
 
 /// Stop (or resume) giving the host new demos.
 pub async fn set_draining(app: &AppState, host: &str, draining: bool, actor: &str) -> Result<(), ApiError> {
-    in_transaction(app, async |tx| {
+    app.transact(async |tx| {
         let found = sqlx::query("update hosts set draining = $2 where id = $1")
             .bind(host)
             .bind(draining)
@@ -137,7 +125,7 @@ pub async fn start(app: &AppState, reference: &str, notify: bool, actor: &str) -
     if !open {
         return Err(ApiError::Conflict(format!("{owner}/{repo}#{number} is closed")));
     }
-    in_transaction(app, async |tx| {
+    app.transact(async |tx| {
         let event = Event::pull_request(Kind::Deploy, request, actor, None);
         let (recorded, mut effects) = orchestrate::apply(tx, app, &event).await?;
         let demo_id = recorded.demo.map(|d| d.id).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no demo")))?;
@@ -158,7 +146,7 @@ pub async fn start(app: &AppState, reference: &str, notify: bool, actor: &str) -
 /// the name of `actor`; returns its id and outcome. Judged by the event's own time, like any
 /// event: stale if the demo has applied a newer one since.
 pub async fn redeliver(app: &AppState, delivery_id: &str, actor: &str) -> Result<(String, String), ApiError> {
-    in_transaction(app, async |tx| {
+    app.transact(async |tx| {
         let stored: Option<Option<sqlx::types::Json<Event>>> =
             sqlx::query_scalar("select item from webhook_deliveries where delivery_id = $1")
                 .bind(delivery_id)

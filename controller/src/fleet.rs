@@ -107,10 +107,7 @@ async fn sleep_idle(app: &AppState) -> sqlx::Result<()> {
         demos::record_requests(&app.db, &visits).await?;
     }
     for id in demos::idle(&app.db, app.config.idle_sleep_seconds()).await? {
-        let mut tx = app.db.begin().await?;
-        let effects = orchestrate::sleep(&mut tx, app, id).await?;
-        tx.commit().await?;
-        app.apply(effects).await;
+        app.transact(async |tx| Ok::<_, sqlx::Error>(((), orchestrate::sleep(tx, app, id).await?))).await?;
     }
     Ok(())
 }
@@ -136,18 +133,11 @@ pub async fn run_wakes(app: AppState, mut asked: mpsc::UnboundedReceiver<Uuid>, 
             continue;
         }
         recent.insert(demo, now);
-        if let Err(err) = wake(&app, demo).await {
+        let woken = app.transact(async |tx| Ok::<_, sqlx::Error>(((), orchestrate::wake(tx, &app, demo).await?))).await;
+        if let Err(err) = woken {
             tracing::warn!(%demo, error = %err, "waking a demo failed; the next request asks again");
         }
     }
-}
-
-async fn wake(app: &AppState, demo: Uuid) -> sqlx::Result<()> {
-    let mut tx = app.db.begin().await?;
-    let effects = orchestrate::wake(&mut tx, app, demo).await?;
-    tx.commit().await?;
-    app.apply(effects).await;
-    Ok(())
 }
 
 async fn write_traefik_file(app: &AppState, path: &std::path::Path) -> anyhow::Result<()> {
@@ -160,10 +150,7 @@ async fn write_traefik_file(app: &AppState, path: &std::path::Path) -> anyhow::R
 
 async fn place_waiting(app: &AppState) -> sqlx::Result<()> {
     for chain in chains::waiting(&app.db, 100).await? {
-        let mut tx = app.db.begin().await?;
-        let effects = orchestrate::advance(&mut tx, app, chain).await?;
-        tx.commit().await?;
-        app.apply(effects).await;
+        app.transact(async |tx| Ok::<_, sqlx::Error>(((), orchestrate::advance(tx, app, chain).await?))).await?;
     }
     Ok(())
 }

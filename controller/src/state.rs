@@ -40,6 +40,18 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Run `work` in a transaction of its own, commit, then apply the effects it returns.
+    pub async fn transact<T, E: From<sqlx::Error>>(
+        &self,
+        work: impl for<'t> AsyncFnOnce(&mut crate::db::Tx<'t>) -> Result<(T, crate::scheduler::Effects), E>,
+    ) -> Result<T, E> {
+        let mut tx = self.db.begin().await?;
+        let (value, effects) = work(&mut tx).await?;
+        tx.commit().await?;
+        self.apply(effects).await;
+        Ok(value)
+    }
+
     /// Apply what a committed transaction asked for.
     pub async fn apply(&self, effects: crate::scheduler::Effects) {
         // Routes first: a step queued by the same change (retiring the old container, say)

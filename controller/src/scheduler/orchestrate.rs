@@ -34,11 +34,7 @@ pub async fn apply(tx: &mut Tx<'_>, app: &AppState, event: &Event) -> sqlx::Resu
 
 /// Advance a chain in a transaction of its own, and apply what that asked for.
 pub async fn start(app: &AppState, chain_id: Uuid) -> sqlx::Result<()> {
-    let mut tx = app.db.begin().await?;
-    let effects = advance(&mut tx, app, chain_id).await?;
-    tx.commit().await?;
-    app.apply(effects).await;
-    Ok(())
+    app.transact(async |tx| Ok(((), advance(tx, app, chain_id).await?))).await
 }
 
 /// Set the demo's state and, when GitHub is configured, queue a notification of it.
