@@ -211,6 +211,17 @@ impl Config {
         i32::try_from(self.idle_sleep.as_secs()).unwrap_or(i32::MAX)
     }
 
+    /// The controller's URL as browsers reach it, without a trailing `/`.
+    pub fn public_url(&self) -> String {
+        let url = self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen));
+        url.trim_end_matches('/').to_string()
+    }
+
+    /// Where Traefik's forwardAuth middleware reaches the SSO gate.
+    pub fn forward_auth_url(&self) -> String {
+        self.forward_auth_url.clone().unwrap_or_else(|| format!("http://{}/auth/forward", self.listen))
+    }
+
     /// Where Traefik sends the traffic of demos that sleep when idle.
     pub fn edge_url(&self) -> String {
         self.edge_url.clone().unwrap_or_else(|| format!("http://{}", self.edge_listen))

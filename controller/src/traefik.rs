@@ -75,7 +75,7 @@ const SSO_MIDDLEWARE: &str = "demofleet-sso";
 /// Traefik asks the controller's `/auth/forward` about each request; 2xx passes (with
 /// `X-Forwarded-User`), anything else (a redirect to sign in) goes back to the visitor.
 fn sso_middleware(config: &Config) -> Value {
-    let address = config.forward_auth_url.clone().unwrap_or_else(|| format!("http://{}/auth/forward", config.listen));
+    let address = config.forward_auth_url();
     json!({ "forwardAuth": { "address": address, "trustForwardHeader": true, "authResponseHeaders": ["X-Forwarded-User"] } })
 }
 

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use time::OffsetDateTime;
 
-use super::{cookie, set_cookie};
+use super::{cookie, found, set_cookie};
 use crate::config::Config;
 use crate::state::AppState;
 
@@ -67,10 +67,9 @@ pub struct Gate {
 
 impl Gate {
     pub fn new(config: &Config, key: Vec<u8>) -> Gate {
-        let public = config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
         Gate {
             key,
-            login_url: format!("{}/auth/login", public.trim_end_matches('/')),
+            login_url: format!("{}/auth/login", config.public_url()),
             cookie_ttl: config.session_ttl,
             secure: config.public_scheme == "https",
         }
@@ -141,8 +140,7 @@ impl Decision {
     /// A redirect as an HTTP response; `None` for a pass.
     pub fn redirect(&self) -> Option<Response> {
         let Decision::Redirect { location, set_cookie } = self else { return None };
-        let mut response = (StatusCode::FOUND, [(header::LOCATION, location.clone())]).into_response();
-        response.headers_mut().insert(header::CACHE_CONTROL, "no-store".parse().expect("static header"));
+        let mut response = found(location);
         if let Some(cookie) = set_cookie.as_ref().and_then(|c| c.parse().ok()) {
             response.headers_mut().insert(header::SET_COOKIE, cookie);
         }

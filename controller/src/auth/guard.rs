@@ -9,7 +9,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{principal, session, Principal};
+use super::{found, principal, session, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -45,9 +45,7 @@ pub async fn dashboard(State(app): State<AppState>, mut request: Request, next: 
         Ok(None) => {
             let here = request.uri().path_and_query().map_or("/", |p| p.as_str());
             let next: String = url::form_urlencoded::byte_serialize(here.as_bytes()).collect();
-            let location = format!("/auth/login?next={next}");
-            (StatusCode::FOUND, [(header::LOCATION, location), (header::CACHE_CONTROL, "no-store".into())])
-                .into_response()
+            found(&format!("/auth/login?next={next}"))
         }
         Err(err) => ApiError::Database(err).into_response(),
     }

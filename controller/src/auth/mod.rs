@@ -179,6 +179,14 @@ pub async fn end_session(db: impl PgExecutor<'_>, headers: &HeaderMap) -> sqlx::
     Ok(())
 }
 
+/// A redirect (302) to `location` that no cache keeps: sign-in's every hop.
+pub fn found(location: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let headers =
+        [(axum::http::header::LOCATION, location.to_string()), (axum::http::header::CACHE_CONTROL, "no-store".into())];
+    (axum::http::StatusCode::FOUND, headers).into_response()
+}
+
 /// The value of cookie `name` in the request's `Cookie` headers.
 pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers

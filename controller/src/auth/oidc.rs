@@ -7,8 +7,8 @@
 //! sign-in never redirects anywhere a stranger chooses.
 
 use axum::extract::{Form, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,7 +20,7 @@ use openidconnect::{
 };
 use serde::Deserialize;
 
-use super::{allowed, create_session, end_session, session, set_cookie, Identity, SESSION_COOKIE};
+use super::{allowed, create_session, end_session, found, session, set_cookie, Identity, SESSION_COOKIE};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -80,11 +80,6 @@ impl Next {
     }
 }
 
-fn redirect(location: &str) -> Response {
-    (StatusCode::FOUND, [(header::LOCATION, location.to_string()), (header::CACHE_CONTROL, "no-store".into())])
-        .into_response()
-}
-
 #[derive(Deserialize)]
 struct LoginQuery {
     next: Option<String>,
@@ -99,7 +94,7 @@ async fn login(
         ApiError::BadRequest("`next` must be a path of this controller or a preview URL under the base domain".into())
     })?;
     if let Some(session) = session(&app.db, &headers).await? {
-        return Ok(redirect(&next.location(&app, &session.email)));
+        return Ok(found(&next.location(&app, &session.email)));
     }
     let client = client(&app, provider(&app).await?.clone())?;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -120,7 +115,7 @@ async fn login(
         .bind(next.stored())
         .execute(&app.db)
         .await?;
-    Ok(redirect(url.as_str()))
+    Ok(found(url.as_str()))
 }
 
 #[derive(Deserialize)]
@@ -158,7 +153,7 @@ async fn callback(State(app): State<AppState>, Query(query): Query<CallbackQuery
     }
     let token = create_session(&app.db, &who, app.config.session_ttl).await?;
     tracing::info!(email = %who.email, "signed in");
-    let mut response = redirect(&next.location(&app, &who.email));
+    let mut response = found(&next.location(&app, &who.email));
     let cookie = set_cookie(SESSION_COOKIE, &token, app.config.session_ttl, secure(&app));
     response.headers_mut().insert(header::SET_COOKIE, cookie.parse().map_err(anyhow::Error::from)?);
     Ok(response)
@@ -175,20 +170,20 @@ async fn logout(
     Form(form): Form<LogoutForm>,
 ) -> Result<Response, ApiError> {
     let Some(session) = session(&app.db, &headers).await? else {
-        return Ok(redirect("/"));
+        return Ok(found("/"));
     };
     if session.csrf != form.csrf {
         return Err(ApiError::Forbidden("the form's CSRF token does not match this session".into()));
     }
     end_session(&app.db, &headers).await?;
-    let mut response = redirect("/");
+    let mut response = found("/");
     let cookie = set_cookie(SESSION_COOKIE, "", std::time::Duration::ZERO, secure(&app));
     response.headers_mut().insert(header::SET_COOKIE, cookie.parse().map_err(anyhow::Error::from)?);
     Ok(response)
 }
 
 fn secure(app: &AppState) -> bool {
-    app.config.public_url.as_deref().is_some_and(|u| u.starts_with("https://"))
+    app.config.public_url().starts_with("https://")
 }
 
 /// The provider's metadata, found by discovery the first time it is needed.
@@ -228,8 +223,8 @@ fn client(app: &AppState, metadata: CoreProviderMetadata) -> Result<Client, ApiE
         ),
         (None, None) => None,
     };
-    let public = app.config.public_url.as_deref().unwrap_or_default().trim_end_matches('/');
-    let redirect = RedirectUrl::new(format!("{public}/auth/callback")).map_err(|e| ApiError::Internal(e.into()))?;
+    let redirect = RedirectUrl::new(format!("{}/auth/callback", app.config.public_url()))
+        .map_err(|e| ApiError::Internal(e.into()))?;
     Ok(CoreClient::from_provider_metadata(
         metadata,
         ClientId::new(app.config.oidc_client_id.clone()),

@@ -52,8 +52,7 @@ async fn act(
     act: impl AsyncFnOnce(&str) -> Result<(), ApiError>,
 ) -> Result<Response, PageError> {
     let layout = Layout::of(who);
-    if csrf.is_empty() || csrf != layout.csrf {
-        let refused = ApiError::Forbidden("the form's CSRF token does not match your session; reload the page".into());
+    if let Err(refused) = layout.check_csrf(csrf) {
         return Err(PageError::new(layout, refused));
     }
     match act(&who.actor()).await {
@@ -117,8 +116,7 @@ async fn start(
     Form(form): Form<StartForm>,
 ) -> Result<Response, PageError> {
     let layout = Layout::of(&who);
-    if form.csrf != layout.csrf {
-        let refused = ApiError::Forbidden("the form's CSRF token does not match your session; reload the page".into());
+    if let Err(refused) = layout.check_csrf(&form.csrf) {
         return Err(PageError::new(layout, refused));
     }
     match actions::start(&app, &form.reference, form.notify.is_some(), &who.actor()).await {
@@ -140,9 +138,7 @@ async fn make_token(
 ) -> Result<Response, PageError> {
     let layout = Layout::of(&who);
     let made = async {
-        if form.csrf != layout.csrf {
-            return Err(ApiError::Forbidden("the form's CSRF token does not match your session".into()));
-        }
+        layout.check_csrf(&form.csrf)?;
         let name = form.name.trim();
         if name.is_empty() || name.len() > 100 {
             return Err(ApiError::BadRequest("a token needs a name of 1 to 100 characters".into()));
@@ -156,7 +152,7 @@ async fn make_token(
     .await;
     match made {
         Ok(page) => Ok(([(header::CACHE_CONTROL, "no-store")], page).into_response()),
-        Err(err) => Err(PageError::new(Layout::of(&who), err)),
+        Err(err) => Err(PageError::new(layout, err)),
     }
 }
 

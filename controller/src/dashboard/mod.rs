@@ -38,6 +38,16 @@ impl Layout {
             Principal::Token { .. } => Layout { email: who.actor(), csrf: String::new() },
         }
     }
+
+    /// Refuse a form whose CSRF token is not this session's.
+    pub fn check_csrf(&self, sent: &str) -> Result<(), ApiError> {
+        if sent.is_empty() || sent != self.csrf {
+            return Err(ApiError::Forbidden(
+                "the form's CSRF token does not match your session; reload the page".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Template)]
