@@ -1,6 +1,6 @@
 //! Pieces the demofleet controller and agent must agree on: how a pull request becomes a
-//! demo name, which labels a demo container carries, the broker topology, and the
-//! versioned messages that travel over RabbitMQ and NATS.
+//! demo name, which labels a demo container carries, the broker topology, the
+//! versioned messages that travel over RabbitMQ and NATS, and what a GitHub webhook says.
 //!
 //! # Layout
 //! - [`consume`]: consuming a queue with bounded concurrency.
@@ -13,6 +13,7 @@
 //! - [`secret`]: settings that never reach a log.
 //! - [`signal`]: waiting for SIGINT or SIGTERM.
 //! - [`topology`]: exchange, queue and subject names; declaring them on a channel.
+//! - [`webhook`]: GitHub webhook signatures and payloads, read without I/O.
 
 pub mod consume;
 pub mod duration;
@@ -23,4 +24,5 @@ pub mod retry;
 pub mod secret;
 pub mod signal;
 pub mod topology;
+pub mod webhook;
 pub mod wire;

@@ -1,0 +1,9 @@
+//! What a GitHub webhook delivery says, read without I/O: the controller's intake calls
+//! these, and the fuzz targets in `fuzz/` drive them with arbitrary bytes.
+//!
+//! # Layout
+//! - [`signature`]: `X-Hub-Signature-256` checking.
+//! - [`event`]: the payload fields we read and what each action asks for.
+
+pub mod event;
+pub mod signature;
