@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`signature`]: `X-Hub-Signature-256` checking.
 //! - [`event`]: the payload fields we read and what each action asks for.
+//! - [`delivery`]: a delivery's content type, body and event header → the event it carries.
 
+pub mod delivery;
 pub mod event;
 pub mod signature;

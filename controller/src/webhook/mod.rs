@@ -3,12 +3,11 @@
 //! # Layout
 //! - [`signature`]: `X-Hub-Signature-256` checking.
 //! - [`event`]: the payload fields we read and what each action asks for.
+//! - [`delivery`]: content type, body and event header → the event.
 //!
-//! Both are pure and live in `demofleet_common::webhook`, where the fuzz targets reach them.
+//! All three are pure and live in `demofleet_common::webhook`, where the fuzz targets reach them.
 
-pub use demofleet_common::webhook::{event, signature};
-
-use std::borrow::Cow;
+pub use demofleet_common::webhook::{delivery, event, signature};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -17,6 +16,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use delivery::{read, Delivery, DeliveryError};
 use demofleet_common::names;
 use event::{Intent, IssueCommentEvent, PullRequestEvent};
 
@@ -43,21 +43,28 @@ async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
     let event = required_header(&headers, "x-github-event")?;
     let delivery = required_header(&headers, "x-github-delivery")?;
     tracing::Span::current().record("event", event).record("delivery", delivery);
-    let payload = json_payload(&headers, &body)?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
 
-    match event {
-        "ping" => record_only(&app, delivery, event, None, "ping", None).await,
-        "pull_request" => pull_request(&app, delivery, &payload).await,
-        "issue_comment" => issue_comment(&app, delivery, &payload).await,
-        _ => {
-            let action = event::parse::<Value>(&payload).ok().and_then(|v| v["action"].as_str().map(String::from));
+    match read(event, content_type, &body)? {
+        Delivery::Ping => record_only(&app, delivery, event, None, "ping", None).await,
+        Delivery::PullRequest(payload) => pull_request(&app, delivery, payload).await,
+        Delivery::IssueComment(payload) => issue_comment(&app, delivery, payload).await,
+        Delivery::Other { action } => {
             record_only(&app, delivery, event, action.as_deref(), "ignored", Some("event not used by demofleet")).await
         }
     }
 }
 
-async fn pull_request(app: &AppState, delivery: &str, payload: &[u8]) -> Result<Answer, ApiError> {
-    let event: PullRequestEvent = event::parse(payload).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+impl From<DeliveryError> for ApiError {
+    fn from(err: DeliveryError) -> Self {
+        match err {
+            DeliveryError::UnsupportedMediaType(_) => ApiError::UnsupportedMediaType(err.to_string()),
+            DeliveryError::NoFormPayload | DeliveryError::Payload(_) => ApiError::BadRequest(err.to_string()),
+        }
+    }
+}
+
+async fn pull_request(app: &AppState, delivery: &str, event: PullRequestEvent) -> Result<Answer, ApiError> {
     let action = event.action.as_str();
     let intent = event.intent();
     if intent == Intent::Ignore {
@@ -127,8 +134,7 @@ fn answer(delivery: &str, recorded: Recorded) -> Answer {
 
 /// `issue_comment`: `/demo approve` on a pull request asks for its demo to be approved;
 /// whether the commenter may is checked with GitHub, after the answer.
-async fn issue_comment(app: &AppState, delivery: &str, payload: &[u8]) -> Result<Answer, ApiError> {
-    let event: IssueCommentEvent = event::parse(payload).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+async fn issue_comment(app: &AppState, delivery: &str, event: IssueCommentEvent) -> Result<Answer, ApiError> {
     if !event.is_approval() {
         return record_only(app, delivery, "issue_comment", Some(&event.action), "ignored", Some("not an approval"))
             .await;
@@ -262,20 +268,4 @@ fn required_header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, Ap
         return Err(ApiError::BadRequest(format!("{name} header must be 1-200 characters")));
     }
     Ok(value)
-}
-
-/// The JSON document of a delivery: the body itself, or the `payload` field of a form.
-fn json_payload<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<Cow<'b, [u8]>, ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    match mime.as_str() {
-        "application/json" => Ok(Cow::Borrowed(body)),
-        "application/x-www-form-urlencoded" => url::form_urlencoded::parse(body)
-            .find(|(k, _)| k == "payload")
-            .map(|(_, v)| Cow::Owned(v.into_owned().into_bytes()))
-            .ok_or_else(|| ApiError::BadRequest("form body has no `payload` field".into())),
-        other => Err(ApiError::UnsupportedMediaType(format!(
-            "content type {other:?} is not supported; use application/json or application/x-www-form-urlencoded"
-        ))),
-    }
 }
