@@ -14,15 +14,23 @@
 //! - [`signal`]: waiting for SIGINT or SIGTERM.
 //! - [`topology`]: exchange, queue and subject names; declaring them on a channel.
 //! - [`webhook`]: GitHub webhook signatures and payloads, read without I/O.
+//!
+//! `consume`, `messaging`, `retry`, `signal` and `topology` need the default `runtime`
+//! feature; the rest is pure, which is all the fuzz targets in `fuzz/` build.
 
+#[cfg(feature = "runtime")]
 pub mod consume;
 pub mod duration;
 pub mod labels;
+#[cfg(feature = "runtime")]
 pub mod messaging;
 pub mod names;
+#[cfg(feature = "runtime")]
 pub mod retry;
 pub mod secret;
+#[cfg(feature = "runtime")]
 pub mod signal;
+#[cfg(feature = "runtime")]
 pub mod topology;
 pub mod webhook;
 pub mod wire;
