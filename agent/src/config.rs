@@ -26,6 +26,11 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_HOST_ADDRESS", default_value = "127.0.0.1")]
     pub host_address: String,
 
+    /// Publish demo ports on this address instead of the host address: `0.0.0.0` behind
+    /// NAT, or the test fleet's hosts, whose address forwards to Docker's (docs/testing.md).
+    #[arg(long, env = "DEMOFLEET_PUBLISH_ADDRESS")]
+    pub publish_address: Option<String>,
+
     /// How many demos this host may run.
     #[arg(long, env = "DEMOFLEET_CAPACITY", default_value_t = 10)]
     pub capacity: u32,
@@ -79,6 +84,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// Where Docker publishes demo ports.
+    pub fn publish_address(&self) -> &str {
+        self.publish_address.as_deref().unwrap_or(&self.host_address)
+    }
+
     /// What every demo gets in its environment from the host: `--demo-opt` values and this
     /// process's `DEMO_OPT_*` variables.
     pub fn demo_opts(&self) -> Vec<String> {

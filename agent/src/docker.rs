@@ -132,7 +132,10 @@ pub async fn launch(
         let port_key = format!("{port}/tcp");
         let bindings = HashMap::from([(
             port_key.clone(),
-            Some(vec![PortBinding { host_ip: Some(config.host_address.clone()), host_port: Some(String::new()) }]),
+            Some(vec![PortBinding {
+                host_ip: Some(config.publish_address().to_string()),
+                host_port: Some(String::new()),
+            }]),
         )]);
         let body = ContainerCreateBody {
             image: Some(image),
@@ -330,25 +333,34 @@ async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> 
     }
 }
 
-/// Remove every container and image of the demo. Other demos' and foreign ones are untouched.
-pub async fn remove_demo(docker: &Docker, spec: &DemoSpec) -> Result<(), DockerError> {
-    remove_generations(docker, spec, None).await
+/// Remove every container of the demo on this host, and its images. Other demos' and
+/// foreign ones are untouched.
+pub async fn remove_demo(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<(), DockerError> {
+    remove_generations(docker, host_id, spec, None).await
 }
 
 /// Remove the containers and images of the demo's generations other than the current one:
 /// after an update has switched the route to the new one.
-pub async fn retire_older(docker: &Docker, spec: &DemoSpec) -> Result<(), DockerError> {
-    remove_generations(docker, spec, Some(spec.generation)).await
+pub async fn retire_older(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<(), DockerError> {
+    remove_generations(docker, host_id, spec, Some(spec.generation)).await
 }
 
-/// Remove the demo's containers, then its images, except those of generation `keep`.
-async fn remove_generations(docker: &Docker, spec: &DemoSpec, keep: Option<i64>) -> Result<(), DockerError> {
+/// Remove the demo's containers of this host, then its images, except those of generation
+/// `keep`. A container the demo left on another host is that host's to remove (where one
+/// engine serves several hosts' agents, as in the test fleet, it stays until then).
+async fn remove_generations(
+    docker: &Docker,
+    host_id: &str,
+    spec: &DemoSpec,
+    keep: Option<i64>,
+) -> Result<(), DockerError> {
     let filter = format!("{}={}", labels::ID, spec.id);
     let kept = |labels: Option<&HashMap<String, String>>| {
         let generation = labels.and_then(|l| l.get(labels::GENERATION)).and_then(|g| g.parse::<i64>().ok());
         keep.is_some() && generation == keep
     };
-    for container in containers_of(docker, vec![filter.clone()]).await? {
+    let on_host = format!("{}={host_id}", labels::HOST);
+    for container in containers_of(docker, vec![filter.clone(), on_host]).await? {
         if !kept(container.labels.as_ref()) {
             remove_container(docker, container.id.as_deref().unwrap_or_default()).await?;
         }
@@ -362,6 +374,12 @@ async fn remove_generations(docker: &Docker, spec: &DemoSpec, keep: Option<i64>)
         let options = RemoveImageOptionsBuilder::default().force(true).build();
         match docker.remove_image(&image.id, Some(options), None).await {
             Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            // Still used by a running container this host does not own (an engine serving
+            // several hosts' agents): its host removes the container; the image goes with
+            // the demo.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, message }) => {
+                tracing::debug!(image = %image.id, %message, "image in use elsewhere; kept");
+            }
             Err(err) => return Err(err.into()),
         }
     }

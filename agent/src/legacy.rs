@@ -59,7 +59,7 @@ pub fn docker_opts(
 pub async fn launch(ctx: &AgentContext, spec: &DemoSpec, dir: &Path) -> anyhow::Result<(String, u16)> {
     let name = container_name(spec);
     if ctx.docker.inspect_container(&name, None).await.is_err() {
-        let port = free_port(&ctx.config.host_address)?;
+        let port = free_port(ctx.config.publish_address())?;
         let network = docker::ensure_network(&ctx.docker, &ctx.config, spec).await?;
         let opts = docker_opts(&ctx.config, &ctx.host_id, spec, port, &network)?;
         ctx.log(spec, &format!("./run serve --detach --port {port}"));

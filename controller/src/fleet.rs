@@ -54,6 +54,7 @@ pub async fn run_tick(app: AppState, stop: CancellationToken) {
     let mut interval = tokio::time::interval(app.config.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reconciler = crate::reconcile::Reconciler::default();
+    let started = Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -61,6 +62,11 @@ pub async fn run_tick(app: AppState, stop: CancellationToken) {
         }
         if let Err(err) = reconciler.run(&app).await {
             tracing::warn!(error = %err, "reconciling hosts' inventories failed");
+        }
+        // Hosts look down until their first heartbeat reaches a controller just started.
+        let trust_silence = started.elapsed() > app.config.host_timeout;
+        if let Err(err) = move_off(&app, trust_silence).await {
+            tracing::warn!(error = %err, "moving demos off draining or silent hosts failed");
         }
         if let Err(err) = place_waiting(&app).await {
             tracing::warn!(error = %err, "placing waiting demos failed");
@@ -144,6 +150,41 @@ async fn write_traefik_file(app: &AppState, path: &std::path::Path) -> anyhow::R
     let config = traefik::current(app).await?;
     if traefik::write_if_changed(path, &config).await? {
         tracing::info!(file = %path.display(), "Traefik configuration written");
+    }
+    Ok(())
+}
+
+/// Launch the demos of draining hosts, and of hosts silent for longer than the host
+/// timeout when `trust_silence`, again elsewhere (placement skips such hosts). A draining
+/// host's demo moves once nothing is under way for it; a silent host's demo also when its
+/// chain is stuck there. The old container serves until the new one answers, and is then
+/// an orphan that reconcile removes, at once or when its host is heard from again. With no
+/// other live host to go to, demos stay where they are.
+async fn move_off(app: &AppState, trust_silence: bool) -> sqlx::Result<()> {
+    let moving: Vec<(Uuid, bool)> = sqlx::query_as(
+        "select d.id, h.last_seen < now() - make_interval(secs => $1) as silent
+         from demos d join hosts h on h.id = d.host_id
+         where d.desired = 'running' and d.state in ('running', 'starting', 'sleeping')
+           and (h.draining or ($2 and h.last_seen < now() - make_interval(secs => $1)))
+           and (select c.status from chains c where c.demo_id = d.id and c.generation = d.generation
+                order by c.created_at desc limit 1)
+               = any(case when $2 and h.last_seen < now() - make_interval(secs => $1)
+                          then array['running', 'succeeded'] else array['succeeded'] end)
+           and exists (select 1 from hosts o where o.id <> h.id and not o.draining
+                                                and o.last_seen > now() - make_interval(secs => $1))
+         order by d.id limit 100",
+    )
+    .bind(app.config.host_timeout.as_secs_f64())
+    .bind(trust_silence)
+    .fetch_all(&app.db)
+    .await?;
+    for (id, silent) in moving {
+        let (actor, why) = if silent {
+            ("host_down", "the demo's host is silent; launching the demo elsewhere")
+        } else {
+            ("drain", "the demo's host drains; launching the demo elsewhere")
+        };
+        crate::reconcile::launch_again(app, id, &["running", "starting", "sleeping"], actor, why).await?;
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //!
 //! - A demo container that belongs to no demo of that host (unknown, moved, stopped) or to
 //!   a generation older than the one running is an orphan: the agent is told to remove it.
+//!   A demo moving to another host keeps its old container until the new one answers.
 //! - A running demo whose container is not running on its host, or a sleeping one whose
 //!   stopped container is gone, is missing: it is launched again, as a new generation of
 //!   the same commit.
@@ -43,6 +44,7 @@ struct DemoRow {
     desired: String,
     state: String,
     host_id: Option<String>,
+    serving_host: Option<String>,
 }
 
 impl Reconciler {
@@ -89,7 +91,8 @@ async fn differences(app: &AppState) -> sqlx::Result<HashSet<Difference>> {
         let items: Vec<InventoryItem> = serde_json::from_value(inventory).unwrap_or_default();
         let ids: Vec<Uuid> = items.iter().map(|i| i.demo_id).collect();
         let rows: Vec<DemoRow> = sqlx::query_as(
-            "select id, generation, desired, state, host_id from demos where id = any($1) or host_id = $2",
+            "select id, generation, desired, state, host_id, serving_host from demos
+             where id = any($1) or host_id = $2",
         )
         .bind(&ids)
         .bind(&host)
@@ -99,7 +102,8 @@ async fn differences(app: &AppState) -> sqlx::Result<HashSet<Difference>> {
             let orphan = match rows.iter().find(|d| d.id == item.demo_id) {
                 None => true,
                 Some(d) => {
-                    d.host_id.as_deref() != Some(host.as_str())
+                    let here = Some(host.as_str());
+                    (d.host_id.as_deref() != here && d.serving_host.as_deref() != here)
                         || (d.desired == "stopped" && d.state == "stopped")
                         || (item.generation < d.generation && d.state == "running")
                 }
@@ -132,13 +136,21 @@ async fn differences(app: &AppState) -> sqlx::Result<HashSet<Difference>> {
 
 /// Launch a running demo whose container is gone again, as a new generation of its commit.
 async fn relaunch(app: &AppState, id: Uuid) -> sqlx::Result<()> {
+    launch_again(app, id, &["running", "sleeping"], "reconcile", "the demo's container is gone; launching it again")
+        .await
+}
+
+/// Deploy demo `id`'s commit again as a new generation, if it should run and is in one of
+/// `states`; placement then keeps it where it is or, when that host drains or is down,
+/// picks another. Audited as `actor`.
+pub async fn launch_again(app: &AppState, id: Uuid, states: &[&str], actor: &str, why: &str) -> sqlx::Result<()> {
     let mut tx = app.db.begin().await?;
     let Some(demo) = demos::get_for_update_opt(&mut *tx, id).await? else { return Ok(()) };
-    if demo.desired != "running" || !matches!(demo.state.as_str(), "running" | "sleeping") {
+    if demo.desired != "running" || !states.contains(&demo.state.as_str()) {
         return Ok(());
     }
-    tracing::warn!(demo = %demo.name, host = ?demo.host_id, state = %demo.state, "the demo's container is gone; launching it again");
-    let event = Event::pull_request(Kind::Deploy, DeployRequest::of(&demo), "reconcile", None);
+    tracing::warn!(demo = %demo.name, host = ?demo.host_id, state = %demo.state, "{why}");
+    let event = Event::pull_request(Kind::Deploy, DeployRequest::of(&demo), actor, None);
     let (_, effects) = orchestrate::apply(&mut tx, app, &event).await?;
     tx.commit().await?;
     app.apply(effects).await;

@@ -20,6 +20,8 @@ pub struct Demo {
     pub github_user: String,
     pub host_id: Option<String>,
     pub host_port: Option<i32>,
+    /// The host of the container on `host_port`: `host_id` but while the demo moves.
+    pub serving_host: Option<String>,
     pub routed: bool,
     pub error: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -104,10 +106,13 @@ pub async fn set_state(db: impl PgExecutor<'_>, id: Uuid, state: &str, error: Op
     Ok(())
 }
 
+/// Place the demo's newest generation on `host_id`, or nowhere (`None`: it stopped). A
+/// container serving it elsewhere keeps serving until the new one answers.
 pub async fn set_host(db: impl PgExecutor<'_>, id: Uuid, host_id: Option<&str>) -> sqlx::Result<()> {
     sqlx::query(
         "update demos set host_id = $2, host_port = case when $2 is null then null else host_port end,
-                                  updated_at = now() where id = $1",
+                          serving_host = case when $2 is null then null else serving_host end,
+                          updated_at = now() where id = $1",
     )
     .bind(id)
     .bind(host_id)
@@ -116,8 +121,9 @@ pub async fn set_host(db: impl PgExecutor<'_>, id: Uuid, host_id: Option<&str>) 
     Ok(())
 }
 
+/// The container on the demo's host answers on `port`: requests go there from now on.
 pub async fn set_host_port(db: impl PgExecutor<'_>, id: Uuid, port: u16) -> sqlx::Result<()> {
-    sqlx::query("update demos set host_port = $2, updated_at = now() where id = $1")
+    sqlx::query("update demos set host_port = $2, serving_host = host_id, updated_at = now() where id = $1")
         .bind(id)
         .bind(i32::from(port))
         .execute(db)
@@ -164,7 +170,7 @@ pub async fn routes(db: impl PgExecutor<'_>, idle_sleep_seconds: i32) -> sqlx::R
     sqlx::query_as(
         "select d.id, d.name, h.address, d.host_port, d.routed and d.host_port is not null as routed,
                 coalesce(s.idle_sleep_seconds, $1) > 0 as sleeps, coalesce(s.gated, false) as gated
-         from demos d join hosts h on h.id = d.host_id
+         from demos d join hosts h on h.id = coalesce(d.serving_host, d.host_id)
          left join repo_settings s on s.owner = d.owner and s.repo = d.repo
          where (d.routed and d.host_port is not null) or (d.desired = 'running' and d.state = 'sleeping')",
     )

@@ -91,6 +91,9 @@ async fn advance_loaded(
 ) -> sqlx::Result<Effects> {
     let mut effects = Effects::default();
     let deploying = chain.kind == "deploy";
+    // Once a step ran on a host, the chain's later steps need what it left there.
+    let begun_on_host =
+        steps.iter().any(|s| s.status == "succeeded" && Step::parse(&s.name).is_some_and(|step| step.runs_on_agent()));
     for step_row in steps.iter().filter(|s| s.status != "succeeded" && s.status != "skipped") {
         if step_row.status != "pending" {
             return Ok(effects);
@@ -117,7 +120,7 @@ async fn advance_loaded(
             continue;
         }
         let queue = if step.runs_on_agent() {
-            let host = if deploying {
+            let host = if deploying && !begun_on_host {
                 let candidate = placement::place(
                     tx,
                     demo.host_id.as_deref(),
