@@ -13,6 +13,7 @@
 
 pub mod fake_github;
 pub mod fixtures;
+pub mod fleet;
 pub mod git_http;
 pub mod oidc;
 pub mod services;

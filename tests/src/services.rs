@@ -111,6 +111,8 @@ pub struct TestVhost {
     management_url: String,
     user: String,
     password: String,
+    /// Users made for the agents of a test fleet, removed with the vhost.
+    agent_users: std::sync::Mutex<Vec<String>>,
 }
 
 impl TestVhost {
@@ -128,7 +130,14 @@ impl TestVhost {
         let granted = put(format!("/api/permissions/{name}/{user}"), permissions).await.unwrap();
         assert!(granted.status().is_success(), "granting vhost: {}", granted.status());
         let (base, _) = services.amqp_url.rsplit_once('/').expect("AMQP URL has a vhost");
-        TestVhost { amqp_url: format!("{base}/{name}"), name, management_url, user, password }
+        TestVhost {
+            amqp_url: format!("{base}/{name}"),
+            name,
+            management_url,
+            user,
+            password,
+            agent_users: Default::default(),
+        }
     }
 
     /// Messages ready in `queue` of this vhost (0 when the queue does not exist).
@@ -143,7 +152,44 @@ impl TestVhost {
         body["messages"].as_u64().unwrap_or(0)
     }
 
+    /// A user of this vhost for agent `host_id`, allowed its own queue and the exchange it
+    /// answers through, nothing else: (user, password).
+    pub async fn create_agent_user(&self, host_id: &str) -> (String, String) {
+        let user = format!("{}-{host_id}", self.name);
+        let password = Uuid::new_v4().simple().to_string();
+        let client = reqwest::Client::new();
+        let put = |path: String, body: serde_json::Value| {
+            client
+                .put(format!("{}{path}", self.management_url))
+                .basic_auth(&self.user, Some(&self.password))
+                .json(&body)
+                .send()
+        };
+        let created = put(format!("/api/users/{user}"), serde_json::json!({ "password": password, "tags": "" }))
+            .await
+            .expect("management API");
+        assert!(created.status().is_success(), "creating user: {}", created.status());
+        let own = regex_escape(&demofleet_common::topology::host_queue(host_id));
+        let exchange = regex_escape(demofleet_common::topology::EXCHANGE);
+        let controller = regex_escape(demofleet_common::topology::CONTROLLER_QUEUE);
+        let permissions = serde_json::json!({
+            "configure": format!("^({exchange}|{controller}|{own})$"),
+            "write": format!("^({exchange}|{controller}|{own})$"),
+            "read": format!("^({exchange}|{own})$"),
+        });
+        let granted = put(format!("/api/permissions/{}/{user}", self.name), permissions).await.unwrap();
+        assert!(granted.status().is_success(), "granting user: {}", granted.status());
+        self.agent_users.lock().unwrap().push(user.clone());
+        (user, password)
+    }
+
     pub async fn delete(self) {
+        let client = reqwest::Client::new();
+        let users = std::mem::take(&mut *self.agent_users.lock().unwrap());
+        for user in users {
+            let url = format!("{}/api/users/{user}", self.management_url);
+            let _ = client.delete(url).basic_auth(&self.user, Some(&self.password)).send().await;
+        }
         let url = format!("{}/api/vhosts/{}", self.management_url, self.name);
         let _ = reqwest::Client::new().delete(url).basic_auth(&self.user, Some(&self.password)).send().await;
     }
@@ -175,13 +221,19 @@ pub fn nats_prefix() -> String {
 /// start again.
 pub struct PrivateNats {
     pub port: u16,
+    address: String,
     child: Option<std::process::Child>,
 }
 
 impl PrivateNats {
     pub fn start() -> PrivateNats {
+        PrivateNats::start_on("127.0.0.1")
+    }
+
+    /// A server listening on `address` (`0.0.0.0`: also on the test fleet's links).
+    pub fn start_on(address: &str) -> PrivateNats {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut nats = PrivateNats { port, child: None };
+        let mut nats = PrivateNats { port, address: address.to_string(), child: None };
         nats.restart();
         nats
     }
@@ -202,7 +254,7 @@ impl PrivateNats {
     pub fn restart(&mut self) {
         self.kill();
         let child = std::process::Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-a", &self.address, "-p", &self.port.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -220,4 +272,15 @@ impl Drop for PrivateNats {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `text` as a regular expression matching exactly it (RabbitMQ permission patterns).
+fn regex_escape(text: &str) -> String {
+    text.chars().fold(String::new(), |mut out, c| {
+        if !c.is_ascii_alphanumeric() && c != '_' && c != '-' {
+            out.push('\\');
+        }
+        out.push(c);
+        out
+    })
 }

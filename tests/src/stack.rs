@@ -67,9 +67,15 @@ pub struct TestAgent {
 }
 
 impl Drop for TestAgent {
-    /// Remove the demo containers, images and networks this host left, passed or failed.
     fn drop(&mut self) {
-        let filter = format!("label=run.demo.host={}", self.host_id);
+        remove_host_leftovers(&self.host_id);
+    }
+}
+
+/// Remove the demo containers, images and networks host `host_id` left, passed or failed.
+pub fn remove_host_leftovers(host_id: &str) {
+    {
+        let filter = format!("label=run.demo.host={host_id}");
         let docker = |args: &[&str]| {
             std::process::Command::new("docker")
                 .args(args)
@@ -105,6 +111,8 @@ pub struct Stack {
     pub git_http: Option<GitHttp>,
     /// Holds fixture repositories and demo folders; removed with the stack.
     pub scratch: TempDir,
+    /// The NATS subject prefix of this stack's controller and agents.
+    pub nats_prefix: String,
     test_db: TestDb,
     http: reqwest::Client,
     /// For demos through the edge: no API token.
@@ -206,6 +214,7 @@ impl Stack {
             vhost,
             git_http,
             scratch,
+            nats_prefix: prefix,
             test_db,
             http: api_client(&api_token),
             plain: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),

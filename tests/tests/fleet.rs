@@ -1,0 +1,187 @@
+//! The fleet under fire: four agent hosts with addresses of their own (tests/src/fleet.rs).
+//! One scenario after another on the same fleet, each checking that every demo ends up
+//! running exactly once, on a live host, answering on its hostname through the edge:
+//!
+//! 1. 30 demos spread over the hosts by their capacity;
+//! 2. a host drains: its demos move to the others, none dropped; it is emptied;
+//! 3. an agent is killed with SIGKILL: its host goes silent, its demos are launched again
+//!    elsewhere; when it comes back, its leftover containers are removed;
+//! 4. a host's link is cut, then healed: the same, with the host cut off from everything.
+//!
+//! The time each took to converge is printed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use demofleet_tests::fixtures::{self, FixtureRepo};
+use demofleet_tests::fleet::{demo_containers, Fleet};
+use demofleet_tests::stack::StackOptions;
+use demofleet_tests::wait;
+
+const DEMOS: u64 = 30;
+/// Most free capacity first: 30 demos leave each host with 4 free.
+const CAPACITIES: [u32; 4] = [14, 12, 10, 10];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn demos_survive_drains_dead_agents_and_cut_links() {
+    let options =
+        StackOptions { controller_args: ["--reconcile-grace", "2s"].map(String::from).to_vec(), ..Default::default() };
+    let mut fleet = Fleet::start(env!("CARGO_BIN_EXE_fleet-agent"), &CAPACITIES, options).await;
+    let repo_name = format!("fleet-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let repo = FixtureRepo::create(&fleet.stack.repos_dir(), "fixture-owner", &repo_name);
+    let files = fixtures::static_site(&fleet.stack.services.base_image, "fleet demo");
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    let sha = repo.commit("a demo", &files);
+
+    // 1. 30 demos, placed by capacity.
+    let started = Instant::now();
+    for pr in 1..=DEMOS {
+        let mut body = fixtures::pull_request("pull_request.opened.json", &repo, &sha);
+        body["number"] = pr.into();
+        body["pull_request"]["number"] = pr.into();
+        let (_, response) = fleet.stack.deliver("pull_request", &body).await;
+        assert_eq!(response.status(), 202);
+    }
+    let demos = converged(&fleet, "30 demos placed", &[]).await;
+    println!("scenario 1: {DEMOS} demos running and answering after {:.1?}", started.elapsed());
+    let per_host = count_per_host(&demos);
+    for (host, capacity) in fleet.hosts.iter().zip(CAPACITIES) {
+        assert_eq!(per_host.get(host.host_id.as_str()), Some(&(capacity as usize - 4)), "{per_host:?}");
+    }
+    routes_use_host_addresses(&fleet).await;
+
+    // 2. Drain the fullest host: its demos move, none dropped; then it takes demos again.
+    let drained = fleet.hosts[0].host_id.clone();
+    let started = Instant::now();
+    let response = fleet.stack.post(&format!("/api/hosts/{drained}/drain")).await;
+    assert_eq!(response.status(), 200);
+    let demos = converged(&fleet, "the drained host emptied", &[&drained]).await;
+    println!("scenario 2: {} demos moved off a draining host in {:.1?}", per_host[drained.as_str()], started.elapsed());
+    assert_eq!(demos.len() as u64, DEMOS);
+    no_containers_left_on(&drained).await;
+    let response = fleet.stack.post(&format!("/api/hosts/{drained}/undrain")).await;
+    assert_eq!(response.status(), 200);
+
+    // 3. SIGKILL an agent: its demos are launched elsewhere; its containers stay on until
+    // it comes back and is told to remove them.
+    let victim = fleet.hosts[1].host_id.clone();
+    let moving = count_per_host(&demos)[victim.as_str()];
+    let started = Instant::now();
+    fleet.hosts[1].kill_agent();
+    converged(&fleet, "the killed agent's demos placed elsewhere", &[&victim]).await;
+    println!("scenario 3: {moving} demos of a killed agent answering elsewhere after {:.1?}", started.elapsed());
+    // As on a real machine whose agent died, its containers run on.
+    assert_eq!(demo_containers(&[&victim]).len(), moving, "the killed agent's containers");
+    fleet.hosts[1].start_agent();
+    let started = Instant::now();
+    no_containers_left_on(&victim).await;
+    println!("scenario 3: the returning agent's {moving} leftovers removed after {:.1?}", started.elapsed());
+
+    // 4. Cut a host's link, then heal it.
+    let cut = fleet.hosts[2].host_id.clone();
+    let demos = converged(&fleet, "before the cut", &[]).await;
+    let moving = count_per_host(&demos).get(cut.as_str()).copied().unwrap_or_default();
+    assert!(moving > 0, "the host to cut runs demos: {demos:?}");
+    let started = Instant::now();
+    fleet.hosts[2].set_link(false);
+    converged(&fleet, "the cut-off host's demos placed elsewhere", &[&cut]).await;
+    println!("scenario 4: {moving} demos of a cut-off host answering elsewhere after {:.1?}", started.elapsed());
+    assert_eq!(demo_containers(&[&cut]).len(), moving, "the cut-off host's containers");
+    fleet.hosts[2].set_link(true);
+    let started = Instant::now();
+    no_containers_left_on(&cut).await;
+    println!("scenario 4: the healed host's {moving} leftovers removed after {:.1?}", started.elapsed());
+    let demos = converged(&fleet, "after healing", &[]).await;
+    assert_eq!(demos.len() as u64, DEMOS);
+
+    // Nothing was lost: every delivery recorded its outcome, and each demo's story is one
+    // start per delivery plus one per move.
+    let unrecorded: i64 = sqlx::query_scalar("select count(*) from webhook_deliveries where outcome is null")
+        .fetch_one(&fleet.stack.db)
+        .await
+        .unwrap();
+    assert_eq!(unrecorded, 0);
+    fleet.stop().await;
+}
+
+/// Wait (60 s at most) until all 30 demos run, each on a live host not in `avoid`, each
+/// with exactly one running container (on its host) and no other container anywhere, and
+/// each answering on its hostname through the edge. Returns the demos.
+async fn converged(fleet: &Fleet, what: &str, avoid: &[&str]) -> Vec<Value> {
+    let hosts: Vec<&str> = fleet.hosts.iter().map(|h| h.host_id.as_str()).collect();
+    let deadline = Duration::from_secs(if avoid.is_empty() { 240 } else { 60 });
+    let found = tokio::time::timeout(
+        deadline,
+        wait::until(what, deadline, || async {
+            let demos = fleet.stack.get_json("/api/demos").await;
+            let demos = demos.as_array()?.clone();
+            if demos.len() as u64 != DEMOS {
+                return None;
+            }
+            for demo in &demos {
+                let host = demo["host"].as_str()?;
+                if demo["state"] != "running" || avoid.contains(&host) {
+                    return None;
+                }
+            }
+            let containers = demo_containers(&hosts);
+            let mut seen: HashMap<&str, usize> = HashMap::new();
+            for (id, host, _) in &containers {
+                if avoid.contains(&host.as_str()) {
+                    continue; // A cut-off or dead host is cleaned up when it returns.
+                }
+                *seen.entry(id.as_str()).or_default() += 1;
+            }
+            for demo in &demos {
+                let id = demo["id"].as_str()?;
+                let host = demo["host"].as_str()?;
+                let ok = seen.get(id) == Some(&1)
+                    && containers.iter().any(|(i, h, running)| i == id && h == host && *running);
+                if !ok {
+                    return None;
+                }
+            }
+            for demo in &demos {
+                let hostname = format!("{}.localhost", demo["name"].as_str()?);
+                let (status, body) = fleet.stack.edge_get(&hostname, "/").await;
+                if status != 200 || !body.contains("fleet demo") {
+                    return None;
+                }
+            }
+            Some(demos)
+        }),
+    )
+    .await;
+    found.unwrap_or_else(|_| panic!("{what}: not converged in {deadline:?}\n{}", fleet.logs()))
+}
+
+/// Wait until host `id` has no demo container left.
+async fn no_containers_left_on(id: &str) {
+    wait::until(&format!("{id} without containers"), Duration::from_secs(60), || async {
+        demo_containers(&[id]).is_empty().then_some(())
+    })
+    .await;
+}
+
+fn count_per_host(demos: &[Value]) -> BTreeMap<&str, usize> {
+    let mut counts = BTreeMap::new();
+    for demo in demos {
+        *counts.entry(demo["host"].as_str().unwrap()).or_default() += 1;
+    }
+    counts
+}
+
+/// Traefik's services point at the hosts' own addresses, never at loopback.
+async fn routes_use_host_addresses(fleet: &Fleet) {
+    let config = fleet.stack.get_json("/traefik/dynamic").await;
+    let services = config["http"]["services"].as_object().expect("services");
+    assert_eq!(services.len() as u64, DEMOS, "{config}");
+    for service in services.values() {
+        let url = service["loadBalancer"]["servers"][0]["url"].as_str().unwrap();
+        let ok = fleet.hosts.iter().any(|h| url.starts_with(&format!("http://{}:", h.address)));
+        assert!(ok, "{url} is not on a host's address");
+    }
+}
