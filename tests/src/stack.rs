@@ -103,7 +103,14 @@ pub struct Stack {
     /// The fake GitHub the controller talks to.
     pub github: FakeGitHub,
     pub secret: String,
-    pub controller: Controller,
+    /// The controller's API and edge addresses (the same across restarts).
+    pub http_addr: std::net::SocketAddr,
+    pub edge_addr: std::net::SocketAddr,
+    /// The controller, in this process until [`Stack::run_controller_as_process`].
+    controller: Option<Controller>,
+    /// Its flags, and its process once it runs as one.
+    controller_argv: Vec<String>,
+    controller_process: Option<ControllerProcess>,
     pub agents: Vec<TestAgent>,
     pub db: PgPool,
     pub vhost: TestVhost,
@@ -175,6 +182,7 @@ impl Stack {
         args.extend(options.controller_args.iter().cloned());
         let config = demofleet_controller::config::Config::try_parse_from(&args).expect("controller flags");
         let controller = Controller::start(config).await.expect("controller starts");
+        let (http_addr, edge_addr) = (controller.http_addr, controller.edge_addr);
         let db = PgPool::connect(&test_db.url).await.unwrap();
         let api_token = demofleet_controller::auth::create_api_token(&db, "tests", "test harness").await.unwrap();
 
@@ -208,7 +216,11 @@ impl Stack {
             services,
             github,
             secret,
-            controller,
+            http_addr,
+            edge_addr,
+            controller: Some(controller),
+            controller_argv: args,
+            controller_process: None,
             agents,
             db,
             vhost,
@@ -245,13 +257,54 @@ impl Stack {
         agent.agent = Some(start_agent(&agent.args, extra).await);
     }
 
+    /// The in-process controller's state.
+    pub fn controller_state(&self) -> &demofleet_controller::state::AppState {
+        &self.controller.as_ref().expect("the controller runs in this process").state
+    }
+
+    /// Stop the in-process controller and run it as process `binary` (a test's
+    /// `CARGO_BIN_EXE_fleet-controller`) with the same flags and addresses, so that it can
+    /// be killed.
+    pub async fn run_controller_as_process(&mut self, binary: &str) {
+        if let Some(controller) = self.controller.take() {
+            controller.shutdown().await;
+        }
+        let mut argv = self.controller_argv[1..].to_vec();
+        for i in 1..argv.len() {
+            match argv[i - 1].as_str() {
+                "--listen" => argv[i] = self.http_addr.to_string(),
+                "--edge-listen" => argv[i] = self.edge_addr.to_string(),
+                _ => {}
+            }
+        }
+        let log = self.scratch.path().join("controller.log");
+        self.controller_process = Some(ControllerProcess { binary: binary.into(), argv, log, child: None });
+        self.start_controller().await;
+    }
+
+    /// SIGKILL the controller process.
+    pub fn kill_controller(&mut self) {
+        self.controller_process.as_mut().expect("a controller process").kill();
+    }
+
+    /// Start the controller process again and wait until it is ready.
+    pub async fn start_controller(&mut self) {
+        self.controller_process.as_mut().expect("a controller process").start();
+        let url = self.url("/readyz");
+        wait::until("the controller to be ready", Duration::from_secs(60), || async {
+            let response = self.plain.get(&url).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+    }
+
     /// Where fixture repositories go (matches the controller's `--git-url`).
     pub fn repos_dir(&self) -> PathBuf {
         self.scratch.path().join("repos")
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.controller.http_addr)
+        format!("http://{}{path}", self.http_addr)
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
@@ -337,7 +390,7 @@ impl Stack {
 
     /// GET `path` through the edge proxy with `Host: host`: the whole response.
     pub async fn edge_request(&self, host: &str, path: &str) -> reqwest::Response {
-        self.plain.get(format!("http://{}{path}", self.controller.edge_addr)).header("host", host).send().await.unwrap()
+        self.plain.get(format!("http://{}{path}", self.edge_addr)).header("host", host).send().await.unwrap()
     }
 
     /// Rows in `table` of this test's database.
@@ -352,7 +405,10 @@ impl Stack {
                 running.shutdown().await;
             }
         }
-        self.controller.shutdown().await;
+        if let Some(controller) = self.controller {
+            controller.shutdown().await;
+        }
+        drop(self.controller_process);
         self.db.close().await;
         self.test_db.drop_db().await;
         self.vhost.delete().await;
@@ -370,4 +426,39 @@ fn api_client(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).default_headers(headers).build().unwrap()
+}
+
+/// The controller as a process of its own (`fleet-controller`), to be killed and restarted.
+struct ControllerProcess {
+    binary: String,
+    argv: Vec<String>,
+    log: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl ControllerProcess {
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "the controller runs");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = std::process::Command::new(&self.binary)
+            .args(&self.argv)
+            .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(log))
+            .spawn()
+            .expect("the controller starts");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

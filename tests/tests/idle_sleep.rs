@@ -61,7 +61,7 @@ async fn an_idle_demo_sleeps_and_the_next_request_wakes_it() {
     // Traefik would send this demo's traffic through the edge, which sees it and wakes it.
     let dynamic = stack.get_json("/traefik/dynamic").await;
     let server = &dynamic["http"]["services"][&name]["loadBalancer"]["servers"][0]["url"];
-    assert_eq!(server.as_str().unwrap(), format!("http://{}", stack.controller.edge_addr));
+    assert_eq!(server.as_str().unwrap(), format!("http://{}", stack.edge_addr));
 
     // Requests keep it awake: one a second for twice its idle time.
     for _ in 0..6 {

@@ -153,9 +153,10 @@ async fn websocket_upgrades_pass_through_the_edge() {
     .execute(&stack.db)
     .await
     .unwrap();
-    wait::until("the edge to route the demo", DEADLINE, || async { stack.controller.state.routes.target(name) }).await;
+    wait::until("the edge to route the demo", DEADLINE, || async { stack.controller_state().routes.target(name) })
+        .await;
 
-    let mut request = format!("ws://{}/socket", stack.controller.edge_addr).into_client_request().unwrap();
+    let mut request = format!("ws://{}/socket", stack.edge_addr).into_client_request().unwrap();
     request.headers_mut().insert("host", format!("{name}.localhost").parse().unwrap());
     let (mut ws, response) = tokio_tungstenite::connect_async(request).await.expect("upgrade through the edge");
     assert_eq!(response.status(), 101);

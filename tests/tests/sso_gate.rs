@@ -34,10 +34,10 @@ async fn a_gated_preview_needs_sign_in_and_forward_auth_agrees() {
     let stack = Stack::start(StackOptions::default()).await;
     let http = oidc::client();
     let issuer = stack.services.oidc_issuer.clone();
-    let edge = format!("http://{}", stack.controller.edge_addr);
+    let edge = format!("http://{}", stack.edge_addr);
     let gated = demo(&stack, true).await;
     let open = demo(&stack, false).await;
-    let edge_port = stack.controller.edge_addr.port();
+    let edge_port = stack.edge_addr.port();
     let host = format!("{gated}.localhost:{edge_port}");
     let on_edge = |path: &str, cookie: Option<&str>| {
         let mut request = http.get(format!("{edge}{path}")).header("host", host.clone());

@@ -31,7 +31,7 @@ async fn synchronize_switches_to_the_new_commit_with_no_failed_request() {
     // A client asks for the page every 20 ms for the whole update.
     let running = Arc::new(AtomicBool::new(true));
     let client = {
-        let (running, edge, host) = (running.clone(), stack.controller.edge_addr, host.clone());
+        let (running, edge, host) = (running.clone(), stack.edge_addr, host.clone());
         tokio::spawn(async move {
             let http = reqwest::Client::new();
             let mut seen: HashMap<String, usize> = HashMap::new();

@@ -52,7 +52,7 @@ async fn pull_request_demo_lives_and_dies_with_the_pull_request() {
     assert_eq!(demo["host"], agent.host_id.as_str());
     assert_eq!(demo["generation"], 1);
     let hostname = format!("{name}.localhost");
-    let url = format!("http://{hostname}:{}", stack.controller.edge_addr.port());
+    let url = format!("http://{hostname}:{}", stack.edge_addr.port());
     assert_eq!(demo["url"], url.as_str());
     let demo_id = demo["id"].as_str().unwrap().to_string();
 
@@ -91,7 +91,7 @@ async fn pull_request_demo_lives_and_dies_with_the_pull_request() {
     let (status, body) = stack.edge_get(&hostname, "/").await;
     assert_eq!(status, 200);
     assert!(body.contains(&marker), "{body}");
-    let (status, _) = stack.edge_get(&format!("{hostname}:{}", stack.controller.edge_addr.port()), "/").await;
+    let (status, _) = stack.edge_get(&format!("{hostname}:{}", stack.edge_addr.port()), "/").await;
     assert_eq!(status, 200, "a Host header with a port routes too");
 
     // closed: container, image and clone go; the hostname becomes a clear 404.
