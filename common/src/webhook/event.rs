@@ -102,12 +102,23 @@ impl PullRequestEvent {
     }
 }
 
-/// Why a payload cannot be read.
+/// Why a payload cannot be read: a field (`path`) of the wrong type or missing, or, with
+/// no path, a body that is not a JSON object at all.
 #[derive(Debug, thiserror::Error)]
-#[error("payload field `{path}`: {message}")]
+#[error("{}", self.describe())]
 pub struct PayloadError {
     pub path: String,
     pub message: String,
+}
+
+impl PayloadError {
+    fn describe(&self) -> String {
+        if self.path.is_empty() {
+            format!("the body is not a JSON object: {}", self.message)
+        } else {
+            format!("payload field `{}`: {}", self.path, self.message)
+        }
+    }
 }
 
 /// Parse `body` as `T`, naming the offending field on failure.
@@ -115,6 +126,20 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, PayloadEr
     // The fast path; only a failure pays for tracking the path.
     if let Ok(value) = serde_json::from_slice(body) {
         return Ok(value);
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Err(err) => return Err(PayloadError { path: String::new(), message: err.to_string() }),
+        Ok(serde_json::Value::Object(_)) => {}
+        Ok(other) => {
+            let kind = match other {
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::Bool(_) => "a boolean",
+                _ => "null",
+            };
+            return Err(PayloadError { path: String::new(), message: format!("it is {kind}") });
+        }
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -135,6 +160,16 @@ pub fn is_commit_sha(sha: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_that_is_not_a_json_object_says_so() {
+        let broken = parse::<PullRequestEvent>(br#"{"action": "opened", "number": "#).unwrap_err();
+        assert!(broken.to_string().starts_with("the body is not a JSON object: EOF while parsing"), "{broken}");
+        let array = parse::<PullRequestEvent>(b"[1, 2]").unwrap_err();
+        assert_eq!(array.to_string(), "the body is not a JSON object: it is an array");
+        let field = parse::<PullRequestEvent>(br#"{"action": 1}"#).unwrap_err();
+        assert!(field.to_string().starts_with("payload field `action`"), "{field}");
+    }
 
     fn testdata(name: &str) -> Vec<u8> {
         let dir = std::env::var("DEMOFLEET_SHARED_DIR")
