@@ -1,5 +1,5 @@
 //! Restarts under load: three bursts of 1,000 signed deliveries for ten pull requests,
-//! sent shuffled and 32 at a time like GitHub does (a delivery that is not answered 2xx is
+//! sent shuffled, 32 at a time and paced, like GitHub does (a delivery that is not answered 2xx is
 //! sent again under the same id), while, in turn, RabbitMQ is restarted, PostgreSQL is
 //! restarted, and the controller (a process here) is killed with SIGKILL and started again.
 //!
@@ -28,7 +28,10 @@ use demofleet_tests::wait;
 const PRS: u64 = 10;
 const BURST: usize = 1_000;
 /// The fault strikes once this many deliveries of a burst were answered.
-const STRIKE_AFTER: usize = 300;
+const STRIKE_AFTER: usize = 100;
+/// Each of the 32 senders waits this long before a delivery: about 300 a second, so a
+/// burst lasts a few seconds and the fault lands in its middle.
+const PACE: Duration = Duration::from_millis(100);
 
 /// xorshift64: a small deterministic generator, so a failure can be replayed.
 struct Rng(u64);
@@ -94,24 +97,41 @@ async fn nothing_is_lost_when_rabbitmq_postgres_or_the_controller_restart_mid_bu
     let mut accepted = HashSet::new();
     for fault in [Fault::RabbitMq, Fault::Postgres, Fault::Controller] {
         let burst = make_burst(&repo, &commits, &mut rng, &mut clock, &mut newest);
+        let postgres_started = postgres_start_time(&stack).await;
         let started = Instant::now();
         let answered = AtomicUsize::new(0);
+        let resent = AtomicUsize::new(0);
         let url = stack.url("/webhook/github");
         let secret = stack.secret.clone();
-        let sending = send_all(&url, &secret, &burst, &answered);
+        let sending = send_all(&url, &secret, &burst, &answered, &resent);
         let striking = async {
             while answered.load(Ordering::Relaxed) < STRIKE_AFTER {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            let before = answered.load(Ordering::Relaxed);
             strike(&mut stack, fault).await;
+            (before, answered.load(Ordering::Relaxed))
         };
-        let (statuses, ()) = tokio::join!(sending, striking);
+        let (statuses, (struck_at, back_at)) = tokio::join!(sending, striking);
+        // The fault really came in the middle of the burst.
+        match fault {
+            Fault::RabbitMq => assert!(back_at > struck_at, "deliveries were accepted while RabbitMQ was down"),
+            Fault::Postgres => {
+                assert_ne!(postgres_start_time(&stack).await, postgres_started, "PostgreSQL restarted");
+            }
+            Fault::Controller => {}
+        }
         assert!(statuses.iter().all(|s| matches!(s, 200 | 202)), "{statuses:?}");
+        let resent = resent.load(Ordering::Relaxed);
+        if matches!(fault, Fault::Controller) {
+            assert!(resent > 0, "the controller was killed while deliveries were still to be sent");
+        }
         accepted.extend(burst.iter().map(|d| d.id.clone()));
         converged(&stack, &repo_name, &accepted, &newest).await;
+        let took = started.elapsed();
         println!(
-            "{fault:?} restarted mid-burst: {BURST} deliveries recorded and every demo settled after {:.1?}",
-            started.elapsed()
+            "{fault:?} restarted between deliveries {struck_at} and {back_at} of {BURST} ({resent} sends repeated): \
+             all recorded, all settled after {took:.1?}"
         );
     }
     stack.stop().await;
@@ -145,12 +165,19 @@ fn make_burst(
 }
 
 /// Send every delivery, 32 at a time, each again (same id) until answered 2xx; the statuses.
-async fn send_all(url: &str, secret: &str, burst: &[Delivery], answered: &AtomicUsize) -> Vec<u16> {
+async fn send_all(
+    url: &str,
+    secret: &str,
+    burst: &[Delivery],
+    answered: &AtomicUsize,
+    resent: &AtomicUsize,
+) -> Vec<u16> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     futures::stream::iter(burst)
         .map(|delivery| {
             let client = client.clone();
             async move {
+                tokio::time::sleep(PACE).await;
                 let signature = fixtures::sign(secret, &delivery.body);
                 loop {
                     let sent = client
@@ -168,7 +195,10 @@ async fn send_all(url: &str, secret: &str, burst: &[Delivery], answered: &Atomic
                             return response.status().as_u16();
                         }
                         Ok(response) if response.status().is_client_error() => return response.status().as_u16(),
-                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                        _ => {
+                            resent.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
                     }
                 }
             }
@@ -262,6 +292,13 @@ fn containers_of(demo_id: &str) -> Vec<(String, bool)> {
         .lines()
         .filter_map(|l| l.split_once(' ').map(|(g, s)| (g.to_string(), s == "running")))
         .collect()
+}
+
+async fn postgres_start_time(stack: &Stack) -> OffsetDateTime {
+    wait::until("PostgreSQL answers", Duration::from_secs(30), || async {
+        sqlx::query_scalar("select pg_postmaster_start_time()").fetch_one(&stack.db).await.ok()
+    })
+    .await
 }
 
 fn postgres_cluster() -> (String, String) {
