@@ -130,6 +130,16 @@ impl Agent {
 }
 
 /// Run until `shutdown` resolves.
+/// The `demofleet-agent` program: flags and environment, logs to stderr (`DEMOFLEET_LOG`),
+/// runs until SIGTERM or SIGINT.
+pub async fn main() -> anyhow::Result<()> {
+    use clap::Parser;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DEMOFLEET_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    run(Config::parse(), demofleet_common::signal::shutdown()).await
+}
+
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let agent = Agent::start(config).await?;
     shutdown.await;

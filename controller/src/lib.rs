@@ -16,6 +16,7 @@
 //! - [`http`]: routers for the API, health and index page.
 //! - [`db`]: queries, one module per table group.
 //! - [`traefik`]: Traefik's dynamic configuration (HTTP and file providers).
+//! - [`timings`]: latency histograms of placement and heartbeat handling, for `/metrics`.
 //! - [`state`], [`error`]: shared state and the HTTP error type.
 
 pub mod actions;
@@ -34,6 +35,7 @@ pub mod jobs;
 pub mod reconcile;
 pub mod scheduler;
 pub mod state;
+pub mod timings;
 pub mod traefik;
 pub mod webhook;
 
@@ -113,6 +115,7 @@ impl Controller {
             github,
             permissions,
             intake,
+            timings: Arc::default(),
             stopping: CancellationToken::new(),
         };
         state.routes.reload(&state.db).await?;
@@ -181,6 +184,20 @@ async fn connect_db(config: &Config) -> anyhow::Result<sqlx::PgPool> {
 }
 
 /// Apply the migrations and return.
+/// The `demofleet-controller` program: flags and environment, logs to stderr
+/// (`DEMOFLEET_LOG`), runs until SIGTERM or SIGINT (or only migrates, `--migrate-only`).
+pub async fn main() -> anyhow::Result<()> {
+    use clap::Parser;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DEMOFLEET_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let config = Config::parse();
+    if config.migrate_only {
+        return migrate(&config).await;
+    }
+    run(config, demofleet_common::signal::shutdown()).await
+}
+
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     let db = connect_db(config).await?;
     MIGRATOR.run(&db).await.context("applying migrations")?;

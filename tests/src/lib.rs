@@ -16,6 +16,7 @@ pub mod fixtures;
 pub mod fleet;
 pub mod git_http;
 pub mod oidc;
+pub mod rng;
 pub mod services;
 pub mod stack;
 pub mod wait;

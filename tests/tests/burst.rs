@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use demofleet_tests::fixtures;
+use demofleet_tests::rng::Rng;
 use demofleet_tests::stack::{Stack, StackOptions};
 use futures::StreamExt;
 use serde_json::Value;
@@ -13,18 +14,6 @@ use time::{Duration, OffsetDateTime};
 
 const PRS: u64 = 50;
 const EVENTS_PER_PR: u64 = 20;
-
-/// xorshift64: a small deterministic generator, so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 struct Event {
     pr: u64,
@@ -44,14 +33,14 @@ async fn a_shuffled_burst_ends_in_each_pull_requests_newest_state() {
     let mut events = Vec::new();
     for pr in 1..=PRS {
         for k in 0..EVENTS_PER_PR {
-            let action = ["opened", "synchronize", "reopened", "closed"][(rng.next() % 4) as usize];
+            let action = ["opened", "synchronize", "reopened", "closed"][(rng.next_u64() % 4) as usize];
             let file = match action {
                 "closed" => "pull_request.closed.json",
                 "synchronize" => "pull_request.synchronize.json",
                 "reopened" => "pull_request.reopened.json",
                 _ => "pull_request.opened.json",
             };
-            let sha = format!("{:016x}{:016x}{:08x}", rng.next(), rng.next(), rng.next() as u32);
+            let sha = format!("{:016x}{:016x}{:08x}", rng.next_u64(), rng.next_u64(), rng.next_u64() as u32);
             let at = start + Duration::seconds((pr * 100 + k) as i64);
             let mut body = fixtures::payload(file);
             body["number"] = pr.into();
@@ -70,9 +59,7 @@ async fn a_shuffled_burst_ends_in_each_pull_requests_newest_state() {
             *entry = (e.at, e.closes, e.sha.clone());
         }
     }
-    for i in (1..events.len()).rev() {
-        events.swap(i, (rng.next() % (i as u64 + 1)) as usize);
-    }
+    rng.shuffle(&mut events);
 
     let statuses: Vec<u16> = futures::stream::iter(events.iter())
         .map(|e| async { stack.deliver("pull_request", &e.body).await.1.status().as_u16() })

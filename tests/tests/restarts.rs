@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use demofleet_tests::fixtures::{self, FixtureRepo};
+use demofleet_tests::rng::Rng;
 use demofleet_tests::stack::{Stack, StackOptions};
 use demofleet_tests::wait;
 
@@ -32,18 +33,6 @@ const STRIKE_AFTER: usize = 100;
 /// Each of the 32 senders waits this long before a delivery: about 300 a second, so a
 /// burst lasts a few seconds and the fault lands in its middle.
 const PACE: Duration = Duration::from_millis(100);
-
-/// xorshift64: a small deterministic generator, so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 struct Delivery {
     id: String,
@@ -148,9 +137,9 @@ fn make_burst(
     let mut burst = Vec::new();
     for _ in 0..BURST {
         *clock += time::Duration::seconds(1);
-        let pr = rng.next() % PRS + 1;
-        let action = ["opened", "synchronize", "reopened", "closed"][(rng.next() % 4) as usize];
-        let sha = commits[(rng.next() % commits.len() as u64) as usize].clone();
+        let pr = rng.next_u64() % PRS + 1;
+        let action = ["opened", "synchronize", "reopened", "closed"][(rng.next_u64() % 4) as usize];
+        let sha = commits[(rng.next_u64() % commits.len() as u64) as usize].clone();
         let mut body = fixtures::pull_request(&format!("pull_request.{action}.json"), repo, &sha);
         body["number"] = pr.into();
         body["pull_request"]["number"] = pr.into();
@@ -158,9 +147,7 @@ fn make_burst(
         newest.insert(pr, (*clock, action == "closed", sha));
         burst.push(Delivery { id: Uuid::new_v4().to_string(), body: serde_json::to_vec(&body).unwrap() });
     }
-    for i in (1..burst.len()).rev() {
-        burst.swap(i, (rng.next() % (i as u64 + 1)) as usize);
-    }
+    rng.shuffle(&mut burst);
     burst
 }
 
