@@ -1,0 +1,536 @@
+//! The ansible roles `broker`, `controller` and `agent` (issue 9): `ansible/site.yml` passes
+//! ansible's syntax check and ansible-lint; the three roles, applied to this machine
+//! (connection local, no systemd, every path under a temporary directory, the real local
+//! RabbitMQ on a vhost of the test's own), set up the vhost and users, write the binaries'
+//! environment files, secrets and systemd units, and change nothing when applied again; the
+//! agent's broker user has exactly one host's permissions; and the binaries, started the way
+//! the rendered units say with the environment the role wrote, turn a signed `pull_request`
+//! webhook into a running demo that answers through the edge.
+//!
+//! ansible-core and ansible-lint come from the virtualenv that `scripts/test` prepares
+//! (`ensure_ansible` in `scripts/lib.sh`), named by `DEMOFLEET_ANSIBLE_VENV`.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use demofleet_tests::fake_github::{app_key_pair, FakeGitHub};
+use demofleet_tests::fixtures::{self, FixtureRepo};
+use demofleet_tests::services::{nats_prefix, Services, TestDb};
+use demofleet_tests::stack::remove_host_leftovers;
+use demofleet_tests::wait;
+use serde_json::json;
+use tempfile::TempDir;
+use uuid::Uuid;
+
+const DEFAULT_VENV: &str = "/var/tmp/demofleet-ansible-venv";
+const DEPLOY_DEADLINE: Duration = Duration::from_secs(120);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf()
+}
+
+/// The ansible tools, run from `ansible/` with their caches and temporary files in a
+/// directory of their own.
+struct Ansible {
+    bin: PathBuf,
+    dir: PathBuf,
+    temp: TempDir,
+}
+
+impl Ansible {
+    fn new() -> Self {
+        let venv = std::env::var("DEMOFLEET_ANSIBLE_VENV").unwrap_or_else(|_| DEFAULT_VENV.to_string());
+        let bin = PathBuf::from(&venv).join("bin");
+        for tool in ["ansible-playbook", "ansible-lint"] {
+            assert!(
+                bin.join(tool).is_file(),
+                "{tool} is not installed in the virtualenv {venv} (DEMOFLEET_ANSIBLE_VENV): \
+                 scripts/test installs it, or run `source scripts/lib.sh; ensure_ansible`"
+            );
+        }
+        Ansible { bin, dir: repo().join("ansible"), temp: tempfile::tempdir().unwrap() }
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let temp = self.temp.path();
+        let path = std::env::join_paths(
+            std::iter::once(self.bin.clone())
+                .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+        )
+        .unwrap();
+        let mut command = Command::new(self.bin.join(tool));
+        command
+            .current_dir(&self.dir)
+            .env("PATH", path)
+            .env("ANSIBLE_CONFIG", self.dir.join("ansible.cfg"))
+            .env("ANSIBLE_HOME", temp.join("home"))
+            .env("ANSIBLE_LOCAL_TEMP", temp.join("local-tmp"))
+            .env("ANSIBLE_REMOTE_TEMP", temp.join("remote-tmp"))
+            .env("XDG_CACHE_HOME", temp.join("cache"))
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("NO_COLOR", "1")
+            .env_remove("ANSIBLE_FORCE_COLOR")
+            .env_remove("VIRTUAL_ENV")
+            .env_remove("DEMOFLEET_WEBHOOK_SECRET");
+        command
+    }
+
+    /// Runs the command, asserting it succeeds; its standard output.
+    fn run(&self, what: &str, command: &mut Command) -> String {
+        let Output { status, stdout, stderr } = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        let stdout = String::from_utf8_lossy(&stdout).into_owned();
+        assert!(status.success(), "{what} failed ({status}):\n{stdout}\n{}", String::from_utf8_lossy(&stderr));
+        stdout
+    }
+
+    /// Applies `site.yml` to this machine, as the one host of the `brokers`, `controller`
+    /// and `agents` groups, with `vars`.
+    fn apply(&self, vars: &serde_json::Value) -> String {
+        let inventory = self.temp.path().join("inventory.ini");
+        let python = self.bin.join("python");
+        let host = format!(
+            "localhost ansible_connection=local ansible_become=false ansible_python_interpreter={}\n",
+            python.display()
+        );
+        std::fs::write(&inventory, format!("[brokers]\n{host}[controller]\n{host}[agents]\n{host}")).unwrap();
+        let vars_file = self.temp.path().join("vars.json");
+        std::fs::write(&vars_file, vars.to_string()).unwrap();
+        self.run(
+            "ansible-playbook site.yml",
+            self.command("ansible-playbook")
+                .arg("-i")
+                .arg(&inventory)
+                .arg("-e")
+                .arg(format!("@{}", vars_file.display()))
+                .arg("site.yml"),
+        )
+    }
+}
+
+/// The `PLAY RECAP` line of the one host.
+fn recap(output: &str) -> &str {
+    let recap = output.split("PLAY RECAP").nth(1).unwrap_or_else(|| panic!("no PLAY RECAP in:\n{output}"));
+    recap.lines().find(|l| l.starts_with("localhost")).unwrap_or_else(|| panic!("no recap for localhost:\n{output}"))
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+/// `Key=value` settings of a systemd unit's `[Service]` section (the last of each key).
+fn unit_settings(path: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The variables of an environment file as systemd's `EnvironmentFile=` reads the ones the
+/// roles write: `KEY="value"`, with `\"`, `\\`, `\$` and `` \` `` escaped.
+fn environment_file(path: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut vars = BTreeMap::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (key, value) = line.split_once('=').unwrap_or_else(|| panic!("not KEY=value: {line}"));
+        let quoted = value.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
+        let value = quoted.unwrap_or_else(|| panic!("{key} is not quoted: {line}"));
+        let mut out = String::new();
+        let mut chars = value.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                out.push(chars.next().expect("a character after \\"));
+            } else {
+                assert_ne!(c, '"', "an unescaped quote in {line}");
+                out.push(c);
+            }
+        }
+        vars.insert(key.to_string(), out);
+    }
+    vars
+}
+
+/// A daemon started as its unit would start it: `ExecStart` with only `EnvironmentFile`'s
+/// variables (and `PATH`, `HOME`); killed when dropped.
+struct Daemon {
+    name: &'static str,
+    child: std::sync::Mutex<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Start `binary` in place of the unit's `ExecStart` program, which must be `expected`.
+    fn start(name: &'static str, unit: &Path, expected: &Path, binary: &str, logs: &Path) -> Daemon {
+        let settings = unit_settings(unit);
+        assert_eq!(settings["ExecStart"], expected.to_str().unwrap(), "{name}'s unit starts the installed binary");
+        let env = environment_file(Path::new(&settings["EnvironmentFile"]));
+        let log = logs.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(binary)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .env("RUST_LOG", "info")
+            .envs(&env)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{binary}: {e}"));
+        Daemon { name, child: std::sync::Mutex::new(child), log }
+    }
+
+    /// Its log so far, for failure messages.
+    fn log(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        format!("--- {} (last lines)\n{}", self.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+    }
+
+    fn assert_running(&self) {
+        let status = self.child.lock().unwrap().try_wait().unwrap();
+        if let Some(status) = status {
+            panic!("{} exited ({status}):\n{}", self.name, self.log());
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// The RabbitMQ management API as the services' administrator.
+struct Management {
+    url: String,
+    user: String,
+    password: String,
+    client: reqwest::Client,
+}
+
+impl Management {
+    fn new(services: &Services) -> Management {
+        let url = reqwest::Url::parse(&services.amqp_management_url).expect("management URL");
+        let user = urlish_decode(url.username());
+        let password = urlish_decode(url.password().unwrap_or_default());
+        let base = format!("{}://{}:{}", url.scheme(), url.host_str().unwrap(), url.port_or_known_default().unwrap());
+        Management { url: base, user, password, client: reqwest::Client::new() }
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        let url = format!("{}{path}", self.url);
+        self.client.get(url).basic_auth(&self.user, Some(&self.password)).send().await.expect("management API")
+    }
+
+    async fn delete(&self, path: &str) {
+        let url = format!("{}{path}", self.url);
+        let _ = self.client.delete(url).basic_auth(&self.user, Some(&self.password)).send().await;
+    }
+}
+
+fn urlish_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 3 <= bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn the_playbook_passes_the_syntax_check_and_ansible_lint() {
+    let ansible = Ansible::new();
+    let output = ansible.run(
+        "ansible-playbook --syntax-check",
+        ansible.command("ansible-playbook").args(["--syntax-check", "-i", "inventory.example.ini", "site.yml"]),
+    );
+    assert!(output.contains("site.yml"), "{output}");
+    let plays = ansible.run(
+        "ansible-playbook --list-hosts",
+        ansible.command("ansible-playbook").args(["--list-hosts", "-i", "inventory.example.ini", "site.yml"]),
+    );
+    for host in ["broker.internal", "controller.internal", "agent-1.internal", "agent-2.internal", "edge.internal"] {
+        assert!(plays.contains(host), "{host} is in a play of site.yml:\n{plays}");
+    }
+    // Settings (profile, offline) from ansible/.ansible-lint.
+    ansible.run("ansible-lint", &mut ansible.command("ansible-lint"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
+    demofleet_tests::init_tracing();
+    let ansible = Ansible::new();
+    let services = Services::from_env();
+    let management = Management::new(&services);
+    let test_db = TestDb::create(&services).await;
+    let root = tempfile::Builder::new().prefix("demofleet-ansible-").tempdir().unwrap();
+    let root_path = root.path().to_path_buf();
+    let vhost = format!("ansible-{}", Uuid::new_v4().simple());
+    let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
+    let controller_user = format!("{vhost}-controller");
+    let agent_user = format!("{vhost}-{host_id}");
+    let users = vec![controller_user.clone(), agent_user.clone()];
+    let cleanup = Cleanup { management: &management, vhost: vhost.clone(), users, host_id: host_id.clone() };
+
+    // Secrets as files on the "control machine", nowhere in the repository.
+    let secrets = root_path.join("control");
+    std::fs::create_dir_all(&secrets).unwrap();
+    let webhook_secret = format!("secret-{}\"$x\\", Uuid::new_v4().simple());
+    std::fs::write(secrets.join("webhook-secret"), format!("{webhook_secret}\n")).unwrap();
+    std::fs::write(secrets.join("oidc-client-secret"), format!("oidc-{}", Uuid::new_v4().simple())).unwrap();
+    let (app_key, public_key) = app_key_pair(&secrets);
+    let token = format!("ghp_{}", Uuid::new_v4().simple());
+    let github = FakeGitHub::start(&token, Some(("421337", public_key.as_slice()))).await;
+
+    let repos = root_path.join("repos");
+    let prefix = nats_prefix();
+    let (listen, edge) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let amqp_address = {
+        let url = reqwest::Url::parse(&services.amqp_url).expect("AMQP URL");
+        format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5672))
+    };
+    let (bin, etc, units) = (root_path.join("usr/local/bin"), root_path.join("etc/demofleet"), root_path.join("units"));
+    let demo_dir = root_path.join("srv/demos");
+    let broker = json!({
+        "broker_install_packages": false,
+        "broker_manage_service": false,
+        "broker_vhost": vhost,
+        "broker_controller_user": controller_user,
+        "broker_agent_host_ids": [host_id],
+        "broker_agent_user_prefix": format!("{vhost}-"),
+        "broker_secrets_dir": secrets,
+        "broker_nats_config_dir": root_path.join("etc/nats"),
+    });
+    let controller_vars = json!({
+        "controller_install_binary": true,
+        "controller_binary_src": env!("CARGO_BIN_EXE_fleet-controller"),
+        "controller_manage_service": false,
+        "controller_bin_dir": bin,
+        "controller_config_dir": etc,
+        "controller_unit_dir": units,
+        "controller_secrets_dir": secrets,
+        "controller_database_url": test_db.url,
+        "controller_amqp_user": controller_user,
+        "controller_amqp_address": amqp_address,
+        "controller_amqp_vhost": vhost,
+        "controller_nats_url": services.nats_url,
+        "controller_nats_prefix": prefix,
+        "controller_base_domain": "localhost",
+        "controller_public_scheme": "http",
+        "controller_listen": listen,
+        "controller_edge_listen": edge,
+        "controller_oidc_issuer": services.oidc_issuer,
+        "controller_allow_domains": ["example.com"],
+        "controller_webhook_secret_src": secrets.join("webhook-secret"),
+        "controller_oidc_client_secret_src": secrets.join("oidc-client-secret"),
+        "controller_github_app_id": "421337",
+        "controller_github_app_key_src": app_key,
+        "controller_extra_env": {
+            "DEMOFLEET_GITHUB_API_URL": github.url,
+            "DEMOFLEET_GIT_URL": format!("file://{}/{{owner}}/{{repo}}.git", repos.display()),
+            "DEMOFLEET_TICK": "500ms",
+            "DEMOFLEET_HOST_TIMEOUT": "5s",
+        },
+    });
+    let agent_vars = json!({
+        "agent_install_binary": true,
+        "agent_binary_src": env!("CARGO_BIN_EXE_fleet-agent"),
+        "agent_install_docker": false,
+        "agent_manage_service": false,
+        "agent_bin_dir": bin,
+        "agent_config_dir": etc,
+        "agent_unit_dir": units,
+        "agent_demo_dir": demo_dir,
+        "agent_secrets_dir": secrets,
+        "agent_host_id": host_id,
+        "agent_host_address": "127.0.0.1",
+        "agent_capacity": 3,
+        "agent_amqp_user": agent_user,
+        "agent_amqp_address": amqp_address,
+        "agent_amqp_vhost": vhost,
+        "agent_nats_url": services.nats_url,
+        "agent_nats_prefix": prefix,
+        "agent_extra_env": {"DEMOFLEET_HEARTBEAT_INTERVAL": "500ms"},
+    });
+    let mut vars = serde_json::Map::new();
+    for part in [broker, controller_vars, agent_vars] {
+        vars.extend(part.as_object().unwrap().clone());
+    }
+    let vars = serde_json::Value::Object(vars);
+
+    let first = ansible.apply(&vars);
+    assert!(recap(&first).contains("failed=0"), "{first}");
+    let second = ansible.apply(&vars);
+    let line = recap(&second);
+    assert!(line.contains("changed=0") && line.contains("failed=0"), "a second run changes nothing:\n{second}");
+    assert!(!first.contains(&webhook_secret) && !second.contains(&webhook_secret), "no secret in the output");
+
+    // The files: binaries, secrets and environment files readable by their owner only.
+    for file in ["controller.env", "agent.env", "github-app-key.pem", "oidc-client-secret"] {
+        assert_eq!(mode(&etc.join(file)), 0o600, "{file} is mode 0600");
+    }
+    assert_eq!(mode(&bin.join("demofleet-controller")), 0o755);
+    assert!(demo_dir.is_dir());
+    let nats = std::fs::read_to_string(root_path.join("etc/nats/nats-server.conf")).unwrap();
+    assert!(nats.contains("listen: \"0.0.0.0:4222\""), "{nats}");
+    let controller_env = environment_file(&etc.join("controller.env"));
+    assert_eq!(controller_env["DEMOFLEET_WEBHOOK_SECRET"], webhook_secret, "read from its file, escaped");
+    assert_eq!(controller_env["DEMOFLEET_GITHUB_APP_KEY_FILE"], etc.join("github-app-key.pem").to_str().unwrap());
+    assert_eq!(std::fs::read(etc.join("github-app-key.pem")).unwrap(), std::fs::read(&app_key).unwrap());
+    assert_eq!(controller_env["DEMOFLEET_OIDC_CLIENT_SECRET_FILE"], etc.join("oidc-client-secret").to_str().unwrap());
+    let agent_env = environment_file(&etc.join("agent.env"));
+    assert_eq!(agent_env["DEMOFLEET_HOST_ID"], host_id);
+    assert_eq!(agent_env["DEMOFLEET_CAPACITY"], "3");
+    assert_eq!(agent_env["DEMOFLEET_DEMO_DIR"], demo_dir.to_str().unwrap());
+    let agent_password = std::fs::read_to_string(secrets.join(format!("rabbitmq-{agent_user}"))).unwrap();
+    let agent_password = agent_password.split_whitespace().next().unwrap().to_string();
+    assert_eq!(
+        agent_env["DEMOFLEET_AMQP_URL"],
+        format!("amqp://{agent_user}:{agent_password}@{amqp_address}/{vhost}"),
+        "the agent logs in as its own user"
+    );
+    let unit = std::fs::read_to_string(units.join("demofleet-agent.service")).unwrap();
+    assert!(unit.contains(&format!("ReadWritePaths={}", demo_dir.display())), "{unit}");
+    assert!(unit.contains("SupplementaryGroups=docker"), "{unit}");
+
+    // The agent's user may touch the exchange, the controller's queue and its own queue only.
+    let response = management.get(&format!("/api/permissions/{vhost}/{agent_user}")).await;
+    assert!(response.status().is_success(), "the agent's permissions: {}", response.status());
+    let permissions: serde_json::Value = response.json().await.unwrap();
+    let own = format!("demofleet\\.host\\.{host_id}");
+    assert_eq!(permissions["configure"], format!("^(demofleet\\.tasks|demofleet\\.controller|{own})$"));
+    assert_eq!(permissions["write"], format!("^(demofleet\\.tasks|demofleet\\.controller|{own})$"));
+    assert_eq!(permissions["read"], format!("^(demofleet\\.tasks|{own})$"));
+    let response = management.get(&format!("/api/permissions/{vhost}/{controller_user}")).await;
+    let permissions: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        (&permissions["configure"], &permissions["write"], &permissions["read"]),
+        (&json!(".*"), &json!(".*"), &json!(".*"))
+    );
+
+    // Start both the way their units would, with the binaries cargo built.
+    let logs = root_path.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let controller = Daemon::start(
+        "controller",
+        &units.join("demofleet-controller.service"),
+        &bin.join("demofleet-controller"),
+        env!("CARGO_BIN_EXE_fleet-controller"),
+        &logs,
+    );
+    let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let ready = format!("http://{listen}/readyz");
+    wait::until("the controller to be ready", Duration::from_secs(60), || async {
+        controller.assert_running();
+        let response = plain.get(&ready).send().await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+    let agent = Daemon::start(
+        "agent",
+        &units.join("demofleet-agent.service"),
+        &bin.join("demofleet-agent"),
+        env!("CARGO_BIN_EXE_fleet-agent"),
+        &logs,
+    );
+
+    let db = sqlx::PgPool::connect(&test_db.url).await.unwrap();
+    let api_token = demofleet_controller::auth::create_api_token(&db, "tests", "ansible roles test").await.unwrap();
+    let api = |path: &str| {
+        let request = plain.get(format!("http://{listen}{path}")).bearer_auth(&api_token);
+        async move { request.send().await.ok()?.json::<serde_json::Value>().await.ok() }
+    };
+    wait::until(&format!("host {host_id} in /api/hosts"), Duration::from_secs(30), || async {
+        agent.assert_running();
+        let hosts = api("/api/hosts").await?;
+        hosts.as_array()?.iter().any(|h| h["id"] == host_id.as_str() && h["alive"] == true).then_some(())
+    })
+    .await;
+
+    // A signed pull_request opened webhook becomes a running demo, reachable through the edge.
+    let repo_name = format!("ansible-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let fixture = FixtureRepo::create(&repos, "fixture-owner", &repo_name);
+    let marker = format!("demo of {repo_name}, deployed by ansible");
+    let files = fixtures::static_site(&services.base_image, &marker);
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    let sha = fixture.commit("a demo", &files);
+    let body = serde_json::to_vec(&fixtures::pull_request("pull_request.opened.json", &fixture, &sha)).unwrap();
+    let response = plain
+        .post(format!("http://{listen}/webhook/github"))
+        .header("content-type", "application/json")
+        .header("user-agent", "GitHub-Hookshot/044aadd")
+        .header("x-github-event", "pull_request")
+        .header("x-github-delivery", Uuid::new_v4().to_string())
+        .header("x-hub-signature-256", fixtures::sign(&webhook_secret, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap_or_default());
+
+    let name = format!("{repo_name}-fixture-owner-pr-2");
+    let demo = wait::until(&format!("demo {name} to be running"), DEPLOY_DEADLINE, || async {
+        controller.assert_running();
+        agent.assert_running();
+        let demos = api("/api/demos").await?;
+        let demo = demos.as_array()?.iter().find(|d| d["name"] == name.as_str())?.clone();
+        assert_ne!(demo["state"], "failed", "{demo}\n{}\n{}", controller.log(), agent.log());
+        (demo["state"] == "running").then_some(demo)
+    })
+    .await;
+    assert_eq!(demo["host"], host_id.as_str());
+    assert!(demo_dir.join(&name).is_dir(), "the clone is in the role's demo directory");
+    let page = plain.get(format!("http://{edge}/")).header("host", format!("{name}.localhost")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains(&marker), "{page}");
+
+    drop(agent);
+    drop(controller);
+    db.close().await;
+    test_db.drop_db().await;
+    cleanup.run().await;
+}
+
+/// The vhost, users and demo containers of the test, removed at the end.
+struct Cleanup<'a> {
+    management: &'a Management,
+    vhost: String,
+    users: Vec<String>,
+    host_id: String,
+}
+
+impl Cleanup<'_> {
+    async fn run(self) {
+        for user in &self.users {
+            self.management.delete(&format!("/api/users/{user}")).await;
+        }
+        self.management.delete(&format!("/api/vhosts/{}", self.vhost)).await;
+    }
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        remove_host_leftovers(&self.host_id);
+    }
+}
