@@ -48,17 +48,28 @@ pub async fn run_heartbeats(app: AppState, mut subscriber: async_nats::Subscribe
     }
 }
 
-/// Every tick: reconcile hosts' inventories, give waiting chains a host if one is free now,
-/// stop expired demos, put idle ones to sleep, and reload the route table.
+/// Every tick: reload the route table; and, on the replica holding the fleet lease,
+/// reconcile hosts' inventories, move demos off drained and silent hosts, give waiting
+/// chains a host if one is free now, stop expired demos, put idle ones to sleep and write
+/// Traefik's file.
 pub async fn run_tick(app: AppState, stop: CancellationToken) {
     let mut interval = tokio::time::interval(app.config.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lease = crate::lease::Lease::new(app.db.clone());
     let mut reconciler = crate::reconcile::Reconciler::default();
     let started = Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = interval.tick() => {}
+        }
+        if let Err(err) = app.routes.reload(&app.db).await {
+            tracing::warn!(error = %err, "route table reload failed");
+        }
+        if !lease.hold().await {
+            // Differences seen by another holder are its own; start afresh when leading.
+            reconciler = crate::reconcile::Reconciler::default();
+            continue;
         }
         if let Err(err) = reconciler.run(&app).await {
             tracing::warn!(error = %err, "reconciling hosts' inventories failed");
@@ -76,9 +87,6 @@ pub async fn run_tick(app: AppState, stop: CancellationToken) {
         }
         if let Err(err) = sleep_idle(&app).await {
             tracing::warn!(error = %err, "putting idle demos to sleep failed");
-        }
-        if let Err(err) = app.routes.reload(&app.db).await {
-            tracing::warn!(error = %err, "route table reload failed");
         }
         if let Some(path) = &app.config.traefik_file {
             if let Err(err) = write_traefik_file(&app, path).await {

@@ -12,6 +12,7 @@
 //! - [`github`]: the GitHub API client and PR feedback.
 //! - [`reconcile`]: hosts' inventories against the state of record: orphans, missing containers.
 //! - [`jobs`]: controller work taken from its own queue (authorize, notify, approve).
+//! - [`lease`]: which of several controller replicas does the fleet's once-only work.
 //! - [`edge`]: the built-in edge proxy and its route table.
 //! - [`http`]: routers for the API, health and index page.
 //! - [`db`]: queries, one module per table group.
@@ -32,6 +33,7 @@ pub mod github;
 pub mod http;
 pub mod intake;
 pub mod jobs;
+pub mod lease;
 pub mod reconcile;
 pub mod scheduler;
 pub mod state;
@@ -77,8 +79,9 @@ impl Controller {
             .context("connecting to RabbitMQ (DEMOFLEET_AMQP_URL)")?;
         let nats =
             async_nats::connect(&config.messaging.nats_url).await.context("connecting to NATS (DEMOFLEET_NATS_URL)")?;
-        let heartbeats =
-            nats.subscribe(demofleet_common::topology::all_heartbeats(&config.messaging.nats_prefix)).await?;
+        // A queue group: each heartbeat is recorded by one controller replica.
+        let all_heartbeats = demofleet_common::topology::all_heartbeats(&config.messaging.nats_prefix);
+        let heartbeats = nats.queue_subscribe(all_heartbeats, "demofleet-controllers".into()).await?;
 
         let http_listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;

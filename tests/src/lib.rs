@@ -11,6 +11,7 @@
 //! - [`stack`]: a running controller (and agents) with helpers to drive and observe it.
 //! - [`wait`]: waiting for conditions with deadlines.
 
+pub mod burst;
 pub mod fake_github;
 pub mod fixtures;
 pub mod fleet;

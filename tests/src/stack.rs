@@ -269,17 +269,36 @@ impl Stack {
         if let Some(controller) = self.controller.take() {
             controller.shutdown().await;
         }
-        let mut argv = self.controller_argv[1..].to_vec();
-        for i in 1..argv.len() {
-            match argv[i - 1].as_str() {
-                "--listen" => argv[i] = self.http_addr.to_string(),
-                "--edge-listen" => argv[i] = self.edge_addr.to_string(),
-                _ => {}
-            }
-        }
+        let argv = self.controller_argv_on(self.http_addr, self.edge_addr);
         let log = self.scratch.path().join("controller.log");
         self.controller_process = Some(ControllerProcess { binary: binary.into(), argv, log, child: None });
         self.start_controller().await;
+    }
+
+    /// Another controller process (`binary`, a test's `CARGO_BIN_EXE_fleet-controller`)
+    /// with the same flags on ports of its own, started and ready: a replica.
+    pub async fn start_replica(&self, binary: &str) -> Replica {
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let (http_addr, edge_addr) = (free(), free());
+        let argv = self.controller_argv_on(http_addr, edge_addr);
+        let log = self.scratch.path().join(format!("replica-{}.log", http_addr.port()));
+        let mut replica =
+            Replica { http_addr, process: ControllerProcess { binary: binary.into(), argv, log, child: None } };
+        replica.start().await;
+        replica
+    }
+
+    /// The controller's flags, listening on `http_addr` and `edge_addr`.
+    fn controller_argv_on(&self, http_addr: std::net::SocketAddr, edge_addr: std::net::SocketAddr) -> Vec<String> {
+        let mut argv = self.controller_argv[1..].to_vec();
+        for i in 1..argv.len() {
+            match argv[i - 1].as_str() {
+                "--listen" => argv[i] = http_addr.to_string(),
+                "--edge-listen" => argv[i] = edge_addr.to_string(),
+                _ => {}
+            }
+        }
+        argv
     }
 
     /// SIGKILL the controller process.
@@ -290,12 +309,7 @@ impl Stack {
     /// Start the controller process again and wait until it is ready.
     pub async fn start_controller(&mut self) {
         self.controller_process.as_mut().expect("a controller process").start();
-        let url = self.url("/readyz");
-        wait::until("the controller to be ready", Duration::from_secs(60), || async {
-            let response = self.plain.get(&url).send().await.ok()?;
-            response.status().is_success().then_some(())
-        })
-        .await;
+        ready(self.http_addr).await;
     }
 
     /// Where fixture repositories go (matches the controller's `--git-url`).
@@ -426,6 +440,39 @@ fn api_client(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).default_headers(headers).build().unwrap()
+}
+
+/// Wait until the controller at `addr` answers `/readyz` with 200.
+async fn ready(addr: std::net::SocketAddr) {
+    let url = format!("http://{addr}/readyz");
+    wait::until(&format!("the controller at {addr} to be ready"), Duration::from_secs(60), || async {
+        let response = reqwest::get(&url).await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+}
+
+/// A second controller of a stack, as a process of its own.
+pub struct Replica {
+    pub http_addr: std::net::SocketAddr,
+    process: ControllerProcess,
+}
+
+impl Replica {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
+    }
+
+    /// SIGKILL it.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Start it (again) and wait until it is ready.
+    pub async fn start(&mut self) {
+        self.process.start();
+        ready(self.http_addr).await;
+    }
 }
 
 /// The controller as a process of its own (`fleet-controller`), to be killed and restarted.

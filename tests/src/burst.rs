@@ -1,0 +1,215 @@
+//! Bursts of signed `pull_request` deliveries for a few pull requests of one fixture
+//! repository, sent the way GitHub does, and the check that the fleet settled after them:
+//! for tests that break things in the middle of a burst (`restarts.rs`, `replicas.rs`).
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::fixtures::{self, FixtureRepo};
+use crate::rng::Rng;
+use crate::stack::Stack;
+use crate::wait;
+
+/// Pull requests a burst is spread over.
+pub const PRS: u64 = 10;
+/// Deliveries in a burst.
+pub const BURST: usize = 1_000;
+/// Each of the 32 senders waits this long before a delivery: about 300 a second, so a
+/// burst lasts a few seconds and a fault lands in its middle.
+const PACE: Duration = Duration::from_millis(100);
+
+pub struct Delivery {
+    pub id: String,
+    pub body: Vec<u8>,
+}
+
+/// Bursts for one repository whose four commits serve `version 0` to `version 3`, each
+/// burst newer than the last; what every pull request should end as.
+pub struct Bursts {
+    repo: FixtureRepo,
+    commits: Vec<String>,
+    rng: Rng,
+    clock: OffsetDateTime,
+    /// The newest event of each pull request: (when, closes, head commit).
+    newest: HashMap<u64, (OffsetDateTime, bool, String)>,
+    /// Every delivery of every burst made (each is sent until answered 2xx).
+    accepted: HashSet<String>,
+}
+
+/// What sending a burst saw.
+#[derive(Default)]
+pub struct Sending {
+    /// Deliveries answered 2xx so far.
+    pub answered: AtomicUsize,
+    /// Sends repeated after an error or a 5xx answer.
+    pub resent: AtomicUsize,
+}
+
+impl Bursts {
+    pub fn new(stack: &Stack, name: &str) -> Bursts {
+        let repo_name = format!("{name}-{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let repo = FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &repo_name);
+        let commits = (0..4)
+            .map(|v| {
+                let files = fixtures::static_site(&stack.services.base_image, &format!("version {v}"));
+                let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+                repo.commit(&format!("version {v}"), &files)
+            })
+            .collect();
+        Bursts {
+            repo,
+            commits,
+            rng: Rng(0x5eed_0000_0000_0005 ^ u64::from(std::process::id())),
+            clock: OffsetDateTime::now_utc().replace_nanosecond(0).unwrap() - time::Duration::days(1),
+            newest: HashMap::new(),
+            accepted: HashSet::new(),
+        }
+    }
+
+    /// 1,000 events for the pull requests, newer than any before, shuffled.
+    pub fn next_burst(&mut self) -> Vec<Delivery> {
+        let mut burst = Vec::new();
+        for _ in 0..BURST {
+            self.clock += time::Duration::seconds(1);
+            let pr = self.rng.next_u64() % PRS + 1;
+            let action = ["opened", "synchronize", "reopened", "closed"][(self.rng.next_u64() % 4) as usize];
+            let sha = self.commits[(self.rng.next_u64() % self.commits.len() as u64) as usize].clone();
+            let mut body = fixtures::pull_request(&format!("pull_request.{action}.json"), &self.repo, &sha);
+            body["number"] = pr.into();
+            body["pull_request"]["number"] = pr.into();
+            body["pull_request"]["updated_at"] = self.clock.format(&Rfc3339).unwrap().into();
+            self.newest.insert(pr, (self.clock, action == "closed", sha));
+            let id = Uuid::new_v4().to_string();
+            self.accepted.insert(id.clone());
+            burst.push(Delivery { id, body: serde_json::to_vec(&body).unwrap() });
+        }
+        self.rng.shuffle(&mut burst);
+        burst
+    }
+
+    /// Wait until every delivery is recorded with an outcome, each pull request's demo is
+    /// in the state its newest event asks for with nothing under way, and each running
+    /// demo has exactly one container (a stopped one none).
+    pub async fn settled(&self, stack: &Stack) {
+        let known = ["deploy_queued", "teardown_queued", "stale", "ignored"];
+        let deadline = Duration::from_secs(240);
+        wait::until("deliveries recorded and demos settled", deadline, || async {
+            let recorded: Vec<(String, Option<String>)> =
+                sqlx::query_as("select delivery_id, outcome from webhook_deliveries")
+                    .fetch_all(&stack.db)
+                    .await
+                    .ok()?;
+            let recorded: HashMap<String, Option<String>> = recorded.into_iter().collect();
+            let lost: Vec<&String> = self.accepted.iter().filter(|id| !recorded.contains_key(*id)).collect();
+            assert!(lost.is_empty(), "accepted deliveries not recorded: {lost:?}");
+            for outcome in recorded.values() {
+                let outcome = outcome.as_deref()?;
+                assert!(known.contains(&outcome), "outcome {outcome}");
+            }
+            let under_way: i64 = sqlx::query_scalar(
+                "select count(*) from chains where status in ('waiting', 'running', 'awaiting_approval')",
+            )
+            .fetch_one(&stack.db)
+            .await
+            .ok()?;
+            if under_way > 0 {
+                return None;
+            }
+            let demos = stack.get_json("/api/demos").await;
+            let demos: Vec<&Value> =
+                demos.as_array()?.iter().filter(|d| d["repo"] == self.repo.repo.as_str()).collect();
+            if demos.len() as u64 != PRS {
+                return None;
+            }
+            for demo in demos {
+                let (_, closes, sha) = &self.newest[&demo["pr"].as_u64()?];
+                let containers = containers_of(demo["id"].as_str()?);
+                let settled = if *closes {
+                    demo["state"] == "stopped" && containers.is_empty()
+                } else {
+                    let generation = demo["generation"].to_string();
+                    demo["state"] == "running" && demo["sha"] == sha.as_str() && containers == [(generation, true)]
+                };
+                if !settled {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+    }
+}
+
+/// Send every delivery to the webhook URLs `urls` (delivery i to `urls[i % n]`, as a load
+/// balancer would), 32 at a time and paced, each again under the same id, to the next URL,
+/// until answered 2xx; the statuses.
+pub async fn send_all(urls: &[String], secret: &str, burst: &[Delivery], sending: &Sending) -> Vec<u16> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    futures::stream::iter(burst.iter().enumerate())
+        .map(|(index, delivery)| {
+            let client = client.clone();
+            async move {
+                tokio::time::sleep(PACE).await;
+                let signature = fixtures::sign(secret, &delivery.body);
+                for attempt in 0.. {
+                    let sent = client
+                        .post(&urls[(index + attempt) % urls.len()])
+                        .header("content-type", "application/json")
+                        .header("x-github-event", "pull_request")
+                        .header("x-github-delivery", &delivery.id)
+                        .header("x-hub-signature-256", &signature)
+                        .body(delivery.body.clone())
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(response) if response.status().is_success() => {
+                            sending.answered.fetch_add(1, Ordering::Relaxed);
+                            return response.status().as_u16();
+                        }
+                        Ok(response) if response.status().is_client_error() => return response.status().as_u16(),
+                        _ => {
+                            sending.resent.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+                unreachable!("the loop returns")
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await
+}
+
+/// Wait until `sending` has `count` deliveries answered.
+pub async fn answered(sending: &Sending, count: usize) {
+    while sending.answered.load(Ordering::Relaxed) < count {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+/// The demo's containers: (generation, running).
+pub fn containers_of(demo_id: &str) -> Vec<(String, bool)> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=run.demo.id={demo_id}"),
+            "--format",
+            "{{.Label \"run.demo.generation\"}} {{.State}}",
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(g, s)| (g.to_string(), s == "running")))
+        .collect()
+}
