@@ -319,7 +319,7 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
         "broker_agent_host_ids": [host_id],
         "broker_agent_user_prefix": format!("{vhost}-"),
         "broker_secrets_dir": secrets,
-        "broker_nats_config_dir": root_path.join("etc/nats"),
+        "broker_nats_config_file": root_path.join("etc/nats-server.conf"),
     });
     let controller_vars = json!({
         "controller_install_binary": true,
@@ -391,7 +391,7 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
     }
     assert_eq!(mode(&bin.join("demofleet-controller")), 0o755);
     assert!(demo_dir.is_dir());
-    let nats = std::fs::read_to_string(root_path.join("etc/nats/nats-server.conf")).unwrap();
+    let nats = std::fs::read_to_string(root_path.join("etc/nats-server.conf")).unwrap();
     assert!(nats.contains("listen: \"0.0.0.0:4222\""), "{nats}");
     let controller_env = environment_file(&etc.join("controller.env"));
     assert_eq!(controller_env["DEMOFLEET_WEBHOOK_SECRET"], webhook_secret, "read from its file, escaped");
