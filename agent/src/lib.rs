@@ -106,8 +106,7 @@ impl Agent {
         let host_id = config.host_id()?;
         let docker = bollard::Docker::connect_with_local_defaults().context("connecting to Docker")?;
         docker.ping().await.context("the Docker Engine does not answer")?;
-        let nats =
-            async_nats::connect(&config.messaging.nats_url).await.context("connecting to NATS (DEMOFLEET_NATS_URL)")?;
+        let nats = config.messaging.connect_nats().await.context("connecting to NATS (DEMOFLEET_NATS_URL)")?;
         tokio::fs::create_dir_all(&config.demo_dir)
             .await
             .with_context(|| format!("creating {}", config.demo_dir.display()))?;

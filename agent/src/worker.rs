@@ -1,6 +1,7 @@
 //! Taking steps off this host's queue: at most `concurrency` at a time, one at a time per
 //! demo, results published (confirmed) before the step's message is acknowledged.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use lapin::message::Delivery;
@@ -8,7 +9,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel};
 use tokio_util::sync::CancellationToken;
 
 use backoff::backoff::Backoff;
@@ -33,16 +34,20 @@ pub async fn run(ctx: Arc<AgentContext>, stop: CancellationToken) {
     }
 }
 
+/// Which RabbitMQ node of a cluster to try next; reconnects go round them.
+static NODE_TURN: AtomicUsize = AtomicUsize::new(0);
+
 async fn consume(
     ctx: &Arc<AgentContext>,
     stop: &CancellationToken,
     policy: &mut ExponentialBackoff,
 ) -> anyhow::Result<()> {
-    let connection = Connection::connect(&ctx.config.messaging.amqp_url, ConnectionProperties::default()).await?;
+    let connection = ctx.config.messaging.connect_amqp(&NODE_TURN).await?;
     let channel = connection.create_channel().await?;
     let queue = topology::host_queue(&ctx.host_id);
-    topology::declare_queue(&channel, &queue).await?;
-    topology::declare_queue(&channel, topology::CONTROLLER_QUEUE).await?;
+    let kind = ctx.config.messaging.queue_type();
+    topology::declare_queue_as(&channel, &queue, kind).await?;
+    topology::declare_queue_as(&channel, topology::CONTROLLER_QUEUE, kind).await?;
     channel.basic_qos(ctx.config.concurrency, BasicQosOptions::default()).await?;
     let results = connection.create_channel().await?;
     results.confirm_select(ConfirmSelectOptions::default()).await?;

@@ -7,6 +7,8 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
+pub use crate::messaging::QueueType;
+
 /// The direct exchange every task and result goes through.
 pub const EXCHANGE: &str = "demofleet.tasks";
 /// Controller steps and agents' step results.
@@ -41,8 +43,26 @@ pub fn log_subject(prefix: &str, demo_id: &uuid::Uuid) -> String {
     format!("{prefix}.demo.{demo_id}.log")
 }
 
+/// The arguments that make a queue of `kind`.
+fn queue_args(kind: QueueType) -> FieldTable {
+    let mut args = FieldTable::default();
+    if kind == QueueType::Quorum {
+        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    }
+    args
+}
+
 /// Declare the retry exchanges and queues for `delays`, and the dead-letter queue.
 pub async fn declare_retries(channel: &Channel, delays: &[std::time::Duration]) -> lapin::Result<()> {
+    declare_retries_as(channel, delays, QueueType::Classic).await
+}
+
+/// [`declare_retries`] with queues of `kind`.
+pub async fn declare_retries_as(
+    channel: &Channel,
+    delays: &[std::time::Duration],
+    kind: QueueType,
+) -> lapin::Result<()> {
     let durable_exchange = ExchangeDeclareOptions { durable: true, ..Default::default() };
     let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
     channel.exchange_declare(EXCHANGE.into(), ExchangeKind::Direct, durable_exchange, FieldTable::default()).await?;
@@ -51,7 +71,7 @@ pub async fn declare_retries(channel: &Channel, delays: &[std::time::Duration]) 
         channel
             .exchange_declare(name.as_str().into(), ExchangeKind::Fanout, durable_exchange, FieldTable::default())
             .await?;
-        let mut args = FieldTable::default();
+        let mut args = queue_args(kind);
         let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
         args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(EXCHANGE.into()));
@@ -66,16 +86,21 @@ pub async fn declare_retries(channel: &Channel, delays: &[std::time::Duration]) 
             )
             .await?;
     }
-    channel.queue_declare(DEAD_QUEUE.into(), durable_queue, FieldTable::default()).await?;
+    channel.queue_declare(DEAD_QUEUE.into(), durable_queue, queue_args(kind)).await?;
     Ok(())
 }
 
 /// Declare the exchange and a durable queue bound to it under its own name.
 pub async fn declare_queue(channel: &Channel, queue: &str) -> lapin::Result<()> {
+    declare_queue_as(channel, queue, QueueType::Classic).await
+}
+
+/// [`declare_queue`] with a queue of `kind`.
+pub async fn declare_queue_as(channel: &Channel, queue: &str, kind: QueueType) -> lapin::Result<()> {
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     channel.exchange_declare(EXCHANGE.into(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(queue.into(), durable, FieldTable::default()).await?;
+    channel.queue_declare(queue.into(), durable, queue_args(kind)).await?;
     channel
         .queue_bind(queue.into(), EXCHANGE.into(), queue.into(), QueueBindOptions::default(), FieldTable::default())
         .await?;

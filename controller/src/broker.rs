@@ -2,19 +2,21 @@
 //! (confirmed publishes, deleted only once confirmed) and the consumer of step results.
 
 use std::collections::HashSet;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoff;
+use demofleet_common::messaging::Messaging;
 use demofleet_common::wire::KIND_RESULT;
 use demofleet_common::{consume, retry, topology};
 
@@ -30,15 +32,18 @@ const CONCURRENCY: u16 = 16;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 pub struct Broker {
-    url: String,
+    messaging: Messaging,
+    /// Which node of a cluster to try next.
+    turn: AtomicUsize,
     connection: Mutex<Option<Connection>>,
 }
 
 impl Broker {
     /// Connect now, so a wrong URL or credentials stop the start-up with a clear error.
-    pub async fn connect(url: &str) -> lapin::Result<Broker> {
-        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
-        Ok(Broker { url: url.to_string(), connection: Mutex::new(Some(connection)) })
+    pub async fn connect(messaging: &Messaging) -> lapin::Result<Broker> {
+        let turn = AtomicUsize::new(0);
+        let connection = messaging.connect_amqp(&turn).await?;
+        Ok(Broker { messaging: messaging.clone(), turn, connection: Mutex::new(Some(connection)) })
     }
 
     /// A new channel, reconnecting first if the connection dropped.
@@ -49,7 +54,7 @@ impl Broker {
                 return Ok(channel);
             }
         }
-        let conn = Connection::connect(&self.url, ConnectionProperties::default()).await?;
+        let conn = self.messaging.connect_amqp(&self.turn).await?;
         let channel = conn.create_channel().await?;
         *guard = Some(conn);
         Ok(channel)
@@ -97,7 +102,7 @@ pub async fn run_publisher(app: AppState, stop: CancellationToken) {
 async fn open_confirm_channel(app: &AppState) -> lapin::Result<Channel> {
     let channel = app.broker.channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    topology::declare_retries(&channel, &app.config.retry_delays).await?;
+    topology::declare_retries_as(&channel, &app.config.retry_delays, app.config.messaging.queue_type()).await?;
     Ok(channel)
 }
 
@@ -113,7 +118,7 @@ async fn publish_pending(app: &AppState, channel: &Channel, declared: &mut HashS
         let mut confirms = Vec::with_capacity(batch.len());
         for message in &batch {
             if message.exchange == topology::EXCHANGE && declared.insert(message.routing_key.clone()) {
-                topology::declare_queue(channel, &message.routing_key).await?;
+                topology::declare_queue_as(channel, &message.routing_key, app.config.messaging.queue_type()).await?;
             }
             let body = serde_json::to_vec(&message.payload)?;
             let properties = BasicProperties::default()
@@ -171,7 +176,7 @@ async fn consume_results(
     policy: &mut ExponentialBackoff,
 ) -> anyhow::Result<()> {
     let channel = app.broker.channel().await?;
-    topology::declare_queue(&channel, topology::CONTROLLER_QUEUE).await?;
+    topology::declare_queue_as(&channel, topology::CONTROLLER_QUEUE, app.config.messaging.queue_type()).await?;
     channel.basic_qos(CONCURRENCY, BasicQosOptions::default()).await?;
     let consumer = channel
         .basic_consume(

@@ -74,11 +74,9 @@ impl Controller {
         config.validate()?;
         let db = connect_db(&config).await?;
         MIGRATOR.run(&db).await.context("applying migrations")?;
-        let broker = broker::Broker::connect(&config.messaging.amqp_url)
-            .await
-            .context("connecting to RabbitMQ (DEMOFLEET_AMQP_URL)")?;
-        let nats =
-            async_nats::connect(&config.messaging.nats_url).await.context("connecting to NATS (DEMOFLEET_NATS_URL)")?;
+        let broker =
+            broker::Broker::connect(&config.messaging).await.context("connecting to RabbitMQ (DEMOFLEET_AMQP_URL)")?;
+        let nats = config.messaging.connect_nats().await.context("connecting to NATS (DEMOFLEET_NATS_URL)")?;
         // A queue group: each heartbeat is recorded by one controller replica.
         let all_heartbeats = demofleet_common::topology::all_heartbeats(&config.messaging.nats_prefix);
         let heartbeats = nats.queue_subscribe(all_heartbeats, "demofleet-controllers".into()).await?;

@@ -140,6 +140,15 @@ impl TestVhost {
         }
     }
 
+    /// The type of `queue` of this vhost (`classic`, `quorum`), if it exists.
+    pub async fn queue_type(&self, queue: &str) -> Option<String> {
+        let url = format!("{}/api/queues/{}/{}", self.management_url, self.name, queue);
+        let response =
+            reqwest::Client::new().get(url).basic_auth(&self.user, Some(&self.password)).send().await.unwrap();
+        let body: serde_json::Value = response.error_for_status().ok()?.json().await.ok()?;
+        body["type"].as_str().map(String::from)
+    }
+
     /// Messages ready in `queue` of this vhost (0 when the queue does not exist).
     pub async fn queue_depth(&self, queue: &str) -> u64 {
         let url = format!("{}/api/queues/{}/{}", self.management_url, self.name, queue);

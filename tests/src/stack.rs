@@ -42,6 +42,9 @@ pub struct StackOptions {
     /// Serve the fixture repositories over HTTP to clients with this token only, as
     /// private repositories are, instead of from the file system.
     pub private_repos_token: Option<String>,
+    /// Give the controller and agents lists of broker URLs whose first node is down, as
+    /// when one node of a cluster is.
+    pub broker_failover: bool,
 }
 
 impl Default for StackOptions {
@@ -53,6 +56,7 @@ impl Default for StackOptions {
             nats_url: None,
             agent_args: Vec::new(),
             private_repos_token: None,
+            broker_failover: false,
         }
     }
 }
@@ -159,10 +163,16 @@ impl Stack {
                 (FakeGitHub::start(&token, Some(("421337", &public))).await, flags)
             }
         };
+        let (amqp_url, nats_url) = if options.broker_failover {
+            let down = vhost.amqp_url.replacen(":5672/", ":1/", 1);
+            (format!("{down},{}", vhost.amqp_url), format!("nats://127.0.0.1:1,{}", services.nats_url))
+        } else {
+            (vhost.amqp_url.clone(), services.nats_url.clone())
+        };
         let flags = [
             ("--database-url", test_db.url.clone()),
-            ("--amqp-url", vhost.amqp_url.clone()),
-            ("--nats-url", services.nats_url.clone()),
+            ("--amqp-url", amqp_url.clone()),
+            ("--nats-url", nats_url.clone()),
             ("--nats-prefix", prefix.clone()),
             ("--webhook-secret", secret.clone()),
             ("--git-url", git_url),
@@ -195,9 +205,9 @@ impl Stack {
                 "--host-id",
                 &host_id,
                 "--amqp-url",
-                &vhost.amqp_url,
+                &amqp_url,
                 "--nats-url",
-                &services.nats_url,
+                &nats_url,
                 "--nats-prefix",
                 &prefix,
                 "--demo-dir",
