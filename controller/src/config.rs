@@ -27,9 +27,14 @@ pub struct Config {
     #[command(flatten)]
     pub messaging: Messaging,
 
-    /// Secret shared with GitHub for webhook signatures. Required.
-    #[arg(long, env = "DEMOFLEET_WEBHOOK_SECRET", hide_env_values = true)]
+    /// Secret shared with GitHub for webhook signatures. Required, here or as a file.
+    #[arg(long, env = "DEMOFLEET_WEBHOOK_SECRET", hide_env_values = true, default_value = "")]
     pub webhook_secret: Secret,
+
+    /// A file holding the webhook secret (a trailing newline is dropped), instead of
+    /// `DEMOFLEET_WEBHOOK_SECRET`; read at start.
+    #[arg(long, env = "DEMOFLEET_WEBHOOK_SECRET_FILE", conflicts_with = "webhook_secret")]
+    pub webhook_secret_file: Option<std::path::PathBuf>,
 
     /// Demos answer on `<name>.<base domain>`.
     #[arg(long, env = "DEMOFLEET_BASE_DOMAIN", default_value = "localhost")]
@@ -190,8 +195,13 @@ pub struct Config {
 /// Why a configuration is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("DEMOFLEET_WEBHOOK_SECRET is empty: the controller never accepts unsigned webhooks")]
+    #[error(
+        "DEMOFLEET_WEBHOOK_SECRET (or the file DEMOFLEET_WEBHOOK_SECRET_FILE) is empty or unset: the controller \
+         never accepts unsigned webhooks"
+    )]
     EmptySecret,
+    #[error("reading DEMOFLEET_WEBHOOK_SECRET_FILE {path}: {error}")]
+    SecretFile { path: String, error: String },
     #[error("DEMOFLEET_GIT_URL must contain {{owner}} and {{repo}}, got {0:?}")]
     GitUrl(String),
     #[error("DEMOFLEET_BASE_DOMAIN {0:?} is not a domain name")]
@@ -225,6 +235,16 @@ impl Config {
     /// Where Traefik sends the traffic of demos that sleep when idle.
     pub fn edge_url(&self) -> String {
         self.edge_url.clone().unwrap_or_else(|| format!("http://{}", self.edge_listen))
+    }
+
+    /// Read the secrets given as files into their settings.
+    pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.webhook_secret_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::SecretFile { path: path.display().to_string(), error: e.to_string() })?;
+            self.webhook_secret = Secret::new(text.trim_end_matches(['\n', '\r']));
+        }
+        Ok(())
     }
 
     /// Checks that clap cannot express.
@@ -263,11 +283,25 @@ mod tests {
     #[test]
     fn refuses_to_start_without_a_secret() {
         if std::env::var_os("DEMOFLEET_WEBHOOK_SECRET").is_none() {
-            let err = parse(&[]).unwrap_err();
-            assert!(err.to_string().contains("--webhook-secret"), "{err}");
+            let config = parse(&[]).unwrap();
+            assert!(matches!(config.validate(), Err(ConfigError::EmptySecret)));
         }
         let config = parse(&["--webhook-secret", "  "]).unwrap();
         assert!(matches!(config.validate(), Err(ConfigError::EmptySecret)));
+    }
+
+    #[test]
+    fn the_webhook_secret_can_come_from_a_file() {
+        let file = std::env::temp_dir().join(format!("demofleet-webhook-secret-{}", std::process::id()));
+        std::fs::write(&file, "from a file\n").unwrap();
+        let mut config = parse(&["--webhook-secret-file", file.to_str().unwrap()]).unwrap();
+        config.read_secret_files().unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.webhook_secret.expose(), "from a file");
+        std::fs::remove_file(&file).unwrap();
+        assert!(parse(&["--webhook-secret", "x", "--webhook-secret-file", "/f"]).is_err(), "one or the other");
+        let mut missing = parse(&["--webhook-secret-file", "/nonexistent/secret"]).unwrap();
+        assert!(matches!(missing.read_secret_files(), Err(ConfigError::SecretFile { .. })));
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub struct Controller {
 impl Controller {
     /// Connect to everything, migrate, bind both listeners and start every task.
     pub async fn start(mut config: Config) -> anyhow::Result<Controller> {
+        config.read_secret_files()?;
         config.validate()?;
         let db = connect_db(&config).await?;
         MIGRATOR.run(&db).await.context("applying migrations")?;
