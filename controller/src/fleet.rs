@@ -30,6 +30,7 @@ pub async fn run_heartbeats(app: AppState, mut subscriber: async_nats::Subscribe
             tracing::warn!("heartbeat subscription ended");
             return;
         };
+        let began = Instant::now();
         let beat: Heartbeat = match serde_json::from_slice(&message.payload) {
             Ok(b) => b,
             Err(err) => {
@@ -45,6 +46,7 @@ pub async fn run_heartbeats(app: AppState, mut subscriber: async_nats::Subscribe
         if let Err(err) = hosts::record_heartbeat(&app.db, &beat).await {
             tracing::warn!(host = %beat.host_id, error = %err, "recording a heartbeat failed");
         }
+        app.timings.heartbeat.observe(began.elapsed());
     }
 }
 

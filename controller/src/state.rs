@@ -35,6 +35,8 @@ pub struct AppState {
     pub permissions: Arc<PermissionCache>,
     /// Records webhook events in batches.
     pub intake: crate::intake::Intake,
+    /// How long placement and heartbeat handling take, for `/metrics`.
+    pub timings: Arc<crate::timings::Timings>,
     /// Cancelled when the controller shuts down; endless responses (live logs) end with it.
     pub stopping: tokio_util::sync::CancellationToken,
 }

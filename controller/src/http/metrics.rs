@@ -15,6 +15,7 @@ use demofleet_common::topology;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::timings::Snapshot;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/metrics", get(metrics))
@@ -60,6 +61,19 @@ async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiEr
     for (name, help, counter, scale) in counters {
         family(&mut out, name, "counter", help);
         sample(&mut out, name, &[], counter.load(std::sync::atomic::Ordering::Relaxed) as f64 * scale);
+    }
+
+    let timings = [
+        (
+            "demofleet_placement_seconds",
+            "Time to choose a host for a demo, lock waits included.",
+            &app.timings.placement,
+        ),
+        ("demofleet_heartbeat_seconds", "Time to read and record one agent heartbeat.", &app.timings.heartbeat),
+    ];
+    for (name, help, histogram) in timings {
+        family(&mut out, name, "histogram", help);
+        render_histogram(&mut out, name, &histogram.snapshot());
     }
 
     let demos: Vec<(String, i64)> =
@@ -115,6 +129,15 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
     let _ = writeln!(out, "{name}{labels} {value}");
 }
 
+fn render_histogram(out: &mut String, name: &str, snapshot: &Snapshot) {
+    for (bound, count) in &snapshot.buckets {
+        let le = if bound.is_infinite() { "+Inf".to_string() } else { bound.to_string() };
+        sample(out, &format!("{name}_bucket"), &[("le", &le)], *count as f64);
+    }
+    sample(out, &format!("{name}_sum"), &[], snapshot.sum_seconds);
+    sample(out, &format!("{name}_count"), &[], snapshot.count as f64);
+}
+
 /// Label values escape backslash, double quote and newline.
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -127,5 +150,21 @@ mod tests {
         let mut out = String::new();
         super::sample(&mut out, "m", &[("event", "a\"b\\c\nd")], 1.0);
         assert_eq!(out, "m{event=\"a\\\"b\\\\c\\nd\"} 1\n");
+    }
+
+    #[test]
+    fn histograms_render_cumulative_buckets_sum_and_count() {
+        let histogram = crate::timings::Histogram::default();
+        histogram.observe(std::time::Duration::from_micros(300));
+        histogram.observe(std::time::Duration::from_millis(3));
+        let mut out = String::new();
+        super::render_histogram(&mut out, "h", &histogram.snapshot());
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "h_bucket{le=\"0.0001\"} 0");
+        assert!(lines.contains(&"h_bucket{le=\"0.0005\"} 1"), "{out}");
+        assert!(lines.contains(&"h_bucket{le=\"0.005\"} 2"), "{out}");
+        assert!(lines.contains(&"h_bucket{le=\"+Inf\"} 2"), "{out}");
+        assert_eq!(lines.last(), Some(&"h_count 2"));
+        assert!(lines.iter().any(|l| l.starts_with("h_sum 0.0033")), "{out}");
     }
 }

@@ -121,6 +121,7 @@ async fn advance_loaded(
         }
         let queue = if step.runs_on_agent() {
             let host = if deploying && !begun_on_host {
+                let began = std::time::Instant::now();
                 let candidate = placement::place(
                     tx,
                     demo.host_id.as_deref(),
@@ -128,6 +129,7 @@ async fn advance_loaded(
                     app.config.min_free_disk_bytes(),
                 )
                 .await?;
+                app.timings.placement.observe(began.elapsed());
                 let newly_placed = candidate.is_some() && demo.host_id.is_none();
                 if newly_placed && settings::repo_is_full(&mut **tx, &demo.owner, &demo.repo, demo.id).await? {
                     None
