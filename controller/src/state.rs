@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::edge::RouteTable;
 use crate::github::GitHub;
 use crate::scheduler::authorize::PermissionCache;
+use crate::scheduler::RouteChange;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -58,10 +59,13 @@ impl AppState {
     pub async fn apply(&self, effects: crate::scheduler::Effects) {
         // Routes first: a step queued by the same change (retiring the old container, say)
         // must find the edge already pointing at the new one.
-        if effects.routes_changed {
-            if let Err(err) = self.routes.reload(&self.db).await {
-                tracing::warn!(error = %err, "route table reload failed; the next tick retries");
-            }
+        let reloaded = match effects.routes_changed {
+            RouteChange::None => Ok(()),
+            RouteChange::Demo(id) => self.routes.reload_demo(&self.db, id).await,
+            RouteChange::Many => self.routes.reload(&self.db).await,
+        };
+        if let Err(err) = reloaded {
+            tracing::warn!(error = %err, "route table reload failed; the next tick retries");
         }
         if effects.published {
             self.outbox.notify_one();

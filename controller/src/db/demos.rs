@@ -165,18 +165,31 @@ pub struct Route {
     pub gated: bool,
 }
 
+/// [`Route`]s, with `$1` the controller's default idle time; a `where` clause follows.
+const ROUTES: &str = "select d.id, d.name, h.address, d.host_port, d.routed and d.host_port is not null as routed,
+        coalesce(s.idle_sleep_seconds, $1) > 0 as sleeps, coalesce(s.gated, false) as gated
+    from demos d join hosts h on h.id = coalesce(d.serving_host, d.host_id)
+    left join repo_settings s on s.owner = d.owner and s.repo = d.repo";
+
+/// The demos the edge and Traefik know of.
+const LISTED: &str = "((d.routed and d.host_port is not null) or (d.desired = 'running' and d.state = 'sleeping'))";
+
 /// Every routed or sleeping demo; `idle_sleep_seconds` is the controller's default.
 pub async fn routes(db: impl PgExecutor<'_>, idle_sleep_seconds: i32) -> sqlx::Result<Vec<Route>> {
-    sqlx::query_as(
-        "select d.id, d.name, h.address, d.host_port, d.routed and d.host_port is not null as routed,
-                coalesce(s.idle_sleep_seconds, $1) > 0 as sleeps, coalesce(s.gated, false) as gated
-         from demos d join hosts h on h.id = coalesce(d.serving_host, d.host_id)
-         left join repo_settings s on s.owner = d.owner and s.repo = d.repo
-         where (d.routed and d.host_port is not null) or (d.desired = 'running' and d.state = 'sleeping')",
-    )
-    .bind(idle_sleep_seconds)
-    .fetch_all(db)
-    .await
+    sqlx::query_as(&format!("{ROUTES} where {LISTED}")).bind(idle_sleep_seconds).fetch_all(db).await
+}
+
+/// Demo `id`'s route, if it is routed or sleeping.
+pub async fn route(db: impl PgExecutor<'_>, id: Uuid, idle_sleep_seconds: i32) -> sqlx::Result<Option<Route>> {
+    sqlx::query_as(&format!("{ROUTES} where d.id = $2 and {LISTED}"))
+        .bind(idle_sleep_seconds)
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn name(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("select name from demos where id = $1").bind(id).fetch_optional(db).await
 }
 
 /// Note the requests the edge passed: `(name, when)`, the newest time kept.

@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //! - [`RouteTable`]: the routed and sleeping demos, reloaded from Postgres, with the time
-//!   of each one's last request.
+//!   of each one's last request; reloads asked for at once share one.
 //! - [`proxy`]: the hyper server that forwards requests.
 //! - [`pages`]: the 404, 502 and "waking up" pages.
 
@@ -12,7 +12,8 @@ pub mod pages;
 pub mod proxy;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use sqlx::PgPool;
@@ -50,11 +51,12 @@ pub struct RouteTable {
     inner: Arc<RwLock<HashMap<String, Entry>>>,
     /// The controller's default idle time (`DEMOFLEET_IDLE_SLEEP`), in seconds.
     idle_sleep_seconds: i32,
+    reloads: Arc<Coalesced>,
 }
 
 impl RouteTable {
     pub fn new(idle_sleep_seconds: i32) -> RouteTable {
-        RouteTable { inner: Arc::default(), idle_sleep_seconds }
+        RouteTable { inner: Arc::default(), idle_sleep_seconds, reloads: Arc::default() }
     }
 
     /// Where requests for `name` go now, without noting a request.
@@ -75,19 +77,45 @@ impl RouteTable {
         Some(Visit { target: entry.target.clone(), gated: entry.gated })
     }
 
-    /// Replace the table with the routed and sleeping demos in the database. Requests
-    /// noted and not yet taken stay noted.
+    /// Replace the table with the routed and sleeping demos in the database, as they are
+    /// at the call or later. Requests noted and not yet taken stay noted. Each reload reads
+    /// every route, so callers that arrive while one runs share the next one.
     pub async fn reload(&self, db: &PgPool) -> sqlx::Result<()> {
+        self.reloads.run(|| self.load(db)).await
+    }
+
+    /// Update demo `id`'s entry alone from the database, as it is at the call or later: a
+    /// chain's route step changes one route, and reloading all of them for each one made a
+    /// burst of 5,000 demos quadratic.
+    pub async fn reload_demo(&self, db: &PgPool, id: Uuid) -> sqlx::Result<()> {
+        // In turn with every other reload, so an older read never overwrites a newer one.
+        let _turn = self.reloads.succeeded.lock().await;
+        let route = demos::route(db, id, self.idle_sleep_seconds).await?;
+        let name = match &route {
+            Some(route) => route.name.clone(),
+            None => match demos::name(db, id).await? {
+                Some(name) => name,
+                None => return Ok(()),
+            },
+        };
+        let mut table = self.inner.write().expect("route table lock");
+        let Some(route) = route else {
+            table.remove(&name);
+            return Ok(());
+        };
+        let last_request = table.remove(&name).map(|e| e.last_request).unwrap_or_default();
+        table.insert(name, Entry { target: target(&route), gated: route.gated, last_request });
+        Ok(())
+    }
+
+    async fn load(&self, db: &PgPool) -> sqlx::Result<()> {
         let routes = demos::routes(db, self.idle_sleep_seconds).await?;
         let mut table = self.inner.write().expect("route table lock");
         let mut old = std::mem::take(&mut *table);
         for route in routes {
-            let target = match route.host_port.filter(|_| route.routed) {
-                Some(port) => Target::Up(format!("{}:{port}", route.address)),
-                None => Target::Asleep(route.id),
-            };
             let last_request = old.remove(&route.name).map(|e| e.last_request).unwrap_or_default();
-            table.insert(route.name, Entry { target, gated: route.gated, last_request });
+            let entry = Entry { target: target(&route), gated: route.gated, last_request };
+            table.insert(route.name, entry);
         }
         Ok(())
     }
@@ -103,5 +131,94 @@ impl RouteTable {
                 Some((name.clone(), at))
             })
             .collect()
+    }
+}
+
+/// Where a listed demo's requests go.
+fn target(route: &demos::Route) -> Target {
+    match route.host_port.filter(|_| route.routed) {
+        Some(port) => Target::Up(format!("{}:{port}", route.address)),
+        None => Target::Asleep(route.id),
+    }
+}
+
+/// A refresh that callers need begun after their call: one runs at a time, and callers
+/// that arrive while it runs share the next one.
+#[derive(Debug, Default)]
+struct Coalesced {
+    /// Refreshes begun so far.
+    begun: AtomicU64,
+    /// Held while a refresh runs; the number of the last one that succeeded.
+    succeeded: tokio::sync::Mutex<u64>,
+}
+
+impl Coalesced {
+    /// Return once a refresh begun after this call has succeeded, running it if no other
+    /// caller has; its error when this caller ran it and it failed.
+    async fn run<E, F: Future<Output = Result<(), E>>>(&self, refresh: impl FnOnce() -> F) -> Result<(), E> {
+        // The next refresh to begin, or any later one, begins after this call.
+        let needed = self.begun.load(Ordering::SeqCst) + 1;
+        let mut succeeded = self.succeeded.lock().await;
+        if *succeeded >= needed {
+            return Ok(());
+        }
+        let number = self.begun.fetch_add(1, Ordering::SeqCst) + 1;
+        refresh().await?;
+        *succeeded = number;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::Coalesced;
+
+    #[tokio::test]
+    async fn callers_at_once_share_refreshes_and_each_sees_one_begun_after_its_call() {
+        let coalesced = Arc::new(Coalesced::default());
+        // `begun`: refreshes started; `done`: one more than the newest finished refresh's index.
+        let (begun, done) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let callers: Vec<_> = (0..50)
+            .map(|i| {
+                let (coalesced, begun, done) = (coalesced.clone(), begun.clone(), done.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(i % 10)).await;
+                    let before = begun.load(Ordering::SeqCst);
+                    coalesced
+                        .run(|| async {
+                            let index = begun.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(3)).await;
+                            done.store(index + 1, Ordering::SeqCst);
+                            Ok::<_, ()>(())
+                        })
+                        .await
+                        .unwrap();
+                    // The refresh numbered `before` was the first to begin after the call.
+                    assert!(done.load(Ordering::SeqCst) > before, "returned before a later refresh finished");
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.unwrap();
+        }
+        let refreshes = begun.load(Ordering::SeqCst);
+        assert!((1..25).contains(&refreshes), "{refreshes} refreshes for 50 callers");
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_is_not_shared() {
+        let coalesced = Coalesced::default();
+        assert_eq!(coalesced.run(|| async { Err("down") }).await, Err("down"));
+        let ran = AtomicU64::new(0);
+        let refresh = || async {
+            ran.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, &str>(())
+        };
+        assert_eq!(coalesced.run(refresh).await, Ok(()));
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "a caller after a failure runs its own refresh");
     }
 }

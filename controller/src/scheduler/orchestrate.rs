@@ -10,7 +10,7 @@ use uuid::Uuid;
 use demofleet_common::topology;
 use demofleet_common::wire::{DeadStep, DemoSpec, Step, StepMessage, StepOutcome, StepResult, WIRE_VERSION};
 
-use super::{authorize, placement, Effects};
+use super::{authorize, placement, Effects, RouteChange};
 use crate::db::chains::{Chain, ChainStep};
 use crate::db::demos::{self, Demo};
 use crate::db::outbox::{self, Outgoing};
@@ -116,7 +116,7 @@ async fn advance_loaded(
         if step.is_inline() {
             demos::set_routed(&mut **tx, demo.id, step == Step::Route).await?;
             chains::mark_step(&mut **tx, step_row, "succeeded", None, None).await?;
-            effects.routes_changed = true;
+            effects.routes_changed = effects.routes_changed.merge(RouteChange::Demo(demo.id));
             continue;
         }
         let queue = if step.runs_on_agent() {
