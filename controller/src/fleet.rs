@@ -84,6 +84,9 @@ pub async fn run_tick(app: AppState, stop: CancellationToken) {
         if let Err(err) = place_waiting(&app).await {
             tracing::warn!(error = %err, "placing waiting demos failed");
         }
+        if let Err(err) = hosts::fold_load(&app.db).await {
+            tracing::warn!(error = %err, "folding hosts' numbers of demos failed");
+        }
         if let Err(err) = stop_expired(&app).await {
             tracing::warn!(error = %err, "stopping expired demos failed");
         }

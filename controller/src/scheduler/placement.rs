@@ -1,7 +1,8 @@
 //! Choosing a host: sticky to the one that already has the demo, else the live, not
 //! draining host with enough free disk and the most free capacity. To choose, eligible
 //! hosts are locked in id order, so two concurrent placements see each other's result and
-//! never overfill a host; staying put takes no lock.
+//! never overfill a host; staying put takes no lock. Hosts' numbers of demos are kept by
+//! the database as demos change (migration 10), so choosing reads no demo.
 
 use std::time::Duration;
 
@@ -52,17 +53,9 @@ pub async fn place(
     }
     let hosts: Vec<(String, i32)> =
         hosts.into_iter().filter(|(.., low_disk)| !low_disk).map(|(id, capacity, _)| (id, capacity)).collect();
-    let ids: Vec<&str> = hosts.iter().map(|(id, _)| id.as_str()).collect();
-    let used: Vec<(String, i64)> = sqlx::query_as(
-        "select host_id, count(*) from demos where host_id = any($1) and desired = 'running' group by host_id",
-    )
-    .bind(&ids)
-    .fetch_all(&mut **tx)
-    .await?;
-    let free = |id: &str, capacity: i32| {
-        let used = used.iter().find(|(h, _)| h == id).map_or(0, |(_, n)| *n);
-        i64::from(capacity) - used
-    };
+    // Read after the hosts are locked, so it counts every placement before this one.
+    let used = crate::db::hosts::load(&mut **tx).await?;
+    let free = |id: &str, capacity: i32| i64::from(capacity) - used.get(id).copied().unwrap_or(0);
     Ok(hosts
         .iter()
         .map(|(id, capacity)| (free(id, *capacity), id))
