@@ -1,7 +1,5 @@
 //! Hosts: what their agents last said, and placement of demos on them.
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 use sqlx::{FromRow, PgExecutor};
 use time::OffsetDateTime;
@@ -46,21 +44,8 @@ pub async fn record_heartbeat(db: impl PgExecutor<'_>, beat: &Heartbeat) -> sqlx
     Ok(())
 }
 
-/// How many demos that should run each host has, as of this statement: the folded
-/// numbers and the changes noted since (migration 10).
-pub async fn load(db: impl PgExecutor<'_>) -> sqlx::Result<HashMap<String, i64>> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "select host_id, sum(demos)::bigint from (select host_id, demos from host_load
-                                                  union all select host_id, delta from host_load_changes) l
-         group by host_id",
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().collect())
-}
-
-/// Fold the noted changes of hosts' numbers of demos into the numbers, so that [`load`]
-/// reads few rows. Atomic: a reader sees the changes either noted or folded, once.
+/// Fold the noted changes of hosts' numbers of demos (migration 10) into the numbers, so
+/// that placement reads few rows. Atomic: a reader sees the changes either noted or folded, once.
 pub async fn fold_load(db: impl PgExecutor<'_>) -> sqlx::Result<()> {
     sqlx::query(
         "with folded as (delete from host_load_changes returning host_id, delta)

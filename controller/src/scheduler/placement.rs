@@ -1,8 +1,11 @@
 //! Choosing a host: sticky to the one that already has the demo, else the live, not
-//! draining host with enough free disk and the most free capacity. To choose, eligible
-//! hosts are locked in id order, so two concurrent placements see each other's result and
-//! never overfill a host; staying put takes no lock. Hosts' numbers of demos are kept by
-//! the database as demos change (migration 10), so choosing reads no demo.
+//! draining host with enough free disk and the most free capacity. To choose, a placement
+//! takes the placement lock (a transaction-scoped advisory lock, not the hosts' rows:
+//! heartbeats update those 20 times a second with 100 hosts, and each waited for the
+//! other), so two concurrent placements see each other's result and never overfill a
+//! host; staying put takes no lock. Hosts' numbers of demos are kept by the database as
+//! demos change (migration 10), so choosing reads no demo; the lock and the read are one
+//! call (migration 11).
 
 use std::time::Duration;
 
@@ -31,13 +34,10 @@ pub async fn place(
             return Ok(Some(current.to_string()));
         }
     }
-    // `low_disk`: the host keeps its demos but gets no new ones. A host that does not
-    // report its disk is taken at its word. `no key update`: placements exclude each
-    // other, but not the key-share locks that demos referencing a host take.
-    let hosts: Vec<(String, i32, bool)> = sqlx::query_as(
-        "select id, capacity, coalesce(disk_free_bytes < $2, false) from hosts
-         where not draining and last_seen > now() - make_interval(secs => $1)
-         order by id for no key update",
+    // The lock is held until commit. `low_disk`: the host keeps its demos but gets no new
+    // ones; a host that does not report its disk is taken at its word.
+    let hosts: Vec<(String, i32, bool, i64)> = sqlx::query_as(
+        "select id, capacity, low_disk, demos from demofleet_placement_candidates($1, $2)",
     )
     .bind(timeout_secs)
     .bind(min_free_disk_bytes)
@@ -51,14 +51,10 @@ pub async fn place(
             return Ok(Some(current.to_string()));
         }
     }
-    let hosts: Vec<(String, i32)> =
-        hosts.into_iter().filter(|(.., low_disk)| !low_disk).map(|(id, capacity, _)| (id, capacity)).collect();
-    // Read after the hosts are locked, so it counts every placement before this one.
-    let used = crate::db::hosts::load(&mut **tx).await?;
-    let free = |id: &str, capacity: i32| i64::from(capacity) - used.get(id).copied().unwrap_or(0);
     Ok(hosts
         .iter()
-        .map(|(id, capacity)| (free(id, *capacity), id))
+        .filter(|(_, _, low_disk, _)| !low_disk)
+        .map(|(id, capacity, _, demos)| (i64::from(*capacity) - demos, id))
         .filter(|(free, _)| *free > 0)
         // Most free first; ties go to the smallest id, for predictability.
         .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(a.1)))
