@@ -6,12 +6,14 @@
 //!
 //! # Layout
 //! - [`services`]: where the services are, per-test databases and vhosts.
+//! - [`cluster`]: RabbitMQ and NATS clusters of a test's own, on this machine.
 //! - [`fake_github`]: the GitHub API, faithfully faked, recording every call.
 //! - [`fixtures`]: demo repositories and webhook payloads.
 //! - [`stack`]: a running controller (and agents) with helpers to drive and observe it.
 //! - [`wait`]: waiting for conditions with deadlines.
 
 pub mod burst;
+pub mod cluster;
 pub mod fake_github;
 pub mod fixtures;
 pub mod fleet;

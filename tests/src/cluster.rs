@@ -1,0 +1,501 @@
+//! Brokers of several nodes on this one machine, of a test's own: a RabbitMQ cluster of
+//! nodes joined as an operator joins them (`stop_app`, `join_cluster`, `start_app`), and
+//! NATS servers routed to each other. Every node has its own name, ports and folders in a
+//! temporary directory; the machine's own RabbitMQ node and NATS server are left alone.
+//! Nodes are killed with SIGKILL, as in a crash, and all of them are stopped on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::Value;
+use tempfile::TempDir;
+use uuid::Uuid;
+
+use crate::fake_github::FakeGitHub;
+use crate::stack::{remove_host_leftovers, Stack};
+use crate::wait;
+
+/// The broker user every node of a [`RabbitCluster`] has, an administrator.
+pub const RABBITMQ_USER: &str = "demofleet";
+pub const RABBITMQ_PASSWORD: &str = "demofleet";
+
+/// A free TCP port on the loopback interface.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A process started in a process group of its own, so that what it starts dies with it.
+struct Group(Option<Child>);
+
+impl Group {
+    fn spawn(command: &mut Command) -> Group {
+        use std::os::unix::process::CommandExt;
+        Group(Some(command.process_group(0).spawn().unwrap_or_else(|e| panic!("{command:?}: {e}"))))
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).output();
+            let _ = child.wait();
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One RabbitMQ node of a [`RabbitCluster`].
+pub struct RabbitNode {
+    /// Its Erlang node name, `dfq<n>-<tag>@localhost`.
+    pub name: String,
+    pub amqp_port: u16,
+    pub management_port: u16,
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+    process: Group,
+}
+
+/// RabbitMQ nodes joined into one cluster, with the user [`RABBITMQ_USER`] and the
+/// management plugin on each.
+pub struct RabbitCluster {
+    pub nodes: Vec<RabbitNode>,
+    /// The nodes' folders and the shared Erlang cookie (the `HOME` of every node and CLI call).
+    home: TempDir,
+}
+
+impl RabbitCluster {
+    /// Start `size` nodes and join the others to the first; blocks until all run in one
+    /// cluster (about half a minute for three).
+    pub fn start(size: usize) -> RabbitCluster {
+        let home = tempfile::Builder::new().prefix("demofleet-rabbitmq-").tempdir().unwrap();
+        let cookie = home.path().join(".erlang.cookie");
+        std::fs::write(&cookie, Uuid::new_v4().simple().to_string()).unwrap();
+        std::fs::set_permissions(&cookie, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+        let tag = &Uuid::new_v4().simple().to_string()[..6];
+        let nodes =
+            (1..=size).map(|n| RabbitNode::configure(home.path(), &format!("dfq{n}-{tag}@localhost"))).collect();
+        let mut cluster = RabbitCluster { nodes, home };
+        for index in 0..size {
+            cluster.start_node(index);
+        }
+        for index in 0..size {
+            cluster.await_startup(index);
+        }
+        let first = cluster.nodes[0].name.clone();
+        for index in 1..size {
+            cluster.ctl(index, &["stop_app"]);
+            cluster.ctl(index, &["join_cluster", &first]);
+            cluster.ctl(index, &["start_app"]);
+        }
+        let status = cluster.ctl(0, &["cluster_status", "--formatter", "json"]);
+        let status: Value = serde_json::from_str(&status).expect("cluster_status as JSON");
+        let running = status["running_nodes"].as_array().map_or(0, Vec::len);
+        assert_eq!(running, size, "every node runs in the cluster: {status}");
+        cluster
+    }
+
+    /// `amqp://` URL of node `index`, on `vhost`.
+    pub fn amqp_url(&self, index: usize, vhost: &str) -> String {
+        let port = self.nodes[index].amqp_port;
+        format!("amqp://{RABBITMQ_USER}:{RABBITMQ_PASSWORD}@127.0.0.1:{port}/{vhost}")
+    }
+
+    /// Every node's URL on `vhost` for `user`, separated by commas, as `DEMOFLEET_AMQP_URL`
+    /// takes them.
+    pub fn amqp_urls(&self, user: &str, password: &str, vhost: &str) -> String {
+        let url = |node: &RabbitNode| format!("amqp://{user}:{password}@127.0.0.1:{}/{vhost}", node.amqp_port);
+        self.nodes.iter().map(url).collect::<Vec<_>>().join(",")
+    }
+
+    /// The management API of node `index`, with the user in it.
+    pub fn management_url(&self, index: usize) -> String {
+        format!("http://{RABBITMQ_USER}:{RABBITMQ_PASSWORD}@127.0.0.1:{}", self.nodes[index].management_port)
+    }
+
+    /// Let stacks started from now on make their vhost on this cluster: the harness's
+    /// [`crate::services::Services`] read these variables (their node `index` only).
+    pub fn use_for_new_stacks(&self, index: usize) {
+        std::env::set_var("DEMOFLEET_AMQP_URL", self.amqp_url(index, "demofleet"));
+        std::env::set_var("DEMOFLEET_AMQP_MANAGEMENT_URL", self.management_url(index));
+    }
+
+    /// Stop node `index` with SIGKILL.
+    pub fn kill(&mut self, index: usize) {
+        self.nodes[index].process.kill();
+    }
+
+    pub fn is_running(&self, index: usize) -> bool {
+        self.nodes[index].process.running()
+    }
+
+    /// Start node `index` (again); it rejoins the cluster it was in.
+    pub fn restart(&mut self, index: usize) {
+        self.start_node(index);
+        self.await_startup(index);
+    }
+
+    /// GET `path` of the management API from the first running node that answers.
+    pub async fn management_get(&self, path: &str) -> Option<Value> {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+        for (index, node) in self.nodes.iter().enumerate() {
+            if !self.is_running(index) {
+                continue;
+            }
+            let url = format!("http://127.0.0.1:{}/api{path}", node.management_port);
+            let Ok(response) = client.get(url).basic_auth(RABBITMQ_USER, Some(RABBITMQ_PASSWORD)).send().await else {
+                continue;
+            };
+            if let Ok(body) = response.error_for_status() {
+                if let Ok(value) = body.json().await {
+                    return Some(value);
+                }
+            }
+        }
+        None
+    }
+
+    /// The clients connected to `vhost`: (user, index of the node they are connected to).
+    pub async fn connections(&self, vhost: &str) -> Option<Vec<(String, usize)>> {
+        let listed = self.management_get(&format!("/vhosts/{vhost}/connections")).await?;
+        let mut connections = Vec::new();
+        for connection in listed.as_array()? {
+            let node = connection["node"].as_str()?;
+            let index = self.nodes.iter().position(|n| n.name == node)?;
+            connections.push((connection["user"].as_str()?.to_string(), index));
+        }
+        Some(connections)
+    }
+
+    /// The queues of `vhost`: (name, type, nodes holding a replica).
+    pub async fn queues(&self, vhost: &str) -> Option<Vec<(String, String, usize)>> {
+        let listed = self.management_get(&format!("/queues/{vhost}")).await?;
+        listed
+            .as_array()?
+            .iter()
+            .map(|q| {
+                let members = q["members"].as_array().map_or(1, Vec::len);
+                Some((q["name"].as_str()?.to_string(), q["type"].as_str()?.to_string(), members))
+            })
+            .collect()
+    }
+
+    /// The log of node `index`, for a failing test's message.
+    pub fn log(&self, index: usize) -> String {
+        let node = &self.nodes[index];
+        let mut text = std::fs::read_to_string(node.dir.join("stdout.log")).unwrap_or_default();
+        if let Ok(entries) = std::fs::read_dir(node.dir.join("log")) {
+            for entry in entries.flatten() {
+                text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        text
+    }
+
+    fn start_node(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        assert!(!node.process.running(), "{} runs", node.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(node.dir.join("stdout.log")).unwrap();
+        node.process = Group::spawn(
+            Command::new(rabbitmq_bin("rabbitmq-server"))
+                .current_dir(&node.dir)
+                .env("HOME", self.home.path())
+                .envs(node.env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log)),
+        );
+    }
+
+    /// Wait until node `index` has booted; it registers with epmd a moment after it starts.
+    fn await_startup(&self, index: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let out = self.ctl_output(index, &["await_startup", "--timeout", "60"]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "RabbitMQ node {} did not start:\n{}",
+                self.nodes[index].name,
+                self.log(index)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// `rabbitmqctl -n <node> ARGS`, which must succeed; its output.
+    pub fn ctl(&self, index: usize, args: &[&str]) -> String {
+        let out = self.ctl_output(index, args);
+        assert!(
+            out.status.success(),
+            "rabbitmqctl -n {} {args:?}: {}{}",
+            self.nodes[index].name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn ctl_output(&self, index: usize, args: &[&str]) -> std::process::Output {
+        Command::new(rabbitmq_bin("rabbitmqctl"))
+            .env("HOME", self.home.path())
+            .args(["-q", "-n", &self.nodes[index].name])
+            .args(args)
+            .output()
+            .expect("rabbitmqctl runs")
+    }
+}
+
+impl RabbitNode {
+    /// Folders, ports and configuration of node `name`, not yet started.
+    fn configure(home: &Path, name: &str) -> RabbitNode {
+        let dir = home.join(name.split('@').next().unwrap());
+        std::fs::create_dir_all(&dir).unwrap();
+        let (amqp_port, management_port, dist_port) = (free_port(), free_port(), free_port());
+        let config = format!(
+            "listeners.tcp.default = 127.0.0.1:{amqp_port}\n\
+             management.tcp.port = {management_port}\n\
+             management.tcp.ip = 127.0.0.1\n\
+             collect_statistics_interval = 1000\n\
+             default_user = {RABBITMQ_USER}\n\
+             default_pass = {RABBITMQ_PASSWORD}\n\
+             default_user_tags.administrator = true\n\
+             default_vhost = demofleet\n"
+        );
+        std::fs::write(dir.join("rabbitmq.conf"), config).unwrap();
+        std::fs::write(dir.join("enabled_plugins"), "[rabbitmq_management].\n").unwrap();
+        std::fs::write(dir.join("rabbitmq-env.conf"), "").unwrap();
+        let path = |file: &str| dir.join(file).to_str().unwrap().to_string();
+        let env = [
+            ("RABBITMQ_NODENAME", name.to_string()),
+            ("RABBITMQ_NODE_PORT", amqp_port.to_string()),
+            ("RABBITMQ_DIST_PORT", dist_port.to_string()),
+            ("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf")),
+            ("RABBITMQ_ADVANCED_CONFIG_FILE", path("advanced.config")),
+            ("RABBITMQ_CONF_ENV_FILE", path("rabbitmq-env.conf")),
+            ("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins")),
+            ("RABBITMQ_MNESIA_BASE", path("mnesia")),
+            ("RABBITMQ_LOG_BASE", path("log")),
+            ("RABBITMQ_PID_FILE", path("rabbitmq.pid")),
+        ];
+        let env = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        RabbitNode { name: name.to_string(), amqp_port, management_port, dir, env, process: Group(None) }
+    }
+}
+
+/// RabbitMQ's own scripts, not Debian's wrappers (which switch to the `rabbitmq` user).
+fn rabbitmq_bin(name: &str) -> String {
+    let own = format!("/usr/lib/rabbitmq/bin/{name}");
+    if Path::new(&own).exists() {
+        own
+    } else {
+        name.to_string()
+    }
+}
+
+/// One NATS server of a [`NatsCluster`].
+pub struct NatsServer {
+    pub client_port: u16,
+    pub cluster_port: u16,
+    pub monitor_port: u16,
+    process: Group,
+}
+
+/// NATS servers routed to each other into one cluster.
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Start `size` servers, each with routes to the others, and wait until every one
+    /// has a route to every other.
+    pub async fn start(size: usize) -> NatsCluster {
+        let name = format!("dfn-{}", &Uuid::new_v4().simple().to_string()[..6]);
+        let mut servers: Vec<NatsServer> = (0..size)
+            .map(|_| NatsServer {
+                client_port: free_port(),
+                cluster_port: free_port(),
+                monitor_port: free_port(),
+                process: Group(None),
+            })
+            .collect();
+        let routes: Vec<String> = servers.iter().map(|s| format!("nats://127.0.0.1:{}", s.cluster_port)).collect();
+        for (index, server) in servers.iter_mut().enumerate() {
+            let others: Vec<&str> =
+                routes.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, r)| r.as_str()).collect();
+            server.process = Group::spawn(
+                Command::new("nats-server")
+                    .args(["-a", "127.0.0.1", "-p", &server.client_port.to_string()])
+                    .args(["-m", &server.monitor_port.to_string()])
+                    .args(["--cluster_name", &name, "--cluster", &routes[index]])
+                    .args(["--routes", &others.join(",")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            );
+        }
+        let cluster = NatsCluster { servers };
+        for index in 0..size {
+            wait::until(&format!("NATS server {index} routed to the others"), Duration::from_secs(20), || async {
+                let routes = cluster.monitor(index, "/routez").await?;
+                (routes["num_routes"].as_u64()? as usize >= size - 1).then_some(())
+            })
+            .await;
+        }
+        cluster
+    }
+
+    /// Every server's client URL, separated by commas, as `DEMOFLEET_NATS_URL` takes them.
+    pub fn urls(&self) -> String {
+        self.servers.iter().map(|s| format!("nats://127.0.0.1:{}", s.client_port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Stop server `index` with SIGKILL.
+    pub fn kill(&mut self, index: usize) {
+        self.servers[index].process.kill();
+    }
+
+    pub fn is_running(&self, index: usize) -> bool {
+        self.servers[index].process.running()
+    }
+
+    /// Clients connected to server `index` (`None` when it does not answer).
+    pub async fn clients(&self, index: usize) -> Option<u64> {
+        self.monitor(index, "/connz").await?["num_connections"].as_u64()
+    }
+
+    /// GET `path` of server `index`'s monitoring endpoint.
+    pub async fn monitor(&self, index: usize, path: &str) -> Option<Value> {
+        let url = format!("http://127.0.0.1:{}{path}", self.servers[index].monitor_port);
+        reqwest::get(url).await.ok()?.json().await.ok()
+    }
+}
+
+/// A controller and agents in this process on a stack's database, NATS and fixtures, with
+/// broker URLs of their own (such as a cluster's list), since a stack gives its controller
+/// and agents the harness's one URL. The stack's own controller is stopped, and the
+/// stack's HTTP helpers then talk to this controller.
+pub struct ClusterFleet {
+    pub controller: Option<demofleet_controller::Controller>,
+    /// (host id, its broker user, the agent).
+    pub agents: Vec<(String, String, Option<demofleet_agent::Agent>)>,
+    /// The GitHub this controller talks to.
+    pub github: FakeGitHub,
+}
+
+impl ClusterFleet {
+    /// Stop `stack`'s controller (`binary` is the test's `CARGO_BIN_EXE_fleet-controller`,
+    /// run and killed in its stead), start one with broker URLs `amqp_urls(user, password)`
+    /// and flags `controller_args`, and `agents` agents with flags `agent_args`, each with a
+    /// broker user of its own; wait until every agent has been heard from.
+    pub async fn start(
+        stack: &mut Stack,
+        binary: &str,
+        amqp_urls: impl Fn(&str, &str) -> String,
+        controller_args: &[&str],
+        agents: usize,
+        agent_args: &[&str],
+    ) -> ClusterFleet {
+        stack.run_controller_as_process(binary).await;
+        stack.kill_controller();
+        let token = format!("ghp_{}", Uuid::new_v4().simple());
+        let github = FakeGitHub::start(&token, None).await;
+        let database = stack.db.connect_options().get_database().expect("a database name").to_string();
+        let (base, _) = stack.services.database_url.rsplit_once('/').expect("database URL has a path");
+        let git_url = format!("file://{}/{{owner}}/{{repo}}.git", stack.repos_dir().display());
+        let flags = [
+            ("--database-url", format!("{base}/{database}")),
+            ("--amqp-url", amqp_urls(RABBITMQ_USER, RABBITMQ_PASSWORD)),
+            ("--nats-url", stack.services.nats_url.clone()),
+            ("--nats-prefix", stack.nats_prefix.clone()),
+            ("--webhook-secret", stack.secret.clone()),
+            ("--git-url", git_url),
+            ("--listen", "127.0.0.1:0".into()),
+            ("--edge-listen", "127.0.0.1:0".into()),
+            ("--tick", "500ms".into()),
+            ("--host-timeout", "5s".into()),
+            ("--github-api-url", github.url.clone()),
+            ("--github-token", token),
+            ("--oidc-issuer", stack.services.oidc_issuer.clone()),
+            ("--oidc-client-secret", format!("secret-{}", Uuid::new_v4().simple())),
+            ("--allow-domains", "example.com".into()),
+        ];
+        let mut args = vec!["demofleet-controller".to_string()];
+        for (flag, value) in flags {
+            args.extend([flag.to_string(), value]);
+        }
+        args.extend(controller_args.iter().map(|s| s.to_string()));
+        let config = demofleet_controller::config::Config::try_parse_from(&args).expect("controller flags");
+        let controller = demofleet_controller::Controller::start(config).await.expect("controller starts");
+        stack.http_addr = controller.http_addr;
+        stack.edge_addr = controller.edge_addr;
+
+        let mut fleet = ClusterFleet { controller: Some(controller), agents: Vec::new(), github };
+        for _ in 0..agents {
+            let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
+            let (user, password) = stack.vhost.create_agent_user(&host_id).await;
+            let demo_dir = stack.scratch.path().join("demos").join(&host_id);
+            let mut args: Vec<String> = [
+                "demofleet-agent",
+                "--host-id",
+                &host_id,
+                "--amqp-url",
+                &amqp_urls(&user, &password),
+                "--nats-url",
+                &stack.services.nats_url,
+                "--nats-prefix",
+                &stack.nats_prefix,
+                "--demo-dir",
+                demo_dir.to_str().unwrap(),
+                "--host-address",
+                "127.0.0.1",
+                "--heartbeat-interval",
+                "500ms",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(agent_args.iter().map(|s| s.to_string()));
+            let config = demofleet_agent::config::Config::try_parse_from(&args).expect("agent flags");
+            let agent = demofleet_agent::Agent::start(config).await.expect("agent starts");
+            fleet.agents.push((host_id, user, Some(agent)));
+        }
+        for (id, _, _) in &fleet.agents {
+            wait::until(&format!("host {id} heard from"), Duration::from_secs(30), || async {
+                let hosts = stack.get_json("/api/hosts").await;
+                hosts.as_array()?.iter().any(|h| h["id"] == id.as_str() && h["alive"] == true).then_some(())
+            })
+            .await;
+        }
+        fleet
+    }
+
+    /// Stop the agents, then the controller.
+    pub async fn stop(mut self) {
+        for (_, _, agent) in &mut self.agents {
+            if let Some(agent) = agent.take() {
+                agent.shutdown().await;
+            }
+        }
+        if let Some(controller) = self.controller.take() {
+            controller.shutdown().await;
+        }
+    }
+}
+
+impl Drop for ClusterFleet {
+    fn drop(&mut self) {
+        for (host_id, _, _) in &self.agents {
+            remove_host_leftovers(host_id);
+        }
+    }
+}

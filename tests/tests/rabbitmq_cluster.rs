@@ -1,0 +1,113 @@
+//! A RabbitMQ cluster of three nodes of the test's own on this machine (distinct node
+//! names and ports, joined with `join_cluster`), with quorum queues; the controller and two
+//! agents get the list of the three nodes' URLs. During a burst of 1,000 deliveries the node
+//! the controller is connected to is killed with SIGKILL: every accepted delivery is
+//! recorded with its outcome, every pull request's demo ends in the state its newest event
+//! asks for with one container and no chain under way, every queue is a quorum queue, and
+//! the clients that were on the dead node reconnect to the others. The node then comes
+//! back and rejoins. Convergence times are printed.
+//!
+//! This binary holds one test: it points the harness's broker variables at its cluster.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use demofleet_common::topology;
+use demofleet_tests::burst::{self, send_all, Bursts, Sending, BURST};
+use demofleet_tests::cluster::{ClusterFleet, RabbitCluster, RABBITMQ_USER};
+use demofleet_tests::stack::{Stack, StackOptions};
+use demofleet_tests::wait;
+
+/// The node dies once this many deliveries of the burst were answered.
+const KILL_AFTER: usize = 300;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_loses_nothing_when_the_controllers_rabbitmq_node_dies() {
+    let began = Instant::now();
+    let mut cluster = tokio::task::spawn_blocking(|| RabbitCluster::start(3)).await.unwrap();
+    println!("three RabbitMQ nodes in one cluster after {:.1?}", began.elapsed());
+    cluster.use_for_new_stacks(0);
+    let quorum = ["--amqp-quorum-queues"];
+    let options = StackOptions { agents: 0, controller_args: quorum.map(String::from).to_vec(), ..Default::default() };
+    let mut stack = Stack::start(options).await;
+    let vhost = stack.vhost.name.clone();
+    let fleet = ClusterFleet::start(
+        &mut stack,
+        env!("CARGO_BIN_EXE_fleet-controller"),
+        |user, password| cluster.amqp_urls(user, password, &vhost),
+        &["--amqp-quorum-queues", "--reconcile-grace", "2s"],
+        2,
+        &quorum,
+    )
+    .await;
+
+    // Which node each client is on: the controller is the only client with the admin user.
+    let mut users: HashSet<String> = fleet.agents.iter().map(|(_, user, _)| user.clone()).collect();
+    users.insert(RABBITMQ_USER.to_string());
+    let before = wait::until("every client connected", Duration::from_secs(30), || async {
+        let connections = cluster.connections(&vhost).await?;
+        let seen: HashSet<String> = connections.iter().map(|(u, _)| u.clone()).collect();
+        let controllers = connections.iter().filter(|(u, _)| u == RABBITMQ_USER).count();
+        (seen == users && controllers == 1).then_some(connections)
+    })
+    .await;
+    let victim = before.iter().find(|(u, _)| u == RABBITMQ_USER).unwrap().1;
+    let moved: Vec<&String> = before.iter().filter(|(_, node)| *node == victim).map(|(u, _)| u).collect();
+    println!("clients on {} (the controller's node): {moved:?}", cluster.nodes[victim].name);
+
+    let mut bursts = Bursts::new(&stack, "rabbitmq-cluster");
+    let deliveries = bursts.next_burst();
+    let started = Instant::now();
+    let sending = Sending::default();
+    let urls = [stack.url("/webhook/github")];
+    let sent = send_all(&urls, &stack.secret, &deliveries, &sending);
+    let killing = async {
+        burst::answered(&sending, KILL_AFTER).await;
+        cluster.kill(victim);
+        let killed = Instant::now();
+        let killed_at = sending.answered.load(Ordering::Relaxed);
+        let survivors = wait::until("every client on another node", Duration::from_secs(60), || async {
+            let connections = cluster.connections(&vhost).await?;
+            let seen: HashSet<String> = connections.iter().map(|(u, _)| u.clone()).collect();
+            (seen == users && connections.iter().all(|(_, node)| *node != victim)).then_some(connections)
+        })
+        .await;
+        (killed_at, killed.elapsed(), survivors)
+    };
+    let (statuses, (killed_at, reconnected_after, survivors)) = tokio::join!(sent, killing);
+    assert!(statuses.iter().all(|s| matches!(s, 200 | 202)), "{statuses:?}");
+    bursts.settled(&stack).await;
+    println!(
+        "{} killed after {killed_at} of {BURST} deliveries: its clients reconnected after {reconnected_after:.1?} \
+         ({survivors:?}); all recorded, all settled after {:.1?}",
+        cluster.nodes[victim].name,
+        started.elapsed()
+    );
+
+    // The queues the fleet uses are quorum queues, still there with one node of three gone.
+    let queues = cluster.queues(&vhost).await.expect("the queues, from a surviving node");
+    let mut wanted = vec![topology::CONTROLLER_QUEUE.to_string(), topology::DEAD_QUEUE.to_string()];
+    wanted.extend(fleet.agents.iter().map(|(host, _, _)| topology::host_queue(host)));
+    for queue in &wanted {
+        assert!(queues.iter().any(|(name, _, _)| name == queue), "queue {queue} exists: {queues:?}");
+    }
+    for (name, kind, members) in &queues {
+        assert_eq!(kind, "quorum", "queue {name}");
+        assert_eq!(*members, 3, "queue {name} has a replica on each node");
+    }
+
+    // The node comes back and rejoins the cluster.
+    let restarted = Instant::now();
+    tokio::task::block_in_place(|| cluster.restart(victim));
+    wait::until("three running nodes", Duration::from_secs(60), || async {
+        let nodes = cluster.management_get("/nodes").await?;
+        let running = nodes.as_array()?.iter().filter(|n| n["running"] == true).count();
+        (running == 3).then_some(())
+    })
+    .await;
+    println!("{} back in the cluster after {:.1?}", cluster.nodes[victim].name, restarted.elapsed());
+
+    fleet.stop().await;
+    stack.stop().await;
+}
