@@ -368,9 +368,16 @@ impl NatsCluster {
         self.servers[index].process.running()
     }
 
-    /// Clients connected to server `index` (`None` when it does not answer).
-    pub async fn clients(&self, index: usize) -> Option<u64> {
-        self.monitor(index, "/connz").await?["num_connections"].as_u64()
+    /// The subscriptions of each client connected to server `index`, one list per client
+    /// (`None` when the server does not answer).
+    pub async fn subscriptions(&self, index: usize) -> Option<Vec<Vec<String>>> {
+        let connz = self.monitor(index, "/connz?subs=1").await?;
+        let clients = connz["connections"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let subjects = |client: &Value| {
+            let list = client["subscriptions_list"].as_array().map(Vec::as_slice).unwrap_or_default();
+            list.iter().filter_map(|s| s.as_str().map(String::from)).collect()
+        };
+        Some(clients.iter().map(subjects).collect())
     }
 
     /// GET `path` of server `index`'s monitoring endpoint.

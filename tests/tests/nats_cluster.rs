@@ -1,13 +1,15 @@
 //! A NATS cluster of three servers of the test's own on this machine (routes between them,
 //! distinct ports); the controller and two agents get the list of the three URLs. While a
-//! demo runs and a client follows its live log, the server with the most of these clients
-//! is killed with SIGKILL: they reconnect to the others, heartbeats go on (every host stays
-//! alive, no demo moves), the log keeps streaming, and a demo opened afterwards is placed,
-//! built and run. The longest silence of a host and the reconnection time are printed.
+//! demo runs and a client follows its live log, the server the controller is connected to
+//! is killed with SIGKILL: its clients reconnect to the others (the controller with its
+//! subscriptions), heartbeats go on (every host stays alive, no demo moves), the log keeps
+//! streaming, and a demo opened afterwards is placed, built and run. The longest silence of
+//! a host and the reconnection time are printed.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use demofleet_common::topology;
 use demofleet_tests::cluster::NatsCluster;
 use demofleet_tests::fixtures::{self, FixtureRepo};
 use demofleet_tests::stack::{Stack, StackOptions};
@@ -35,17 +37,20 @@ async fn heartbeats_and_logs_carry_on_when_a_nats_server_dies() {
     })
     .await;
 
-    // The clients (the controller and the two agents) spread over the servers.
+    // The clients (the controller and the two agents) spread over the servers; the
+    // controller is the one subscribed to every host's heartbeats.
+    let heartbeats = topology::all_heartbeats(&stack.nats_prefix);
     let spread = wait::until("the three clients connected", Duration::from_secs(20), || async {
         let mut spread = Vec::new();
         for index in 0..nats.servers.len() {
-            spread.push(nats.clients(index).await?);
+            spread.push(nats.subscriptions(index).await?);
         }
-        (spread.iter().sum::<u64>() == 3).then_some(spread)
+        (spread.iter().map(Vec::len).sum::<usize>() == 3).then_some(spread)
     })
     .await;
-    let victim = (0..spread.len()).max_by_key(|i| spread[*i]).unwrap();
-    println!("clients per NATS server {spread:?}; killing server {victim}");
+    let victim = spread.iter().position(|clients| clients.iter().any(|subs| subs.contains(&heartbeats))).unwrap();
+    let counts: Vec<usize> = spread.iter().map(Vec::len).collect();
+    println!("clients per NATS server {counts:?}; killing server {victim}, the controller's");
     nats.kill(victim);
     let killed = Instant::now();
 
@@ -59,17 +64,18 @@ async fn heartbeats_and_logs_carry_on_when_a_nats_server_dies() {
             longest_silence = longest_silence.max(host["seconds_since_seen"].as_f64().unwrap());
         }
         if reconnected_after.is_none() {
-            let mut total = 0;
+            let mut clients = Vec::new();
             for index in (0..nats.servers.len()).filter(|i| *i != victim) {
-                total += nats.clients(index).await.unwrap_or(0);
+                clients.extend(nats.subscriptions(index).await.unwrap_or_default());
             }
-            if total == 3 {
+            if clients.len() == 3 && clients.iter().any(|subs| subs.contains(&heartbeats)) {
                 reconnected_after = Some(killed.elapsed());
             }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let reconnected_after = reconnected_after.expect("the clients reconnected to the other servers");
+    let reconnected_after =
+        reconnected_after.expect("the clients, the controller's subscriptions too, on the other servers");
 
     // The log kept streaming: lines printed well after the kill reached the client.
     let late = lines.lock().unwrap().iter().filter(|(at, _)| *at > killed + HOST_TIMEOUT).count();
