@@ -49,19 +49,7 @@ impl Messaging {
     /// Connect to RabbitMQ: the first node of the list that answers, starting at the one
     /// after the last tried (`turn`), so reconnects go round the cluster.
     pub async fn connect_amqp(&self, turn: &std::sync::atomic::AtomicUsize) -> lapin::Result<lapin::Connection> {
-        let urls = self.amqp_urls();
-        let mut failure = None;
-        for _ in 0..urls.len() {
-            let index = turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % urls.len();
-            match lapin::Connection::connect(urls[index], lapin::ConnectionProperties::default()).await {
-                Ok(connection) => return Ok(connection),
-                Err(err) => {
-                    tracing::warn!(node = index, error = %err, "RabbitMQ node unreachable; trying the next");
-                    failure = Some(err);
-                }
-            }
-        }
-        Err(failure.expect("at least one URL"))
+        connect_amqp_within(&self.amqp_urls(), turn, AMQP_CONNECT_TIMEOUT).await
     }
 
     /// Connect to NATS, to any server of the list; the client moves to another when its
@@ -74,6 +62,30 @@ impl Messaging {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(async_nats::connect(servers).await?)
     }
+}
+
+/// How long one RabbitMQ node may take to accept a connection before the next is tried: a
+/// node cut off by the network (no refusal, no answer) must not hold up the others.
+const AMQP_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn connect_amqp_within(
+    urls: &[&str],
+    turn: &std::sync::atomic::AtomicUsize,
+    timeout: std::time::Duration,
+) -> lapin::Result<lapin::Connection> {
+    let mut failure = None;
+    for _ in 0..urls.len() {
+        let index = turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % urls.len();
+        let connecting = lapin::Connection::connect(urls[index], lapin::ConnectionProperties::default());
+        let err = match tokio::time::timeout(timeout, connecting).await {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(err)) => err,
+            Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {timeout:?}")).into(),
+        };
+        tracing::warn!(node = index, error = %err, "RabbitMQ node unreachable; trying the next");
+        failure = Some(err);
+    }
+    Err(failure.expect("at least one URL"))
 }
 
 /// Classic or quorum queues.
@@ -95,6 +107,22 @@ fn split_urls(list: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node that accepts the connection but never answers is given up on in time, and
+    /// the next one is tried.
+    #[tokio::test]
+    async fn a_silent_node_does_not_hold_up_the_others() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let urls = [format!("amqp://u:p@{}/v", silent.local_addr().unwrap()), format!("amqp://u:p@{refusing}/v")];
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        let turn = std::sync::atomic::AtomicUsize::new(0);
+        let started = std::time::Instant::now();
+        let result = connect_amqp_within(&urls, &turn, std::time::Duration::from_millis(300)).await;
+        assert!(result.is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        assert_eq!(turn.load(std::sync::atomic::Ordering::Relaxed), 2, "both nodes tried");
+    }
 
     #[test]
     fn lists_of_urls_are_split_on_commas() {
