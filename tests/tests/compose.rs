@@ -291,6 +291,10 @@ fn markers(names: &BTreeSet<String>, int_names: &BTreeSet<String>) -> BTreeMap<S
 
 #[test]
 fn compose_files_are_valid_and_hold_no_secret() {
+    run(
+        "scripts/images --tools-only (docker-compose)",
+        Command::new(repo().join("scripts/images")).arg("--tools-only").stdin(Stdio::null()),
+    );
     let files = compose_files();
     for expected in [root_compose(), rancher_dir().join("docker-compose.yml")] {
         assert!(files.contains(&expected), "{} is missing (found {files:?})", expected.display());
