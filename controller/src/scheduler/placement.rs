@@ -36,13 +36,12 @@ pub async fn place(
     }
     // The lock is held until commit. `low_disk`: the host keeps its demos but gets no new
     // ones; a host that does not report its disk is taken at its word.
-    let hosts: Vec<(String, i32, bool, i64)> = sqlx::query_as(
-        "select id, capacity, low_disk, demos from demofleet_placement_candidates($1, $2)",
-    )
-    .bind(timeout_secs)
-    .bind(min_free_disk_bytes)
-    .fetch_all(&mut **tx)
-    .await?;
+    let hosts: Vec<(String, i32, bool, i64)> =
+        sqlx::query_as("select id, capacity, low_disk, demos from demofleet_placement_candidates($1, $2)")
+            .bind(timeout_secs)
+            .bind(min_free_disk_bytes)
+            .fetch_all(&mut **tx)
+            .await?;
     if hosts.is_empty() {
         return Ok(None);
     }
