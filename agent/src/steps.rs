@@ -40,8 +40,16 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
                 ctx.log(spec, "legacy ./run mode: ./run serve builds and starts the container at launch");
                 return Ok(output);
             }
-            let image = docker::build(&ctx.docker, spec, &plan, |line| ctx.log(spec, line)).await?;
-            output.image = Some(image);
+            // The demo's network is made meanwhile, so that launch finds it ready; if that
+            // fails, launch tries again and reports it.
+            let (image, network) = tokio::join!(
+                docker::build(&ctx.docker, spec, &plan, |line| ctx.log(spec, line)),
+                docker::ensure_network(&ctx.docker, &ctx.config, spec),
+            );
+            if let Err(err) = network {
+                tracing::debug!(error = %err, "making the demo's network during the build failed");
+            }
+            output.image = Some(image?);
         }
         Step::Launch => {
             // Beside the running generation, if any: it keeps serving until this one is healthy.
@@ -123,13 +131,16 @@ async fn wait_healthy(ctx: &AgentContext, spec: &DemoSpec, port: u16, path: &str
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let mut last = String::from("no answer");
+    // Most demos answer within milliseconds of starting: ask again soon, then less often.
+    let mut pause = Duration::from_millis(10);
     while tokio::time::Instant::now() < deadline {
         match client.get(&url).send().await {
             Ok(response) if response.status().is_success() || response.status().is_redirection() => return Ok(()),
             Ok(response) => last = format!("answered {}", response.status()),
             Err(err) => last = err.to_string(),
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
     }
     let logs = docker::log_tail(&ctx.docker, spec, 20).await;
     anyhow::bail!(

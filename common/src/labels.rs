@@ -44,7 +44,7 @@ pub fn demo_labels(spec: &DemoSpec, host_id: &str, port: u16) -> HashMap<String,
     labels
 }
 
-/// The labels that identify a demo's image (and are inherited by its container).
+/// The labels that identify a demo's generation; every container of it carries them.
 pub fn image_labels(spec: &DemoSpec) -> HashMap<String, String> {
     HashMap::from([
         (DEMO.to_string(), "true".to_string()),

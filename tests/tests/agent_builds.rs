@@ -111,7 +111,7 @@ async fn demofleet_toml_decides_the_build_and_the_run_and_teardown_is_exact() {
     stack.wait_for_state(&name, "stopped", DEADLINE).await;
     let demo_id = demo["id"].as_str().unwrap();
     assert_eq!(docker(&["ps", "-aq", "--filter", &format!("label=run.demo.id={demo_id}")]), "");
-    assert_eq!(docker(&["images", "-q", "--filter", &format!("label=run.demo.id={demo_id}")]), "");
+    assert_eq!(docker(&["images", "-q", "--filter", &format!("reference=demofleet/{name}")]), "");
     assert_eq!(docker(&["network", "ls", "-q", "--filter", &format!("name=^demofleet-{name}$")]), "");
     assert!(!agent.demo_dir.join(&name).exists());
     // ...and everything else survives.

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either, Empty};
+use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -25,6 +25,9 @@ use crate::state::{AppState, DemoUrls};
 
 /// Every response body the edge sends.
 pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
+
+/// What the edge sends a demo: the visitor's body, or nothing when it asks again.
+type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
 /// How long a demo may take to start answering a request.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,7 +47,7 @@ pub struct Edge {
     routes: RouteTable,
     urls: Arc<DemoUrls>,
     auth: Arc<Auth>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, UpstreamBody>,
     /// Sleeping demos that a request asked for.
     wake: tokio::sync::mpsc::UnboundedSender<uuid::Uuid>,
 }
@@ -105,7 +108,9 @@ impl Edge {
             .or_else(|| req.uri().host())
             .unwrap_or_default()
             .to_ascii_lowercase();
-        let Some(visit) = self.urls.name_from_host(&host).and_then(|name| self.routes.visit(name)) else {
+        let Some((name, visit)) =
+            self.urls.name_from_host(&host).and_then(|name| Some((name, self.routes.visit(name)?)))
+        else {
             return pages::not_found();
         };
         // Gated previews: only people signed in, and the gate's cookie stays here.
@@ -150,7 +155,24 @@ impl Edge {
                 headers.insert(HeaderName::from_static(name), value);
             }
         }
-        match tokio::time::timeout(UPSTREAM_TIMEOUT, self.client.request(req)).await {
+        // A request without a body that only reads can be sent again, unchanged.
+        let replay = (upgrade.is_none() && is_safe(req.method()) && req.body().is_end_stream())
+            .then(|| (req.method().clone(), req.uri().path_and_query().cloned(), req.headers().clone()));
+        let mut sent = tokio::time::timeout(UPSTREAM_TIMEOUT, self.client.request(req.map(Either::Left))).await;
+        // The route moved while the request was on its way (an update switched to the new
+        // generation and the old one is being removed): ask the new one.
+        if let (Ok(Err(err)), Some((method, path, headers))) = (&sent, replay) {
+            if let Some(Target::Up(now)) = self.routes.target(name).filter(|t| *t != Target::Up(upstream.clone())) {
+                tracing::debug!(from = %upstream, to = %now, error = %err, "the demo moved; asking its new address");
+                let path = path.as_ref().map_or("/", |p| p.as_str());
+                if let Ok(uri) = format!("http://{now}{path}").parse::<Uri>() {
+                    let mut again = Request::new(Either::Right(Empty::new()));
+                    (*again.method_mut(), *again.uri_mut(), *again.headers_mut()) = (method, uri, headers);
+                    sent = tokio::time::timeout(UPSTREAM_TIMEOUT, self.client.request(again)).await;
+                }
+            }
+        }
+        match sent {
             Ok(Ok(mut response)) => {
                 if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = client_side {
@@ -169,6 +191,11 @@ impl Edge {
             Err(_) => pages::bad_gateway(),
         }
     }
+}
+
+/// Methods that only read (RFC 9110 §9.2.1): asking again changes nothing.
+fn is_safe(method: &http::Method) -> bool {
+    matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
 }
 
 /// The protocol a request asks to upgrade to (`Connection: upgrade` with `Upgrade: …`).
