@@ -1,6 +1,7 @@
 //! Routes for the fleet: Traefik's dynamic configuration (HTTP provider and file), valid
 //! against Traefik's own schemas and following demos as they start and stop; and the
-//! edge proxy's forwarding headers and 502 page.
+//! edge proxy's forwarding headers, its 502 page, and reads asked again where a moving route
+//! went.
 
 use std::time::Duration;
 
@@ -166,5 +167,95 @@ async fn websocket_upgrades_pass_through_the_edge() {
         assert_eq!(echoed.into_text().unwrap().as_str(), text);
     }
     ws.close(None).await.unwrap();
+    stack.stop().await;
+}
+
+/// An update moves a demo's route while requests are on their way to the old generation,
+/// which is being removed. A request that only reads and that the old address dropped is
+/// asked again at the new one; one that may change something is not sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_dropped_by_the_old_generation_is_asked_again_where_the_route_moved() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let stack = Stack::start(StackOptions { agents: 0, ..Default::default() }).await;
+    // The new generation answers every request.
+    let new = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let new_port = new.local_addr().unwrap().port();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = answered.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = new.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if stream.read(&mut buf).await.unwrap_or(0) > 0 {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 14\r\nconnection: close\r\n\r\nnew generation";
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                }
+            });
+        }
+    });
+
+    let name = "move-fixture-owner-pr-1";
+    let id = Uuid::new_v4();
+    sqlx::query("insert into hosts (id, address, capacity) values ('move-host', '127.0.0.1', 1)")
+        .execute(&stack.db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into demos (id, owner, repo, pr, name, desired, state, sha, clone_url, github_user, host_id, routed)
+         values ($1, 'fixture-owner', 'move', 1, $2, 'running', 'running', 'x', 'x', 'x', 'move-host', true)",
+    )
+    .bind(id)
+    .bind(name)
+    .execute(&stack.db)
+    .await
+    .unwrap();
+    let state = stack.controller_state().clone();
+    let route_to = |port: u16| {
+        let (db, state) = (stack.db.clone(), state.clone());
+        async move {
+            sqlx::query("update demos set host_port = $2 where id = $1")
+                .bind(id)
+                .bind(i32::from(port))
+                .execute(&db)
+                .await
+                .unwrap();
+            state.routes.reload_demo(&db, id).await.unwrap();
+        }
+    };
+
+    for method in [reqwest::Method::GET, reqwest::Method::POST] {
+        // The old generation takes the request, sees the route move, and goes away unanswering.
+        let old = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        route_to(old.local_addr().unwrap().port()).await;
+        let moved = route_to(new_port);
+        let old_side = tokio::spawn(async move {
+            let (mut stream, _) = old.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await.unwrap();
+            moved.await;
+        });
+        let before = answered.load(Ordering::SeqCst);
+        let response = reqwest::Client::new()
+            .request(method.clone(), format!("http://{}/", stack.edge_addr))
+            .header("host", format!("{name}.localhost"))
+            .send()
+            .await
+            .unwrap();
+        old_side.await.unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        if method == reqwest::Method::GET {
+            assert_eq!((status.as_u16(), body.as_str()), (200, "new generation"), "{method}");
+            assert_eq!(answered.load(Ordering::SeqCst), before + 1);
+        } else {
+            assert_eq!(status.as_u16(), 502, "{method}: {body}");
+            assert_eq!(answered.load(Ordering::SeqCst), before, "a POST was sent twice");
+        }
+    }
     stack.stop().await;
 }
