@@ -14,7 +14,7 @@ use tempfile::TempDir;
 use uuid::Uuid;
 
 use crate::fake_github::FakeGitHub;
-use crate::stack::{remove_host_leftovers, Stack};
+use crate::stack::{remove_host_leftovers, ControllerFlags, Stack};
 use crate::wait;
 
 /// The broker user every node of a [`RabbitCluster`] has, an administrator.
@@ -419,27 +419,17 @@ impl ClusterFleet {
         let database = stack.db.connect_options().get_database().expect("a database name").to_string();
         let (base, _) = stack.services.database_url.rsplit_once('/').expect("database URL has a path");
         let git_url = format!("file://{}/{{owner}}/{{repo}}.git", stack.repos_dir().display());
-        let flags = [
-            ("--database-url", format!("{base}/{database}")),
-            ("--amqp-url", amqp_urls(RABBITMQ_USER, RABBITMQ_PASSWORD)),
-            ("--nats-url", stack.services.nats_url.clone()),
-            ("--nats-prefix", stack.nats_prefix.clone()),
-            ("--webhook-secret", stack.secret.clone()),
-            ("--git-url", git_url),
-            ("--listen", "127.0.0.1:0".into()),
-            ("--edge-listen", "127.0.0.1:0".into()),
-            ("--tick", "500ms".into()),
-            ("--host-timeout", "5s".into()),
-            ("--github-api-url", github.url.clone()),
-            ("--github-token", token),
-            ("--oidc-issuer", stack.services.oidc_issuer.clone()),
-            ("--oidc-client-secret", format!("secret-{}", Uuid::new_v4().simple())),
-            ("--allow-domains", "example.com".into()),
-        ];
-        let mut args = vec!["demofleet-controller".to_string()];
-        for (flag, value) in flags {
-            args.extend([flag.to_string(), value]);
+        let mut args = ControllerFlags {
+            database_url: format!("{base}/{database}"),
+            amqp_url: amqp_urls(RABBITMQ_USER, RABBITMQ_PASSWORD),
+            nats_url: stack.services.nats_url.clone(),
+            nats_prefix: stack.nats_prefix.clone(),
+            webhook_secret: stack.secret.clone(),
+            git_url,
+            github_api_url: github.url.clone(),
+            oidc_issuer: stack.services.oidc_issuer.clone(),
         }
+        .argv([("--github-token", token)]);
         args.extend(controller_args.iter().map(|s| s.to_string()));
         let config = demofleet_controller::config::Config::try_parse_from(&args).expect("controller flags");
         let controller = demofleet_controller::Controller::start(config).await.expect("controller starts");

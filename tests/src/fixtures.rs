@@ -103,6 +103,14 @@ pub fn pull_request(file: &str, repo: &FixtureRepo, sha: &str) -> Value {
     value
 }
 
+/// [`pull_request`] for pull request number `pr`.
+pub fn numbered_pull_request(file: &str, repo: &FixtureRepo, sha: &str, pr: u64) -> Value {
+    let mut value = pull_request(file, repo, sha);
+    value["number"] = pr.into();
+    value["pull_request"]["number"] = pr.into();
+    value
+}
+
 /// `X-Hub-Signature-256` for `body`, as GitHub computes it.
 pub fn sign(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();

@@ -61,6 +61,46 @@ impl Default for StackOptions {
     }
 }
 
+/// The settings a test controller gets from its slice of the services.
+pub struct ControllerFlags {
+    pub database_url: String,
+    pub amqp_url: String,
+    pub nats_url: String,
+    pub nats_prefix: String,
+    pub webhook_secret: String,
+    pub git_url: String,
+    pub github_api_url: String,
+    pub oidc_issuer: String,
+}
+
+impl ControllerFlags {
+    /// The controller's command line: these settings, loopback listeners on free ports, a
+    /// fast tick and host timeout, sign-in for example.com, then `extra` flags.
+    pub fn argv(self, extra: impl IntoIterator<Item = (&'static str, String)>) -> Vec<String> {
+        let flags = [
+            ("--database-url", self.database_url),
+            ("--amqp-url", self.amqp_url),
+            ("--nats-url", self.nats_url),
+            ("--nats-prefix", self.nats_prefix),
+            ("--webhook-secret", self.webhook_secret),
+            ("--git-url", self.git_url),
+            ("--listen", "127.0.0.1:0".into()),
+            ("--edge-listen", "127.0.0.1:0".into()),
+            ("--tick", "500ms".into()),
+            ("--host-timeout", "5s".into()),
+            ("--github-api-url", self.github_api_url),
+            ("--oidc-issuer", self.oidc_issuer),
+            ("--oidc-client-secret", format!("secret-{}", Uuid::new_v4().simple())),
+            ("--allow-domains", "example.com".into()),
+        ];
+        let mut args = vec!["demofleet-controller".to_string()];
+        for (flag, value) in flags.into_iter().chain(extra) {
+            args.extend([flag.to_string(), value]);
+        }
+        args
+    }
+}
+
 /// One running agent of a stack.
 pub struct TestAgent {
     pub host_id: String,
@@ -169,26 +209,17 @@ impl Stack {
         } else {
             (vhost.amqp_url.clone(), services.nats_url.clone())
         };
-        let flags = [
-            ("--database-url", test_db.url.clone()),
-            ("--amqp-url", amqp_url.clone()),
-            ("--nats-url", nats_url.clone()),
-            ("--nats-prefix", prefix.clone()),
-            ("--webhook-secret", secret.clone()),
-            ("--git-url", git_url),
-            ("--listen", "127.0.0.1:0".into()),
-            ("--edge-listen", "127.0.0.1:0".into()),
-            ("--tick", "500ms".into()),
-            ("--host-timeout", "5s".into()),
-            ("--github-api-url", github.url.clone()),
-            ("--oidc-issuer", services.oidc_issuer.clone()),
-            ("--oidc-client-secret", format!("secret-{}", Uuid::new_v4().simple())),
-            ("--allow-domains", "example.com".into()),
-        ];
-        let mut args: Vec<String> = vec!["demofleet-controller".into()];
-        for (flag, value) in flags.into_iter().chain(github_flags) {
-            args.extend([flag.to_string(), value]);
+        let mut args = ControllerFlags {
+            database_url: test_db.url.clone(),
+            amqp_url: amqp_url.clone(),
+            nats_url: nats_url.clone(),
+            nats_prefix: prefix.clone(),
+            webhook_secret: secret.clone(),
+            git_url,
+            github_api_url: github.url.clone(),
+            oidc_issuer: services.oidc_issuer.clone(),
         }
+        .argv(github_flags);
         args.extend(options.controller_args.iter().cloned());
         let config = demofleet_controller::config::Config::try_parse_from(&args).expect("controller flags");
         let controller = Controller::start(config).await.expect("controller starts");

@@ -40,9 +40,7 @@ async fn demos_survive_drains_dead_agents_and_cut_links() {
     // 1. 30 demos, placed by capacity.
     let started = Instant::now();
     for pr in 1..=DEMOS {
-        let mut body = fixtures::pull_request("pull_request.opened.json", &repo, &sha);
-        body["number"] = pr.into();
-        body["pull_request"]["number"] = pr.into();
+        let body = fixtures::numbered_pull_request("pull_request.opened.json", &repo, &sha, pr);
         let (_, response) = fleet.stack.deliver("pull_request", &body).await;
         assert_eq!(response.status(), 202);
     }

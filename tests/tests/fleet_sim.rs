@@ -80,9 +80,7 @@ async fn simulated_agents_take_demos_through_their_chains_and_report_them() {
     let sha = repo.commit("a demo", &files);
     let began = Instant::now();
     for pr in 1..=DEMOS {
-        let mut payload = fixtures::pull_request("pull_request.opened.json", &repo, &sha);
-        payload["number"] = pr.into();
-        payload["pull_request"]["number"] = pr.into();
+        let payload = fixtures::numbered_pull_request("pull_request.opened.json", &repo, &sha, pr);
         let (_, response) = stack.deliver("pull_request", &payload).await;
         assert_eq!(response.status(), 202, "PR {pr}");
     }
@@ -109,9 +107,7 @@ async fn simulated_agents_take_demos_through_their_chains_and_report_them() {
     assert_eq!(relaunched, DEMOS as i64, "one deploy chain per demo: reconcile found nothing missing");
 
     for pr in 1..=5u64 {
-        let mut payload = fixtures::pull_request("pull_request.closed.json", &repo, &sha);
-        payload["number"] = pr.into();
-        payload["pull_request"]["number"] = pr.into();
+        let payload = fixtures::numbered_pull_request("pull_request.closed.json", &repo, &sha, pr);
         let (_, response) = stack.deliver("pull_request", &payload).await;
         assert_eq!(response.status(), 202, "closing PR {pr}");
     }
