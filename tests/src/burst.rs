@@ -101,7 +101,10 @@ impl Bursts {
     pub async fn settled(&self, stack: &Stack) {
         let known = ["deploy_queued", "teardown_queued", "stale", "ignored"];
         let deadline = Duration::from_secs(240);
+        // What was still unsettled at the last look, printed if the wait times out.
+        let unsettled = Unsettled::default();
         wait::until("deliveries recorded and demos settled", deadline, || async {
+            unsettled.note("deliveries without an outcome yet");
             let recorded: Vec<(String, Option<String>)> =
                 sqlx::query_as("select delivery_id, outcome from webhook_deliveries")
                     .fetch_all(&stack.db)
@@ -121,6 +124,14 @@ impl Bursts {
             .await
             .ok()?;
             if under_way > 0 {
+                let chains: Vec<(String, String, String)> = sqlx::query_as(
+                    "select d.name, c.kind, c.status from chains c join demos d on d.id = c.demo_id
+                     where c.status in ('waiting', 'running', 'awaiting_approval') order by 1",
+                )
+                .fetch_all(&stack.db)
+                .await
+                .unwrap_or_default();
+                unsettled.note(&format!("chains under way (demo, kind, status): {chains:?}"));
                 return None;
             }
             let demos = stack.get_json("/api/demos").await;
@@ -139,6 +150,13 @@ impl Bursts {
                     demo["state"] == "running" && demo["sha"] == sha.as_str() && containers == [(generation, true)]
                 };
                 if !settled {
+                    unsettled.note(&format!(
+                        "demo {} is {} at {} with containers {containers:?}; its newest event asks for {}",
+                        demo["name"],
+                        demo["state"],
+                        demo["sha"],
+                        if *closes { "stopped".to_string() } else { format!("running at {sha}") },
+                    ));
                     return None;
                 }
             }
@@ -212,4 +230,22 @@ pub fn containers_of(demo_id: &str) -> Vec<(String, bool)> {
         .lines()
         .filter_map(|l| l.split_once(' ').map(|(g, s)| (g.to_string(), s == "running")))
         .collect()
+}
+
+/// The last reason a wait saw for not being done, printed when the wait panics.
+#[derive(Default)]
+struct Unsettled(std::sync::Mutex<String>);
+
+impl Unsettled {
+    fn note(&self, reason: &str) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = reason.to_string();
+    }
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("still unsettled: {}", self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
 }

@@ -14,7 +14,7 @@ use tempfile::TempDir;
 use uuid::Uuid;
 
 use crate::fake_github::FakeGitHub;
-use crate::stack::{remove_host_leftovers, ControllerFlags, Stack};
+use crate::stack::{agent_argv, remove_host_leftovers, ControllerFlags, Stack};
 use crate::wait;
 
 /// The broker user every node of a [`RabbitCluster`] has, an administrator.
@@ -441,26 +441,13 @@ impl ClusterFleet {
             let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
             let (user, password) = stack.vhost.create_agent_user(&host_id).await;
             let demo_dir = stack.scratch.path().join("demos").join(&host_id);
-            let mut args: Vec<String> = [
-                "demofleet-agent",
-                "--host-id",
+            let mut args = agent_argv(
                 &host_id,
-                "--amqp-url",
                 &amqp_urls(&user, &password),
-                "--nats-url",
                 &stack.services.nats_url,
-                "--nats-prefix",
                 &stack.nats_prefix,
-                "--demo-dir",
-                demo_dir.to_str().unwrap(),
-                "--host-address",
-                "127.0.0.1",
-                "--heartbeat-interval",
-                "500ms",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+                &demo_dir,
+            );
             args.extend(agent_args.iter().map(|s| s.to_string()));
             let config = demofleet_agent::config::Config::try_parse_from(&args).expect("agent flags");
             let agent = demofleet_agent::Agent::start(config).await.expect("agent starts");

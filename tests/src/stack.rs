@@ -1,6 +1,6 @@
 //! A controller and its agents, started in-process on this test's own slice of the services.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -99,6 +99,31 @@ impl ControllerFlags {
         }
         args
     }
+}
+
+/// A test agent's command line: host `host_id` on 127.0.0.1 with its demos in `demo_dir`,
+/// heartbeating every 500 ms.
+pub fn agent_argv(host_id: &str, amqp_url: &str, nats_url: &str, nats_prefix: &str, demo_dir: &Path) -> Vec<String> {
+    let demo_dir = demo_dir.to_str().expect("a UTF-8 demo folder");
+    [
+        "demofleet-agent",
+        "--host-id",
+        host_id,
+        "--amqp-url",
+        amqp_url,
+        "--nats-url",
+        nats_url,
+        "--nats-prefix",
+        nats_prefix,
+        "--demo-dir",
+        demo_dir,
+        "--host-address",
+        "127.0.0.1",
+        "--heartbeat-interval",
+        "500ms",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// One running agent of a stack.
@@ -231,25 +256,8 @@ impl Stack {
         for _ in 0..options.agents {
             let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
             let demo_dir = scratch.path().join("demos").join(&host_id);
-            let args = [
-                "demofleet-agent",
-                "--host-id",
-                &host_id,
-                "--amqp-url",
-                &amqp_url,
-                "--nats-url",
-                &nats_url,
-                "--nats-prefix",
-                &prefix,
-                "--demo-dir",
-                demo_dir.to_str().unwrap(),
-                "--host-address",
-                "127.0.0.1",
-                "--heartbeat-interval",
-                "500ms",
-            ];
-            let args: Vec<String> =
-                args.iter().map(|s| s.to_string()).chain(options.agent_args.iter().cloned()).collect();
+            let mut args = agent_argv(&host_id, &amqp_url, &nats_url, &prefix, &demo_dir);
+            args.extend(options.agent_args.iter().cloned());
             let agent = start_agent(&args, &[]).await;
             agents.push(TestAgent { host_id, demo_dir, args, agent: Some(agent) });
         }
