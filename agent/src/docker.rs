@@ -353,9 +353,12 @@ pub async fn retire_older(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Re
     remove_generations(docker, host_id, spec, Some(spec.generation)).await
 }
 
-/// Remove the demo's containers of this host, then its images, except those of generation
-/// `keep`. A container the demo left on another host is that host's to remove (where one
-/// engine serves several hosts' agents, as in the test fleet, it stays until then).
+/// Remove the demo's containers of this host, then its images, of the step's generation and
+/// older ones, except those of generation `keep`. A newer generation's are left alone: a
+/// step of an older chain may still run after a newer chain built its image (a pull
+/// request closed and opened again). A container the demo left on another host is that
+/// host's to remove (where one engine serves several hosts' agents, as in the test fleet,
+/// it stays until then).
 async fn remove_generations(
     docker: &Docker,
     host_id: &str,
@@ -363,9 +366,10 @@ async fn remove_generations(
     keep: Option<i64>,
 ) -> Result<(), DockerError> {
     let filter = format!("{}={}", labels::ID, spec.id);
+    let spared = |generation: i64| Some(generation) == keep || generation > spec.generation;
     let kept = |labels: Option<&HashMap<String, String>>| {
         let generation = labels.and_then(|l| l.get(labels::GENERATION)).and_then(|g| g.parse::<i64>().ok());
-        keep.is_some() && generation == keep
+        generation.is_some_and(spared)
     };
     let on_host = format!("{}={host_id}", labels::HOST);
     for container in containers_of(docker, vec![filter, on_host]).await? {
@@ -377,7 +381,7 @@ async fn remove_generations(
     let options = ListImagesOptionsBuilder::default().all(false).filters(&filters).build();
     for image in docker.list_images(Some(options)).await? {
         let generations: Vec<i64> = image.repo_tags.iter().filter_map(|t| generation_of_tag(&spec.name, t)).collect();
-        if generations.is_empty() || (keep.is_some() && generations.iter().any(|g| Some(*g) == keep)) {
+        if generations.is_empty() || generations.iter().any(|g| spared(*g)) {
             continue;
         }
         let options = RemoveImageOptionsBuilder::default().force(true).build();
@@ -395,6 +399,11 @@ async fn remove_generations(
     if keep.is_none() {
         match docker.remove_network(&network_name(spec)).await {
             Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            // Still joined by a newer generation's container (or another host's, on a
+            // shared engine): the network goes with that one.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 403 | 409, message }) => {
+                tracing::debug!(network = %network_name(spec), %message, "network in use; kept");
+            }
             Err(err) => return Err(err.into()),
         }
     }
