@@ -379,19 +379,19 @@ async fn remove_generations(
     }
     let filters = HashMap::from([("reference", vec![format!("demofleet/{}", spec.name)])]);
     let options = ListImagesOptionsBuilder::default().all(false).filters(&filters).build();
-    for image in docker.list_images(Some(options)).await? {
-        let generations: Vec<i64> = image.repo_tags.iter().filter_map(|t| generation_of_tag(&spec.name, t)).collect();
-        if generations.is_empty() || generations.iter().any(|g| spared(*g)) {
-            continue;
-        }
-        let options = RemoveImageOptionsBuilder::default().force(true).build();
-        match docker.remove_image(&image.id, Some(options), None).await {
+    // By tag, not by image id: generations built from the same commit share one image, and
+    // a newer generation's build may tag it between the listing and the removal. Removing
+    // a tag the image shares only untags it.
+    let images = docker.list_images(Some(options)).await?;
+    let tags = images.iter().flat_map(|image| &image.repo_tags);
+    for tag in tags.filter(|t| generation_of_tag(&spec.name, t).is_some_and(|g| !spared(g))) {
+        match docker.remove_image(tag, Some(RemoveImageOptionsBuilder::default().build()), None).await {
             Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
             // Still used by a running container this host does not own (an engine serving
             // several hosts' agents): its host removes the container; the image goes with
             // the demo.
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, message }) => {
-                tracing::debug!(image = %image.id, %message, "image in use elsewhere; kept");
+                tracing::debug!(image = %tag, %message, "image in use elsewhere; kept");
             }
             Err(err) => return Err(err.into()),
         }

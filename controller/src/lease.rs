@@ -66,11 +66,13 @@ impl Lease {
     }
 }
 
-/// How many sessions hold the lease (0 or 1), for tests and operators.
+/// How many sessions hold the lease of this database (0 or 1), for tests and operators.
+/// (Advisory locks are per database; other databases on the server have leases of their own.)
 pub async fn holders(db: &PgPool) -> sqlx::Result<i64> {
     sqlx::query_scalar(
         "select count(*) from pg_locks
-         where locktype = 'advisory' and granted and ((classid::bigint << 32) | objid::bigint) = $1",
+         where locktype = 'advisory' and granted and ((classid::bigint << 32) | objid::bigint) = $1
+           and database = (select oid from pg_database where datname = current_database())",
     )
     .bind(KEY)
     .fetch_one(db)
