@@ -5,16 +5,14 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
+use lapin::Channel;
 use tokio_util::sync::CancellationToken;
 
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoff;
-use demofleet_common::wire::{Cleanup, StepMessage, StepResult, KIND_CLEANUP, KIND_RESULT, WIRE_VERSION};
+use demofleet_common::wire::{Cleanup, StepMessage, StepResult, KIND_CLEANUP, WIRE_VERSION};
 use demofleet_common::{consume, retry, topology};
 
 use crate::{steps, AgentContext};
@@ -104,22 +102,7 @@ async fn handle(ctx: &AgentContext, results: &Channel, delivery: Delivery) -> an
     let started = std::time::Instant::now();
     let outcome = steps::run(ctx, message.step, &message.demo).await;
     let result = StepResult::of(&message, &ctx.host_id, started.elapsed(), outcome);
-    let body = serde_json::to_vec(&result)?;
-    let properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into())
-        .with_type(KIND_RESULT.into());
-    let confirmation = results
-        .basic_publish(
-            topology::EXCHANGE.into(),
-            topology::CONTROLLER_QUEUE.into(),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
-            &body,
-            properties,
-        )
-        .await?
-        .await?;
-    anyhow::ensure!(confirmation.is_ack(), "RabbitMQ refused the step result");
+    topology::publish_result(results, &result).await?;
     delivery.ack(BasicAckOptions::default()).await?;
     Ok(())
 }

@@ -18,11 +18,9 @@ use backoff::backoff::Backoff;
 use backoff::ExponentialBackoff;
 use clap::Parser;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{Channel, Connection};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -31,7 +29,7 @@ use demofleet_common::duration::parse_duration;
 use demofleet_common::messaging::Messaging;
 use demofleet_common::wire::{
     Cleanup, DemoSpec, Disk, Heartbeat, InventoryItem, Step, StepMessage, StepOutcome, StepOutput, StepResult,
-    KIND_CLEANUP, KIND_RESULT, WIRE_VERSION,
+    KIND_CLEANUP, WIRE_VERSION,
 };
 use demofleet_common::{consume, retry, topology};
 
@@ -376,22 +374,7 @@ async fn handle(agent: &SimAgent, results: &Channel, delivery: Delivery) -> anyh
     let started = Instant::now();
     let outcome = agent.run(message.step, &message.demo);
     let result = StepResult::of(&message, &agent.host_id, started.elapsed(), outcome);
-    let body = serde_json::to_vec(&result)?;
-    let properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into())
-        .with_type(KIND_RESULT.into());
-    let confirmation = results
-        .basic_publish(
-            topology::EXCHANGE.into(),
-            topology::CONTROLLER_QUEUE.into(),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
-            &body,
-            properties,
-        )
-        .await?
-        .await?;
-    anyhow::ensure!(confirmation.is_ack(), "RabbitMQ refused the step result");
+    topology::publish_result(results, &result).await?;
     delivery.ack(BasicAckOptions::default()).await?;
     Ok(())
 }
