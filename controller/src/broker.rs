@@ -54,6 +54,11 @@ impl Broker {
                 return Ok(channel);
             }
         }
+        // A connection still up that refused a channel is closed, not left open beside the
+        // new one by the channels that still hold it.
+        if let Some(old) = guard.take().filter(|c| c.status().connected()) {
+            let _ = old.close(lapin::protocol::constants::REPLY_SUCCESS, "replaced by a new connection".into()).await;
+        }
         let conn = self.messaging.connect_amqp(&self.turn).await?;
         let channel = conn.create_channel().await?;
         *guard = Some(conn);

@@ -164,13 +164,15 @@ impl RabbitCluster {
     }
 
     /// The clients connected to `vhost`: (user, index of the node they are connected to).
+    /// A connection the management API lists without a user (its statistics not in yet)
+    /// shows as user "?"; one on a node not of this cluster makes the answer `None`.
     pub async fn connections(&self, vhost: &str) -> Option<Vec<(String, usize)>> {
         let listed = self.management_get(&format!("/vhosts/{vhost}/connections")).await?;
         let mut connections = Vec::new();
         for connection in listed.as_array()? {
             let node = connection["node"].as_str()?;
             let index = self.nodes.iter().position(|n| n.name == node)?;
-            connections.push((connection["user"].as_str()?.to_string(), index));
+            connections.push((connection["user"].as_str().unwrap_or("?").to_string(), index));
         }
         Some(connections)
     }

@@ -46,11 +46,17 @@ async fn a_burst_loses_nothing_when_the_controllers_rabbitmq_node_dies() {
     // Which node each client is on: the controller is the only client with the admin user.
     let mut users: HashSet<String> = fleet.agents.iter().map(|(_, user, _)| user.clone()).collect();
     users.insert(RABBITMQ_USER.to_string());
-    let before = wait::until("every client connected", Duration::from_secs(30), || async {
-        let connections = cluster.connections(&vhost).await?;
+    // A loaded machine may leave a connection the controller replaced listed until the
+    // broker notices it is gone; the wait allows for that, and says what it saw.
+    let before = wait::until_seen("every client connected", Duration::from_secs(90), || async {
+        let connections = cluster.connections(&vhost).await.ok_or("no connection list from the management API")?;
         let seen: HashSet<String> = connections.iter().map(|(u, _)| u.clone()).collect();
         let controllers = connections.iter().filter(|(u, _)| u == RABBITMQ_USER).count();
-        (seen == users && controllers == 1).then_some(connections)
+        if seen == users && controllers == 1 {
+            Ok(connections)
+        } else {
+            Err(format!("{connections:?} (users wanted: {users:?})"))
+        }
     })
     .await;
     let victim = before.iter().find(|(u, _)| u == RABBITMQ_USER).unwrap().1;
