@@ -44,20 +44,30 @@ stop_pidfile() {
     rm -f "$file"
 }
 
-# Install with apt-get whatever is absent. Runs `apt-get update` only when something is missing.
-ensure_packages() {
-    local missing=() pkg
-    # systemd: only for `systemd-analyze verify` of the units in dist/systemd; chromium and
-    # its driver: for the dashboard's browser test.
-    for pkg in postgresql rabbitmq-server nats-server git busybox-static curl iproute2 openssl systemd \
-        chromium chromium-driver; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    if ((${#missing[@]})); then
+# apt_install PACKAGE...: install with apt-get those of the packages that are absent; runs
+# `apt-get update` only when one is. One install at a time on the machine (tests that run
+# side by side may each need one, and apt-get refuses to run twice at once), so the check is
+# made once it is this caller's turn.
+apt_install() {
+    (
+        flock 9
+        local missing=() pkg
+        for pkg in "$@"; do
+            dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+        done
+        ((${#missing[@]})) || exit 0
         log "installing ${missing[*]}"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
+    ) 9>"${TMPDIR:-/tmp}/demofleet-apt.lock"
+}
+
+# Install what the stack and the tests need, if absent.
+ensure_packages() {
+    # systemd: only for `systemd-analyze verify` of the units in dist/systemd; chromium and
+    # its driver: for the dashboard's browser test.
+    apt_install postgresql rabbitmq-server nats-server git busybox-static curl iproute2 openssl systemd \
+        chromium chromium-driver
     command -v docker >/dev/null || { echo "docker is required and not installed" >&2; return 1; }
     docker info >/dev/null 2>&1 || { echo "the Docker Engine is not reachable" >&2; return 1; }
 }

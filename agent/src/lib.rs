@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use config::Config;
 use demofleet_common::topology;
-use demofleet_common::wire::DemoSpec;
+use demofleet_common::wire::{DemoSpec, NewestGenerations};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -48,7 +48,7 @@ pub struct AgentContext {
     /// NATS, for heartbeats and logs.
     pub nats: async_nats::Client,
     /// The newest generation seen per demo; older steps are dropped.
-    newest: Mutex<HashMap<Uuid, i64>>,
+    newest: NewestGenerations,
     /// One lock per demo so its steps never overlap.
     locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -56,17 +56,6 @@ pub struct AgentContext {
 impl AgentContext {
     fn demo_lock(&self, demo: Uuid) -> Arc<tokio::sync::Mutex<()>> {
         self.locks.lock().expect("lock map").entry(demo).or_default().clone()
-    }
-
-    /// Record `generation` as seen and say whether a newer one was seen before.
-    fn is_superseded(&self, demo: Uuid, generation: i64) -> bool {
-        let mut newest = self.newest.lock().expect("generation map");
-        let seen = newest.entry(demo).or_insert(generation);
-        if generation < *seen {
-            return true;
-        }
-        *seen = generation;
-        false
     }
 
     /// Send a line to the demo's live log.
@@ -110,8 +99,14 @@ impl Agent {
         tokio::fs::create_dir_all(&config.demo_dir)
             .await
             .with_context(|| format!("creating {}", config.demo_dir.display()))?;
-        let context =
-            Arc::new(AgentContext { config, host_id, docker, nats, newest: Mutex::default(), locks: Mutex::default() });
+        let context = Arc::new(AgentContext {
+            config,
+            host_id,
+            docker,
+            nats,
+            newest: NewestGenerations::default(),
+            locks: Mutex::default(),
+        });
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(worker::run(context.clone(), stop.clone()));

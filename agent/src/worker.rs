@@ -94,7 +94,7 @@ async fn handle(ctx: &AgentContext, results: &Channel, delivery: Delivery) -> an
     }
     let demo_lock = ctx.demo_lock(message.demo.id);
     let _guard = demo_lock.lock().await;
-    if ctx.is_superseded(message.demo.id, message.demo.generation) {
+    if ctx.newest.is_superseded(message.demo.id, message.demo.generation) {
         tracing::debug!(demo = %message.demo.name, "step of a superseded generation dropped");
         delivery.ack(BasicAckOptions::default()).await?;
         return Ok(());

@@ -228,9 +228,40 @@ pub struct InventoryItem {
     pub state: String,
 }
 
+/// The newest generation of each demo that a receiver of steps has seen. Chains of one demo
+/// may arrive out of order (a redelivery, a retry's delay); a step of a generation older than
+/// one already seen is superseded and dropped.
+#[derive(Debug, Default)]
+pub struct NewestGenerations(std::sync::Mutex<std::collections::HashMap<Uuid, i64>>);
+
+impl NewestGenerations {
+    /// Record `generation` of `demo` as seen and say whether a newer one was seen before.
+    pub fn is_superseded(&self, demo: Uuid, generation: i64) -> bool {
+        let mut newest = self.0.lock().expect("generation map");
+        let seen = newest.entry(demo).or_insert(generation);
+        if generation < *seen {
+            return true;
+        }
+        *seen = generation;
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn older_generations_are_superseded_once_a_newer_one_was_seen() {
+        let newest = NewestGenerations::default();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        assert!(!newest.is_superseded(a, 2));
+        assert!(!newest.is_superseded(a, 2), "the same generation again is not superseded");
+        assert!(newest.is_superseded(a, 1));
+        assert!(!newest.is_superseded(b, 1), "each demo on its own");
+        assert!(!newest.is_superseded(a, 3));
+        assert!(newest.is_superseded(a, 2));
+    }
 
     #[test]
     fn step_names_round_trip() {

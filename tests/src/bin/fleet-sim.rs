@@ -28,8 +28,8 @@ use uuid::Uuid;
 use demofleet_common::duration::parse_duration;
 use demofleet_common::messaging::Messaging;
 use demofleet_common::wire::{
-    Cleanup, DemoSpec, Disk, Heartbeat, InventoryItem, Step, StepMessage, StepOutcome, StepOutput, StepResult,
-    KIND_CLEANUP, WIRE_VERSION,
+    Cleanup, DemoSpec, Disk, Heartbeat, InventoryItem, NewestGenerations, Step, StepMessage, StepOutcome, StepOutput,
+    StepResult, KIND_CLEANUP, WIRE_VERSION,
 };
 use demofleet_common::{consume, retry, topology};
 
@@ -89,7 +89,7 @@ struct SimAgent {
     /// Containers by demo: what the inventory reports.
     demos: Mutex<HashMap<Uuid, Vec<Container>>>,
     /// The newest generation seen per demo; older steps are dropped, as the agent does.
-    newest: Mutex<HashMap<Uuid, i64>>,
+    newest: NewestGenerations,
     next_port: AtomicU32,
 }
 
@@ -101,19 +101,9 @@ impl SimAgent {
             address: format!("10.99.{}.{}", index / 250, index % 250 + 1),
             capacity: args.capacity,
             demos: Mutex::default(),
-            newest: Mutex::default(),
+            newest: NewestGenerations::default(),
             next_port: AtomicU32::new(0),
         }
-    }
-
-    fn is_superseded(&self, demo: Uuid, generation: i64) -> bool {
-        let mut newest = self.newest.lock().expect("generation map");
-        let seen = newest.entry(demo).or_insert(generation);
-        if generation < *seen {
-            return true;
-        }
-        *seen = generation;
-        false
     }
 
     /// Run `step` on the simulated host: bookkeeping of containers, nothing else.
@@ -367,7 +357,7 @@ async fn handle(agent: &SimAgent, results: &Channel, delivery: Delivery) -> anyh
             return Ok(());
         }
     };
-    if agent.is_superseded(message.demo.id, message.demo.generation) {
+    if agent.newest.is_superseded(message.demo.id, message.demo.generation) {
         delivery.ack(BasicAckOptions::default()).await?;
         return Ok(());
     }
