@@ -41,9 +41,14 @@ pub enum DockerError {
     Gone(String),
 }
 
-/// The image tag of one generation of a demo.
+/// The image repository of a demo's generations, `demofleet/<name>`.
+fn image_repository(name: &str) -> String {
+    format!("demofleet/{name}")
+}
+
+/// The image tag of one generation of a demo, `demofleet/<name>:g<generation>`.
 pub fn image_tag(spec: &DemoSpec) -> String {
-    format!("demofleet/{}:g{}", spec.name, spec.generation)
+    format!("{}:g{}", image_repository(&spec.name), spec.generation)
 }
 
 /// The container name of one generation of a demo.
@@ -56,9 +61,9 @@ fn network_name(spec: &DemoSpec) -> String {
     format!("demofleet-{}", spec.name)
 }
 
-/// The generation an image tag of the demo names: `demofleet/<name>:g<generation>`.
+/// The generation an image tag of the demo names (see [`image_tag`]).
 fn generation_of_tag(name: &str, tag: &str) -> Option<i64> {
-    tag.strip_prefix(&format!("demofleet/{name}:g"))?.parse().ok()
+    tag.strip_prefix(&image_repository(name))?.strip_prefix(":g")?.parse().ok()
 }
 
 /// Build the demo's image as `plan` says; build output lines go to `log`.
@@ -377,7 +382,7 @@ async fn remove_generations(
             remove_container(docker, container.id.as_deref().unwrap_or_default()).await?;
         }
     }
-    let filters = HashMap::from([("reference", vec![format!("demofleet/{}", spec.name)])]);
+    let filters = HashMap::from([("reference", vec![image_repository(&spec.name)])]);
     let options = ListImagesOptionsBuilder::default().all(false).filters(&filters).build();
     // By tag, not by image id: generations built from the same commit share one image, and
     // a newer generation's build may tag it between the listing and the removal. Removing

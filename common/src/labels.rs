@@ -20,7 +20,7 @@ pub const GENERATION: &str = "run.demo.generation";
 /// Every label a demo's container carries. `port` is the port inside the container.
 pub fn demo_labels(spec: &DemoSpec, host_id: &str, port: u16) -> HashMap<String, String> {
     let name = &spec.name;
-    let mut labels = image_labels(spec);
+    let mut labels = generation_labels(spec);
     for (key, value) in [
         (URL, spec.hostname.clone()),
         (URL_FULL, spec.url.clone()),
@@ -44,8 +44,8 @@ pub fn demo_labels(spec: &DemoSpec, host_id: &str, port: u16) -> HashMap<String,
     labels
 }
 
-/// The labels that identify a demo's generation; every container of it carries them.
-pub fn image_labels(spec: &DemoSpec) -> HashMap<String, String> {
+/// The labels that identify a demo's generation.
+fn generation_labels(spec: &DemoSpec) -> HashMap<String, String> {
     HashMap::from([
         (DEMO.to_string(), "true".to_string()),
         (ID.to_string(), spec.id.to_string()),

@@ -101,20 +101,18 @@ impl Bursts {
     pub async fn settled(&self, stack: &Stack) {
         let known = ["deploy_queued", "teardown_queued", "stale", "ignored"];
         let deadline = Duration::from_secs(240);
-        // What was still unsettled at the last look, printed if the wait times out.
-        let unsettled = Unsettled::default();
-        wait::until("deliveries recorded and demos settled", deadline, || async {
-            unsettled.note("deliveries without an outcome yet");
+        // A timeout says what was still unsettled at the last look.
+        wait::until_seen("deliveries recorded and demos settled", deadline, || async {
             let recorded: Vec<(String, Option<String>)> =
                 sqlx::query_as("select delivery_id, outcome from webhook_deliveries")
                     .fetch_all(&stack.db)
                     .await
-                    .ok()?;
+                    .map_err(|err| format!("reading the deliveries: {err}"))?;
             let recorded: HashMap<String, Option<String>> = recorded.into_iter().collect();
             let lost: Vec<&String> = self.accepted.iter().filter(|id| !recorded.contains_key(*id)).collect();
             assert!(lost.is_empty(), "accepted deliveries not recorded: {lost:?}");
             for outcome in recorded.values() {
-                let outcome = outcome.as_deref()?;
+                let outcome = outcome.as_deref().ok_or("deliveries without an outcome yet")?;
                 assert!(known.contains(&outcome), "outcome {outcome}");
             }
             let under_way: i64 = sqlx::query_scalar(
@@ -122,7 +120,7 @@ impl Bursts {
             )
             .fetch_one(&stack.db)
             .await
-            .ok()?;
+            .map_err(|err| format!("counting the chains under way: {err}"))?;
             if under_way > 0 {
                 let chains: Vec<(String, String, String)> = sqlx::query_as(
                     "select d.name, c.kind, c.status from chains c join demos d on d.id = c.demo_id
@@ -131,18 +129,22 @@ impl Bursts {
                 .fetch_all(&stack.db)
                 .await
                 .unwrap_or_default();
-                unsettled.note(&format!("chains under way (demo, kind, status): {chains:?}"));
-                return None;
+                return Err(format!("chains under way (demo, kind, status): {chains:?}"));
             }
             let demos = stack.get_json("/api/demos").await;
-            let demos: Vec<&Value> =
-                demos.as_array()?.iter().filter(|d| d["repo"] == self.repo.repo.as_str()).collect();
+            let demos: Vec<&Value> = demos
+                .as_array()
+                .ok_or("no demo list from /api/demos")?
+                .iter()
+                .filter(|d| d["repo"] == self.repo.repo.as_str())
+                .collect();
             if demos.len() as u64 != PRS {
-                return None;
+                return Err(format!("{} of {PRS} demos listed", demos.len()));
             }
             for demo in demos {
-                let (_, closes, sha) = &self.newest[&demo["pr"].as_u64()?];
-                let containers = containers_of(demo["id"].as_str()?);
+                let pr = demo["pr"].as_u64().ok_or("a demo without a pull request number")?;
+                let (_, closes, sha) = &self.newest[&pr];
+                let containers = containers_of(demo["id"].as_str().ok_or("a demo without an id")?);
                 let settled = if *closes {
                     demo["state"] == "stopped" && containers.is_empty()
                 } else {
@@ -150,17 +152,16 @@ impl Bursts {
                     demo["state"] == "running" && demo["sha"] == sha.as_str() && containers == [(generation, true)]
                 };
                 if !settled {
-                    unsettled.note(&format!(
+                    return Err(format!(
                         "demo {} is {} at {} with containers {containers:?}; its newest event asks for {}",
                         demo["name"],
                         demo["state"],
                         demo["sha"],
                         if *closes { "stopped".to_string() } else { format!("running at {sha}") },
                     ));
-                    return None;
                 }
             }
-            Some(())
+            Ok(())
         })
         .await;
     }
@@ -230,22 +231,4 @@ pub fn containers_of(demo_id: &str) -> Vec<(String, bool)> {
         .lines()
         .filter_map(|l| l.split_once(' ').map(|(g, s)| (g.to_string(), s == "running")))
         .collect()
-}
-
-/// The last reason a wait saw for not being done, printed when the wait panics.
-#[derive(Default)]
-struct Unsettled(std::sync::Mutex<String>);
-
-impl Unsettled {
-    fn note(&self, reason: &str) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = reason.to_string();
-    }
-}
-
-impl Drop for Unsettled {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("still unsettled: {}", self.0.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-    }
 }

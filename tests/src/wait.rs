@@ -9,14 +9,11 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let end = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(tokio::time::Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll(what, deadline, || {
+        let probing = probe();
+        async move { probing.await.ok_or(None) }
+    })
+    .await
 }
 
 /// Like [`until`], but `probe` says what it saw when the condition does not hold yet, and a
@@ -26,16 +23,58 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
+    poll(what, deadline, || {
+        let probing = probe();
+        async move { probing.await.map_err(Some) }
+    })
+    .await
+}
+
+/// Poll `probe` every 100 ms until it returns `Ok`; after `deadline`, panic naming `what`
+/// and the last thing `probe` saw, if it said.
+async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Option<String>>>,
+{
     let end = tokio::time::Instant::now() + deadline;
     loop {
         let seen = match probe().await {
             Ok(value) => return value,
             Err(seen) => seen,
         };
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out after {deadline:?} waiting for {what}; last seen: {seen}"
-        );
+        if tokio::time::Instant::now() >= end {
+            match seen {
+                Some(seen) => panic!("timed out after {deadline:?} waiting for {what}; last seen: {seen}"),
+                None => panic!("timed out after {deadline:?} waiting for {what}"),
+            }
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    #[should_panic(expected = "waiting for a condition that never holds; last seen: still 7")]
+    async fn a_timeout_says_what_the_probe_last_saw() {
+        until_seen("a condition that never holds", Duration::from_millis(250), || async {
+            Err::<(), _>("still 7".to_string())
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn the_value_of_the_first_probe_that_holds_is_returned() {
+        let mut probes = 0;
+        let value = until("the third probe", Duration::from_secs(5), || {
+            probes += 1;
+            let n = probes;
+            async move { (n == 3).then_some(n) }
+        })
+        .await;
+        assert_eq!(value, 3);
     }
 }

@@ -129,8 +129,7 @@ impl Edge {
                 return pages::waking_up();
             }
         };
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let Ok(uri) = format!("http://{upstream}{path}").parse::<Uri>() else {
+        let Some(uri) = upstream_uri(&upstream, req.uri().path_and_query()) else {
             return pages::bad_gateway();
         };
         *req.uri_mut() = uri;
@@ -164,8 +163,7 @@ impl Edge {
         if let (Ok(Err(err)), Some((method, path, headers))) = (&sent, replay) {
             if let Some(Target::Up(now)) = self.routes.target(name).filter(|t| *t != Target::Up(upstream.clone())) {
                 tracing::debug!(from = %upstream, to = %now, error = %err, "the demo moved; asking its new address");
-                let path = path.as_ref().map_or("/", |p| p.as_str());
-                if let Ok(uri) = format!("http://{now}{path}").parse::<Uri>() {
+                if let Some(uri) = upstream_uri(&now, path.as_ref()) {
                     let mut again = Request::new(Either::Right(Empty::new()));
                     (*again.method_mut(), *again.uri_mut(), *again.headers_mut()) = (method, uri, headers);
                     sent = tokio::time::timeout(UPSTREAM_TIMEOUT, self.client.request(again)).await;
@@ -191,6 +189,12 @@ impl Edge {
             Err(_) => pages::bad_gateway(),
         }
     }
+}
+
+/// The address of `path` (`/` when absent) on the demo at `upstream` (`address:port`).
+fn upstream_uri(upstream: &str, path: Option<&http::uri::PathAndQuery>) -> Option<Uri> {
+    let path = path.map_or("/", |p| p.as_str());
+    format!("http://{upstream}{path}").parse().ok()
 }
 
 /// Methods that only read (RFC 9110 §9.2.1): asking again changes nothing.
