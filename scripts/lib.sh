@@ -207,3 +207,40 @@ export_service_env() {
     export DEMOFLEET_BASE_IMAGE=$BASE_IMAGE
     export DEMOFLEET_OIDC_ISSUER=${DEMOFLEET_OIDC_ISSUER:-http://127.0.0.1:$OIDC_PORT}
 }
+
+# bench_slice DB VHOST: a benchmark's own database and RabbitMQ vhost, made afresh (an
+# earlier run's are dropped first).
+bench_slice() {
+    su postgres -c "psql -qc 'drop database if exists $1 with (force)'" >/dev/null
+    su postgres -c "createdb -O $PG_USER $1"
+    rabbitmqctl -q delete_vhost "$2" >/dev/null 2>&1 || true
+    rabbitmqctl -q add_vhost "$2" >/dev/null
+    rabbitmqctl -q set_permissions -p "$2" "$AMQP_USER" '.*' '.*' '.*' >/dev/null
+}
+
+# bench_controller LOG DB VHOST PREFIX PORT [NAME=VALUE...]: a release controller on a
+# benchmark's database DB, vhost VHOST and NATS prefix PREFIX, its API on 127.0.0.1:PORT and
+# its edge on PORT + 80, webhook secret $SECRET, every author trusted, warnings only, with
+# more settings NAME=VALUE; output to LOG. Started in the background; its pid in BENCH_PID.
+bench_controller() {
+    local log=$1 db=$2 vhost=$3 prefix=$4 port=$5
+    shift 5
+    env DEMOFLEET_WEBHOOK_SECRET="$SECRET" \
+        DEMOFLEET_DATABASE_URL="postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/$db" \
+        DEMOFLEET_AMQP_URL="amqp://$AMQP_USER:$AMQP_PASSWORD@127.0.0.1:5672/$vhost" \
+        DEMOFLEET_NATS_PREFIX="$prefix" DEMOFLEET_TRUSTED_AUTHORS='*' \
+        DEMOFLEET_LISTEN="127.0.0.1:$port" DEMOFLEET_EDGE_LISTEN="127.0.0.1:$((port + 80))" DEMOFLEET_LOG=warn \
+        "$@" "$CARGO_TARGET_DIR/release/demofleet-controller" >"$log" 2>&1 &
+    BENCH_PID=$!
+}
+
+# bench_agent LOG HOST DEMO_DIR CAPACITY VHOST PREFIX: a release agent for host HOST with
+# its demos in DEMO_DIR, on a benchmark's vhost and NATS prefix, warnings only; output to
+# LOG. Started in the background; its pid in BENCH_PID.
+bench_agent() {
+    DEMOFLEET_HOST_ID=$2 DEMOFLEET_DEMO_DIR=$3 DEMOFLEET_CAPACITY=$4 \
+    DEMOFLEET_AMQP_URL="amqp://$AMQP_USER:$AMQP_PASSWORD@127.0.0.1:5672/$5" \
+    DEMOFLEET_NATS_PREFIX=$6 DEMOFLEET_LOG=warn \
+        "$CARGO_TARGET_DIR/release/demofleet-agent" >"$1" 2>&1 &
+    BENCH_PID=$!
+}
