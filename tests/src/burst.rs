@@ -153,10 +153,11 @@ impl Bursts {
                 };
                 if !settled {
                     return Err(format!(
-                        "demo {} is {} at {} with containers {containers:?}; its newest event asks for {}",
+                        "demo {} is {} at {} (error: {}) with containers {containers:?}; its newest event asks for {}",
                         demo["name"],
                         demo["state"],
                         demo["sha"],
+                        demo["error"],
                         if *closes { "stopped".to_string() } else { format!("running at {sha}") },
                     ));
                 }
