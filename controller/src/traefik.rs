@@ -99,9 +99,7 @@ mod tests {
     use clap::Parser;
 
     fn schema(version: &str) -> jsonschema::Validator {
-        let dir = std::env::var("DEMOFLEET_SHARED_DIR")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared").to_string());
-        let path = format!("{dir}/testdata/traefik/traefik-{version}-file-provider.json");
+        let path = format!("{}/../tests/data/traefik/traefik-{version}-file-provider.json", env!("CARGO_MANIFEST_DIR"));
         let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         jsonschema::validator_for(&schema).unwrap()
     }

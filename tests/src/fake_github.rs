@@ -1,4 +1,4 @@
-//! A fake GitHub API that behaves as `shared/github-api.md` describes the real one: the
+//! A fake GitHub API that behaves as `docs/github-api.md` describes the real one: the
 //! same paths and status codes, `User-Agent` required, bearer auth (a token, or an App JWT
 //! for `/app/...` and the installation lookup, checked RS256 against the App's public
 //! key), rate-limit headers on every answer, and injectable rate-limit and server faults.

@@ -1,4 +1,4 @@
-//! Demo repositories on disk and GitHub's webhook payloads from `shared/testdata`.
+//! Demo repositories on disk and GitHub's webhook payloads from `tests/data`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -7,7 +7,7 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::services::shared_dir;
+use crate::services::test_data_dir;
 
 /// A bare git repository at `<root>/<owner>/<repo>.git`, served like GitHub serves
 /// repositories: a single commit can be fetched by its id.
@@ -82,9 +82,9 @@ pub fn git_output(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
-/// A payload from `shared/testdata/github/`, as GitHub sent it.
+/// A payload from `tests/data/github/`, as GitHub sent it.
 pub fn payload(file: &str) -> Value {
-    let path = shared_dir().join("testdata/github").join(file);
+    let path = test_data_dir().join("github").join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }

@@ -34,11 +34,10 @@ impl Services {
     }
 }
 
-/// `shared/` of the project: `DEMOFLEET_SHARED_DIR`, else beside the checkout.
-pub fn shared_dir() -> PathBuf {
-    std::env::var_os("DEMOFLEET_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
+/// Third-party test data kept in the repository: GitHub's payloads and signature test vector,
+/// Traefik's schemas (`tests/data/README.md` names their sources and licences).
+pub fn test_data_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data"))
 }
 
 /// `url` with its database name replaced.

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use demofleet_tests::fixtures::{self, FixtureRepo};
-use demofleet_tests::services::shared_dir;
+use demofleet_tests::services::test_data_dir;
 use demofleet_tests::stack::{Stack, StackOptions};
 use demofleet_tests::wait;
 use futures::{SinkExt, StreamExt};
@@ -18,7 +18,7 @@ use uuid::Uuid;
 const DEADLINE: Duration = Duration::from_secs(120);
 
 fn validator(version: &str) -> jsonschema::Validator {
-    let path = shared_dir().join(format!("testdata/traefik/traefik-{version}-file-provider.json"));
+    let path = test_data_dir().join(format!("traefik/traefik-{version}-file-provider.json"));
     let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     jsonschema::validator_for(&schema).unwrap()
 }

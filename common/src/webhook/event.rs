@@ -172,9 +172,7 @@ mod tests {
     }
 
     fn testdata(name: &str) -> Vec<u8> {
-        let dir = std::env::var("DEMOFLEET_SHARED_DIR")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared").to_string());
-        std::fs::read(format!("{dir}/testdata/github/{name}")).unwrap()
+        std::fs::read(format!("{}/../tests/data/github/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
     }
 
     #[test]

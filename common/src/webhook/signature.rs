@@ -47,13 +47,10 @@ fn hmac_sha256(secret: &[u8], body: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    /// GitHub's published test vector, from `shared/testdata/github/signature-vector.json`.
+    /// GitHub's published test vector, from `tests/data/github/signature-vector.json`.
     fn vector() -> (String, String, String) {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/github/signature-vector.json");
-        let path = std::env::var("DEMOFLEET_SHARED_DIR")
-            .map(|dir| format!("{dir}/testdata/github/signature-vector.json"))
-            .unwrap_or_else(|_| path.to_string());
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/github/signature-vector.json");
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let field = |k: &str| v[k].as_str().unwrap().to_string();
         (field("secret"), field("payload"), field("header"))
