@@ -9,7 +9,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{found, principal, session, Principal};
+use super::cookies::found;
+use super::{principal, session, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
 

@@ -5,9 +5,13 @@
 //! - [`oidc`]: `/auth/login`, `/auth/callback`, `/auth/logout`: the authorization-code flow
 //!   with PKCE, state and nonce; the provider is found by discovery from its issuer URL.
 //! - [`gate`]: signed per-host cookies for gated previews, checked by the edge proxy and by
-//!   `/auth/forward` (Traefik's forwardAuth).
-//! - Sessions, cookies and the allow-list: here.
+//!   [`forward`]: `/auth/forward` (Traefik's forwardAuth).
+//! - [`guard`]: who may reach the API and the dashboard.
+//! - [`cookies`]: reading and setting cookies, and sign-in's redirects.
+//! - Sessions, API tokens and the allow-list: here.
 
+pub mod cookies;
+pub mod forward;
 pub mod gate;
 pub mod guard;
 pub mod oidc;
@@ -23,6 +27,7 @@ use sqlx::{FromRow, PgExecutor, PgPool};
 use time::OffsetDateTime;
 
 use crate::config::Config;
+use cookies::cookie;
 
 /// The cookie that holds a session's token.
 pub const SESSION_COOKIE: &str = "demofleet_session";
@@ -179,33 +184,6 @@ pub async fn end_session(db: impl PgExecutor<'_>, headers: &HeaderMap) -> sqlx::
     Ok(())
 }
 
-/// A redirect (302) to `location` that no cache keeps: sign-in's every hop.
-pub fn found(location: &str) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let headers =
-        [(axum::http::header::LOCATION, location.to_string()), (axum::http::header::CACHE_CONTROL, "no-store".into())];
-    (axum::http::StatusCode::FOUND, headers).into_response()
-}
-
-/// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(axum::http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
-}
-
-/// A `Set-Cookie` value: host-only, HttpOnly, SameSite=Lax, Secure under https; `max_age`
-/// zero removes it.
-pub fn set_cookie(name: &str, value: &str, max_age: Duration, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}", max_age.as_secs())
-}
-
 /// The key called `name`, made at random the first time any replica asks.
 pub async fn signing_key(db: &PgPool, name: &str) -> sqlx::Result<Vec<u8>> {
     let mut fresh = [0u8; 32];
@@ -256,16 +234,5 @@ mod tests {
         assert!(!allowed(&config, &who("alice@example.com", Some(false), &[])), "unverified email");
         let nobody = Config::try_parse_from(["demofleet-controller", "--webhook-secret", "s"]).unwrap();
         assert!(!allowed(&nobody, &who("alice@example.com", None, &[])), "empty lists let nobody in");
-    }
-
-    #[test]
-    fn cookies_are_found_and_made_safe() {
-        let mut headers = HeaderMap::new();
-        headers.insert("cookie", "a=1; demofleet_session=tok; b=2".parse().unwrap());
-        assert_eq!(cookie(&headers, SESSION_COOKIE), Some("tok"));
-        assert_eq!(cookie(&headers, "c"), None);
-        let made = set_cookie(SESSION_COOKIE, "v", Duration::from_secs(60), true);
-        assert_eq!(made, "demofleet_session=v; Path=/; HttpOnly; SameSite=Lax; Max-Age=60; Secure");
-        assert!(!set_cookie("x", "v", Duration::ZERO, false).contains("Secure"));
     }
 }

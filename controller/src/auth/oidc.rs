@@ -20,7 +20,8 @@ use openidconnect::{
 };
 use serde::Deserialize;
 
-use super::{allowed, create_session, end_session, found, session, set_cookie, Identity, SESSION_COOKIE};
+use super::cookies::{found, set_cookie};
+use super::{allowed, create_session, end_session, session, Identity, SESSION_COOKIE};
 use crate::error::ApiError;
 use crate::state::AppState;
 

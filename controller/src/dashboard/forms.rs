@@ -9,8 +9,8 @@ use axum::{Extension, Router};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::layout::{render, Layout, PageError};
 use super::pages::{token_rows, TokensPage};
-use super::{render, Layout, PageError};
 use crate::actions;
 use crate::auth::{self, Principal};
 use crate::error::ApiError;

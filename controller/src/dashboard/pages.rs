@@ -9,7 +9,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{age, render, Layout, PageError};
+use super::layout::{age, render, Layout, PageError};
 use crate::auth::Principal;
 use crate::db::chains::{self, ChainView};
 use crate::db::demos::{self, Demo, Filter};

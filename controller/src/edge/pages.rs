@@ -1,12 +1,10 @@
-//! The edge's own pages. The 404 page says nothing about which demos exist.
+//! The edge's own pages, as plain responses whatever the server sends them with. The 404
+//! page says nothing about which demos exist.
 
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 
-use super::proxy::EdgeBody;
-
-pub fn not_found() -> Response<EdgeBody> {
+pub fn not_found() -> Response<Bytes> {
     page(
         StatusCode::NOT_FOUND,
         "No demo here",
@@ -14,7 +12,7 @@ pub fn not_found() -> Response<EdgeBody> {
     )
 }
 
-pub fn bad_gateway() -> Response<EdgeBody> {
+pub fn bad_gateway() -> Response<Bytes> {
     page(
         StatusCode::BAD_GATEWAY,
         "Demo not answering",
@@ -23,7 +21,7 @@ pub fn bad_gateway() -> Response<EdgeBody> {
 }
 
 /// Send the visitor to `location` (sign in, or on after signing in), setting `set_cookie`.
-pub fn redirect(location: &str, set_cookie: Option<&str>) -> Response<EdgeBody> {
+pub fn redirect(location: &str, set_cookie: Option<&str>) -> Response<Bytes> {
     let mut response = page(StatusCode::FOUND, "Sign in to see this demo", "Redirecting to sign in.");
     let headers = response.headers_mut();
     if let Ok(location) = location.parse() {
@@ -40,7 +38,7 @@ const WAKE_REFRESH: u32 = 2;
 
 /// A sleeping demo was asked for: it is being started; the page reloads itself until the
 /// demo answers instead.
-pub fn waking_up() -> Response<EdgeBody> {
+pub fn waking_up() -> Response<Bytes> {
     let refresh = format!("<meta http-equiv=\"refresh\" content=\"{WAKE_REFRESH}\">");
     let mut response = page_with_head(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -55,11 +53,11 @@ pub fn waking_up() -> Response<EdgeBody> {
     response
 }
 
-fn page(status: StatusCode, title: &str, text: &str) -> Response<EdgeBody> {
+fn page(status: StatusCode, title: &str, text: &str) -> Response<Bytes> {
     page_with_head(status, title, text, "")
 }
 
-fn page_with_head(status: StatusCode, title: &str, text: &str, head: &str) -> Response<EdgeBody> {
+fn page_with_head(status: StatusCode, title: &str, text: &str, head: &str) -> Response<Bytes> {
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{head}<title>{title} · demofleet</title></head>\n\
          <body><main><h1>{title}</h1><p>{text}</p><p><small>{} · demofleet</small></p></main></body></html>\n",
@@ -69,6 +67,6 @@ fn page_with_head(status: StatusCode, title: &str, text: &str, head: &str) -> Re
         .status(status)
         .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
         .header(header::CACHE_CONTROL, "no-store")
-        .body(Full::new(Bytes::from(html)).map_err(|never| match never {}).boxed())
+        .body(Bytes::from(html))
         .expect("static response parts are valid")
 }

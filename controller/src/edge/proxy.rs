@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Either, Empty};
+use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -111,14 +111,14 @@ impl Edge {
         let Some((name, visit)) =
             self.urls.name_from_host(&host).and_then(|name| Some((name, self.routes.visit(name)?)))
         else {
-            return pages::not_found();
+            return page(pages::not_found());
         };
         // Gated previews: only people signed in, and the gate's cookie stays here.
         if visit.gated {
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
             let decision = self.auth.gate.check(&self.urls.scheme, &host, path, req.headers());
             if let gate::Decision::Redirect { location, set_cookie } = decision {
-                return pages::redirect(&location, set_cookie.as_deref());
+                return page(pages::redirect(&location, set_cookie.as_deref()));
             }
             gate::strip_cookie(req.headers_mut());
         }
@@ -126,11 +126,11 @@ impl Edge {
             Target::Up(upstream) => upstream,
             Target::Asleep(demo) => {
                 let _ = self.wake.send(demo);
-                return pages::waking_up();
+                return page(pages::waking_up());
             }
         };
         let Some(uri) = upstream_uri(&upstream, req.uri().path_and_query()) else {
-            return pages::bad_gateway();
+            return page(pages::bad_gateway());
         };
         *req.uri_mut() = uri;
         // A protocol upgrade (WebSocket) keeps its Upgrade and Connection headers and, once
@@ -184,11 +184,16 @@ impl Edge {
             }
             Ok(Err(err)) => {
                 tracing::debug!(%upstream, error = %err, "demo did not answer");
-                pages::bad_gateway()
+                page(pages::bad_gateway())
             }
-            Err(_) => pages::bad_gateway(),
+            Err(_) => page(pages::bad_gateway()),
         }
     }
+}
+
+/// One of the edge's own pages, as the edge sends it.
+fn page(page: Response<Bytes>) -> Response<EdgeBody> {
+    page.map(|html| Full::new(html).map_err(|never| match never {}).boxed())
 }
 
 /// The address of `path` (`/` when absent) on the demo at `upstream` (`address:port`).

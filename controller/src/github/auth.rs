@@ -9,7 +9,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
-use super::{GitHub, GitHubError};
+use super::api::{Api, GitHubError};
 
 /// An installation token is used until this long before it expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -36,7 +36,7 @@ impl Auth {
     }
 
     /// The token to call the API for `owner/repo` with.
-    pub async fn token(&self, github: &GitHub, owner: &str, repo: &str) -> Result<String, GitHubError> {
+    pub async fn token(&self, api: &Api, owner: &str, repo: &str) -> Result<String, GitHubError> {
         let (app_id, key, tokens) = match self {
             Auth::Token(token) => return Ok(token.clone()),
             Auth::App { app_id, key, tokens } => (app_id, key, tokens),
@@ -49,11 +49,11 @@ impl Auth {
             }
         }
         let jwt = app_jwt(app_id, key)?;
-        let installation = github.send(Method::GET, &format!("/repos/{owner}/{repo}/installation"), &jwt, None).await?;
+        let installation = api.send(Method::GET, &format!("/repos/{owner}/{repo}/installation"), &jwt, None).await?;
         let id =
             installation["id"].as_i64().ok_or_else(|| GitHubError::Auth("installation answer has no id".into()))?;
         let path = format!("/app/installations/{id}/access_tokens");
-        let answer = github.send(Method::POST, &path, &jwt, None).await?;
+        let answer = api.send(Method::POST, &path, &jwt, None).await?;
         let token = answer["token"].as_str().ok_or_else(|| GitHubError::Auth("token answer has no token".into()))?;
         let expires = answer["expires_at"]
             .as_str()

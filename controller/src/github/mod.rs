@@ -7,11 +7,15 @@
 //! `x-ratelimit-remaining: 0` wait as told before the call is tried again.
 //!
 //! # Layout
+//! - [`api`]: one request with GitHub's headers; error answers and rate limits.
 //! - [`auth`]: App JWTs and installation tokens.
 //! - [`feedback`]: turning a demo's state into deployment, status and comment calls.
 
+pub mod api;
 pub mod auth;
 pub mod feedback;
+
+pub use api::GitHubError;
 
 use std::time::Duration;
 
@@ -19,36 +23,16 @@ use backoff::ExponentialBackoff;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use api::Api;
 use auth::Auth;
 
-/// The API version we speak (`X-GitHub-Api-Version`).
-const API_VERSION: &str = "2022-11-28";
 /// Longest wait for a rate limit inside one call; longer waits fail the call, and the
 /// notification is retried later through the broker.
 const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, thiserror::Error)]
-pub enum GitHubError {
-    #[error("GitHub answered {status} to {method} {path}: {message}")]
-    Status { method: Method, path: String, status: StatusCode, message: String },
-    #[error("GitHub rate limit: {0:?} to wait")]
-    RateLimited(Duration),
-    #[error("GitHub request failed: {0}")]
-    Http(#[from] reqwest::Error),
-    #[error("GitHub App authentication: {0}")]
-    Auth(String),
-}
-
-impl GitHubError {
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, GitHubError::Status { status: StatusCode::NOT_FOUND, .. })
-    }
-}
-
 /// A GitHub API client for one App or token.
 pub struct GitHub {
-    api: String,
-    http: reqwest::Client,
+    api: Api,
     auth: Auth,
     /// How long one call keeps retrying transient failures.
     patience: Duration,
@@ -72,11 +56,7 @@ impl Permission {
 
 impl GitHub {
     pub fn new(api: &str, auth: Auth, patience: Duration) -> anyhow::Result<GitHub> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("demofleet/", env!("CARGO_PKG_VERSION")))
-            .timeout(Duration::from_secs(15))
-            .build()?;
-        Ok(GitHub { api: api.trim_end_matches('/').to_string(), http, auth, patience })
+        Ok(GitHub { api: Api::new(api)?, auth, patience })
     }
 
     /// `username`'s permission on `owner/repo`.
@@ -181,37 +161,10 @@ impl GitHub {
             ..ExponentialBackoff::default()
         };
         backoff::future::retry(policy, || async {
-            let token = self.auth.token(self, owner, repo).await.map_err(backoff::Error::permanent)?;
-            self.send(method.clone(), path, &token, body.as_ref()).await.map_err(classify)
+            let token = self.auth.token(&self.api, owner, repo).await.map_err(backoff::Error::permanent)?;
+            self.api.send(method.clone(), path, &token, body.as_ref()).await.map_err(classify)
         })
         .await
-    }
-
-    /// One HTTP request with GitHub's headers; maps error answers to [`GitHubError`].
-    async fn send(&self, method: Method, path: &str, token: &str, body: Option<&Value>) -> Result<Value, GitHubError> {
-        let mut request = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.api))
-            .header("accept", "application/vnd.github+json")
-            .header("x-github-api-version", API_VERSION)
-            .bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await?;
-        let status = response.status();
-        if let Some(wait) = rate_limit_wait(status, response.headers()) {
-            return Err(GitHubError::RateLimited(wait));
-        }
-        let text = response.text().await?;
-        if !status.is_success() {
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(String::from))
-                .unwrap_or(text);
-            return Err(GitHubError::Status { method, path: path.to_string(), status, message });
-        }
-        Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::Null) })
     }
 }
 
@@ -238,45 +191,9 @@ fn classify(err: GitHubError) -> backoff::Error<GitHubError> {
     }
 }
 
-/// How long a rate-limited answer asks us to wait, if it is one. GitHub signals primary
-/// limits by 403/429 with `x-ratelimit-remaining: 0` (wait until `x-ratelimit-reset`) and
-/// secondary limits by 403/429 with `retry-after` seconds.
-pub fn rate_limit_wait(status: StatusCode, headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
-        return None;
-    }
-    let header =
-        |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-    if let Some(seconds) = header("retry-after") {
-        return Some(Duration::from_secs(seconds));
-    }
-    if header("x-ratelimit-remaining") == Some(0) {
-        let reset = header("x-ratelimit-reset").unwrap_or(0);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-        return Some(Duration::from_secs(reset.saturating_sub(now).max(1)));
-    }
-    (status == StatusCode::TOO_MANY_REQUESTS).then_some(Duration::from_secs(60))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::{HeaderMap, HeaderValue};
-
-    #[test]
-    fn rate_limit_answers_are_recognised() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(rate_limit_wait(StatusCode::FORBIDDEN, &headers), None, "a plain 403 is a refusal");
-        headers.insert("retry-after", HeaderValue::from_static("7"));
-        assert_eq!(rate_limit_wait(StatusCode::TOO_MANY_REQUESTS, &headers), Some(Duration::from_secs(7)));
-        assert_eq!(rate_limit_wait(StatusCode::OK, &headers), None);
-        let mut headers = HeaderMap::new();
-        let reset = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 30;
-        headers.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
-        headers.insert("x-ratelimit-reset", HeaderValue::from_str(&reset.to_string()).unwrap());
-        let wait = rate_limit_wait(StatusCode::FORBIDDEN, &headers).unwrap();
-        assert!(wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28), "{wait:?}");
-    }
 
     #[test]
     fn write_maintain_and_admin_may_start_demos() {

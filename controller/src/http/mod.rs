@@ -25,7 +25,7 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::router())
         .merge(crate::traefik::router())
         .merge(crate::auth::oidc::router())
-        .merge(crate::auth::gate::router())
+        .merge(crate::auth::forward::router())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
