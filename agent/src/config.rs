@@ -18,6 +18,11 @@ pub struct Config {
     #[command(flatten)]
     pub messaging: Messaging,
 
+    /// The Docker Engine of this host: a Unix socket path (`unix://` optional). Default:
+    /// Docker's own (`DOCKER_HOST`, else `/var/run/docker.sock`).
+    #[arg(long, env = "DEMOFLEET_DOCKER_HOST")]
+    pub docker_host: Option<String>,
+
     /// Where clones live, one folder per demo.
     #[arg(long, env = "DEMOFLEET_DEMO_DIR", default_value = "/srv/demos")]
     pub demo_dir: PathBuf,
@@ -27,7 +32,7 @@ pub struct Config {
     pub host_address: String,
 
     /// Publish demo ports on this address instead of the host address: `0.0.0.0` behind
-    /// NAT, or the test fleet's hosts, whose address forwards to Docker's (docs/testing.md).
+    /// NAT, where the host address is not one of the machine's own.
     #[arg(long, env = "DEMOFLEET_PUBLISH_ADDRESS")]
     pub publish_address: Option<String>,
 
@@ -97,6 +102,17 @@ impl Config {
     }
 
     /// The host id: the configured one, else this machine's hostname.
+    /// A client of this host's Docker Engine.
+    pub fn docker(&self) -> Result<bollard::Docker, bollard::errors::Error> {
+        match &self.docker_host {
+            None => bollard::Docker::connect_with_local_defaults(),
+            Some(host) => {
+                let path = host.strip_prefix("unix://").unwrap_or(host);
+                bollard::Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+            }
+        }
+    }
+
     pub fn host_id(&self) -> anyhow::Result<String> {
         let id = match &self.host_id {
             Some(id) => id.clone(),

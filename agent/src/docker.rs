@@ -348,36 +348,28 @@ async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> 
 
 /// Remove every container of the demo on this host, and its images. Other demos' and
 /// foreign ones are untouched.
-pub async fn remove_demo(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<(), DockerError> {
-    remove_generations(docker, host_id, spec, None).await
+pub async fn remove_demo(docker: &Docker, spec: &DemoSpec) -> Result<(), DockerError> {
+    remove_generations(docker, spec, None).await
 }
 
 /// Remove the containers and images of the demo's generations other than the current one:
 /// after an update has switched the route to the new one.
-pub async fn retire_older(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<(), DockerError> {
-    remove_generations(docker, host_id, spec, Some(spec.generation)).await
+pub async fn retire_older(docker: &Docker, spec: &DemoSpec) -> Result<(), DockerError> {
+    remove_generations(docker, spec, Some(spec.generation)).await
 }
 
-/// Remove the demo's containers of this host, then its images, of the step's generation and
-/// older ones, except those of generation `keep`. A newer generation's are left alone: a
-/// step of an older chain may still run after a newer chain built its image (a pull
-/// request closed and opened again). A container the demo left on another host is that
-/// host's to remove (where one engine serves several hosts' agents, as in the test fleet,
-/// it stays until then).
-async fn remove_generations(
-    docker: &Docker,
-    host_id: &str,
-    spec: &DemoSpec,
-    keep: Option<i64>,
-) -> Result<(), DockerError> {
+/// Remove the demo's containers, then its images, of the step's generation and older ones,
+/// except those of generation `keep`. A newer generation's are left alone: a step of an
+/// older chain may still run after a newer chain built its image (a pull request closed and
+/// opened again). The engine is this host's alone: every demo container on it is ours.
+async fn remove_generations(docker: &Docker, spec: &DemoSpec, keep: Option<i64>) -> Result<(), DockerError> {
     let filter = format!("{}={}", labels::ID, spec.id);
     let spared = |generation: i64| Some(generation) == keep || generation > spec.generation;
     let kept = |labels: Option<&HashMap<String, String>>| {
         let generation = labels.and_then(|l| l.get(labels::GENERATION)).and_then(|g| g.parse::<i64>().ok());
         generation.is_some_and(spared)
     };
-    let on_host = format!("{}={host_id}", labels::HOST);
-    for container in containers_of(docker, vec![filter, on_host]).await? {
+    for container in containers_of(docker, vec![filter]).await? {
         if !kept(container.labels.as_ref()) {
             remove_container(docker, container.id.as_deref().unwrap_or_default()).await?;
         }
@@ -392,11 +384,10 @@ async fn remove_generations(
     for tag in tags.filter(|t| generation_of_tag(&spec.name, t).is_some_and(|g| !spared(g))) {
         match docker.remove_image(tag, Some(RemoveImageOptionsBuilder::default().build()), None).await {
             Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
-            // Still used by a running container this host does not own (an engine serving
-            // several hosts' agents): its host removes the container; the image goes with
-            // the demo.
+            // Used by a container demofleet did not make (someone ran one from the demo's
+            // image by hand): the image is kept for it, and the teardown goes on.
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, message }) => {
-                tracing::debug!(image = %tag, %message, "image in use elsewhere; kept");
+                tracing::warn!(image = %tag, %message, "image used by a container that is not a demo's; kept");
             }
             Err(err) => return Err(err.into()),
         }
@@ -404,8 +395,7 @@ async fn remove_generations(
     if keep.is_none() {
         match docker.remove_network(&network_name(spec)).await {
             Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
-            // Still joined by a newer generation's container (or another host's, on a
-            // shared engine): the network goes with that one.
+            // Still joined by a newer generation's container: the network goes with that one.
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 403 | 409, message }) => {
                 tracing::debug!(network = %network_name(spec), %message, "network in use; kept");
             }
@@ -415,10 +405,11 @@ async fn remove_generations(
     Ok(())
 }
 
-/// Every demo container of this host, from Docker's labels (an engine may serve several
-/// hosts' agents, as in tests; each sees only its own).
-pub async fn inventory(docker: &Docker, host_id: &str) -> Result<Vec<InventoryItem>, DockerError> {
-    Ok(demo_containers_of_host(docker, host_id)
+/// Every demo container of this host, from Docker's labels. The engine is the host's own, so
+/// a container another agent made (under an earlier host id, say) is listed too, and the
+/// controller's reconcile decides its fate.
+pub async fn inventory(docker: &Docker) -> Result<Vec<InventoryItem>, DockerError> {
+    Ok(demo_containers(docker)
         .await?
         .into_iter()
         .filter_map(|c| {
@@ -435,9 +426,9 @@ pub async fn inventory(docker: &Docker, host_id: &str) -> Result<Vec<InventoryIt
 
 /// Remove the containers `ids` that are demo containers of this host; any other id is
 /// left alone. Returns how many were removed.
-pub async fn remove_orphans(docker: &Docker, host_id: &str, ids: &[String]) -> Result<usize, DockerError> {
+pub async fn remove_orphans(docker: &Docker, ids: &[String]) -> Result<usize, DockerError> {
     let mut removed = 0;
-    for container in demo_containers_of_host(docker, host_id).await? {
+    for container in demo_containers(docker).await? {
         let Some(id) = container.id.filter(|id| ids.contains(id)) else { continue };
         remove_container(docker, &id).await?;
         removed += 1;
@@ -445,12 +436,9 @@ pub async fn remove_orphans(docker: &Docker, host_id: &str, ids: &[String]) -> R
     Ok(removed)
 }
 
-/// The demo containers (`run.demo=true`) of `host_id`.
-async fn demo_containers_of_host(
-    docker: &Docker,
-    host_id: &str,
-) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
-    containers_of(docker, vec![format!("{}=true", labels::DEMO), format!("{}={host_id}", labels::HOST)]).await
+/// The demo containers (`run.demo=true`) on this host's engine.
+async fn demo_containers(docker: &Docker) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
+    containers_of(docker, vec![format!("{}=true", labels::DEMO)]).await
 }
 
 #[cfg(test)]

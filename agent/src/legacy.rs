@@ -77,7 +77,13 @@ fn free_port(address: &str) -> anyhow::Result<u16> {
 }
 
 async fn run_script(ctx: &AgentContext, spec: &DemoSpec, dir: &Path, port: u16, opts: &str) -> anyhow::Result<()> {
-    let mut child = tokio::process::Command::new(dir.join("run"))
+    let mut command = tokio::process::Command::new(dir.join("run"));
+    // The script's `docker` runs against this host's engine, as the agent's own calls do.
+    if let Some(host) = &ctx.config.docker_host {
+        let host = if host.contains("://") { host.clone() } else { format!("unix://{host}") };
+        command.env("DOCKER_HOST", host);
+    }
+    let mut child = command
         .args(["serve", "--detach", "--port", &port.to_string()])
         .current_dir(dir)
         .env(OPTS_VARIABLE, opts)

@@ -112,7 +112,7 @@ async fn handle(ctx: &AgentContext, results: &Channel, delivery: Delivery) -> an
 async fn clean_up(ctx: &AgentContext, delivery: Delivery) -> anyhow::Result<()> {
     match serde_json::from_slice::<Cleanup>(&delivery.data) {
         Ok(cleanup) if cleanup.version == WIRE_VERSION && cleanup.host_id == ctx.host_id => {
-            let removed = crate::docker::remove_orphans(&ctx.docker, &ctx.host_id, &cleanup.containers).await?;
+            let removed = crate::docker::remove_orphans(&ctx.docker, &cleanup.containers).await?;
             tracing::info!(removed, asked = cleanup.containers.len(), "orphaned demo containers removed");
         }
         Ok(cleanup) => {

@@ -3,7 +3,6 @@
 //! for tests that break things in the middle of a burst (`restarts.rs`, `replicas.rs`).
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -144,7 +143,11 @@ impl Bursts {
             for demo in demos {
                 let pr = demo["pr"].as_u64().ok_or("a demo without a pull request number")?;
                 let (_, closes, sha) = &self.newest[&pr];
-                let containers = containers_of(demo["id"].as_str().ok_or("a demo without an id")?);
+                let containers: Vec<(String, bool)> = stack
+                    .containers_of(demo["id"].as_str().ok_or("a demo without an id")?)
+                    .into_iter()
+                    .map(|c| (c.generation, c.running))
+                    .collect();
                 let settled = if *closes {
                     demo["state"] == "stopped" && containers.is_empty()
                 } else {
@@ -214,22 +217,4 @@ pub async fn answered(sending: &Sending, count: usize) {
     while sending.answered.load(Ordering::Relaxed) < count {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-/// The demo's containers: (generation, running).
-pub fn containers_of(demo_id: &str) -> Vec<(String, bool)> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=run.demo.id={demo_id}"),
-            "--format",
-            "{{.Label \"run.demo.generation\"}} {{.State}}",
-        ])
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once(' ').map(|(g, s)| (g.to_string(), s == "running")))
-        .collect()
 }

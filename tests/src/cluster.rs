@@ -14,7 +14,8 @@ use tempfile::TempDir;
 use uuid::Uuid;
 
 use crate::fake_github::FakeGitHub;
-use crate::stack::{agent_argv, remove_host_leftovers, ControllerFlags, Stack};
+use crate::host::TestHost;
+use crate::stack::{agent_argv, ControllerFlags, Stack};
 use crate::wait;
 
 /// The broker user every node of a [`RabbitCluster`] has, an administrator.
@@ -397,6 +398,8 @@ pub struct ClusterFleet {
     pub controller: Option<demofleet_controller::Controller>,
     /// (host id, its broker user, the agent).
     pub agents: Vec<(String, String, Option<demofleet_agent::Agent>)>,
+    /// The agents' machines, each with an engine of its own.
+    machines: Vec<TestHost>,
     /// The GitHub this controller talks to.
     pub github: FakeGitHub,
 }
@@ -405,7 +408,8 @@ impl ClusterFleet {
     /// Stop `stack`'s controller (`binary` is the test's `CARGO_BIN_EXE_fleet-controller`,
     /// run and killed in its stead), start one with broker URLs `amqp_urls(user, password)`
     /// and flags `controller_args`, and `agents` agents with flags `agent_args`, each with a
-    /// broker user of its own; wait until every agent has been heard from.
+    /// broker user and a test host (network namespace, address, Docker Engine) of its own;
+    /// wait until every agent has been heard from.
     pub async fn start(
         stack: &mut Stack,
         binary: &str,
@@ -438,18 +442,22 @@ impl ClusterFleet {
         stack.http_addr = controller.http_addr;
         stack.edge_addr = controller.edge_addr;
 
-        let mut fleet = ClusterFleet { controller: Some(controller), agents: Vec::new(), github };
+        let mut fleet = ClusterFleet { controller: Some(controller), agents: Vec::new(), machines: Vec::new(), github };
         for _ in 0..agents {
             let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
             let (user, password) = stack.vhost.create_agent_user(&host_id).await;
             let demo_dir = stack.scratch.path().join("demos").join(&host_id);
+            let machine = TestHost::spawn(&stack.services.base_image).await;
+            stack.engines.push(machine.engine());
             let mut args = agent_argv(
                 &host_id,
                 &amqp_urls(&user, &password),
                 &stack.services.nats_url,
                 &stack.nats_prefix,
                 &demo_dir,
+                Some(&machine),
             );
+            fleet.machines.push(machine);
             args.extend(agent_args.iter().map(|s| s.to_string()));
             let config = demofleet_agent::config::Config::try_parse_from(&args).expect("agent flags");
             let agent = demofleet_agent::Agent::start(config).await.expect("agent starts");
@@ -474,14 +482,6 @@ impl ClusterFleet {
         }
         if let Some(controller) = self.controller.take() {
             controller.shutdown().await;
-        }
-    }
-}
-
-impl Drop for ClusterFleet {
-    fn drop(&mut self) {
-        for (host_id, _, _) in &self.agents {
-            remove_host_leftovers(host_id);
         }
     }
 }

@@ -10,6 +10,8 @@
 //! - [`fake_github`]: the GitHub API, faithfully faked, recording every call.
 //! - [`fixtures`]: demo repositories and webhook payloads.
 //! - [`stack`]: a running controller (and agents) with helpers to drive and observe it.
+//! - [`host`]: test hosts: a network namespace, an address and a Docker Engine of their own.
+//! - [`fleet`]: agent hosts as processes on test hosts, to be killed and cut off.
 //! - [`wait`]: waiting for conditions with deadlines.
 
 pub mod burst;
@@ -18,6 +20,7 @@ pub mod fake_github;
 pub mod fixtures;
 pub mod fleet;
 pub mod git_http;
+pub mod host;
 pub mod oidc;
 pub mod rng;
 pub mod services;

@@ -15,6 +15,7 @@ use demofleet_controller::Controller;
 use crate::fake_github::{app_key_pair, FakeGitHub};
 use crate::fixtures::sign;
 use crate::git_http::GitHttp;
+use crate::host::{DemoContainer, Engine, TestHost};
 use crate::services::{nats_prefix, Services, TestDb, TestVhost};
 use crate::wait;
 
@@ -30,7 +31,9 @@ pub enum GitHubAuth {
 /// How a stack is set up.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
-    /// Agents to start, each with its own host id and demo folder.
+    /// Agents to start, each with its own host id and demo folder. One runs on the machine's
+    /// Docker Engine; two or more each on a test host of its own (tests/src/host.rs): its own
+    /// network namespace, address and engine.
     pub agents: usize,
     /// Extra controller flags, e.g. `--webhook-max-bytes 1024`.
     pub controller_args: Vec<String>,
@@ -101,11 +104,19 @@ impl ControllerFlags {
     }
 }
 
-/// A test agent's command line: host `host_id` on 127.0.0.1 with its demos in `demo_dir`,
-/// heartbeating every 500 ms.
-pub fn agent_argv(host_id: &str, amqp_url: &str, nats_url: &str, nats_prefix: &str, demo_dir: &Path) -> Vec<String> {
+/// A test agent's command line: host `host_id` with its demos in `demo_dir`, heartbeating
+/// every 500 ms, on `machine`'s engine and address, else on the machine's engine and 127.0.0.1.
+pub fn agent_argv(
+    host_id: &str,
+    amqp_url: &str,
+    nats_url: &str,
+    nats_prefix: &str,
+    demo_dir: &Path,
+    machine: Option<&TestHost>,
+) -> Vec<String> {
     let demo_dir = demo_dir.to_str().expect("a UTF-8 demo folder");
-    [
+    let address = machine.map_or("127.0.0.1", |m| m.address.as_str());
+    let mut args: Vec<String> = [
         "demofleet-agent",
         "--host-id",
         host_id,
@@ -118,18 +129,24 @@ pub fn agent_argv(host_id: &str, amqp_url: &str, nats_url: &str, nats_prefix: &s
         "--demo-dir",
         demo_dir,
         "--host-address",
-        "127.0.0.1",
+        address,
         "--heartbeat-interval",
         "500ms",
     ]
     .map(String::from)
-    .to_vec()
+    .to_vec();
+    if let Some(engine) = machine.and_then(|m| m.engine().agent_flag()) {
+        args.extend(["--docker-host".to_string(), engine]);
+    }
+    args
 }
 
 /// One running agent of a stack.
 pub struct TestAgent {
     pub host_id: String,
     pub demo_dir: PathBuf,
+    /// The test host it runs on, with an engine of its own; `None`: the machine's engine.
+    pub machine: Option<TestHost>,
     /// The flags it was started with.
     args: Vec<String>,
     agent: Option<Agent>,
@@ -137,7 +154,10 @@ pub struct TestAgent {
 
 impl Drop for TestAgent {
     fn drop(&mut self) {
-        remove_host_leftovers(&self.host_id);
+        // A test host's engine goes with it, and its containers, images and networks too.
+        if self.machine.is_none() {
+            remove_host_leftovers(&self.host_id);
+        }
     }
 }
 
@@ -181,6 +201,8 @@ pub struct Stack {
     controller_argv: Vec<String>,
     controller_process: Option<ControllerProcess>,
     pub agents: Vec<TestAgent>,
+    /// The Docker Engines this stack's demos run on, for tests that look at containers.
+    pub engines: Vec<Engine>,
     pub db: PgPool,
     pub vhost: TestVhost,
     /// The HTTP git server of private repositories, when asked for.
@@ -256,11 +278,17 @@ impl Stack {
         for _ in 0..options.agents {
             let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
             let demo_dir = scratch.path().join("demos").join(&host_id);
-            let mut args = agent_argv(&host_id, &amqp_url, &nats_url, &prefix, &demo_dir);
+            let machine = if options.agents > 1 { Some(TestHost::spawn(&services.base_image).await) } else { None };
+            let mut args = agent_argv(&host_id, &amqp_url, &nats_url, &prefix, &demo_dir, machine.as_ref());
             args.extend(options.agent_args.iter().cloned());
             let agent = start_agent(&args, &[]).await;
-            agents.push(TestAgent { host_id, demo_dir, args, agent: Some(agent) });
+            agents.push(TestAgent { host_id, demo_dir, machine, args, agent: Some(agent) });
         }
+        let engines = match options.agents {
+            0 => Vec::new(),
+            1 => vec![Engine::machine()],
+            _ => agents.iter().filter_map(|a| Some(a.machine.as_ref()?.engine())).collect(),
+        };
         let stack = Stack {
             services,
             github,
@@ -271,6 +299,7 @@ impl Stack {
             controller_argv: args,
             controller_process: None,
             agents,
+            engines,
             db,
             vhost,
             git_http,
@@ -359,6 +388,11 @@ impl Stack {
     pub async fn start_controller(&mut self) {
         self.controller_process.as_mut().expect("a controller process").start();
         ready(self.http_addr).await;
+    }
+
+    /// The containers of demo `demo_id` on the stack's engines.
+    pub fn containers_of(&self, demo_id: &str) -> Vec<DemoContainer> {
+        crate::host::containers_of_demo(&self.engines, demo_id)
     }
 
     /// Where fixture repositories go (matches the controller's `--git-url`).

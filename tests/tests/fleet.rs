@@ -4,9 +4,13 @@
 //!
 //! 1. 30 demos spread over the hosts by their capacity;
 //! 2. a host drains: its demos move to the others, answering all along; it is emptied;
-//! 3. an agent is killed with SIGKILL: its host goes silent, its demos are launched again
-//!    elsewhere; when it comes back, its leftover containers are removed;
-//! 4. a host's link is cut, then healed: the same, with the host cut off from everything.
+//! 3. a host is killed (its agent, Docker Engine and containers at once, as a machine that
+//!    loses power): it goes silent, its demos are launched again elsewhere; when it comes back,
+//!    its engine starts the old containers again (their restart policy), and they are removed;
+//! 4. a host's link is cut, then healed: its demos run on, unreachable, and are launched again
+//!    elsewhere; once healed, its leftover containers are removed.
+//!
+//! Every host is a machine of its own with its own Docker Engine (tests/src/host.rs).
 //!
 //! The time each took to converge is printed.
 
@@ -18,7 +22,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use demofleet_tests::fixtures::{self, FixtureRepo};
-use demofleet_tests::fleet::{demo_containers, Fleet};
+use demofleet_tests::fleet::{demo_containers, Fleet, FleetHost};
 use demofleet_tests::stack::StackOptions;
 use demofleet_tests::wait;
 
@@ -79,7 +83,7 @@ async fn demos_survive_drains_dead_agents_and_cut_links() {
         let response = fleet.stack.post(&format!("/api/hosts/{drained}/drain")).await;
         assert_eq!(response.status(), 200);
         let demos = converged(&fleet, "the drained host emptied", &[&drained]).await;
-        no_containers_left_on(&drained).await;
+        no_containers_left_on(&fleet.hosts[0]).await;
         probing.store(false, Ordering::Relaxed);
         demos
     };
@@ -95,34 +99,46 @@ async fn demos_survive_drains_dead_agents_and_cut_links() {
     let response = fleet.stack.post(&format!("/api/hosts/{drained}/undrain")).await;
     assert_eq!(response.status(), 200);
 
-    // 3. SIGKILL an agent: its demos are launched elsewhere; its containers stay on until
-    // it comes back and is told to remove them.
+    // 3. Kill a host: agent, engine and containers die at once; its demos are launched
+    // elsewhere. When it comes back, its engine starts the old containers again (restart
+    // policy `unless-stopped`, as after a reboot), and they are removed.
     let victim = fleet.hosts[1].host_id.clone();
     let moving = count_per_host(&demos)[victim.as_str()];
+    let addresses = published_addresses(&fleet, &fleet.hosts[1]).await;
+    assert_eq!(addresses.len(), moving, "a published address per demo of {victim}");
     let started = Instant::now();
-    fleet.hosts[1].kill_agent();
-    converged(&fleet, "the killed agent's demos placed elsewhere", &[&victim]).await;
-    println!("scenario 3: {moving} demos of a killed agent answering elsewhere after {:.1?}", started.elapsed());
-    // As on a real machine whose agent died, its containers run on.
-    assert_eq!(demo_containers(&[&victim]).len(), moving, "the killed agent's containers");
-    fleet.hosts[1].start_agent();
+    fleet.hosts[1].kill_host();
+    for address in &addresses {
+        assert!(!answers(address).await, "{address} answers after its host was killed");
+    }
+    converged(&fleet, "the killed host's demos placed elsewhere", &[&victim]).await;
+    println!("scenario 3: {moving} demos of a killed host answering elsewhere after {:.1?}", started.elapsed());
+    fleet.hosts[1].restart_host();
+    let leftovers = fleet.hosts[1].containers();
+    assert_eq!(leftovers.len(), moving, "the restarted engine's containers: {leftovers:?}");
     let started = Instant::now();
-    no_containers_left_on(&victim).await;
-    println!("scenario 3: the returning agent's {moving} leftovers removed after {:.1?}", started.elapsed());
+    no_containers_left_on(&fleet.hosts[1]).await;
+    println!("scenario 3: the restarted host's {moving} leftovers removed after {:.1?}", started.elapsed());
 
     // 4. Cut a host's link, then heal it.
     let cut = fleet.hosts[2].host_id.clone();
     let demos = converged(&fleet, "before the cut", &[]).await;
     let moving = count_per_host(&demos).get(cut.as_str()).copied().unwrap_or_default();
     assert!(moving > 0, "the host to cut runs demos: {demos:?}");
+    let addresses = published_addresses(&fleet, &fleet.hosts[2]).await;
     let started = Instant::now();
     fleet.hosts[2].set_link(false);
     converged(&fleet, "the cut-off host's demos placed elsewhere", &[&cut]).await;
     println!("scenario 4: {moving} demos of a cut-off host answering elsewhere after {:.1?}", started.elapsed());
-    assert_eq!(demo_containers(&[&cut]).len(), moving, "the cut-off host's containers");
+    // Cut off, its demos run on, out of reach.
+    let running = fleet.hosts[2].containers().iter().filter(|c| c.running).count();
+    assert_eq!(running, moving, "the cut-off host's containers");
+    for address in &addresses {
+        assert!(!answers(address).await, "{address} answers across a cut link");
+    }
     fleet.hosts[2].set_link(true);
     let started = Instant::now();
-    no_containers_left_on(&cut).await;
+    no_containers_left_on(&fleet.hosts[2]).await;
     println!("scenario 4: the healed host's {moving} leftovers removed after {:.1?}", started.elapsed());
     let demos = converged(&fleet, "after healing", &[]).await;
     assert_eq!(demos.len() as u64, DEMOS);
@@ -141,7 +157,7 @@ async fn demos_survive_drains_dead_agents_and_cut_links() {
 /// with exactly one running container (on its host) and no other container anywhere, and
 /// each answering on its hostname through the edge. Returns the demos.
 async fn converged(fleet: &Fleet, what: &str, avoid: &[&str]) -> Vec<Value> {
-    let hosts: Vec<&str> = fleet.hosts.iter().map(|h| h.host_id.as_str()).collect();
+    let hosts: Vec<&FleetHost> = fleet.hosts.iter().collect();
     let deadline = Duration::from_secs(if avoid.is_empty() { 240 } else { 60 });
     let found = tokio::time::timeout(
         deadline,
@@ -188,12 +204,35 @@ async fn converged(fleet: &Fleet, what: &str, avoid: &[&str]) -> Vec<Value> {
     found.unwrap_or_else(|_| panic!("{what}: not converged in {deadline:?}\n{}", fleet.logs()))
 }
 
-/// Wait until host `id` has no demo container left.
-async fn no_containers_left_on(id: &str) {
-    wait::until(&format!("{id} without containers"), Duration::from_secs(60), || async {
-        demo_containers(&[id]).is_empty().then_some(())
+/// Wait until `host`'s engine has no demo container left.
+async fn no_containers_left_on(host: &FleetHost) {
+    wait::until_seen(&format!("{} without containers", host.host_id), Duration::from_secs(60), || async {
+        let left = host.containers();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
     })
     .await;
+}
+
+/// Where the edge reaches `host`'s demos (`address:port`), from Traefik's configuration.
+async fn published_addresses(fleet: &Fleet, host: &FleetHost) -> Vec<String> {
+    let config = fleet.stack.get_json("/traefik/dynamic").await;
+    let services = config["http"]["services"].as_object().expect("services");
+    let prefix = format!("http://{}:", host.address());
+    services
+        .values()
+        .filter_map(|s| s["loadBalancer"]["servers"][0]["url"].as_str()?.strip_prefix("http://").map(String::from))
+        .filter(|a| format!("http://{a}").starts_with(&prefix))
+        .collect()
+}
+
+/// Whether something answers HTTP at `address` within two seconds.
+async fn answers(address: &str) -> bool {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    client.get(format!("http://{address}/")).send().await.is_ok()
 }
 
 fn count_per_host(demos: &[Value]) -> BTreeMap<&str, usize> {
@@ -211,7 +250,7 @@ async fn routes_use_host_addresses(fleet: &Fleet) {
     assert_eq!(services.len() as u64, DEMOS, "{config}");
     for service in services.values() {
         let url = service["loadBalancer"]["servers"][0]["url"].as_str().unwrap();
-        let ok = fleet.hosts.iter().any(|h| url.starts_with(&format!("http://{}:", h.address)));
+        let ok = fleet.hosts.iter().any(|h| url.starts_with(&format!("http://{}:", h.address())));
         assert!(ok, "{url} is not on a host's address");
     }
 }
