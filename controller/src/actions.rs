@@ -6,34 +6,36 @@ use uuid::Uuid;
 
 use crate::db::audit;
 use crate::db::demos::{self, DeployRequest};
+use crate::db::events::{Event, Kind};
 use crate::error::ApiError;
-use crate::intake::{Event, Kind};
-use crate::scheduler::{orchestrate, Effects};
+use crate::scheduler::Effects;
 use crate::state::AppState;
 
 /// Tear a demo down, as a closed pull request would.
 pub async fn stop(app: &AppState, demo_id: Uuid, actor: &str) -> Result<(), ApiError> {
-    app.transact(async |tx| {
-        let demo = demos::get_for_update_opt(&mut **tx, demo_id).await?.ok_or_else(|| no_demo(demo_id))?;
-        if demo.desired == "stopped" {
-            return Err(ApiError::Conflict(format!("{} is already stopped", demo.name)));
-        }
-        let event = Event::pull_request(Kind::Teardown, DeployRequest::of(&demo), actor, None);
-        let (_, effects) = orchestrate::apply(tx, app, &event).await?;
-        Ok(((), effects))
-    })
-    .await
+    app.scheduler
+        .transact(async |tx| {
+            let demo = demos::get_for_update_opt(&mut **tx, demo_id).await?.ok_or_else(|| no_demo(demo_id))?;
+            if demo.desired == "stopped" {
+                return Err(ApiError::Conflict(format!("{} is already stopped", demo.name)));
+            }
+            let event = Event::pull_request(Kind::Teardown, DeployRequest::of(&demo), actor, None);
+            let (_, effects) = app.scheduler.apply_event(tx, &event).await?;
+            Ok(((), effects))
+        })
+        .await
 }
 
 /// Deploy the demo's commit again, as a new generation (it may have been stopped).
 pub async fn redeploy(app: &AppState, demo_id: Uuid, actor: &str) -> Result<(), ApiError> {
-    app.transact(async |tx| {
-        let demo = demos::get_for_update_opt(&mut **tx, demo_id).await?.ok_or_else(|| no_demo(demo_id))?;
-        let event = Event::pull_request(Kind::Deploy, DeployRequest::of(&demo), actor, None);
-        let (_, effects) = orchestrate::apply(tx, app, &event).await?;
-        Ok(((), effects))
-    })
-    .await
+    app.scheduler
+        .transact(async |tx| {
+            let demo = demos::get_for_update_opt(&mut **tx, demo_id).await?.ok_or_else(|| no_demo(demo_id))?;
+            let event = Event::pull_request(Kind::Deploy, DeployRequest::of(&demo), actor, None);
+            let (_, effects) = app.scheduler.apply_event(tx, &event).await?;
+            Ok(((), effects))
+        })
+        .await
 }
 
 /// `stop`, `redeploy` or `approve` the demo, as named in a URL.
@@ -56,30 +58,31 @@ pub async fn on_host(app: &AppState, host: &str, action: &str, actor: &str) -> R
 }
 
 pub async fn approve(app: &AppState, demo_id: Uuid, actor: &str) -> Result<(), ApiError> {
-    app.transact(async |tx| Ok(((), orchestrate::approve(tx, app, demo_id, actor).await?))).await
+    app.scheduler.transact(async |tx| Ok(((), app.scheduler.approve(tx, demo_id, actor).await?))).await
 }
 
 pub async fn retry(app: &AppState, chain_id: Uuid, actor: &str) -> Result<(), ApiError> {
-    app.transact(async |tx| Ok(((), orchestrate::retry_chain(tx, app, chain_id, actor).await?))).await
+    app.scheduler.transact(async |tx| Ok(((), app.scheduler.retry_chain(tx, chain_id, actor).await?))).await
 }
 
 /// Stop (or resume) giving the host new demos.
 pub async fn set_draining(app: &AppState, host: &str, draining: bool, actor: &str) -> Result<(), ApiError> {
-    app.transact(async |tx| {
-        let found = sqlx::query("update hosts set draining = $2 where id = $1")
-            .bind(host)
-            .bind(draining)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-        if found == 0 {
-            return Err(ApiError::NotFound(format!("no host {host}")));
-        }
-        let action = if draining { "drain" } else { "undrain" };
-        audit::record(&mut **tx, actor, action, None, serde_json::json!({ "host": host })).await?;
-        Ok(((), Effects::default()))
-    })
-    .await
+    app.scheduler
+        .transact(async |tx| {
+            let found = sqlx::query("update hosts set draining = $2 where id = $1")
+                .bind(host)
+                .bind(draining)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            if found == 0 {
+                return Err(ApiError::NotFound(format!("no host {host}")));
+            }
+            let action = if draining { "drain" } else { "undrain" };
+            audit::record(&mut **tx, actor, action, None, serde_json::json!({ "host": host })).await?;
+            Ok(((), Effects::default()))
+        })
+        .await
 }
 
 /// A pull request reference: `https://github.com/<owner>/<repo>/pull/<n>` (any host, for
@@ -121,58 +124,64 @@ pub async fn start(app: &AppState, reference: &str, notify: bool, actor: &str) -
             ApiError::Unavailable(err.to_string())
         }
     })?;
-    let (request, open) = crate::webhook::request_of_pull(app, &pull)?;
+    let (request, open) = crate::webhook::request_of_pull(&app.config, &pull)?;
     if !open {
         return Err(ApiError::Conflict(format!("{owner}/{repo}#{number} is closed")));
     }
-    app.transact(async |tx| {
-        let event = Event::pull_request(Kind::Deploy, request, actor, None);
-        let (recorded, mut effects) = orchestrate::apply(tx, app, &event).await?;
-        let demo_id = recorded.demo.map(|d| d.id).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no demo")))?;
-        sqlx::query("update demos set notify = $2 where id = $1").bind(demo_id).bind(notify).execute(&mut **tx).await?;
-        let demo = demos::get_for_update(&mut **tx, demo_id).await?;
-        // Started by an admin: approved by them.
-        if demo.state == "awaiting_approval" {
-            effects = effects.merge(orchestrate::approve(tx, app, demo_id, actor).await?);
-        } else {
-            demos::set_approval(&mut **tx, demo_id, &demo.sha, actor).await?;
-        }
-        Ok((demos::get_for_update(&mut **tx, demo_id).await?, effects))
-    })
-    .await
+    app.scheduler
+        .transact(async |tx| {
+            let event = Event::pull_request(Kind::Deploy, request, actor, None);
+            let (recorded, mut effects) = app.scheduler.apply_event(tx, &event).await?;
+            let demo_id = recorded.demo.map(|d| d.id).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no demo")))?;
+            sqlx::query("update demos set notify = $2 where id = $1")
+                .bind(demo_id)
+                .bind(notify)
+                .execute(&mut **tx)
+                .await?;
+            let demo = demos::get_for_update(&mut **tx, demo_id).await?;
+            // Started by an admin: approved by them.
+            if demo.state == "awaiting_approval" {
+                effects = effects.merge(app.scheduler.approve(tx, demo_id, actor).await?);
+            } else {
+                demos::set_approval(&mut **tx, demo_id, &demo.sha, actor).await?;
+            }
+            Ok((demos::get_for_update(&mut **tx, demo_id).await?, effects))
+        })
+        .await
 }
 
 /// Deliver a recorded webhook's event again, as the new delivery `<id>.redelivery-<n>` in
 /// the name of `actor`; returns its id and outcome. Judged by the event's own time, like any
 /// event: stale if the demo has applied a newer one since.
 pub async fn redeliver(app: &AppState, delivery_id: &str, actor: &str) -> Result<(String, String), ApiError> {
-    app.transact(async |tx| {
-        let stored: Option<Option<sqlx::types::Json<Event>>> =
-            sqlx::query_scalar("select item from webhook_deliveries where delivery_id = $1")
-                .bind(delivery_id)
-                .fetch_optional(&mut **tx)
-                .await?;
-        let Some(stored) = stored else {
-            return Err(ApiError::NotFound(format!("no delivery {delivery_id}")));
-        };
-        let Some(sqlx::types::Json(mut event)) = stored else {
-            return Err(ApiError::Conflict(format!(
+    app.scheduler
+        .transact(async |tx| {
+            let stored: Option<Option<sqlx::types::Json<Event>>> =
+                sqlx::query_scalar("select item from webhook_deliveries where delivery_id = $1")
+                    .bind(delivery_id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            let Some(stored) = stored else {
+                return Err(ApiError::NotFound(format!("no delivery {delivery_id}")));
+            };
+            let Some(sqlx::types::Json(mut event)) = stored else {
+                return Err(ApiError::Conflict(format!(
                 "delivery {delivery_id} asked for no work (it was only recorded): there is nothing to deliver again"
             )));
-        };
-        let earlier: i64 = sqlx::query_scalar(
-            "select count(*) from webhook_deliveries where starts_with(delivery_id, $1 || '.redelivery-')",
-        )
-        .bind(delivery_id)
-        .fetch_one(&mut **tx)
-        .await?;
-        let again = format!("{delivery_id}.redelivery-{}", earlier + 1);
-        event.delivery = Some(again.clone());
-        event.actor = actor.to_string();
-        let (recorded, effects) = orchestrate::apply(tx, app, &event).await?;
-        Ok(((again, recorded.outcome), effects))
-    })
-    .await
+            };
+            let earlier: i64 = sqlx::query_scalar(
+                "select count(*) from webhook_deliveries where starts_with(delivery_id, $1 || '.redelivery-')",
+            )
+            .bind(delivery_id)
+            .fetch_one(&mut **tx)
+            .await?;
+            let again = format!("{delivery_id}.redelivery-{}", earlier + 1);
+            event.delivery = Some(again.clone());
+            event.actor = actor.to_string();
+            let (recorded, effects) = app.scheduler.apply_event(tx, &event).await?;
+            Ok(((again, recorded.outcome), effects))
+        })
+        .await
 }
 
 fn no_demo(id: Uuid) -> ApiError {

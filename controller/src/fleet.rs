@@ -2,6 +2,7 @@
 //! waiting demos and refreshes the route table.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -12,15 +13,23 @@ use uuid::Uuid;
 use demofleet_common::topology;
 use demofleet_common::wire::{Heartbeat, WIRE_VERSION};
 
+use crate::config::Config;
 use crate::db::demos::{self, DeployRequest};
+use crate::db::events::{Event, Kind};
 use crate::db::{chains, hosts, settings};
-use crate::intake::{Event, Kind};
-use crate::scheduler::orchestrate;
-use crate::state::AppState;
+use crate::scheduler::Scheduler;
 use crate::traefik;
 
+/// What keeping up with the fleet needs.
+#[derive(Clone)]
+pub struct Fleet {
+    /// Starts and advances chains; its pool is the state of record.
+    pub scheduler: Scheduler,
+    pub config: Arc<Config>,
+}
+
 /// Record every heartbeat until `stop`.
-pub async fn run_heartbeats(app: AppState, mut subscriber: async_nats::Subscriber, stop: CancellationToken) {
+pub async fn run_heartbeats(app: Fleet, mut subscriber: async_nats::Subscriber, stop: CancellationToken) {
     loop {
         let message = tokio::select! {
             _ = stop.cancelled() => return,
@@ -43,10 +52,10 @@ pub async fn run_heartbeats(app: AppState, mut subscriber: async_nats::Subscribe
             tracing::warn!(subject = %message.subject, host = %beat.host_id, "heartbeat of another version or subject dropped");
             continue;
         }
-        if let Err(err) = hosts::record_heartbeat(&app.db, &beat).await {
+        if let Err(err) = hosts::record_heartbeat(&app.scheduler.db, &beat).await {
             tracing::warn!(host = %beat.host_id, error = %err, "recording a heartbeat failed");
         }
-        app.timings.heartbeat.observe(began.elapsed());
+        app.scheduler.timings.heartbeat.observe(began.elapsed());
     }
 }
 
@@ -54,10 +63,10 @@ pub async fn run_heartbeats(app: AppState, mut subscriber: async_nats::Subscribe
 /// reconcile hosts' inventories, move demos off drained and silent hosts, give waiting
 /// chains a host if one is free now, stop expired demos, put idle ones to sleep and write
 /// Traefik's file.
-pub async fn run_tick(app: AppState, stop: CancellationToken) {
+pub async fn run_tick(app: Fleet, stop: CancellationToken) {
     let mut interval = tokio::time::interval(app.config.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut lease = crate::lease::Lease::new(app.db.clone());
+    let mut lease = crate::lease::Lease::new(app.scheduler.db.clone());
     let mut reconciler = crate::reconcile::Reconciler::default();
     let started = Instant::now();
     loop {
@@ -65,7 +74,7 @@ pub async fn run_tick(app: AppState, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = interval.tick() => {}
         }
-        if let Err(err) = app.routes.reload(&app.db).await {
+        if let Err(err) = app.scheduler.routes.reload(&app.scheduler.db).await {
             tracing::warn!(error = %err, "route table reload failed");
         }
         if !lease.hold().await {
@@ -73,7 +82,7 @@ pub async fn run_tick(app: AppState, stop: CancellationToken) {
             reconciler = crate::reconcile::Reconciler::default();
             continue;
         }
-        if let Err(err) = reconciler.run(&app).await {
+        if let Err(err) = reconciler.run(&app.scheduler, &app.config).await {
             tracing::warn!(error = %err, "reconciling hosts' inventories failed");
         }
         // Hosts look down until their first heartbeat reaches a controller just started.
@@ -84,7 +93,7 @@ pub async fn run_tick(app: AppState, stop: CancellationToken) {
         if let Err(err) = place_waiting(&app).await {
             tracing::warn!(error = %err, "placing waiting demos failed");
         }
-        if let Err(err) = hosts::fold_load(&app.db).await {
+        if let Err(err) = hosts::fold_load(&app.scheduler.db).await {
             tracing::warn!(error = %err, "folding hosts' numbers of demos failed");
         }
         if let Err(err) = stop_expired(&app).await {
@@ -102,31 +111,33 @@ pub async fn run_tick(app: AppState, stop: CancellationToken) {
 }
 
 /// Tear down demos whose repository's TTL ran out since their last push.
-async fn stop_expired(app: &AppState) -> sqlx::Result<()> {
-    for id in settings::expired(&app.db).await? {
-        let mut tx = app.db.begin().await?;
+async fn stop_expired(app: &Fleet) -> sqlx::Result<()> {
+    let scheduler = &app.scheduler;
+    for id in settings::expired(&scheduler.db).await? {
+        let mut tx = scheduler.db.begin().await?;
         let Some(demo) = demos::get_for_update_opt(&mut *tx, id).await? else { continue };
         if demo.desired != "running" {
             continue;
         }
         tracing::info!(demo = %demo.name, "TTL since the last push ran out; stopping");
         let event = Event::pull_request(Kind::Teardown, DeployRequest::of(&demo), "ttl", None);
-        let (_, effects) = orchestrate::apply(&mut tx, app, &event).await?;
+        let (_, effects) = scheduler.apply_event(&mut tx, &event).await?;
         tx.commit().await?;
-        app.apply(effects).await;
+        scheduler.apply(effects).await;
     }
     Ok(())
 }
 
 /// Note the requests the edge passed since the last tick, then put the demos that had none
 /// for their idle time to sleep.
-async fn sleep_idle(app: &AppState) -> sqlx::Result<()> {
-    let visits = app.routes.take_requests();
+async fn sleep_idle(app: &Fleet) -> sqlx::Result<()> {
+    let scheduler = &app.scheduler;
+    let visits = scheduler.routes.take_requests();
     if !visits.is_empty() {
-        demos::record_requests(&app.db, &visits).await?;
+        demos::record_requests(&scheduler.db, &visits).await?;
     }
-    for id in demos::idle(&app.db, app.config.idle_sleep_seconds()).await? {
-        app.transact(async |tx| Ok::<_, sqlx::Error>(((), orchestrate::sleep(tx, app, id).await?))).await?;
+    for id in demos::idle(&scheduler.db, app.config.idle_sleep_seconds()).await? {
+        scheduler.transact(async |tx| Ok::<_, sqlx::Error>(((), scheduler.sleep(tx, id).await?))).await?;
     }
     Ok(())
 }
@@ -136,7 +147,7 @@ async fn sleep_idle(app: &AppState) -> sqlx::Result<()> {
 const WAKE_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// Wake the sleeping demos that requests at the edge asked for, until `stop`.
-pub async fn run_wakes(app: AppState, mut asked: mpsc::UnboundedReceiver<Uuid>, stop: CancellationToken) {
+pub async fn run_wakes(scheduler: Scheduler, mut asked: mpsc::UnboundedReceiver<Uuid>, stop: CancellationToken) {
     let mut recent: HashMap<Uuid, Instant> = HashMap::new();
     loop {
         let demo = tokio::select! {
@@ -152,15 +163,15 @@ pub async fn run_wakes(app: AppState, mut asked: mpsc::UnboundedReceiver<Uuid>, 
             continue;
         }
         recent.insert(demo, now);
-        let woken = app.transact(async |tx| Ok::<_, sqlx::Error>(((), orchestrate::wake(tx, &app, demo).await?))).await;
+        let woken = scheduler.transact(async |tx| Ok::<_, sqlx::Error>(((), scheduler.wake(tx, demo).await?))).await;
         if let Err(err) = woken {
             tracing::warn!(%demo, error = %err, "waking a demo failed; the next request asks again");
         }
     }
 }
 
-async fn write_traefik_file(app: &AppState, path: &std::path::Path) -> anyhow::Result<()> {
-    let config = traefik::current(app).await?;
+async fn write_traefik_file(app: &Fleet, path: &std::path::Path) -> anyhow::Result<()> {
+    let config = traefik::current(&app.scheduler.db, &app.config, &app.scheduler.rules.urls).await?;
     if traefik::write_if_changed(path, &config).await? {
         tracing::info!(file = %path.display(), "Traefik configuration written");
     }
@@ -173,7 +184,7 @@ async fn write_traefik_file(app: &AppState, path: &std::path::Path) -> anyhow::R
 /// chain is stuck there. The old container serves until the new one answers, and is then
 /// an orphan that reconcile removes, at once or when its host is heard from again. With no
 /// other live host to go to, demos stay where they are.
-async fn move_off(app: &AppState, trust_silence: bool) -> sqlx::Result<()> {
+async fn move_off(app: &Fleet, trust_silence: bool) -> sqlx::Result<()> {
     let moving: Vec<(Uuid, bool)> = sqlx::query_as(
         "select d.id, h.last_seen < now() - make_interval(secs => $1) as silent
          from demos d join hosts h on h.id = d.host_id
@@ -189,7 +200,7 @@ async fn move_off(app: &AppState, trust_silence: bool) -> sqlx::Result<()> {
     )
     .bind(app.config.host_timeout.as_secs_f64())
     .bind(trust_silence)
-    .fetch_all(&app.db)
+    .fetch_all(&app.scheduler.db)
     .await?;
     for (id, silent) in moving {
         let (actor, why) = if silent {
@@ -197,14 +208,15 @@ async fn move_off(app: &AppState, trust_silence: bool) -> sqlx::Result<()> {
         } else {
             ("drain", "the demo's host drains; launching the demo elsewhere")
         };
-        crate::reconcile::launch_again(app, id, &["running", "starting", "sleeping"], actor, why).await?;
+        crate::reconcile::launch_again(&app.scheduler, id, &["running", "starting", "sleeping"], actor, why).await?;
     }
     Ok(())
 }
 
-async fn place_waiting(app: &AppState) -> sqlx::Result<()> {
-    for chain in chains::waiting(&app.db, 100).await? {
-        app.transact(async |tx| Ok::<_, sqlx::Error>(((), orchestrate::advance(tx, app, chain).await?))).await?;
+async fn place_waiting(app: &Fleet) -> sqlx::Result<()> {
+    let scheduler = &app.scheduler;
+    for chain in chains::waiting(&scheduler.db, 100).await? {
+        scheduler.transact(async |tx| Ok::<_, sqlx::Error>(((), scheduler.advance(tx, chain).await?))).await?;
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //!
 //! Each webhook handler verifies and parses its delivery, then hands the event to the
 //! [`Intake`] writer and waits. The writer takes every event waiting at that moment and
-//! records them with one call of the `demofleet_intake` function (migration 0003): one
+//! records them with one call of [`crate::db::events::record`] (migration 0003): one
 //! round trip and one commit for the whole batch. The handler answers 202 once that commit
 //! is done, so a 202 still means durable. New chains are created `waiting`; the
 //! [`Starter`] then advances them outside the request, newest generation of each demo
@@ -13,128 +13,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-use sqlx::{PgExecutor, PgPool};
-use time::OffsetDateTime;
+use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::db::demos::DeployRequest;
-use crate::scheduler::orchestrate;
-use crate::state::AppState;
+use crate::db::events::{record, Event, Recorded};
+use crate::scheduler::Scheduler;
 
 /// At most this many events share one commit.
 const MAX_BATCH: usize = 128;
 /// Writers recording batches side by side.
 pub const WRITERS: usize = 2;
-
-/// What an event asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// Run the pull request's head commit, as a new generation.
-    Deploy,
-    /// Stop the demo, as a new generation.
-    Teardown,
-    /// Converted to draft: stop if the repository's draft policy says so.
-    Draft,
-    /// Only record the delivery, with the outcome given.
-    Record,
-}
-
-/// One event to record, as the `demofleet_intake` function reads it (and stores it, for
-/// deliveries that asked for work).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Event {
-    pub kind: Kind,
-    /// `X-GitHub-Delivery`, or none for events of our own (a TTL running out).
-    pub delivery: Option<String>,
-    pub event: Option<String>,
-    pub action: Option<String>,
-    /// For [`Kind::Record`]: the outcome and its detail.
-    pub outcome: Option<String>,
-    pub detail: Option<String>,
-    #[serde(flatten)]
-    pub pull_request: Option<DeployRequest>,
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    pub event_at: Option<OffsetDateTime>,
-    /// Who asked, for the audit trail.
-    pub actor: String,
-}
-
-impl Event {
-    /// A delivery that starts no work.
-    pub fn record(delivery: &str, event: &str, action: Option<&str>, outcome: &str, detail: Option<&str>) -> Event {
-        Event {
-            kind: Kind::Record,
-            delivery: Some(delivery.into()),
-            event: Some(event.into()),
-            action: action.map(Into::into),
-            outcome: Some(outcome.into()),
-            detail: detail.map(Into::into),
-            pull_request: None,
-            event_at: None,
-            actor: String::new(),
-        }
-    }
-
-    /// An event about a pull request.
-    pub fn pull_request(kind: Kind, request: DeployRequest, actor: &str, event_at: Option<OffsetDateTime>) -> Event {
-        Event {
-            kind,
-            delivery: None,
-            event: None,
-            action: None,
-            outcome: None,
-            detail: None,
-            pull_request: Some(request),
-            event_at,
-            actor: actor.into(),
-        }
-    }
-
-    /// The same event, arriving as webhook delivery `id`.
-    pub fn delivered(self, id: &str, event: &str, action: &str) -> Event {
-        Event { delivery: Some(id.into()), event: Some(event.into()), action: Some(action.into()), ..self }
-    }
-
-    /// Two events that must not share a batch: one pull request's events are applied one
-    /// at a time, as are redeliveries of one delivery.
-    fn keys(&self) -> [Option<String>; 2] {
-        let pr = self.pull_request.as_ref().map(|r| format!("pr\0{}\0{}\0{}", r.owner, r.repo, r.pr));
-        [pr, self.delivery.as_ref().map(|d| format!("delivery\0{d}"))]
-    }
-}
-
-/// A demo an event changed.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DemoRef {
-    pub id: Uuid,
-    pub name: String,
-    pub generation: i64,
-}
-
-/// What became of an event.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Recorded {
-    /// `deploy_queued`, `teardown_queued`, `stale`, `ignored`, `duplicate`, or a
-    /// [`Kind::Record`] event's own.
-    pub outcome: String,
-    pub detail: Option<String>,
-    pub demo: Option<DemoRef>,
-    /// The chain it created, waiting to be started.
-    pub chain: Option<Uuid>,
-}
-
-/// Record `events` in order, in the caller's transaction (or as one of their own).
-/// The outer error is the call's (nothing was recorded); an inner one, an answer that
-/// did not read (its event was recorded).
-pub async fn record(db: impl PgExecutor<'_>, events: &[Event]) -> sqlx::Result<Vec<sqlx::Result<Recorded>>> {
-    let answers: sqlx::types::Json<Vec<serde_json::Value>> =
-        sqlx::query_scalar("select demofleet_intake($1)").bind(sqlx::types::Json(events)).fetch_one(db).await?;
-    Ok(answers.0.into_iter().map(|a| serde_json::from_value(a).map_err(|e| sqlx::Error::Decode(e.into()))).collect())
-}
 
 struct Pending {
     event: Event,
@@ -284,7 +174,7 @@ pub struct Starter {
 }
 
 impl Starter {
-    pub async fn run(mut self, app: AppState, stop: CancellationToken) {
+    pub async fn run(mut self, scheduler: Scheduler, stop: CancellationToken) {
         let mut newest: Vec<(Uuid, Uuid)> = Vec::new();
         loop {
             let first = tokio::select! {
@@ -303,7 +193,7 @@ impl Starter {
                 }
             }
             for (_, chain) in &newest {
-                if let Err(err) = orchestrate::start(&app, *chain).await {
+                if let Err(err) = scheduler.start(*chain).await {
                     tracing::warn!(%chain, error = %err, "starting a chain failed; the tick retries");
                 }
             }

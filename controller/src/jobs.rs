@@ -6,81 +6,31 @@
 //! through the same TTL queues as steps, and after the last delay kept in the dead-letter
 //! queue. They never touch the demo's chain: a failing notification never restarts a demo.
 
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+use std::sync::Arc;
 
 use demofleet_common::topology;
 use demofleet_common::wire::{
     Step, StepMessage, StepOutcome, StepOutput, StepResult, KIND_DEAD, KIND_RESULT, KIND_STEP, WIRE_VERSION,
 };
 
-use crate::db::outbox::{self, Outgoing};
+use crate::db::outbox::{self, ApproveJob, NotifyJob, Outgoing, KIND_APPROVE, KIND_NOTIFY};
 use crate::db::{audit, chains, demos};
-use crate::github::feedback;
-use crate::scheduler::authorize;
-use crate::scheduler::orchestrate::{self, ActionError};
-use crate::state::AppState;
+use crate::github::{feedback, GitHub};
+use crate::scheduler::orchestrate::ActionError;
+use crate::scheduler::{Effects, Scheduler};
 
-/// AMQP `type` of a [`NotifyJob`].
-pub const KIND_NOTIFY: &str = "notify";
-/// AMQP `type` of an [`ApproveJob`].
-pub const KIND_APPROVE: &str = "approve";
-
-/// Bring GitHub up to date with a demo's state.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct NotifyJob {
-    pub version: u32,
-    pub demo_id: Uuid,
-    #[serde(default = "first")]
-    pub attempt: u32,
-}
-
-/// Someone commented `/demo approve` on a pull request.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ApproveJob {
-    pub version: u32,
-    pub owner: String,
-    pub repo: String,
-    pub pr: i64,
-    pub commenter: String,
-    #[serde(default = "first")]
-    pub attempt: u32,
-}
-
-fn first() -> u32 {
-    1
-}
-
-/// The outbox message that notifies GitHub about `demo_id`.
-pub fn notify(demo_id: Uuid) -> Outgoing {
-    to_controller(KIND_NOTIFY, &NotifyJob { version: WIRE_VERSION, demo_id, attempt: 1 })
-}
-
-/// The outbox message that checks and applies a comment approval.
-pub fn approve_by_comment(owner: &str, repo: &str, pr: i64, commenter: &str) -> Outgoing {
-    let job = ApproveJob {
-        version: WIRE_VERSION,
-        owner: owner.into(),
-        repo: repo.into(),
-        pr,
-        commenter: commenter.into(),
-        attempt: 1,
-    };
-    to_controller(KIND_APPROVE, &job)
-}
-
-fn to_controller(kind: &'static str, job: &impl Serialize) -> Outgoing {
-    Outgoing {
-        exchange: topology::EXCHANGE.into(),
-        routing_key: topology::CONTROLLER_QUEUE.into(),
-        kind,
-        payload: serde_json::to_value(job).expect("jobs serialize"),
-    }
+/// What the controller's own work needs.
+#[derive(Clone)]
+pub struct Jobs {
+    /// Records results and moves chains on.
+    pub scheduler: Scheduler,
+    /// The GitHub API, when credentials are configured.
+    pub github: Option<Arc<GitHub>>,
 }
 
 /// Handle one message of the controller queue. An error means "not done, deliver again"
 /// (the database was unreachable, say); everything else is settled here.
-pub async fn handle(app: &AppState, kind: &str, data: &[u8]) -> anyhow::Result<()> {
+pub async fn handle(app: &Jobs, kind: &str, data: &[u8]) -> anyhow::Result<()> {
     match kind {
         KIND_RESULT => {
             let Some(result) = parse::<StepResult>(kind, data, |r| r.version) else { return Ok(()) };
@@ -88,7 +38,7 @@ pub async fn handle(app: &AppState, kind: &str, data: &[u8]) -> anyhow::Result<(
         }
         KIND_STEP => {
             let Some(message) = parse::<StepMessage>(kind, data, |m| m.version) else { return Ok(()) };
-            if !chains::is_current(&app.db, message.chain_id, message.demo.generation).await? {
+            if !chains::is_current(&app.scheduler.db, message.chain_id, message.demo.generation).await? {
                 tracing::debug!(chain = %message.chain_id, "step of a superseded chain dropped");
                 return Ok(());
             }
@@ -100,7 +50,7 @@ pub async fn handle(app: &AppState, kind: &str, data: &[u8]) -> anyhow::Result<(
         KIND_NOTIFY => {
             let Some(job) = parse::<NotifyJob>(kind, data, |j| j.version) else { return Ok(()) };
             let Some(github) = &app.github else { return Ok(()) };
-            match feedback::sync(app, github, job.demo_id).await {
+            match feedback::sync(&app.scheduler.db, &app.scheduler.rules.urls, github, job.demo_id).await {
                 Ok(()) => Ok(()),
                 Err(err) => {
                     tracing::warn!(demo = %job.demo_id, attempt = job.attempt, error = format!("{err:#}"), "notifying GitHub failed");
@@ -144,16 +94,14 @@ fn parse<T: serde::de::DeserializeOwned>(kind: &str, data: &[u8], version: impl 
     }
 }
 
-async fn record(app: &AppState, result: &StepResult) -> anyhow::Result<()> {
-    let mut tx = app.db.begin().await?;
-    let effects = orchestrate::record_result(&mut tx, app, result).await?;
-    tx.commit().await?;
-    app.apply(effects).await;
+async fn record(app: &Jobs, result: &StepResult) -> anyhow::Result<()> {
+    let scheduler = &app.scheduler;
+    scheduler.transact(async |tx| Ok::<_, sqlx::Error>(((), scheduler.record_result(tx, result).await?))).await?;
     Ok(())
 }
 
 /// Controller steps that are queued rather than run inline.
-async fn run_step(app: &AppState, message: &StepMessage) -> anyhow::Result<StepOutcome> {
+async fn run_step(app: &Jobs, message: &StepMessage) -> anyhow::Result<StepOutcome> {
     match message.step {
         Step::Authorize => authorize(app, message).await,
         other => {
@@ -164,13 +112,13 @@ async fn run_step(app: &AppState, message: &StepMessage) -> anyhow::Result<StepO
 
 /// May the PR's author start a demo? What needs no GitHub call was decided when the step
 /// was reached; this asks GitHub and remembers the answer for a while.
-async fn authorize(app: &AppState, message: &StepMessage) -> anyhow::Result<StepOutcome> {
+async fn authorize(app: &Jobs, message: &StepMessage) -> anyhow::Result<StepOutcome> {
     let spec = &message.demo;
     let allowed = |yes: bool| StepOutcome::Succeeded(StepOutput { awaiting_approval: !yes, ..StepOutput::default() });
-    let Some(demo) = demos::get(&app.db, spec.id).await? else {
+    let Some(demo) = demos::get(&app.scheduler.db, spec.id).await? else {
         return Ok(StepOutcome::Failed { error: "the demo is gone".into(), retryable: false });
     };
-    if let Some(decided) = authorize::decide_locally(app, &demo) {
+    if let Some(decided) = app.scheduler.decide_locally(&demo) {
         return Ok(allowed(decided));
     }
     let Some(github) = &app.github else {
@@ -178,7 +126,7 @@ async fn authorize(app: &AppState, message: &StepMessage) -> anyhow::Result<Step
     };
     Ok(match github.permission(&spec.owner, &spec.repo, &spec.github_user).await {
         Ok(permission) => {
-            app.permissions.put(&spec.owner, &spec.repo, &spec.github_user, permission.can_write());
+            app.scheduler.permissions.put(&spec.owner, &spec.repo, &spec.github_user, permission.can_write());
             allowed(permission.can_write())
         }
         Err(err) => StepOutcome::Failed { error: format!("checking the author's permission: {err}"), retryable: true },
@@ -186,13 +134,13 @@ async fn authorize(app: &AppState, message: &StepMessage) -> anyhow::Result<Step
 }
 
 /// Approve the PR's demo if the commenter may write to the repository.
-async fn approve_by_comment_now(app: &AppState, job: &ApproveJob) -> anyhow::Result<()> {
+async fn approve_by_comment_now(app: &Jobs, job: &ApproveJob) -> anyhow::Result<()> {
     let allowed = match &app.github {
         Some(github) => github.permission(&job.owner, &job.repo, &job.commenter).await?.can_write(),
         None => false,
     };
     let actor = format!("github:{}", job.commenter);
-    let mut tx = app.db.begin().await?;
+    let mut tx = app.scheduler.db.begin().await?;
     let demo = demos::find_for_update(&mut *tx, &job.owner, &job.repo, job.pr).await?;
     let Some(demo) = demo else { return Ok(()) };
     if !allowed {
@@ -201,10 +149,10 @@ async fn approve_by_comment_now(app: &AppState, job: &ApproveJob) -> anyhow::Res
         tx.commit().await?;
         return Ok(());
     }
-    match orchestrate::approve(&mut tx, app, demo.id, &actor).await {
+    match app.scheduler.approve(&mut tx, demo.id, &actor).await {
         Ok(effects) => {
             tx.commit().await?;
-            app.apply(effects).await;
+            app.scheduler.apply(effects).await;
             Ok(())
         }
         Err(ActionError::Database(err)) => Err(err.into()),
@@ -217,10 +165,10 @@ async fn approve_by_comment_now(app: &AppState, job: &ApproveJob) -> anyhow::Res
 
 /// Send a failed job around again through a retry queue, or to the dead-letter queue
 /// when its attempts are used up.
-async fn retry_later(app: &AppState, kind: &'static str, attempt: u32, data: &[u8], error: &str) -> anyhow::Result<()> {
+async fn retry_later(app: &Jobs, kind: &'static str, attempt: u32, data: &[u8], error: &str) -> anyhow::Result<()> {
     let mut payload: serde_json::Value = serde_json::from_slice(data)?;
     let used = usize::try_from(attempt).unwrap_or(usize::MAX);
-    let outgoing = match app.config.retry_delays.get(used.wrapping_sub(1)) {
+    let outgoing = match app.scheduler.rules.retry_delays.get(used.wrapping_sub(1)) {
         Some(delay) => {
             payload["attempt"] = (attempt + 1).into();
             Outgoing {
@@ -237,7 +185,7 @@ async fn retry_later(app: &AppState, kind: &'static str, attempt: u32, data: &[u
             payload: serde_json::json!({ "version": WIRE_VERSION, "kind": kind, "job": payload, "error": error }),
         },
     };
-    outbox::push(&app.db, &outgoing).await?;
-    app.outbox.notify_one();
+    outbox::push(&app.scheduler.db, &outgoing).await?;
+    app.scheduler.apply(Effects::PUBLISHED).await;
     Ok(())
 }

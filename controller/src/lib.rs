@@ -6,8 +6,9 @@
 //! - [`config`]: settings (flags and `DEMOFLEET_*` variables).
 //! - [`webhook`]: `POST /webhook/github`: signatures, payloads, intake.
 //! - [`intake`]: events recorded in batches, one commit each; their chains started.
-//! - [`scheduler`]: placement and chain orchestration.
-//! - [`broker`]: RabbitMQ connection, outbox publisher, result consumer.
+//! - [`scheduler`]: placement and chain orchestration ([`scheduler::Scheduler`]: what starting
+//!   and advancing chains needs, handed to every task that does).
+//! - [`broker`]: RabbitMQ connection, outbox publisher, consumer of the controller's queue.
 //! - [`fleet`]: heartbeats and the periodic tick.
 //! - [`github`]: the GitHub API client and PR feedback.
 //! - [`reconcile`]: hosts' inventories against the state of record: orphans, missing containers.
@@ -18,7 +19,11 @@
 //! - [`db`]: queries, one module per table group.
 //! - [`traefik`]: Traefik's dynamic configuration (HTTP and file providers).
 //! - [`timings`]: latency histograms of placement and heartbeat handling, for `/metrics`.
-//! - [`state`], [`error`]: shared state and the HTTP error type.
+//! - [`urls`]: demo hostnames and URLs.
+//! - [`actions`]: what people do from the dashboard or the API (stop, redeploy, approve…).
+//! - [`auth`], [`dashboard`]: sign-in, sessions, the SSO gate; the admins' pages.
+//! - [`state`], [`error`]: the HTTP handlers' state (wiring: background tasks get only the
+//!   parts they need) and the HTTP error type.
 
 pub mod actions;
 pub mod auth;
@@ -39,6 +44,7 @@ pub mod scheduler;
 pub mod state;
 pub mod timings;
 pub mod traefik;
+pub mod urls;
 pub mod webhook;
 
 use std::future::Future;
@@ -54,7 +60,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use config::Config;
-use state::{AppState, DemoUrls};
+use state::AppState;
+use urls::DemoUrls;
 
 /// The migrations in `migrations/`, applied at start.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -101,41 +108,61 @@ impl Controller {
         };
 
         let github = github_client(&config)?;
-        let permissions = Arc::new(scheduler::authorize::PermissionCache::new(config.permission_cache));
         let (intake, intake_writer, starter) = intake::Intake::new();
         let routes = edge::RouteTable::new(config.idle_sleep_seconds());
         let auth = Arc::new(auth::Auth::new(&config, auth::signing_key(&db, "gate").await?)?);
+        let timings = Arc::new(timings::Timings::default());
+        let scheduler = scheduler::Scheduler {
+            db: db.clone(),
+            routes: routes.clone(),
+            outbox: Arc::new(Notify::new()),
+            rules: Arc::new(scheduler::Rules::new(&config, urls.clone(), github.is_some())),
+            permissions: Arc::new(scheduler::authorize::PermissionCache::new(config.permission_cache)),
+            timings: timings.clone(),
+        };
+        let config = Arc::new(config);
+        let broker = Arc::new(broker);
+        let urls = Arc::new(urls);
+        routes.reload(&db).await?;
+
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        for _ in 0..intake::WRITERS {
+            tasks.spawn(intake_writer.clone().run(db.clone(), stop.clone()));
+        }
+        tasks.spawn(starter.run(scheduler.clone(), stop.clone()));
+        let publisher = broker::publisher::Publisher {
+            broker: broker.clone(),
+            db: db.clone(),
+            outbox: scheduler.outbox.clone(),
+            config: config.clone(),
+        };
+        tasks.spawn(broker::publisher::run(publisher, stop.clone()));
+        let jobs = jobs::Jobs { scheduler: scheduler.clone(), github: github.clone() };
+        let consumer =
+            broker::consumer::Consumer { broker: broker.clone(), queue_type: config.messaging.queue_type(), jobs };
+        tasks.spawn(broker::consumer::run(consumer, stop.clone()));
+        let fleet = fleet::Fleet { scheduler: scheduler.clone(), config: config.clone() };
+        tasks.spawn(fleet::run_heartbeats(fleet.clone(), heartbeats, stop.clone()));
+        tasks.spawn(fleet::run_tick(fleet, stop.clone()));
+        let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
+        tasks.spawn(fleet::run_wakes(scheduler.clone(), wake_rx, stop.clone()));
+        let edge = Arc::new(edge::proxy::Edge::new(routes.clone(), urls.clone(), auth.clone(), wake_tx));
+        tasks.spawn(edge.serve(edge_listener, stop.clone()));
         let state = AppState {
-            config: Arc::new(config),
+            config,
             db,
-            broker: Arc::new(broker),
+            broker,
             nats,
             routes,
             auth,
-            outbox: Arc::new(Notify::new()),
-            urls: Arc::new(urls),
+            urls,
             github,
-            permissions,
             intake,
-            timings: Arc::default(),
-            stopping: CancellationToken::new(),
+            timings,
+            scheduler,
+            stopping: stop.clone(),
         };
-        state.routes.reload(&state.db).await?;
-
-        let stop = state.stopping.clone();
-        let tasks = TaskTracker::new();
-        for _ in 0..intake::WRITERS {
-            tasks.spawn(intake_writer.clone().run(state.db.clone(), stop.clone()));
-        }
-        tasks.spawn(starter.run(state.clone(), stop.clone()));
-        tasks.spawn(broker::run_publisher(state.clone(), stop.clone()));
-        tasks.spawn(broker::run_result_consumer(state.clone(), stop.clone()));
-        tasks.spawn(fleet::run_heartbeats(state.clone(), heartbeats, stop.clone()));
-        tasks.spawn(fleet::run_tick(state.clone(), stop.clone()));
-        let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
-        tasks.spawn(fleet::run_wakes(state.clone(), wake_rx, stop.clone()));
-        let edge = Arc::new(edge::proxy::Edge::new(state.clone(), wake_tx));
-        tasks.spawn(edge.serve(edge_listener, stop.clone()));
         let app = http::router(state.clone());
         let http_stop = stop.clone();
         tasks.spawn(async move {

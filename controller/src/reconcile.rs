@@ -18,11 +18,11 @@ use uuid::Uuid;
 use demofleet_common::topology;
 use demofleet_common::wire::{Cleanup, InventoryItem, WIRE_VERSION};
 
+use crate::config::Config;
 use crate::db::demos::{self, DeployRequest};
+use crate::db::events::{Event, Kind};
 use crate::db::outbox::{self, Outgoing};
-use crate::intake::{Event, Kind};
-use crate::scheduler::orchestrate;
-use crate::state::AppState;
+use crate::scheduler::{Effects, Scheduler};
 
 /// A difference between a host and the state of record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,9 +49,9 @@ struct DemoRow {
 
 impl Reconciler {
     /// Compare, and act on the differences that outlasted the grace period.
-    pub async fn run(&mut self, app: &AppState) -> sqlx::Result<()> {
+    pub async fn run(&mut self, scheduler: &Scheduler, config: &Config) -> sqlx::Result<()> {
         let now = Instant::now();
-        let current = differences(app).await?;
+        let current = differences(&scheduler.db, config).await?;
         self.seen.retain(|difference, _| current.contains(difference));
         for difference in current {
             self.seen.entry(difference).or_insert(now);
@@ -59,7 +59,7 @@ impl Reconciler {
         let due: Vec<Difference> = self
             .seen
             .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= app.config.reconcile_grace)
+            .filter(|(_, since)| now.duration_since(**since) >= config.reconcile_grace)
             .map(|(difference, _)| difference.clone())
             .collect();
         let mut orphans: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -67,24 +67,24 @@ impl Reconciler {
             self.seen.remove(&difference);
             match difference {
                 Difference::Orphan { host, container } => orphans.entry(host).or_default().push(container),
-                Difference::Missing { demo } => relaunch(app, demo).await?,
+                Difference::Missing { demo } => relaunch(scheduler, demo).await?,
             }
         }
         for (host, containers) in orphans {
             tracing::warn!(%host, ?containers, "removing orphaned demo containers");
             let cleanup = Cleanup { version: WIRE_VERSION, host_id: host.clone(), containers };
-            outbox::push(&app.db, &Outgoing::cleanup(topology::host_queue(&host), &cleanup)).await?;
-            app.outbox.notify_one();
+            outbox::push(&scheduler.db, &Outgoing::cleanup(topology::host_queue(&host), &cleanup)).await?;
+            scheduler.apply(Effects::PUBLISHED).await;
         }
         Ok(())
     }
 }
 
-async fn differences(app: &AppState) -> sqlx::Result<HashSet<Difference>> {
+async fn differences(db: &sqlx::PgPool, config: &Config) -> sqlx::Result<HashSet<Difference>> {
     let hosts: Vec<(String, serde_json::Value)> =
         sqlx::query_as("select id, inventory from hosts where last_seen > now() - make_interval(secs => $1)")
-            .bind(app.config.host_timeout.as_secs_f64())
-            .fetch_all(&app.db)
+            .bind(config.host_timeout.as_secs_f64())
+            .fetch_all(db)
             .await?;
     let mut found = HashSet::new();
     for (host, inventory) in hosts {
@@ -96,7 +96,7 @@ async fn differences(app: &AppState) -> sqlx::Result<HashSet<Difference>> {
         )
         .bind(&ids)
         .bind(&host)
-        .fetch_all(&app.db)
+        .fetch_all(db)
         .await?;
         for item in &items {
             let orphan = match rows.iter().find(|d| d.id == item.demo_id) {
@@ -135,24 +135,36 @@ async fn differences(app: &AppState) -> sqlx::Result<HashSet<Difference>> {
 }
 
 /// Launch a running demo whose container is gone again, as a new generation of its commit.
-async fn relaunch(app: &AppState, id: Uuid) -> sqlx::Result<()> {
-    launch_again(app, id, &["running", "sleeping"], "reconcile", "the demo's container is gone; launching it again")
-        .await
+async fn relaunch(scheduler: &Scheduler, id: Uuid) -> sqlx::Result<()> {
+    launch_again(
+        scheduler,
+        id,
+        &["running", "sleeping"],
+        "reconcile",
+        "the demo's container is gone; launching it again",
+    )
+    .await
 }
 
 /// Deploy demo `id`'s commit again as a new generation, if it should run and is in one of
 /// `states`; placement then keeps it where it is or, when that host drains or is down,
 /// picks another. Audited as `actor`.
-pub async fn launch_again(app: &AppState, id: Uuid, states: &[&str], actor: &str, why: &str) -> sqlx::Result<()> {
-    let mut tx = app.db.begin().await?;
+pub async fn launch_again(
+    scheduler: &Scheduler,
+    id: Uuid,
+    states: &[&str],
+    actor: &str,
+    why: &str,
+) -> sqlx::Result<()> {
+    let mut tx = scheduler.db.begin().await?;
     let Some(demo) = demos::get_for_update_opt(&mut *tx, id).await? else { return Ok(()) };
     if demo.desired != "running" || !states.contains(&demo.state.as_str()) {
         return Ok(());
     }
     tracing::warn!(demo = %demo.name, host = ?demo.host_id, state = %demo.state, "{why}");
     let event = Event::pull_request(Kind::Deploy, DeployRequest::of(&demo), actor, None);
-    let (_, effects) = orchestrate::apply(&mut tx, app, &event).await?;
+    let (_, effects) = scheduler.apply_event(&mut tx, &event).await?;
     tx.commit().await?;
-    app.apply(effects).await;
+    scheduler.apply(effects).await;
     Ok(())
 }

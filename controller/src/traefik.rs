@@ -17,20 +17,21 @@ use serde_json::{json, Map, Value};
 use crate::config::Config;
 use crate::db::demos::{self, Route};
 use crate::error::ApiError;
-use crate::state::{AppState, DemoUrls};
+use crate::state::AppState;
+use crate::urls::DemoUrls;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/traefik/dynamic", get(dynamic))
 }
 
 async fn dynamic(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(current(&app).await?))
+    Ok(Json(current(&app.db, &app.config, &app.urls).await?))
 }
 
 /// The configuration for the demos routed now.
-pub async fn current(app: &AppState) -> sqlx::Result<Value> {
-    let routes = demos::routes(&app.db, app.config.idle_sleep_seconds()).await?;
-    Ok(build(&app.config, &app.urls, &routes))
+pub async fn current(db: &sqlx::PgPool, config: &Config, urls: &DemoUrls) -> sqlx::Result<Value> {
+    let routes = demos::routes(db, config.idle_sleep_seconds()).await?;
+    Ok(build(config, urls, &routes))
 }
 
 /// Dynamic configuration (Traefik v2 and v3 read the same shape) for `routes`.

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod chains;
 pub mod demos;
+pub mod events;
 pub mod hosts;
 pub mod outbox;
 pub mod settings;

@@ -1,12 +1,14 @@
-//! The outbox: broker messages committed with the change that caused them.
+//! The outbox: broker messages committed with the change that caused them, and the
+//! messages the controller sends (steps, retries, clean-ups, dead letters, and its own jobs).
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, PgExecutor};
+use uuid::Uuid;
 
 use demofleet_common::topology;
-use demofleet_common::wire::{Cleanup, DeadStep, StepMessage, KIND_CLEANUP, KIND_DEAD, KIND_STEP};
+use demofleet_common::wire::{Cleanup, DeadStep, StepMessage, KIND_CLEANUP, KIND_DEAD, KIND_STEP, WIRE_VERSION};
 
 /// A message waiting to be published.
 #[derive(Debug, FromRow)]
@@ -48,6 +50,24 @@ impl Outgoing {
         Outgoing { exchange: topology::EXCHANGE.into(), routing_key: queue, kind: KIND_CLEANUP, payload: json(cleanup) }
     }
 
+    /// Tell GitHub about demo `demo_id`'s state (a [`NotifyJob`] for the controller).
+    pub fn notify(demo_id: Uuid) -> Outgoing {
+        to_controller(KIND_NOTIFY, &NotifyJob { version: WIRE_VERSION, demo_id, attempt: 1 })
+    }
+
+    /// Check and apply a `/demo approve` comment (an [`ApproveJob`] for the controller).
+    pub fn approve_by_comment(owner: &str, repo: &str, pr: i64, commenter: &str) -> Outgoing {
+        let job = ApproveJob {
+            version: WIRE_VERSION,
+            owner: owner.into(),
+            repo: repo.into(),
+            pr,
+            commenter: commenter.into(),
+            attempt: 1,
+        };
+        to_controller(KIND_APPROVE, &job)
+    }
+
     /// A step that used up its attempts, for the dead-letter queue.
     pub fn dead(dead: &DeadStep) -> Outgoing {
         Outgoing {
@@ -57,6 +77,45 @@ impl Outgoing {
             payload: json(dead),
         }
     }
+}
+
+fn to_controller(kind: &'static str, job: &impl Serialize) -> Outgoing {
+    Outgoing {
+        exchange: topology::EXCHANGE.into(),
+        routing_key: topology::CONTROLLER_QUEUE.into(),
+        kind,
+        payload: json(job),
+    }
+}
+
+/// AMQP `type` of a [`NotifyJob`].
+pub const KIND_NOTIFY: &str = "notify";
+/// AMQP `type` of an [`ApproveJob`].
+pub const KIND_APPROVE: &str = "approve";
+
+/// Bring GitHub up to date with a demo's state.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NotifyJob {
+    pub version: u32,
+    pub demo_id: Uuid,
+    #[serde(default = "first")]
+    pub attempt: u32,
+}
+
+/// Someone commented `/demo approve` on a pull request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApproveJob {
+    pub version: u32,
+    pub owner: String,
+    pub repo: String,
+    pub pr: i64,
+    pub commenter: String,
+    #[serde(default = "first")]
+    pub attempt: u32,
+}
+
+fn first() -> u32 {
+    1
 }
 
 fn json(value: &impl Serialize) -> serde_json::Value {

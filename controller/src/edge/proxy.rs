@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{pages, RouteTable, Target};
 use crate::auth::{gate, Auth};
-use crate::state::{AppState, DemoUrls};
+use crate::urls::DemoUrls;
 
 /// Every response body the edge sends.
 pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
@@ -53,12 +53,17 @@ pub struct Edge {
 }
 
 impl Edge {
-    pub fn new(app: AppState, wake: tokio::sync::mpsc::UnboundedSender<uuid::Uuid>) -> Edge {
+    pub fn new(
+        routes: RouteTable,
+        urls: Arc<DemoUrls>,
+        auth: Arc<Auth>,
+        wake: tokio::sync::mpsc::UnboundedSender<uuid::Uuid>,
+    ) -> Edge {
         // Small requests and answers go out at once, not after Nagle's delay.
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Edge { routes: app.routes, urls: app.urls, auth: app.auth, client, wake }
+        Edge { routes, urls, auth, client, wake }
     }
 
     /// Accept connections on `listener` until `stop`.

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::GitHub;
 use crate::db::demos::{self, Demo};
-use crate::state::AppState;
+use crate::urls::DemoUrls;
 
 #[derive(Debug, Default, FromRow)]
 struct Feedback {
@@ -18,8 +18,8 @@ struct Feedback {
 }
 
 /// Bring GitHub up to date with the demo's current state.
-pub async fn sync(app: &AppState, github: &GitHub, demo_id: Uuid) -> anyhow::Result<()> {
-    let mut tx = app.db.begin().await?;
+pub async fn sync(db: &sqlx::PgPool, urls: &DemoUrls, github: &GitHub, demo_id: Uuid) -> anyhow::Result<()> {
+    let mut tx = db.begin().await?;
     // The row lock serialises notifications of one demo across controllers.
     sqlx::query("insert into github_feedback (demo_id) values ($1) on conflict do nothing")
         .bind(demo_id)
@@ -40,7 +40,7 @@ pub async fn sync(app: &AppState, github: &GitHub, demo_id: Uuid) -> anyhow::Res
     if feedback.synced.as_deref() == Some(key.as_str()) {
         return Ok(());
     }
-    let url = app.urls.url(&app.urls.hostname(&demo.name));
+    let url = urls.url(&urls.hostname(&demo.name));
     let (owner, repo) = (demo.owner.as_str(), demo.repo.as_str());
     let view = StateView::of(&demo);
 

@@ -1,14 +1,12 @@
 //! Who may start a demo: authors with write, maintain or admin on the repository, or
 //! anyone once someone approved this very commit. Decided inline when no GitHub call is
-//! needed (an approval, no GitHub configured, or a recent answer from GitHub in the cache);
-//! otherwise the `authorize` step is queued and asks GitHub.
+//! needed (an approval, no GitHub configured, or a recent answer from GitHub in the cache:
+//! [`super::Scheduler::decide_locally`]); otherwise the `authorize` step is queued and asks
+//! GitHub. Here: the cache of GitHub's answers.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use crate::db::demos::Demo;
-use crate::state::AppState;
 
 /// `(owner, repo, user)`, lowercased.
 type Key = (String, String, String);
@@ -38,18 +36,6 @@ impl PermissionCache {
         let key = (owner.to_ascii_lowercase(), repo.to_ascii_lowercase(), user.to_ascii_lowercase());
         answers.insert(key, (can_write, Instant::now()));
     }
-}
-
-/// The decision for `demo`'s current commit if it needs no GitHub call.
-pub fn decide_locally(app: &AppState, demo: &Demo) -> Option<bool> {
-    if demo.approved_sha.as_deref() == Some(demo.sha.as_str()) {
-        return Some(true);
-    }
-    if app.github.is_none() {
-        let user = &demo.github_user;
-        return Some(app.config.trusted_authors.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(user)));
-    }
-    app.permissions.get(&demo.owner, &demo.repo, &demo.github_user)
 }
 
 #[cfg(test)]

@@ -3,10 +3,110 @@
 //! Every function here runs inside the caller's transaction and returns [`Effects`] that
 //! the caller applies after commit (wake the outbox publisher, reload routes), so nothing
 //! leaves the process before the state that caused it is durable.
+//!
+//! # Layout
+//! - [`Scheduler`]: what orchestration needs, handed to whoever starts chains or records
+//!   their results: HTTP handlers (through `AppState`), the intake, the broker's consumer,
+//!   the fleet's tick.
+//! - [`orchestrate`]: starting chains, advancing them, recording results.
+//! - [`placement`]: choosing a host.
+//! - [`authorize`]: recent answers about authors' permissions.
 
 pub mod authorize;
 pub mod orchestrate;
 pub mod placement;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::db::Tx;
+use crate::edge::RouteTable;
+use crate::timings::Timings;
+use crate::urls::DemoUrls;
+use authorize::PermissionCache;
+
+/// Orchestration's handles: the state of record, what to tell after a commit, and its rules.
+#[derive(Clone)]
+pub struct Scheduler {
+    /// The state of record.
+    pub db: PgPool,
+    /// Where the edge proxy sends each demo hostname; reloaded after a commit that changed routes.
+    pub routes: RouteTable,
+    /// Woken after a commit that put messages in the outbox.
+    pub outbox: Arc<Notify>,
+    /// The settings orchestration follows.
+    pub rules: Arc<Rules>,
+    /// Recent answers about authors' permissions.
+    pub permissions: Arc<PermissionCache>,
+    /// How long placement takes, for `/metrics`.
+    pub timings: Arc<Timings>,
+}
+
+/// The settings orchestration follows, fixed at start.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// GitHub is configured: pull requests hear of their demos' states, and authors'
+    /// permissions are asked there.
+    pub github: bool,
+    /// Authors whose demos start unapproved when GitHub is not configured (`*`: anyone).
+    pub trusted_authors: Vec<String>,
+    /// The waits before each retry of a failed step; their number is the retries allowed.
+    pub retry_delays: Vec<Duration>,
+    /// How demos are addressed, for what steps are told.
+    pub urls: DemoUrls,
+    /// A host not heard from for this long is down: no demos are placed on it.
+    pub host_timeout: Duration,
+    /// A host with less free disk gets no new demos.
+    pub min_free_disk_bytes: i64,
+}
+
+impl Rules {
+    pub fn new(config: &Config, urls: DemoUrls, github: bool) -> Rules {
+        Rules {
+            github,
+            trusted_authors: config.trusted_authors.clone(),
+            retry_delays: config.retry_delays.clone(),
+            urls,
+            host_timeout: config.host_timeout,
+            min_free_disk_bytes: config.min_free_disk_bytes(),
+        }
+    }
+}
+
+impl Scheduler {
+    /// Run `work` in a transaction of its own, commit, then apply the effects it returns.
+    pub async fn transact<T, E: From<sqlx::Error>>(
+        &self,
+        work: impl for<'t> AsyncFnOnce(&mut Tx<'t>) -> Result<(T, Effects), E>,
+    ) -> Result<T, E> {
+        let mut tx = self.db.begin().await?;
+        let (value, effects) = work(&mut tx).await?;
+        tx.commit().await?;
+        self.apply(effects).await;
+        Ok(value)
+    }
+
+    /// Apply what a committed transaction asked for.
+    pub async fn apply(&self, effects: Effects) {
+        // Routes first: a step queued by the same change (retiring the old container, say)
+        // must find the edge already pointing at the new one.
+        let reloaded = match effects.routes_changed {
+            RouteChange::None => Ok(()),
+            RouteChange::Demo(id) => self.routes.reload_demo(&self.db, id).await,
+            RouteChange::Many => self.routes.reload(&self.db).await,
+        };
+        if let Err(err) = reloaded {
+            tracing::warn!(error = %err, "route table reload failed; the next tick retries");
+        }
+        if effects.published {
+            self.outbox.notify_one();
+        }
+    }
+}
 
 /// What must happen once the transaction commits.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +119,9 @@ pub struct Effects {
 }
 
 impl Effects {
+    /// Messages were put in the outbox, and nothing else.
+    pub const PUBLISHED: Effects = Effects { published: true, routes_changed: RouteChange::None };
+
     pub fn merge(self, other: Effects) -> Effects {
         Effects {
             published: self.published || other.published,

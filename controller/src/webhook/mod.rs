@@ -22,10 +22,10 @@ use event::{Intent, IssueCommentEvent, PullRequestEvent};
 
 use crate::config::Config;
 use crate::db::demos::DeployRequest;
-use crate::db::outbox;
+use crate::db::events::{Event, Kind, Recorded};
+use crate::db::outbox::{self, Outgoing};
 use crate::error::ApiError;
-use crate::intake::{Event, Kind, Recorded};
-use crate::jobs;
+use crate::scheduler::Effects;
 use crate::state::AppState;
 
 pub fn router(config: &Config) -> Router<AppState> {
@@ -83,7 +83,7 @@ async fn pull_request(app: &AppState, delivery: &str, event: PullRequestEvent) -
     names::validate_owner(owner).map_err(ApiError::BadRequest)?;
     names::validate_repo(repo).map_err(ApiError::BadRequest)?;
     let pr = pr_number(event.number)?;
-    let request = deploy_request(app, &event, owner, repo, pr)?;
+    let request = deploy_request(&app.config, &event, owner, repo, pr)?;
 
     let kind = match intent {
         Intent::Deploy => Kind::Deploy,
@@ -149,16 +149,16 @@ async fn issue_comment(app: &AppState, delivery: &str, event: IssueCommentEvent)
     if !insert_delivery(&mut tx, delivery, "issue_comment", Some(&event.action)).await? {
         return Ok(duplicate(delivery));
     }
-    outbox::push(&mut *tx, &jobs::approve_by_comment(owner, repo, pr, &event.comment.user.login)).await?;
+    outbox::push(&mut *tx, &Outgoing::approve_by_comment(owner, repo, pr, &event.comment.user.login)).await?;
     set_outcome(&mut tx, delivery, "approval_requested", None, None).await?;
     tx.commit().await?;
-    app.outbox.notify_one();
+    app.scheduler.apply(Effects::PUBLISHED).await;
     Ok((StatusCode::ACCEPTED, Json(json!({ "delivery": delivery, "outcome": "approval_requested" }))))
 }
 
 /// What a pull request as GitHub's REST API returns it (`GET /repos/{owner}/{repo}/pulls/{n}`)
 /// asks for, checked exactly as a webhook's would be; and whether it is open.
-pub(crate) fn request_of_pull(app: &AppState, pull: &serde_json::Value) -> Result<(DeployRequest, bool), ApiError> {
+pub(crate) fn request_of_pull(config: &Config, pull: &serde_json::Value) -> Result<(DeployRequest, bool), ApiError> {
     let as_event = serde_json::json!({
         "action": "opened", "number": pull["number"], "pull_request": pull, "repository": pull["base"]["repo"],
     });
@@ -167,7 +167,7 @@ pub(crate) fn request_of_pull(app: &AppState, pull: &serde_json::Value) -> Resul
     let (owner, repo) = (&event.repository.owner.login, &event.repository.name);
     names::validate_owner(owner).map_err(ApiError::BadRequest)?;
     names::validate_repo(repo).map_err(ApiError::BadRequest)?;
-    let request = deploy_request(app, &event, owner, repo, pr_number(event.number)?)?;
+    let request = deploy_request(config, &event, owner, repo, pr_number(event.number)?)?;
     Ok((request, pull["state"] == "open"))
 }
 
@@ -179,7 +179,7 @@ fn pr_number(number: u64) -> Result<i64, ApiError> {
 }
 
 fn deploy_request(
-    app: &AppState,
+    config: &Config,
     event: &PullRequestEvent,
     owner: &str,
     repo: &str,
@@ -203,7 +203,7 @@ fn deploy_request(
         pr,
         name,
         sha: head.sha.to_ascii_lowercase(),
-        clone_url: app.config.clone_url(head_owner, head_repo),
+        clone_url: config.clone_url(head_owner, head_repo),
         github_user: event.pull_request.user.login.clone(),
     })
 }
