@@ -61,6 +61,19 @@ fn network_name(spec: &DemoSpec) -> String {
     format!("demofleet-{}", spec.name)
 }
 
+/// The first letters of every demo network's bridge interface. The host's firewall policy
+/// (dist/firewall/demofleet-firewall) matches them: what comes from such a bridge is a
+/// demo's traffic, and what goes into one from outside must come from the edge.
+pub const DEMO_BRIDGE_PREFIX: &str = "dfd";
+
+/// The bridge interface of the demo network `network`: the prefix and a hash of the name,
+/// within Linux's 15 characters.
+pub fn demo_bridge(network: &str) -> String {
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(network.as_bytes()));
+    format!("{DEMO_BRIDGE_PREFIX}{}", &digest[..15 - DEMO_BRIDGE_PREFIX.len()])
+}
+
 /// The generation an image tag of the demo names (see [`image_tag`]).
 fn generation_of_tag(name: &str, tag: &str) -> Option<i64> {
     tag.strip_prefix(&image_repository(name))?.strip_prefix(":g")?.parse().ok()
@@ -220,6 +233,7 @@ pub(crate) async fn ensure_network(docker: &Docker, config: &Config, spec: &Demo
         let request = NetworkCreateRequest {
             name: name.clone(),
             driver: Some("bridge".into()),
+            options: Some(HashMap::from([("com.docker.network.bridge.name".to_string(), demo_bridge(&name))])),
             labels: Some(HashMap::from([
                 (labels::DEMO.to_string(), "true".to_string()),
                 (labels::ID.to_string(), spec.id.to_string()),
@@ -444,6 +458,14 @@ async fn demo_containers(docker: &Docker) -> Result<Vec<bollard::models::Contain
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn demo_bridges_are_named_for_the_firewall() {
+        let bridge = demo_bridge("demofleet-site-o-pr-1");
+        assert!(bridge.starts_with(DEMO_BRIDGE_PREFIX) && bridge.len() == 15, "{bridge}");
+        assert_eq!(bridge, demo_bridge("demofleet-site-o-pr-1"), "stable");
+        assert_ne!(bridge, demo_bridge("demofleet-site-o-pr-2"));
+    }
 
     #[test]
     fn image_tags_name_their_generation() {

@@ -98,7 +98,7 @@ pub struct Fleet {
     pub stack: Stack,
     pub hosts: Vec<FleetHost>,
     /// A NATS server listening on the hosts' links too.
-    _nats: PrivateNats,
+    nats: PrivateNats,
 }
 
 impl Fleet {
@@ -118,7 +118,7 @@ impl Fleet {
             stack.engines.push(host.machine.engine());
             hosts.push(host);
         }
-        let fleet = Fleet { stack, hosts, _nats: nats };
+        let fleet = Fleet { stack, hosts, nats };
         for host in &fleet.hosts {
             let id = host.host_id.clone();
             wait::until(&format!("host {id} heard from"), Duration::from_secs(30), || async {
@@ -128,6 +128,11 @@ impl Fleet {
             .await;
         }
         fleet
+    }
+
+    /// The port of the fleet's NATS server, on every host's link.
+    pub fn nats_port(&self) -> u16 {
+        self.nats.port
     }
 
     pub fn host(&self, id: &str) -> &FleetHost {

@@ -145,6 +145,7 @@ impl TestHost {
         run("ip", &["link", "set", &inner, "netns", &netns]);
         run("ip", &["addr", "add", &format!("{gateway}/30"), "dev", &link]);
         run("ip", &["link", "set", &link, "up"]);
+        route_between_hosts();
         let dir = PathBuf::from(HOSTS_DIR).join(&netns);
         let mut host = TestHost { address, gateway, netns, link, dir, engine: None, pid_namespace: None };
         host.inside(&["ip", "addr", "add", &format!("{}/30", host.address), "dev", &inner]);
@@ -262,6 +263,17 @@ impl Drop for TestHost {
         let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
         let _ = Command::new("ip").args(["link", "del", &self.link]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Let the root namespace route between test hosts, as a network between machines does: the
+/// machine's Docker Engine sets the forward policy to drop, so its `DOCKER-USER` chain gets
+/// one rule accepting traffic from one host's link to another's (`dfr*`), made once.
+fn route_between_hosts() {
+    let rule = ["DOCKER-USER", "-i", "dfr+", "-o", "dfr+", "-j", "ACCEPT"];
+    let present = Command::new("iptables").args(["-w", "10", "-C"]).args(rule).output();
+    if !present.is_ok_and(|o| o.status.success()) {
+        run("iptables", &[&["-w", "10", "-I"][..], &rule[..]].concat());
     }
 }
 

@@ -54,6 +54,21 @@ pub async fn sign_in(stack: &Stack, email: &str) -> String {
     set_cookie(&signed_in, "demofleet_session").0
 }
 
+/// Through the SSO gate of the gated preview at `host` (`name.localhost:<edge port>`) as
+/// `email`: anonymous visit, sign-in at the provider, the ticket traded at the preview.
+/// Returns the preview's gate cookie (`name=value`).
+pub async fn through_gate(stack: &Stack, host: &str, email: &str) -> String {
+    let http = client();
+    let edge = format!("http://{}", stack.edge_addr);
+    let to_login = location(&http.get(format!("{edge}/")).header("host", host).send().await.unwrap());
+    let to_provider = location(&http.get(&to_login).send().await.unwrap());
+    let callback = at_provider(&http, &stack.services.oidc_issuer, &to_provider, email).await;
+    let to_ticket = location(&http.get(&callback).send().await.unwrap());
+    let path = to_ticket.strip_prefix(&format!("http://{host}")).unwrap_or_else(|| panic!("{to_ticket}"));
+    let traded = http.get(format!("{edge}{path}")).header("host", host).send().await.unwrap();
+    set_cookie(&traded, "demofleet_gate").0
+}
+
 /// GET `path` of the controller with `cookie`.
 pub async fn get_with(stack: &Stack, path: &str, cookie: &str) -> Response {
     client().get(stack.url(path)).header(COOKIE, cookie).send().await.unwrap()

@@ -358,6 +358,7 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
         "agent_install_docker": false,
         "agent_manage_service": false,
         "agent_bin_dir": bin,
+        "agent_sbin_dir": bin,
         "agent_config_dir": etc,
         "agent_unit_dir": units,
         "agent_demo_dir": demo_dir,
@@ -371,6 +372,7 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
         "agent_nats_url": services.nats_url,
         "agent_nats_prefix": prefix,
         "agent_extra_env": {"DEMOFLEET_HEARTBEAT_INTERVAL": "500ms"},
+        "agent_firewall_edge": ["10.0.0.5", "10.0.1.0/24"],
     });
     let mut vars = serde_json::Map::new();
     for part in [broker, controller_vars, agent_vars] {
@@ -412,6 +414,19 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
     let unit = std::fs::read_to_string(units.join("demofleet-agent.service")).unwrap();
     assert!(unit.contains(&format!("ReadWritePaths={}", demo_dir.display())), "{unit}");
     assert!(unit.contains("SupplementaryGroups=docker"), "{unit}");
+    // The firewall policy for demo networks: the repository's script, its settings, and a
+    // unit the agent's starts after.
+    let shipped = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/firewall/demofleet-firewall"));
+    assert_eq!(std::fs::read(bin.join("demofleet-firewall")).unwrap(), shipped.unwrap());
+    assert_eq!(mode(&bin.join("demofleet-firewall")), 0o755);
+    let firewall_env = environment_file(&etc.join("firewall.env"));
+    assert_eq!(firewall_env["DEMOFLEET_FIREWALL_EDGE"], "10.0.0.5 10.0.1.0/24");
+    let firewall_unit = std::fs::read_to_string(units.join("demofleet-firewall.service")).unwrap();
+    assert!(
+        firewall_unit.contains(&format!("ExecStart={}/demofleet-firewall apply", bin.display())),
+        "{firewall_unit}"
+    );
+    assert!(unit.contains("After=network-online.target docker.service demofleet-firewall.service"), "{unit}");
 
     // The agent's user may touch the exchange, the controller's queue and its own queue only.
     let response = management.get(&format!("/api/permissions/{vhost}/{agent_user}")).await;

@@ -26,11 +26,12 @@ fn service_settings(text: &str) -> HashMap<String, String> {
     settings
 }
 
-/// `systemd-analyze verify` on the unit, with its program swapped for one that exists here.
-fn verify(name: &str, text: &str, binary: &str) {
+/// `systemd-analyze verify` on the unit, with its program (a path) swapped for one that
+/// exists here.
+fn verify(name: &str, text: &str, program: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(name);
-    std::fs::write(&path, text.replace(&format!("/usr/local/bin/{binary}"), "/bin/true")).unwrap();
+    std::fs::write(&path, text.replace(program, "/bin/true")).unwrap();
     let output = Command::new("systemd-analyze").arg("verify").arg(&path).output().expect("systemd-analyze runs");
     let complaints = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && complaints.trim().is_empty(), "{name}: {complaints}");
@@ -42,7 +43,7 @@ fn the_units_verify_and_run_the_daemons_unprivileged() {
         [("demofleet-agent.service", "demofleet-agent"), ("demofleet-controller.service", "demofleet-controller")]
     {
         let text = unit(name);
-        verify(name, &text, binary);
+        verify(name, &text, &format!("/usr/local/bin/{binary}"));
         let settings = service_settings(&text);
         let setting = |key: &str| settings.get(key).map(String::as_str);
         assert_eq!(setting("ExecStart"), Some(format!("/usr/local/bin/{binary}").as_str()), "{name}");
@@ -56,4 +57,32 @@ fn the_units_verify_and_run_the_daemons_unprivileged() {
     let agent = service_settings(&unit("demofleet-agent.service"));
     assert_eq!(agent["SupplementaryGroups"], "docker", "Docker through its socket's group");
     assert_eq!(agent["ReadWritePaths"], "/srv/demos", "writes only its demo folder");
+    let agent_unit = unit("demofleet-agent.service");
+    for line in [
+        "Wants=network-online.target demofleet-firewall.service",
+        "After=network-online.target docker.service demofleet-firewall.service",
+    ] {
+        assert!(agent_unit.lines().any(|l| l == line), "the agent starts after the firewall policy: {line}");
+    }
+}
+
+/// The firewall policy's unit: applied as root once the Docker Engine runs, again when it
+/// restarts, removed when stopped; the script it runs is the repository's.
+#[test]
+fn the_firewall_unit_applies_the_policy_after_docker() {
+    let name = "demofleet-firewall.service";
+    let text = unit(name);
+    let script = "/usr/local/sbin/demofleet-firewall";
+    verify(name, &text, script);
+    let settings = service_settings(&text);
+    assert_eq!(settings["ExecStart"], format!("{script} apply"));
+    assert_eq!(settings["ExecStop"], format!("{script} remove"));
+    assert_eq!(settings["Type"], "oneshot");
+    assert_eq!(settings["RemainAfterExit"], "yes");
+    for line in ["After=docker.service", "PartOf=docker.service", "WantedBy=multi-user.target docker.service"] {
+        assert!(text.lines().any(|l| l == line), "{name}: {line}");
+    }
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/firewall/demofleet-firewall");
+    let check = Command::new("bash").arg("-n").arg(&shipped).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
 }
