@@ -136,6 +136,16 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_EDGE_LISTEN", default_value = "127.0.0.1:8080")]
     pub edge_listen: SocketAddr,
 
+    /// Connections the edge proxy holds open at once; more wait in the kernel's backlog
+    /// until one closes.
+    #[arg(long, env = "DEMOFLEET_EDGE_MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub edge_max_connections: usize,
+
+    /// How long the edge proxy waits for a request's headers, from the moment a connection
+    /// waits for a request (so an idle kept-alive connection is closed after this too).
+    #[arg(long, env = "DEMOFLEET_EDGE_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub edge_header_timeout: Duration,
+
     /// Largest webhook body accepted, in bytes (GitHub caps payloads at 25 MB).
     #[arg(long, env = "DEMOFLEET_WEBHOOK_MAX_BYTES", default_value_t = 25 * 1024 * 1024)]
     pub webhook_max_bytes: usize,

@@ -147,7 +147,11 @@ impl Controller {
         tasks.spawn(fleet::run_tick(fleet, stop.clone()));
         let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
         tasks.spawn(fleet::run_wakes(scheduler.clone(), wake_rx, stop.clone()));
-        let edge = Arc::new(edge::proxy::Edge::new(routes.clone(), urls.clone(), auth.clone(), wake_tx));
+        let limits = edge::listener::Limits {
+            max_connections: config.edge_max_connections,
+            header_timeout: config.edge_header_timeout,
+        };
+        let edge = Arc::new(edge::proxy::Edge::new(routes.clone(), urls.clone(), auth.clone(), wake_tx, limits));
         tasks.spawn(edge.serve(edge_listener, stop.clone()));
         let state = AppState {
             config,

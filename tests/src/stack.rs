@@ -379,6 +379,11 @@ impl Stack {
         argv
     }
 
+    /// The controller process's id, once it runs as one.
+    pub fn controller_pid(&self) -> Option<u32> {
+        self.controller_process.as_ref()?.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL the controller process.
     pub fn kill_controller(&mut self) {
         self.controller_process.as_mut().expect("a controller process").kill();

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::listener::{self, BoundedListener, Limits};
 use super::{pages, RouteTable, Target};
 use crate::auth::{gate, Auth};
 use crate::urls::DemoUrls;
@@ -50,6 +51,7 @@ pub struct Edge {
     client: Client<HttpConnector, UpstreamBody>,
     /// Sleeping demos that a request asked for.
     wake: tokio::sync::mpsc::UnboundedSender<uuid::Uuid>,
+    limits: Limits,
 }
 
 impl Edge {
@@ -58,39 +60,37 @@ impl Edge {
         urls: Arc<DemoUrls>,
         auth: Arc<Auth>,
         wake: tokio::sync::mpsc::UnboundedSender<uuid::Uuid>,
+        limits: Limits,
     ) -> Edge {
         // Small requests and answers go out at once, not after Nagle's delay.
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Edge { routes, urls, auth, client, wake }
+        // A visitor's connection and the one to its demo: two descriptors each, and some
+        // for everything else.
+        listener::raise_open_files_limit(2 * limits.max_connections as u64 + 1024);
+        Edge { routes, urls, auth, client, wake, limits }
     }
 
-    /// Accept connections on `listener` until `stop`.
+    /// Accept connections on `listener` until `stop`, within the edge's [`Limits`].
     pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        let listener = BoundedListener::new(listener, self.limits.max_connections);
         let connections = TaskTracker::new();
         loop {
             let (stream, peer) = tokio::select! {
                 _ = stop.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "edge accept failed");
-                        continue;
-                    }
-                },
+                accepted = listener.accept() => accepted,
             };
             let _ = stream.set_nodelay(true);
             let edge = self.clone();
+            let limits = self.limits;
             let stop = stop.clone();
             connections.spawn(async move {
                 let service = service_fn(move |req| {
                     let edge = edge.clone();
                     async move { Ok::<_, Infallible>(edge.handle(req, peer).await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
+                let conn = listener::http1(&limits).serve_connection(TokioIo::new(stream), service).with_upgrades();
                 let mut conn = std::pin::pin!(conn);
                 tokio::select! {
                     _ = conn.as_mut() => {}
