@@ -60,15 +60,20 @@ pub enum Step {
 }
 
 impl Step {
-    /// The steps of a deploy chain, in order.
-    pub const DEPLOY: [Step; 7] =
-        [Step::Authorize, Step::Checkout, Step::Build, Step::Launch, Step::Health, Step::Route, Step::Retire];
-    /// The steps of a teardown chain, in order.
-    pub const TEARDOWN: [Step; 2] = [Step::Unroute, Step::Stop];
-    /// The steps of a sleep chain (an idle demo), in order.
-    pub const SLEEP: [Step; 2] = [Step::Unroute, Step::Sleep];
-    /// The steps of a wake chain (a request for a sleeping demo), in order.
-    pub const WAKE: [Step; 3] = [Step::Wake, Step::Health, Step::Route];
+    /// Every step. Which chain runs which, in what order, is the controller's (`chain::steps`).
+    pub const ALL: [Step; 11] = [
+        Step::Authorize,
+        Step::Checkout,
+        Step::Build,
+        Step::Launch,
+        Step::Health,
+        Step::Route,
+        Step::Retire,
+        Step::Unroute,
+        Step::Stop,
+        Step::Sleep,
+        Step::Wake,
+    ];
 
     /// True for steps an agent runs.
     pub fn runs_on_agent(self) -> bool {
@@ -98,7 +103,7 @@ impl Step {
     }
 
     pub fn parse(name: &str) -> Option<Step> {
-        Step::DEPLOY.into_iter().chain(Step::TEARDOWN).chain([Step::Sleep, Step::Wake]).find(|s| s.as_str() == name)
+        Step::ALL.into_iter().find(|s| s.as_str() == name)
     }
 }
 
@@ -265,7 +270,7 @@ mod tests {
 
     #[test]
     fn step_names_round_trip() {
-        for step in Step::DEPLOY.into_iter().chain(Step::TEARDOWN).chain(Step::SLEEP).chain(Step::WAKE) {
+        for step in Step::ALL {
             assert_eq!(Step::parse(step.as_str()), Some(step));
             let json = serde_json::to_string(&step).unwrap();
             assert_eq!(json, format!("\"{}\"", step.as_str()));

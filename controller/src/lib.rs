@@ -28,6 +28,7 @@
 pub mod actions;
 pub mod auth;
 pub mod broker;
+pub mod chain;
 pub mod config;
 pub mod dashboard;
 pub mod db;
@@ -116,7 +117,14 @@ impl Controller {
             db: db.clone(),
             routes: routes.clone(),
             outbox: Arc::new(Notify::new()),
-            rules: Arc::new(scheduler::Rules::new(&config, urls.clone(), github.is_some())),
+            rules: Arc::new(chain::record::Rules {
+                github: github.is_some(),
+                trusted_authors: config.trusted_authors.clone(),
+                retry_delays: config.retry_delays.clone(),
+                urls: urls.clone(),
+            }),
+            host_timeout: config.host_timeout,
+            min_free_disk_bytes: config.min_free_disk_bytes(),
             permissions: Arc::new(scheduler::authorize::PermissionCache::new(config.permission_cache)),
             timings: timings.clone(),
         };

@@ -179,7 +179,7 @@ fn attempts(history: &serde_json::Value) -> Vec<AttemptRow> {
 async fn demo(State(app): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<Uuid>) -> Page {
     page(&who, async |layout| {
         let demo = demos::get(&app.db, id).await?.ok_or_else(|| ApiError::NotFound(format!("no demo {id}")))?;
-        let chains = chains::timeline(&app.db, id).await?;
+        let chains = crate::chain::shown(chains::timeline(&app.db, id).await?);
         let url = app.urls.url(&app.urls.hostname(&demo.name));
         let host = demo.host_id.clone().unwrap_or_else(|| "none".into());
         render(&DemoPage { layout, demo, host, url, chains })

@@ -5,7 +5,7 @@ use sqlx::{FromRow, PgExecutor};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use demofleet_common::wire::{Step, StepOutcome, StepResult};
+use demofleet_common::wire::{StepOutcome, StepResult};
 
 use super::outbox::Outgoing;
 
@@ -41,41 +41,16 @@ pub async fn park(db: impl PgExecutor<'_>, chain_id: Uuid, demo_id: Uuid) -> sql
     Ok(())
 }
 
-/// Every step of a chain, in order: the stored ones (reached) and the rest, pending.
-pub async fn steps(db: impl PgExecutor<'_>, chain: &Chain) -> sqlx::Result<Vec<ChainStep>> {
-    let stored: Vec<ChainStep> = sqlx::query_as(
+/// The steps of a chain stored so far (those reached), in order. [`crate::chain::planned`]
+/// adds the rest.
+pub async fn steps(db: impl PgExecutor<'_>, chain_id: Uuid) -> sqlx::Result<Vec<ChainStep>> {
+    sqlx::query_as(
         "select chain_id, position, name, status, attempts, budget_from from chain_steps
          where chain_id = $1 order by position",
     )
-    .bind(chain.id)
+    .bind(chain_id)
     .fetch_all(db)
-    .await?;
-    Ok(plan(chain.id, &chain.kind)
-        .into_iter()
-        .map(|planned| stored.iter().find(|s| s.position == planned.position).cloned().unwrap_or(planned))
-        .collect())
-}
-
-/// The steps of a chain of `kind`, all pending.
-pub fn plan(chain_id: Uuid, kind: &str) -> Vec<ChainStep> {
-    let steps: &[Step] = match kind {
-        "deploy" => &Step::DEPLOY,
-        "sleep" => &Step::SLEEP,
-        "wake" => &Step::WAKE,
-        _ => &Step::TEARDOWN,
-    };
-    steps
-        .iter()
-        .enumerate()
-        .map(|(i, step)| ChainStep {
-            chain_id,
-            position: i as i32 + 1,
-            name: step.as_str().to_string(),
-            status: "pending".into(),
-            attempts: 0,
-            budget_from: 0,
-        })
-        .collect()
+    .await
 }
 
 /// Mark a step queued and put its message in the outbox (and, when given, set the demo's
@@ -305,7 +280,8 @@ pub struct StepView {
 }
 
 impl StepView {
-    fn pending(step: &ChainStep) -> StepView {
+    /// A step not reached yet.
+    pub fn pending(step: &ChainStep) -> StepView {
         StepView {
             chain_id: step.chain_id,
             position: step.position,
@@ -321,7 +297,8 @@ impl StepView {
     }
 }
 
-/// The demo's chains, newest first, with steps and attempts.
+/// The demo's chains, newest first, with the steps reached and their attempts
+/// ([`crate::chain::shown`] adds the rest).
 pub async fn timeline(db: &sqlx::PgPool, demo_id: Uuid) -> sqlx::Result<Vec<ChainView>> {
     #[derive(FromRow)]
     struct Row {
@@ -357,12 +334,6 @@ pub async fn timeline(db: &sqlx::PgPool, demo_id: Uuid) -> sqlx::Result<Vec<Chai
         .map(|c| {
             let (stored, rest): (Vec<StepView>, Vec<StepView>) = steps.drain(..).partition(|s| s.chain_id == c.id);
             steps = rest;
-            let mine = plan(c.id, &c.kind)
-                .iter()
-                .map(|p| {
-                    stored.iter().find(|s| s.position == p.position).cloned().unwrap_or_else(|| StepView::pending(p))
-                })
-                .collect();
             ChainView {
                 id: c.id,
                 generation: c.generation,
@@ -371,7 +342,7 @@ pub async fn timeline(db: &sqlx::PgPool, demo_id: Uuid) -> sqlx::Result<Vec<Chai
                 error: c.error,
                 created_at: c.created_at,
                 finished_at: c.finished_at,
-                steps: mine,
+                steps: stored,
             }
         })
         .collect())

@@ -108,7 +108,7 @@ pub struct DemoDetail {
 
 async fn demo_detail(State(app): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<DemoDetail>, ApiError> {
     let demo = demos::get(&app.db, id).await?.ok_or_else(|| ApiError::NotFound(format!("no demo {id}")))?;
-    let chains = chains::timeline(&app.db, id).await?;
+    let chains = crate::chain::shown(chains::timeline(&app.db, id).await?);
     Ok(Json(DemoDetail { demo: DemoView::new(&app, demo), chains }))
 }
 

@@ -1,14 +1,16 @@
-//! Placement and chain orchestration: what happens to a demo after an event, step by step.
+//! Carrying out the chains' decisions ([`crate::chain`]): what happens to a demo after an
+//! event, step by step, against the state of record.
 //!
 //! Every function here runs inside the caller's transaction and returns [`Effects`] that
 //! the caller applies after commit (wake the outbox publisher, reload routes), so nothing
 //! leaves the process before the state that caused it is durable.
 //!
 //! # Layout
-//! - [`Scheduler`]: what orchestration needs, handed to whoever starts chains or records
-//!   their results: HTTP handlers (through `AppState`), the intake, the broker's consumer,
-//!   the fleet's tick.
-//! - [`orchestrate`]: starting chains, advancing them, recording results.
+//! - [`Scheduler`]: what carrying decisions out needs, handed to whoever starts chains or
+//!   records their results: HTTP handlers (through `AppState`), the intake, the broker's
+//!   consumer, the fleet's tick.
+//! - [`orchestrate`]: read a demo's record, decide, write: starting chains, advancing them,
+//!   recording results, approvals and retries.
 //! - [`placement`]: choosing a host.
 //! - [`authorize`]: recent answers about authors' permissions.
 
@@ -22,11 +24,10 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use crate::config::Config;
+use crate::chain::record::Rules;
 use crate::db::Tx;
 use crate::edge::RouteTable;
 use crate::timings::Timings;
-use crate::urls::DemoUrls;
 use authorize::PermissionCache;
 
 /// Orchestration's handles: the state of record, what to tell after a commit, and its rules.
@@ -38,43 +39,16 @@ pub struct Scheduler {
     pub routes: RouteTable,
     /// Woken after a commit that put messages in the outbox.
     pub outbox: Arc<Notify>,
-    /// The settings orchestration follows.
+    /// The settings the chains' decisions follow.
     pub rules: Arc<Rules>,
-    /// Recent answers about authors' permissions.
-    pub permissions: Arc<PermissionCache>,
-    /// How long placement takes, for `/metrics`.
-    pub timings: Arc<Timings>,
-}
-
-/// The settings orchestration follows, fixed at start.
-#[derive(Debug, Clone)]
-pub struct Rules {
-    /// GitHub is configured: pull requests hear of their demos' states, and authors'
-    /// permissions are asked there.
-    pub github: bool,
-    /// Authors whose demos start unapproved when GitHub is not configured (`*`: anyone).
-    pub trusted_authors: Vec<String>,
-    /// The waits before each retry of a failed step; their number is the retries allowed.
-    pub retry_delays: Vec<Duration>,
-    /// How demos are addressed, for what steps are told.
-    pub urls: DemoUrls,
     /// A host not heard from for this long is down: no demos are placed on it.
     pub host_timeout: Duration,
     /// A host with less free disk gets no new demos.
     pub min_free_disk_bytes: i64,
-}
-
-impl Rules {
-    pub fn new(config: &Config, urls: DemoUrls, github: bool) -> Rules {
-        Rules {
-            github,
-            trusted_authors: config.trusted_authors.clone(),
-            retry_delays: config.retry_delays.clone(),
-            urls,
-            host_timeout: config.host_timeout,
-            min_free_disk_bytes: config.min_free_disk_bytes(),
-        }
-    }
+    /// Recent answers about authors' permissions.
+    pub permissions: Arc<PermissionCache>,
+    /// How long placement takes, for `/metrics`.
+    pub timings: Arc<Timings>,
 }
 
 impl Scheduler {

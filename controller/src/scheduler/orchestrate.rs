@@ -1,21 +1,22 @@
-//! Starting chains for events, advancing them step by step, and recording results.
-//!
-//! A chain belongs to one generation of its demo. Anything that arrives for an older
-//! generation (a late result, a waiting chain) is dropped by comparing generations. An
-//! event older than the newest one applied to its demo (by the event's own time, not by
-//! arrival) changes nothing.
+//! Carrying out the chains' decisions ([`crate::chain`]): each function here reads a demo's
+//! record in the caller's transaction (the demo locked, then its chain), asks the decision,
+//! and writes what it says through `db/` in that same transaction, messages into the outbox.
+//! It returns the [`Effects`] to apply once the transaction commits.
+
+use std::time::Instant;
 
 use uuid::Uuid;
 
-use demofleet_common::topology;
-use demofleet_common::wire::{DeadStep, DemoSpec, Step, StepMessage, StepOutcome, StepResult, WIRE_VERSION};
-
 use super::{placement, Effects, RouteChange, Scheduler};
-use crate::db::chains::{Chain, ChainStep};
+use crate::chain::record::{Facts, Placement, Record};
+use crate::chain::write::{Decision, Refusal, Write};
+use crate::chain::{self, decide, Kind};
+use crate::db::chains::{self, ChainStep};
 use crate::db::demos::{self, Demo};
 use crate::db::events::{self, Event, Recorded};
 use crate::db::outbox::{self, Outgoing};
-use crate::db::{audit, chains, settings, Tx};
+use crate::db::{audit, settings, Tx};
+use demofleet_common::wire::StepResult;
 
 /// Why an action on a chain or demo is refused.
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +29,23 @@ pub enum ActionError {
     Database(#[from] sqlx::Error),
 }
 
+impl From<Refusal> for ActionError {
+    fn from(refusal: Refusal) -> ActionError {
+        ActionError::Refused(refusal.0)
+    }
+}
+
+/// What writes are about: a demo, its chain, and the chain's planned steps (by index).
+struct Target<'a> {
+    demo: &'a Demo,
+    chain: Uuid,
+    steps: &'a [ChainStep],
+}
+
 impl Scheduler {
     /// Record `event` in the caller's transaction and advance the chain it creates there and
-    /// then. For events of the controller's own (a TTL running out); webhooks go through the
-    /// batching [`crate::intake::Intake`] instead.
+    /// then. For events of the controller's own and people's actions; webhooks go through
+    /// the batching [`crate::intake::Intake`] instead.
     pub async fn apply_event(&self, tx: &mut Tx<'_>, event: &Event) -> sqlx::Result<(Recorded, Effects)> {
         let recorded =
             events::record(&mut **tx, std::slice::from_ref(event)).await?.pop().expect("one answer per event")?;
@@ -47,367 +61,200 @@ impl Scheduler {
         self.transact(async |tx| Ok(((), self.advance(tx, chain_id).await?))).await
     }
 
-    /// Set the demo's state and, when GitHub is configured, queue a notification of it.
-    async fn transition(
-        &self,
-        tx: &mut Tx<'_>,
-        demo_id: Uuid,
-        state: &str,
-        error: Option<&str>,
-    ) -> sqlx::Result<Effects> {
-        demos::set_state(&mut **tx, demo_id, state, error).await?;
-        self.notify(tx, demo_id).await
-    }
-
-    /// Queue a GitHub notification of the demo's state, when GitHub is configured.
-    async fn notify(&self, tx: &mut Tx<'_>, demo_id: Uuid) -> sqlx::Result<Effects> {
-        if !self.rules.github {
-            return Ok(Effects::default());
-        }
-        outbox::push(&mut **tx, &Outgoing::notify(demo_id)).await?;
-        Ok(Effects { published: true, ..Effects::default() })
-    }
-
-    /// Run inline steps and queue the next other step, until the chain waits or ends.
+    /// Move a chain on from where it stands ([`decide::advance`]).
     pub async fn advance(&self, tx: &mut Tx<'_>, chain_id: Uuid) -> sqlx::Result<Effects> {
-        let Some((mut chain, mut demo)) = self.lock(tx, chain_id).await? else {
-            return Ok(Effects::default());
-        };
-        if !matches!(chain.status.as_str(), "running" | "waiting") {
-            return Ok(Effects::default());
-        }
-        if demo.generation != chain.generation {
-            chains::set_status(&mut **tx, chain.id, "superseded", None).await?;
-            return Ok(Effects::default());
-        }
-        let steps = chains::steps(&mut **tx, &chain).await?;
-        // A chain just created: its demo is `pending`, `stopping` or `sleeping` now; tell
-        // GitHub. (Waking up shows there only once it runs again.)
-        let fresh = chain.status == "waiting" && steps.iter().all(|s| s.status == "pending" && s.attempts == 0);
-        let mut effects = Effects::default();
-        if fresh && chain.kind != "wake" {
-            effects = self.notify(tx, demo.id).await?;
-        }
-        Ok(effects.merge(self.advance_loaded(tx, &mut chain, &mut demo, steps).await?))
+        let Some(record) = self.read(tx, chain_id).await? else { return Ok(Effects::default()) };
+        let decision = self.decide(tx, &record, |facts| decide::advance(&record, facts)).await?;
+        self.carry_out(tx, &record, decision).await
     }
 
-    /// [`advance`] for a chain and demo already locked and checked, with the chain's steps.
-    async fn advance_loaded(
-        &self,
-        tx: &mut Tx<'_>,
-        chain: &mut Chain,
-        demo: &mut Demo,
-        steps: Vec<ChainStep>,
-    ) -> sqlx::Result<Effects> {
-        let mut effects = Effects::default();
-        let deploying = chain.kind == "deploy";
-        // Once a step ran on a host, the chain's later steps need what it left there.
-        let begun_on_host = steps
-            .iter()
-            .any(|s| s.status == "succeeded" && Step::parse(&s.name).is_some_and(|step| step.runs_on_agent()));
-        for step_row in steps.iter().filter(|s| s.status != "succeeded" && s.status != "skipped") {
-            if step_row.status != "pending" {
-                return Ok(effects);
-            }
-            let step = Step::parse(&step_row.name).expect("chain steps are written from Step names");
-            if step == Step::Authorize {
-                match self.decide_locally(demo) {
-                    Some(true) => {
-                        chains::mark_step(&mut **tx, step_row, "succeeded", None, None).await?;
-                        continue;
-                    }
-                    Some(false) => {
-                        chains::mark_step(&mut **tx, step_row, "waiting", None, None).await?;
-                        chains::set_status(&mut **tx, chain.id, "awaiting_approval", None).await?;
-                        return Ok(effects.merge(self.transition(tx, demo.id, "awaiting_approval", None).await?));
-                    }
-                    None => {}
-                }
-            }
-            if step.is_inline() {
-                demos::set_routed(&mut **tx, demo.id, step == Step::Route).await?;
-                chains::mark_step(&mut **tx, step_row, "succeeded", None, None).await?;
-                effects.routes_changed = effects.routes_changed.merge(RouteChange::Demo(demo.id));
-                continue;
-            }
-            let queue = if step.runs_on_agent() {
-                let host = if deploying && !begun_on_host {
-                    let began = std::time::Instant::now();
-                    let candidate = placement::place(
-                        tx,
-                        demo.host_id.as_deref(),
-                        self.rules.host_timeout,
-                        self.rules.min_free_disk_bytes,
-                    )
-                    .await?;
-                    self.timings.placement.observe(began.elapsed());
-                    let newly_placed = candidate.is_some() && demo.host_id.is_none();
-                    if newly_placed && settings::repo_is_full(&mut **tx, &demo.owner, &demo.repo, demo.id).await? {
-                        None
-                    } else {
-                        candidate
-                    }
-                } else {
-                    demo.host_id.clone()
-                };
-                let Some(host) = host else {
-                    if deploying {
-                        chains::park(&mut **tx, chain.id, demo.id).await?;
-                        if demo.state != "pending" {
-                            effects = effects.merge(self.notify(tx, demo.id).await?);
-                        }
-                        return Ok(effects);
-                    }
-                    // Never placed: there is nothing on any host to stop.
-                    chains::mark_step(&mut **tx, step_row, "skipped", None, None).await?;
-                    continue;
-                };
-                if demo.host_id.as_deref() != Some(host.as_str()) {
-                    demos::set_host(&mut **tx, demo.id, Some(&host)).await?;
-                    demo.host_id = Some(host.clone());
-                }
-                topology::host_queue(&host)
-            } else {
-                topology::CONTROLLER_QUEUE.to_string()
-            };
-            if chain.status != "running" {
-                chains::set_status(&mut **tx, chain.id, "running", None).await?;
-                chain.status = "running".into();
-            }
-            let new_state = (deploying && demo.state != "starting").then_some("starting");
-            let message = self.step_message(demo, chain.id, step, step_row.attempts + 1);
-            chains::queue_step(&mut **tx, step_row, &Outgoing::step(queue, &message), new_state.map(|s| (demo.id, s)))
-                .await?;
-            effects.published = true;
-            if let Some(state) = new_state {
-                demo.state = state.into();
-                effects = effects.merge(self.notify(tx, demo.id).await?);
-            }
-            return Ok(effects);
-        }
-        chains::set_status(&mut **tx, chain.id, "succeeded", None).await?;
-        let state = match chain.kind.as_str() {
-            "deploy" | "wake" => "running",
-            // Asleep since the chain began.
-            "sleep" => return Ok(effects),
-            _ => {
-                demos::set_host(&mut **tx, demo.id, None).await?;
-                "stopped"
-            }
+    /// Record a step's result and move its chain on ([`decide::result`]).
+    pub async fn record_result(&self, tx: &mut Tx<'_>, result: &StepResult) -> sqlx::Result<Effects> {
+        let Some(record) = self.read(tx, result.chain_id).await? else {
+            tracing::warn!(chain = %result.chain_id, "result for an unknown chain dropped");
+            return Ok(Effects::default());
         };
-        Ok(effects.merge(self.transition(tx, demo.id, state, None).await?))
+        let decision = self.decide(tx, &record, |facts| decide::result(&record, result, facts)).await?;
+        self.carry_out(tx, &record, decision).await
+    }
+
+    /// Run a failed chain again from its failed step ([`decide::retry`]).
+    pub async fn retry_chain(&self, tx: &mut Tx<'_>, chain_id: Uuid, actor: &str) -> Result<Effects, ActionError> {
+        let (chain, demo) = self.lock(tx, chain_id).await?.ok_or(ActionError::NotFound("chain"))?;
+        let writes = decide::retry(&demo, &chain, actor, &self.rules)?;
+        let effects = self.write(tx, &Target { demo: &demo, chain: chain.id, steps: &[] }, writes).await?;
+        Ok(effects.merge(self.advance(tx, chain.id).await?))
+    }
+
+    /// Approve the head commit of a demo that waits for approval ([`decide::approve`]).
+    pub async fn approve(&self, tx: &mut Tx<'_>, demo_id: Uuid, actor: &str) -> Result<Effects, ActionError> {
+        let demo = demos::get_for_update_opt(&mut **tx, demo_id).await?.ok_or(ActionError::NotFound("demo"))?;
+        let waiting = chains::awaiting_approval(&mut **tx, demo.id, demo.generation).await?;
+        let (chain, writes) = decide::approve(&demo, waiting, actor)?;
+        let effects = self.write(tx, &Target { demo: &demo, chain, steps: &[] }, writes).await?;
+        Ok(effects.merge(self.advance(tx, chain).await?))
     }
 
     /// Put an idle demo to sleep: a sleep chain of its current generation unroutes it and
     /// stops its container. Only a running demo with nothing under way goes to sleep.
     pub async fn sleep(&self, tx: &mut Tx<'_>, demo_id: Uuid) -> sqlx::Result<Effects> {
-        let Some(demo) = self.own_chain(tx, demo_id, "running", "sleep", "idle").await? else {
-            return Ok(Effects::default());
-        };
-        tracing::info!(demo = %demo.0, "no requests for the idle time; putting the demo to sleep");
-        demos::set_state(&mut **tx, demo_id, "sleeping", None).await?;
-        self.advance(tx, demo.1).await
+        self.own_chain(tx, demo_id, Kind::Sleep).await
     }
 
-    /// Wake a sleeping demo that a request asked for: a wake chain starts its container, waits
-    /// for it to answer and routes it again. Nothing happens while a chain is under way (the
-    /// sleep chain still stopping it, or an earlier wake).
+    /// Wake a sleeping demo that a request asked for: a wake chain starts its container,
+    /// waits for it to answer and routes it again. Nothing happens while a chain is under way
+    /// (the sleep chain still stopping it, or an earlier wake).
     pub async fn wake(&self, tx: &mut Tx<'_>, demo_id: Uuid) -> sqlx::Result<Effects> {
-        let Some(demo) = self.own_chain(tx, demo_id, "sleeping", "wake", "visitor").await? else {
-            return Ok(Effects::default());
-        };
-        tracing::info!(demo = %demo.0, "a request for a sleeping demo; waking it");
-        demos::touch(&mut **tx, demo_id).await?;
-        self.advance(tx, demo.1).await
+        self.own_chain(tx, demo_id, Kind::Wake).await
     }
 
-    /// A chain of the controller's own (`kind`, same generation) for a placed demo that should
-    /// run, is `state` and has nothing under way, audited as `actor`; its name and the chain.
-    async fn own_chain(
-        &self,
-        tx: &mut Tx<'_>,
-        demo_id: Uuid,
-        state: &str,
-        kind: &str,
-        actor: &str,
-    ) -> sqlx::Result<Option<(String, Uuid)>> {
-        let Some(demo) = demos::get_for_update_opt(&mut **tx, demo_id).await? else { return Ok(None) };
-        if demo.desired != "running" || demo.state != state || demo.host_id.is_none() {
-            return Ok(None);
-        }
-        let Some(chain) = chains::create_if_idle(&mut **tx, demo.id, demo.generation, kind).await? else {
-            return Ok(None);
-        };
-        audit::record(&mut **tx, actor, kind, Some(demo.id), serde_json::json!({ "generation": demo.generation }))
-            .await?;
-        Ok(Some((demo.name, chain)))
+    /// Whether `demo`'s author may start its current commit without asking GitHub
+    /// ([`decide::authorized`], with the cache's recent answer).
+    pub fn decide_locally(&self, demo: &Demo) -> Option<bool> {
+        decide::authorized(demo, &self.rules, self.permissions.get(&demo.owner, &demo.repo, &demo.github_user))
     }
 
-    /// Record a step's result and move its chain on: next step, retry, approval or failure.
-    pub async fn record_result(&self, tx: &mut Tx<'_>, result: &StepResult) -> sqlx::Result<Effects> {
-        let Some((chain, demo)) = self.lock(tx, result.chain_id).await? else {
-            tracing::warn!(chain = %result.chain_id, "result for an unknown chain dropped");
+    /// A chain of the controller's own, `kind`, of the demo's current generation, begun if
+    /// the demo is in the state for it and has nothing else under way ([`decide::begin_own`]).
+    async fn own_chain(&self, tx: &mut Tx<'_>, demo_id: Uuid, kind: Kind) -> sqlx::Result<Effects> {
+        let Some(demo) = demos::get_for_update_opt(&mut **tx, demo_id).await? else { return Ok(Effects::default()) };
+        let Some(writes) = decide::begin_own(&demo, kind) else { return Ok(Effects::default()) };
+        let Some(chain) = chains::create_if_idle(&mut **tx, demo.id, demo.generation, kind.as_str()).await? else {
             return Ok(Effects::default());
         };
-        if chain.status != "running" || chain.generation != result.generation {
-            tracing::debug!(chain = %chain.id, status = %chain.status, "result for a finished or superseded chain dropped");
-            return Ok(Effects::default());
-        }
-        if demo.generation != chain.generation {
-            chains::set_status(&mut **tx, chain.id, "superseded", None).await?;
-            return Ok(Effects::default());
-        }
-        let mut steps = chains::steps(&mut **tx, &chain).await?;
-        let current = steps.iter().position(|s| s.status != "succeeded" && s.status != "skipped");
-        let Some(index) = current.filter(|i| {
-            let s = &steps[*i];
-            s.status == "queued" && s.name == result.step.as_str() && i64::from(s.attempts) == i64::from(result.attempt)
-        }) else {
-            tracing::debug!(chain = %chain.id, step = result.step.as_str(), "duplicate or out-of-order result dropped");
-            return Ok(Effects::default());
-        };
-        let step_row = steps[index].clone();
-        chains::record_attempt(&mut **tx, chain.id, step_row.position, result).await?;
-        match &result.outcome {
-            StepOutcome::Succeeded(output) if output.awaiting_approval => {
-                chains::mark_step(&mut **tx, &step_row, "waiting", None, None).await?;
-                chains::set_status(&mut **tx, chain.id, "awaiting_approval", None).await?;
-                self.transition(tx, demo.id, "awaiting_approval", None).await
+        match kind {
+            Kind::Sleep => {
+                tracing::info!(demo = %demo.name, "no requests for the idle time; putting the demo to sleep")
             }
-            StepOutcome::Succeeded(output) => {
-                let output_json = serde_json::to_value(output).ok();
-                chains::mark_step(&mut **tx, &step_row, "succeeded", None, output_json).await?;
-                // The route follows a new container only once it answers its health check.
-                if let Some(port) = output.host_port.filter(|_| result.step == Step::Health) {
-                    demos::set_host_port(&mut **tx, demo.id, port).await?;
-                }
-                steps[index].status = "succeeded".into();
-                let (mut chain, mut demo) = (chain, demo);
-                self.advance_loaded(tx, &mut chain, &mut demo, steps).await
-            }
-            StepOutcome::Failed { error, retryable } => {
-                let used = usize::try_from(step_row.attempts - step_row.budget_from).unwrap_or(usize::MAX);
-                let message = self.step_message(&demo, chain.id, result.step, step_row.attempts + 1);
-                let queue = match &demo.host_id {
-                    Some(host) if result.step.runs_on_agent() => topology::host_queue(host),
-                    _ => topology::CONTROLLER_QUEUE.to_string(),
-                };
-                if let Some(delay) = self.rules.retry_delays.get(used.wrapping_sub(1)).filter(|_| *retryable) {
-                    tracing::info!(demo = %demo.name, step = result.step.as_str(), attempt = result.attempt, ?delay, %error, "step failed; retrying");
-                    outbox::push(&mut **tx, &Outgoing::retry(queue, *delay, &message)).await?;
-                    chains::mark_step(&mut **tx, &step_row, "queued", Some(error), None).await?;
-                    return Ok(Effects { published: true, ..Effects::default() });
-                }
-                tracing::warn!(demo = %demo.name, step = result.step.as_str(), attempt = result.attempt, %error, "step failed for good");
-                chains::mark_step(&mut **tx, &step_row, "failed", Some(error), None).await?;
-                let summary = format!("{} failed: {error}", result.step.as_str());
-                chains::set_status(&mut **tx, chain.id, "failed", Some(&summary)).await?;
-                let dead = DeadStep {
-                    version: WIRE_VERSION,
-                    message: StepMessage { attempt: result.attempt, ..message },
-                    error: error.clone(),
-                };
-                outbox::push(&mut **tx, &Outgoing::dead(&dead)).await?;
-                let effects = self.transition(tx, demo.id, "failed", Some(&summary)).await?;
-                Ok(effects.merge(Effects { published: true, ..Effects::default() }))
-            }
+            _ => tracing::info!(demo = %demo.name, "a request for a sleeping demo; waking it"),
         }
+        let effects = self.write(tx, &Target { demo: &demo, chain, steps: &[] }, writes).await?;
+        Ok(effects.merge(self.advance(tx, chain).await?))
     }
 
-    /// Run a failed chain again from its failed step, with a fresh retry budget.
-    pub async fn retry_chain(&self, tx: &mut Tx<'_>, chain_id: Uuid, actor: &str) -> Result<Effects, ActionError> {
-        let (chain, demo) = self.lock(tx, chain_id).await?.ok_or(ActionError::NotFound("chain"))?;
-        if chain.status != "failed" {
-            return Err(ActionError::Refused(format!(
-                "only failed chains can be retried; this one is {}",
-                chain.status
-            )));
-        }
-        if demo.generation != chain.generation {
-            return Err(ActionError::Refused(
-                "the demo has moved on to a newer generation; this chain is superseded".into(),
-            ));
-        }
-        chains::reset_failed_step(&mut **tx, chain.id).await?;
-        chains::set_status(&mut **tx, chain.id, "running", None).await?;
-        let state = match chain.kind.as_str() {
-            "deploy" => "starting",
-            "teardown" => "stopping",
-            _ => "sleeping",
-        };
-        let effects = self.transition(tx, demo.id, state, None).await?;
-        audit::record(&mut **tx, actor, "retry", Some(demo.id), serde_json::json!({ "chain": chain.id })).await?;
-        Ok(effects.merge(self.advance(tx, chain.id).await?))
+    /// The chain's record, its demo and chain locked, or none if there is no such chain.
+    async fn read(&self, tx: &mut Tx<'_>, chain_id: Uuid) -> sqlx::Result<Option<Record>> {
+        let Some((chain, demo)) = self.lock(tx, chain_id).await? else { return Ok(None) };
+        let stored = chains::steps(&mut **tx, chain.id).await?;
+        let steps = chain::planned(&chain, &stored);
+        Ok(Some(Record { demo, chain, steps }))
     }
 
-    /// Approve the head commit of a demo that waits for approval, and let its chain go on.
-    pub async fn approve(&self, tx: &mut Tx<'_>, demo_id: Uuid, actor: &str) -> Result<Effects, ActionError> {
-        let demo = demos::get_for_update_opt(&mut **tx, demo_id).await?.ok_or(ActionError::NotFound("demo"))?;
-        if demo.state != "awaiting_approval" {
-            return Err(ActionError::Refused(format!("the demo is {}, not awaiting approval", demo.state)));
-        }
-        let chain = chains::awaiting_approval(&mut **tx, demo.id, demo.generation)
-            .await?
-            .ok_or_else(|| ActionError::Refused("no chain of the current generation awaits approval".into()))?;
-        demos::set_approval(&mut **tx, demo.id, &demo.sha, actor).await?;
-        chains::approve_waiting_step(&mut **tx, chain).await?;
-        chains::set_status(&mut **tx, chain, "running", None).await?;
-        let detail = serde_json::json!({ "sha": demo.sha, "generation": demo.generation });
-        audit::record(&mut **tx, actor, "approve", Some(demo.id), detail).await?;
-        Ok(self.advance(tx, chain).await?)
-    }
-
-    /// Lock a chain's demo, then the chain: always in this order (intake locks the demo before
-    /// it supersedes chains), so concurrent transactions never deadlock.
-    async fn lock(&self, tx: &mut Tx<'_>, chain_id: Uuid) -> sqlx::Result<Option<(Chain, Demo)>> {
+    /// Lock a chain's demo, then the chain: always in this order (intake locks the demo
+    /// before it supersedes chains), so concurrent transactions never deadlock.
+    async fn lock(&self, tx: &mut Tx<'_>, chain_id: Uuid) -> sqlx::Result<Option<(chains::Chain, Demo)>> {
         let Some(demo_id) = chains::demo_of(&mut **tx, chain_id).await? else { return Ok(None) };
         let demo = demos::get_for_update(&mut **tx, demo_id).await?;
         let chain = chains::get_for_update(&mut **tx, chain_id).await?;
         Ok(chain.map(|c| (c, demo)))
     }
 
-    fn step_message(&self, demo: &Demo, chain_id: Uuid, step: Step, attempt: i32) -> StepMessage {
-        let host_id = if step.runs_on_agent() { demo.host_id.clone().unwrap_or_default() } else { "controller".into() };
-        StepMessage {
-            version: WIRE_VERSION,
-            chain_id,
-            step,
-            attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
-            host_id,
-            demo: self.spec(demo),
+    /// Ask `decision` with what it reads besides the record; when it asks for a host,
+    /// choose one (in this transaction: placement's lock is held until commit) and ask again.
+    async fn decide(
+        &self,
+        tx: &mut Tx<'_>,
+        record: &Record,
+        decision: impl Fn(&Facts) -> Decision,
+    ) -> sqlx::Result<Decision> {
+        let demo = &record.demo;
+        let mut facts = Facts {
+            rules: &self.rules,
+            author_may_write: self.permissions.get(&demo.owner, &demo.repo, &demo.github_user),
+            placement: Placement::NotAsked,
+        };
+        let first = decision(&facts);
+        if first != Decision::Place {
+            return Ok(first);
+        }
+        facts.placement = Placement::Offered(self.place(tx, demo).await?);
+        let second = decision(&facts);
+        assert!(second != Decision::Place, "a decision offered a host asks for none");
+        Ok(second)
+    }
+
+    /// The host for `demo` now: placement's choice, unless the demo is new to any host and
+    /// its repository already runs as many demos as it may.
+    async fn place(&self, tx: &mut Tx<'_>, demo: &Demo) -> sqlx::Result<Option<String>> {
+        let began = Instant::now();
+        let current = demo.host_id.as_deref();
+        let candidate = placement::place(tx, current, self.host_timeout, self.min_free_disk_bytes).await?;
+        self.timings.placement.observe(began.elapsed());
+        let newly_placed = candidate.is_some() && current.is_none();
+        if newly_placed && settings::repo_is_full(&mut **tx, &demo.owner, &demo.repo, demo.id).await? {
+            return Ok(None);
+        }
+        Ok(candidate)
+    }
+
+    async fn carry_out(&self, tx: &mut Tx<'_>, record: &Record, decision: Decision) -> sqlx::Result<Effects> {
+        match decision {
+            Decision::Ignore(why) => {
+                tracing::debug!(chain = %record.chain.id, status = %record.chain.status, why, "nothing to do");
+                Ok(Effects::default())
+            }
+            Decision::Do(writes) => {
+                let target = Target { demo: &record.demo, chain: record.chain.id, steps: &record.steps };
+                self.write(tx, &target, writes).await
+            }
+            Decision::Place => unreachable!("placement is answered before a decision is carried out"),
         }
     }
 
-    /// What a step is told about a demo.
-    pub fn spec(&self, demo: &Demo) -> DemoSpec {
-        let urls = &self.rules.urls;
-        let hostname = urls.hostname(&demo.name);
-        DemoSpec {
-            id: demo.id,
-            name: demo.name.clone(),
-            owner: demo.owner.clone(),
-            repo: demo.repo.clone(),
-            pr: u64::try_from(demo.pr).unwrap_or_default(),
-            sha: demo.sha.clone(),
-            clone_url: demo.clone_url.clone(),
-            url: urls.url(&hostname),
-            hostname,
-            github_user: demo.github_user.clone(),
-            generation: demo.generation,
+    /// Record and send `writes` about `target`, in order.
+    async fn write(&self, tx: &mut Tx<'_>, target: &Target<'_>, writes: Vec<Write>) -> sqlx::Result<Effects> {
+        let (demo, chain) = (target.demo, target.chain);
+        let mut effects = Effects::default();
+        for write in writes {
+            match write {
+                Write::Chain { status, error } => {
+                    chains::set_status(&mut **tx, chain, status, error.as_deref()).await?
+                }
+                Write::Step { index, status, error, output } => {
+                    chains::mark_step(&mut **tx, &target.steps[index], status, error.as_deref(), output).await?
+                }
+                Write::State { state, error } => demos::set_state(&mut **tx, demo.id, state, error.as_deref()).await?,
+                Write::Notify => {
+                    outbox::push(&mut **tx, &Outgoing::notify(demo.id)).await?;
+                    effects.published = true;
+                }
+                Write::Routed(routed) => {
+                    demos::set_routed(&mut **tx, demo.id, routed).await?;
+                    effects.routes_changed = effects.routes_changed.merge(RouteChange::Demo(demo.id));
+                }
+                Write::Host(host) => demos::set_host(&mut **tx, demo.id, host.as_deref()).await?,
+                Write::Port(port) => demos::set_host_port(&mut **tx, demo.id, port).await?,
+                Write::Park => chains::park(&mut **tx, chain, demo.id).await?,
+                Write::Queue { index, queue, message, state } => {
+                    let outgoing = Outgoing::step(queue, &message);
+                    chains::queue_step(&mut **tx, &target.steps[index], &outgoing, state.map(|s| (demo.id, s))).await?;
+                    effects.published = true;
+                }
+                Write::Attempt { index, result } => {
+                    chains::record_attempt(&mut **tx, chain, target.steps[index].position, &result).await?
+                }
+                Write::Retry { index, queue, delay, message, error } => {
+                    let (step, attempt) = (message.step.as_str(), message.attempt - 1);
+                    tracing::info!(demo = %demo.name, step, attempt, ?delay, %error, "step failed; retrying");
+                    outbox::push(&mut **tx, &Outgoing::retry(queue, delay, &message)).await?;
+                    chains::mark_step(&mut **tx, &target.steps[index], "queued", Some(&error), None).await?;
+                    effects.published = true;
+                }
+                Write::Dead(dead) => {
+                    let (step, attempt, error) = (dead.message.step.as_str(), dead.message.attempt, &dead.error);
+                    tracing::warn!(demo = %demo.name, step, attempt, %error, "step failed for good");
+                    outbox::push(&mut **tx, &Outgoing::dead(&dead)).await?;
+                    effects.published = true;
+                }
+                Write::Approval { sha, actor } => demos::set_approval(&mut **tx, demo.id, &sha, &actor).await?,
+                Write::ApprovedStep => chains::approve_waiting_step(&mut **tx, chain).await?,
+                Write::ResetFailedStep => chains::reset_failed_step(&mut **tx, chain).await?,
+                Write::Touch => demos::touch(&mut **tx, demo.id).await?,
+                Write::Audit { actor, action, detail } => {
+                    audit::record(&mut **tx, &actor, action, Some(demo.id), detail).await?
+                }
+            }
         }
-    }
-
-    /// Whether `demo`'s author may start its current commit, when that needs no GitHub call:
-    /// an approval of this very commit, no GitHub configured (then the trusted authors), or
-    /// a recent answer in the cache; `None` when GitHub must be asked.
-    pub fn decide_locally(&self, demo: &Demo) -> Option<bool> {
-        if demo.approved_sha.as_deref() == Some(demo.sha.as_str()) {
-            return Some(true);
-        }
-        if !self.rules.github {
-            let user = &demo.github_user;
-            return Some(self.rules.trusted_authors.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(user)));
-        }
-        self.permissions.get(&demo.owner, &demo.repo, &demo.github_user)
+        Ok(effects)
     }
 }
