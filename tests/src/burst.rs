@@ -24,6 +24,11 @@ pub const BURST: usize = 1_000;
 /// Each of the 32 senders waits this long before a delivery: about 300 a second, so a
 /// burst lasts a few seconds and a fault lands in its middle.
 const PACE: Duration = Duration::from_millis(100);
+/// How long a delivery is sent again before the burst gives up on it (GitHub gives up far
+/// sooner): longer than any fault a test makes lasts.
+const RESEND_FOR: Duration = Duration::from_secs(180);
+/// Set to a seed a failed run printed to send its bursts again, in the same order.
+pub const SEED_VAR: &str = "DEMOFLEET_BURST_SEED";
 
 pub struct Delivery {
     pub id: String,
@@ -66,7 +71,7 @@ impl Bursts {
         Bursts {
             repo,
             commits,
-            rng: Rng(0x5eed_0000_0000_0005 ^ u64::from(std::process::id())),
+            rng: Rng(seed()),
             clock: OffsetDateTime::now_utc().replace_nanosecond(0).unwrap() - time::Duration::days(1),
             newest: HashMap::new(),
             accepted: HashSet::new(),
@@ -171,17 +176,30 @@ impl Bursts {
     }
 }
 
+/// The seed of this run's bursts, printed so that a failure can be replayed: `SEED_VAR`'s,
+/// else one of its own.
+fn seed() -> u64 {
+    let seed = match std::env::var(SEED_VAR) {
+        Ok(text) => text.parse().unwrap_or_else(|_| panic!("{SEED_VAR}={text} is not a number")),
+        // xorshift needs a seed other than 0.
+        Err(_) => Uuid::new_v4().as_u64_pair().0 | 1,
+    };
+    println!("bursts from seed {seed} (replay: {SEED_VAR}={seed})");
+    seed
+}
+
 /// Send every delivery to the webhook URLs `urls` (delivery i to `urls[i % n]`, as a load
 /// balancer would), 32 at a time and paced, each again under the same id, to the next URL,
-/// until answered 2xx; the statuses.
+/// until answered 2xx (for [`RESEND_FOR`] at most, then the test fails); the statuses.
 pub async fn send_all(urls: &[String], secret: &str, burst: &[Delivery], sending: &Sending) -> Vec<u16> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let client = crate::http_client().timeout(Duration::from_secs(10)).build().unwrap();
     futures::stream::iter(burst.iter().enumerate())
         .map(|(index, delivery)| {
             let client = client.clone();
             async move {
                 tokio::time::sleep(PACE).await;
                 let signature = fixtures::sign(secret, &delivery.body);
+                let began = tokio::time::Instant::now();
                 for attempt in 0.. {
                     let sent = client
                         .post(&urls[(index + attempt) % urls.len()])
@@ -192,17 +210,23 @@ pub async fn send_all(urls: &[String], secret: &str, burst: &[Delivery], sending
                         .body(delivery.body.clone())
                         .send()
                         .await;
-                    match sent {
+                    let failed = match sent {
                         Ok(response) if response.status().is_success() => {
                             sending.answered.fetch_add(1, Ordering::Relaxed);
                             return response.status().as_u16();
                         }
                         Ok(response) if response.status().is_client_error() => return response.status().as_u16(),
-                        _ => {
-                            sending.resent.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    }
+                        Ok(response) => format!("answered {}", response.status()),
+                        Err(err) => format!("not answered: {err}"),
+                    };
+                    assert!(
+                        began.elapsed() < RESEND_FOR,
+                        "delivery {} sent {} times for {RESEND_FOR:?}, never answered 2xx; last {failed}",
+                        delivery.id,
+                        attempt + 1
+                    );
+                    sending.resent.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 unreachable!("the loop returns")
             }
@@ -214,7 +238,13 @@ pub async fn send_all(urls: &[String], secret: &str, burst: &[Delivery], sending
 
 /// Wait until `sending` has `count` deliveries answered.
 pub async fn answered(sending: &Sending, count: usize) {
-    while sending.answered.load(Ordering::Relaxed) < count {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait::until_seen(&format!("{count} deliveries answered"), RESEND_FOR, || async {
+        let answered = sending.answered.load(Ordering::Relaxed);
+        if answered >= count {
+            Ok(())
+        } else {
+            Err(format!("{answered} answered, {} sends repeated", sending.resent.load(Ordering::Relaxed)))
+        }
+    })
+    .await
 }

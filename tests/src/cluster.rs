@@ -5,7 +5,7 @@
 //! Nodes are killed with SIGKILL, as in a crash, and all of them are stopped on drop.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -13,46 +13,16 @@ use serde_json::Value;
 use tempfile::TempDir;
 use uuid::Uuid;
 
+use crate::command::{self, Group};
 use crate::fake_github::FakeGitHub;
 use crate::host::TestHost;
+use crate::services::{free_port, Services};
 use crate::stack::{agent_argv, ControllerFlags, Stack};
 use crate::wait;
 
 /// The broker user every node of a [`RabbitCluster`] has, an administrator.
 pub const RABBITMQ_USER: &str = "demofleet";
 pub const RABBITMQ_PASSWORD: &str = "demofleet";
-
-/// A free TCP port on the loopback interface.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A process started in a process group of its own, so that what it starts dies with it.
-struct Group(Option<Child>);
-
-impl Group {
-    fn spawn(command: &mut Command) -> Group {
-        use std::os::unix::process::CommandExt;
-        Group(Some(command.process_group(0).spawn().unwrap_or_else(|e| panic!("{command:?}: {e}"))))
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).output();
-            let _ = child.wait();
-        }
-    }
-
-    fn running(&self) -> bool {
-        self.0.is_some()
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// One RabbitMQ node of a [`RabbitCluster`].
 pub struct RabbitNode {
@@ -122,11 +92,14 @@ impl RabbitCluster {
         format!("http://{RABBITMQ_USER}:{RABBITMQ_PASSWORD}@127.0.0.1:{}", self.nodes[index].management_port)
     }
 
-    /// Let stacks started from now on make their vhost on this cluster: the harness's
-    /// [`crate::services::Services`] read these variables (their node `index` only).
-    pub fn use_for_new_stacks(&self, index: usize) {
-        std::env::set_var("DEMOFLEET_AMQP_URL", self.amqp_url(index, "demofleet"));
-        std::env::set_var("DEMOFLEET_AMQP_MANAGEMENT_URL", self.management_url(index));
+    /// The machine's services with RabbitMQ replaced by node `index` of this cluster, for
+    /// [`crate::stack::StackOptions::services`]: a stack makes its vhost there.
+    pub fn services(&self, index: usize) -> Services {
+        Services {
+            amqp_url: self.amqp_url(index, "demofleet"),
+            amqp_management_url: self.management_url(index),
+            ..Services::from_env()
+        }
     }
 
     /// Stop node `index` with SIGKILL.
@@ -146,7 +119,7 @@ impl RabbitCluster {
 
     /// GET `path` of the management API from the first running node that answers.
     pub async fn management_get(&self, path: &str) -> Option<Value> {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+        let client = crate::http_client().timeout(Duration::from_secs(5)).build().unwrap();
         for (index, node) in self.nodes.iter().enumerate() {
             if !self.is_running(index) {
                 continue;
@@ -219,17 +192,19 @@ impl RabbitCluster {
     }
 
     /// Wait until node `index` has booted; it registers with epmd a moment after it starts.
-    fn await_startup(&self, index: usize) {
+    fn await_startup(&mut self, index: usize) {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let out = self.ctl_output(index, &["await_startup", "--timeout", "60"]);
-            if out.status.success() {
+            if out.is_ok_and(|out| out.status.success()) {
                 return;
             }
+            let exited = self.nodes[index].process.exited();
             assert!(
-                Instant::now() < deadline,
-                "RabbitMQ node {} did not start:\n{}",
+                Instant::now() < deadline && exited.is_none(),
+                "RabbitMQ node {} did not start ({}):\n{}",
                 self.nodes[index].name,
+                exited.map_or("still booting after 120 s".to_string(), |status| format!("it ended: {status}")),
                 self.log(index)
             );
             std::thread::sleep(Duration::from_millis(500));
@@ -238,7 +213,7 @@ impl RabbitCluster {
 
     /// `rabbitmqctl -n <node> ARGS`, which must succeed; its output.
     pub fn ctl(&self, index: usize, args: &[&str]) -> String {
-        let out = self.ctl_output(index, args);
+        let out = self.ctl_output(index, args).unwrap_or_else(|e| panic!("rabbitmqctl: {e}"));
         assert!(
             out.status.success(),
             "rabbitmqctl -n {} {args:?}: {}{}",
@@ -249,13 +224,15 @@ impl RabbitCluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn ctl_output(&self, index: usize, args: &[&str]) -> std::process::Output {
-        Command::new(rabbitmq_bin("rabbitmqctl"))
-            .env("HOME", self.home.path())
-            .args(["-q", "-n", &self.nodes[index].name])
-            .args(args)
-            .output()
-            .expect("rabbitmqctl runs")
+    /// `rabbitmqctl -n <node> ARGS` within 90 s (`await_startup` waits up to 60 s itself).
+    fn ctl_output(&self, index: usize, args: &[&str]) -> std::io::Result<std::process::Output> {
+        command::output(
+            Command::new(rabbitmq_bin("rabbitmqctl"))
+                .env("HOME", self.home.path())
+                .args(["-q", "-n", &self.nodes[index].name])
+                .args(args),
+            Duration::from_secs(90),
+        )
     }
 }
 
@@ -292,7 +269,7 @@ impl RabbitNode {
             ("RABBITMQ_PID_FILE", path("rabbitmq.pid")),
         ];
         let env = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        RabbitNode { name: name.to_string(), amqp_port, management_port, dir, env, process: Group(None) }
+        RabbitNode { name: name.to_string(), amqp_port, management_port, dir, env, process: Group::none() }
     }
 }
 
@@ -329,7 +306,7 @@ impl NatsCluster {
                 client_port: free_port(),
                 cluster_port: free_port(),
                 monitor_port: free_port(),
-                process: Group(None),
+                process: Group::none(),
             })
             .collect();
         let routes: Vec<String> = servers.iter().map(|s| format!("nats://127.0.0.1:{}", s.cluster_port)).collect();
@@ -386,7 +363,8 @@ impl NatsCluster {
     /// GET `path` of server `index`'s monitoring endpoint.
     pub async fn monitor(&self, index: usize, path: &str) -> Option<Value> {
         let url = format!("http://127.0.0.1:{}{path}", self.servers[index].monitor_port);
-        reqwest::get(url).await.ok()?.json().await.ok()
+        let client = crate::http_client().timeout(Duration::from_secs(5)).build().unwrap();
+        client.get(url).send().await.ok()?.json().await.ok()
     }
 }
 

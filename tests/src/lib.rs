@@ -7,6 +7,8 @@
 //! # Layout
 //! - [`services`]: where the services are, per-test databases and vhosts.
 //! - [`cluster`]: RabbitMQ and NATS clusters of a test's own, on this machine.
+//! - [`postgres`]: a PostgreSQL server of a test's own, to restart or crash.
+//! - [`command`]: external commands with a deadline.
 //! - [`fake_github`]: the GitHub API, faithfully faked, recording every call.
 //! - [`fixtures`]: demo repositories and webhook payloads.
 //! - [`stack`]: a running controller (and agents) with helpers to drive and observe it.
@@ -16,16 +18,30 @@
 
 pub mod burst;
 pub mod cluster;
+pub mod command;
 pub mod fake_github;
 pub mod fixtures;
 pub mod fleet;
 pub mod git_http;
 pub mod host;
 pub mod oidc;
+pub mod postgres;
 pub mod rng;
 pub mod services;
 pub mod stack;
 pub mod wait;
+
+use std::time::Duration;
+
+/// How long the harness waits for an HTTP request to be answered, body and all: a server
+/// that stopped answering fails the test with the request's error instead of hanging it.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+
+/// An HTTP client of the harness: every request has [`REQUEST_DEADLINE`] (a streamed answer,
+/// such as a live log, sets a longer one of its own).
+pub fn http_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().timeout(REQUEST_DEADLINE).connect_timeout(Duration::from_secs(10))
+}
 
 /// Log to the test's output when `DEMOFLEET_LOG` is set.
 pub fn init_tracing() {

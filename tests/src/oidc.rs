@@ -10,7 +10,7 @@ use crate::stack::Stack;
 
 /// A client that follows no redirects, so each hop can be checked.
 pub fn client() -> Client {
-    Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    crate::http_client().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
 /// The `Location` of a 302 answer.

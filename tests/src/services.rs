@@ -1,10 +1,11 @@
 //! The shared services and each test's private slice of them.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, Executor, PgConnection};
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 use uuid::Uuid;
 
 /// Where the services are: the environment `scripts/test` exports, else the defaults that
@@ -46,38 +47,39 @@ fn with_database(url: &str, name: &str) -> String {
     format!("{base}/{name}")
 }
 
-/// The migrated template, made once per migration set (under an advisory lock, since test
-/// binaries run side by side).
-async fn template(services: &Services) -> &'static str {
-    static TEMPLATE: OnceCell<String> = OnceCell::const_new();
-    TEMPLATE
-        .get_or_init(|| async {
-            let mut digest = Sha256::new();
-            for migration in demofleet_controller::MIGRATOR.iter() {
-                digest.update(migration.version.to_le_bytes());
-                digest.update(&*migration.checksum);
-            }
-            let name = format!("demofleet_tmpl_{}", &hex::encode(digest.finalize())[..12]);
-            let mut admin = PgConnection::connect(&services.database_url).await.expect("connect to PostgreSQL");
-            admin.execute("select pg_advisory_lock(4242)").await.unwrap();
-            let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-                .bind(&name)
-                .fetch_one(&mut admin)
-                .await
-                .unwrap();
-            if !exists {
-                let building = format!("{name}_building");
-                admin.execute(format!("drop database if exists {building}").as_str()).await.unwrap();
-                admin.execute(format!("create database {building}").as_str()).await.unwrap();
-                let mut conn = PgConnection::connect(&with_database(&services.database_url, &building)).await.unwrap();
-                demofleet_controller::MIGRATOR.run(&mut conn).await.expect("migrations apply");
-                conn.close().await.unwrap();
-                admin.execute(format!("alter database {building} rename to {name}").as_str()).await.unwrap();
-            }
-            admin.execute("select pg_advisory_unlock(4242)").await.unwrap();
-            name
-        })
+/// The migrated template of the server at `services.database_url`, made once per migration
+/// set (under an advisory lock, since test binaries run side by side).
+async fn template(services: &Services) -> String {
+    static TEMPLATES: Mutex<BTreeMap<String, String>> = Mutex::const_new(BTreeMap::new());
+    let mut templates = TEMPLATES.lock().await;
+    if let Some(name) = templates.get(&services.database_url) {
+        return name.clone();
+    }
+    let mut digest = Sha256::new();
+    for migration in demofleet_controller::MIGRATOR.iter() {
+        digest.update(migration.version.to_le_bytes());
+        digest.update(&*migration.checksum);
+    }
+    let name = format!("demofleet_tmpl_{}", &hex::encode(digest.finalize())[..12]);
+    let mut admin = PgConnection::connect(&services.database_url).await.expect("connect to PostgreSQL");
+    admin.execute("select pg_advisory_lock(4242)").await.unwrap();
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
         .await
+        .unwrap();
+    if !exists {
+        let building = format!("{name}_building");
+        admin.execute(format!("drop database if exists {building}").as_str()).await.unwrap();
+        admin.execute(format!("create database {building}").as_str()).await.unwrap();
+        let mut conn = PgConnection::connect(&with_database(&services.database_url, &building)).await.unwrap();
+        demofleet_controller::MIGRATOR.run(&mut conn).await.expect("migrations apply");
+        conn.close().await.unwrap();
+        admin.execute(format!("alter database {building} rename to {name}").as_str()).await.unwrap();
+    }
+    admin.execute("select pg_advisory_unlock(4242)").await.unwrap();
+    templates.insert(services.database_url.clone(), name.clone());
+    name
 }
 
 /// A database of this test's own, cloned from the migrated template.
@@ -119,7 +121,7 @@ impl TestVhost {
         let (user, password) = credentials(&services.amqp_url);
         let name = format!("test-{}", Uuid::new_v4().simple());
         let management_url = strip_userinfo(&services.amqp_management_url);
-        let client = reqwest::Client::new();
+        let client = crate::http_client().build().unwrap();
         let put = |path: String, body: serde_json::Value| {
             client.put(format!("{management_url}{path}")).basic_auth(&user, Some(&password)).json(&body).send()
         };
@@ -142,8 +144,14 @@ impl TestVhost {
     /// The type of `queue` of this vhost (`classic`, `quorum`), if it exists.
     pub async fn queue_type(&self, queue: &str) -> Option<String> {
         let url = format!("{}/api/queues/{}/{}", self.management_url, self.name, queue);
-        let response =
-            reqwest::Client::new().get(url).basic_auth(&self.user, Some(&self.password)).send().await.unwrap();
+        let response = crate::http_client()
+            .build()
+            .unwrap()
+            .get(url)
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .unwrap();
         let body: serde_json::Value = response.error_for_status().ok()?.json().await.ok()?;
         body["type"].as_str().map(String::from)
     }
@@ -151,8 +159,14 @@ impl TestVhost {
     /// Messages ready in `queue` of this vhost (0 when the queue does not exist).
     pub async fn queue_depth(&self, queue: &str) -> u64 {
         let url = format!("{}/api/queues/{}/{}", self.management_url, self.name, queue);
-        let response =
-            reqwest::Client::new().get(url).basic_auth(&self.user, Some(&self.password)).send().await.unwrap();
+        let response = crate::http_client()
+            .build()
+            .unwrap()
+            .get(url)
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .unwrap();
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return 0;
         }
@@ -160,12 +174,23 @@ impl TestVhost {
         body["messages"].as_u64().unwrap_or(0)
     }
 
+    /// Messages ready in `queue` of this vhost (0 when the queue does not exist), exactly
+    /// as RabbitMQ counts them now; a queue with a live consumer holds few.
+    pub async fn messages(&self, queue: &str) -> u32 {
+        let connection =
+            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default()).await.expect("RabbitMQ");
+        let channel = connection.create_channel().await.unwrap();
+        let count = queue_messages(&channel, queue).await.unwrap_or(0);
+        let _ = connection.close(0, "counted".into()).await;
+        count
+    }
+
     /// A user of this vhost for agent `host_id`, allowed its own queue and the exchange it
     /// answers through, nothing else: (user, password).
     pub async fn create_agent_user(&self, host_id: &str) -> (String, String) {
         let user = format!("{}-{host_id}", self.name);
         let password = Uuid::new_v4().simple().to_string();
-        let client = reqwest::Client::new();
+        let client = crate::http_client().build().unwrap();
         let put = |path: String, body: serde_json::Value| {
             client
                 .put(format!("{}{path}", self.management_url))
@@ -192,15 +217,23 @@ impl TestVhost {
     }
 
     pub async fn delete(self) {
-        let client = reqwest::Client::new();
+        let client = crate::http_client().build().unwrap();
         let users = std::mem::take(&mut *self.agent_users.lock().unwrap());
         for user in users {
             let url = format!("{}/api/users/{user}", self.management_url);
             let _ = client.delete(url).basic_auth(&self.user, Some(&self.password)).send().await;
         }
         let url = format!("{}/api/vhosts/{}", self.management_url, self.name);
-        let _ = reqwest::Client::new().delete(url).basic_auth(&self.user, Some(&self.password)).send().await;
+        let _ =
+            crate::http_client().build().unwrap().delete(url).basic_auth(&self.user, Some(&self.password)).send().await;
     }
+}
+
+/// The messages ready in `queue`, as RabbitMQ counts them now (an error, which closes
+/// `channel`, when there is no such queue).
+pub async fn queue_messages(channel: &lapin::Channel, queue: &str) -> lapin::Result<u32> {
+    let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    Ok(channel.queue_declare(queue.into(), passive, Default::default()).await?.message_count())
 }
 
 /// User and password from `scheme://user:password@host/...`.
@@ -218,6 +251,11 @@ fn strip_userinfo(url: &str) -> String {
     }
     .trim_end_matches('/')
     .to_string()
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A NATS subject prefix of this test's own.

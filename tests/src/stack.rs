@@ -48,6 +48,9 @@ pub struct StackOptions {
     /// Give the controller and agents lists of broker URLs whose first node is down, as
     /// when one node of a cluster is.
     pub broker_failover: bool,
+    /// Services of the test's own (a private PostgreSQL or RabbitMQ, for a test that stops
+    /// or crashes them) instead of the machine's, which other tests share.
+    pub services: Option<Services>,
 }
 
 impl Default for StackOptions {
@@ -60,6 +63,7 @@ impl Default for StackOptions {
             agent_args: Vec::new(),
             private_repos_token: None,
             broker_failover: false,
+            services: None,
         }
     }
 }
@@ -220,7 +224,7 @@ pub struct Stack {
 impl Stack {
     pub async fn start(options: StackOptions) -> Stack {
         crate::init_tracing();
-        let mut services = Services::from_env();
+        let mut services = options.services.clone().unwrap_or_else(Services::from_env);
         if let Some(url) = &options.nats_url {
             services.nats_url = url.clone();
         }
@@ -307,7 +311,7 @@ impl Stack {
             nats_prefix: prefix,
             test_db,
             http: api_client(&api_token),
-            plain: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+            plain: crate::http_client().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
         };
         for agent in &stack.agents {
             let id = agent.host_id.clone();
@@ -421,6 +425,11 @@ impl Stack {
         self.http.get(self.url(path)).send().await.unwrap()
     }
 
+    /// GET a streamed answer (a live log): its body may take up to five minutes.
+    pub async fn follow(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).timeout(Duration::from_secs(300)).send().await.unwrap()
+    }
+
     /// PUT a repository's settings.
     pub async fn put_settings(&self, owner: &str, repo: &str, settings: &Value) -> reqwest::Response {
         self.http.put(self.url(&format!("/api/repos/{owner}/{repo}/settings"))).json(settings).send().await.unwrap()
@@ -527,14 +536,15 @@ async fn start_agent(args: &[String], extra: &[&str]) -> Agent {
 fn api_client(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).default_headers(headers).build().unwrap()
+    crate::http_client().redirect(reqwest::redirect::Policy::none()).default_headers(headers).build().unwrap()
 }
 
 /// Wait until the controller at `addr` answers `/readyz` with 200.
 async fn ready(addr: std::net::SocketAddr) {
     let url = format!("http://{addr}/readyz");
+    let client = crate::http_client().build().unwrap();
     wait::until(&format!("the controller at {addr} to be ready"), Duration::from_secs(60), || async {
-        let response = reqwest::get(&url).await.ok()?;
+        let response = client.get(&url).send().await.ok()?;
         response.status().is_success().then_some(())
     })
     .await;

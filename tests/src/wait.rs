@@ -31,18 +31,27 @@ where
 }
 
 /// Poll `probe` every 100 ms until it returns `Ok`; after `deadline`, panic naming `what`
-/// and the last thing `probe` saw, if it said.
+/// and the last thing `probe` saw, if it said. A probe still running at the deadline (a
+/// request to a server that stopped answering) is abandoned.
 async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Option<String>>>,
 {
     let end = tokio::time::Instant::now() + deadline;
+    let mut seen = None;
     loop {
-        let seen = match probe().await {
-            Ok(value) => return value,
-            Err(seen) => seen,
-        };
+        let began = tokio::time::Instant::now();
+        match tokio::time::timeout_at(end, probe()).await {
+            Ok(Ok(value)) => return value,
+            Ok(Err(now)) => seen = now,
+            // The deadline fell on a probe under way; one that took long says so.
+            Err(_) if began.elapsed() >= Duration::from_secs(1) => {
+                let before = seen.unwrap_or_else(|| "nothing said".to_string());
+                seen = Some(format!("a probe unanswered after {:?} (the one before it: {before})", began.elapsed()));
+            }
+            Err(_) => {}
+        }
         if tokio::time::Instant::now() >= end {
             match seen {
                 Some(seen) => panic!("timed out after {deadline:?} waiting for {what}; last seen: {seen}"),
@@ -64,6 +73,12 @@ mod tests {
             Err::<(), _>("still 7".to_string())
         })
         .await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "waiting for a probe that hangs; last seen: a probe unanswered after")]
+    async fn a_probe_that_hangs_ends_at_the_deadline() {
+        until("a probe that hangs", Duration::from_millis(1500), std::future::pending::<Option<()>>).await;
     }
 
     #[tokio::test]

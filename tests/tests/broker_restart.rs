@@ -1,12 +1,11 @@
 //! RabbitMQ and NATS restarts: the controller and agent reconnect by themselves, and a
-//! delivery accepted while RabbitMQ is down is published once it is back.
-//!
-//! This binary holds one test: it stops the shared RabbitMQ, and cargo runs test binaries
-//! one at a time, so no other test sees the outage.
+//! delivery accepted while RabbitMQ is down is published once it is back. Both brokers are
+//! the test's own (a RabbitMQ node from `tests/src/cluster.rs`, a NATS server), so the
+//! machine's, which other tests use, stay up.
 
-use std::process::Command;
 use std::time::Duration;
 
+use demofleet_tests::cluster::RabbitCluster;
 use demofleet_tests::fixtures::{self, FixtureRepo};
 use demofleet_tests::services::PrivateNats;
 use demofleet_tests::stack::{Stack, StackOptions};
@@ -15,24 +14,13 @@ use uuid::Uuid;
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
-fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
-    assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Starts RabbitMQ again even if the test fails half way.
-struct RestartOnDrop;
-
-impl Drop for RestartOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").arg("start_app").output();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_recover_after_broker_restarts_and_nothing_is_lost() {
     let mut nats = PrivateNats::start();
-    let stack = Stack::start(StackOptions { nats_url: Some(nats.url()), ..Default::default() }).await;
+    let rabbitmq = tokio::task::spawn_blocking(|| RabbitCluster::start(1)).await.unwrap();
+    let options =
+        StackOptions { nats_url: Some(nats.url()), services: Some(rabbitmq.services(0)), ..Default::default() };
+    let stack = Stack::start(options).await;
     let repo_name = format!("restart-{}", &Uuid::new_v4().simple().to_string()[..8]);
     let repo = FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &repo_name);
     let files = fixtures::static_site(&stack.services.base_image, "survived");
@@ -41,8 +29,7 @@ async fn connections_recover_after_broker_restarts_and_nothing_is_lost() {
     let name = format!("{repo_name}-fixture-owner-pr-2");
 
     // RabbitMQ goes away; a delivery is still accepted, durably.
-    let guard = RestartOnDrop;
-    rabbitmqctl(&["stop_app"]);
+    rabbitmq.ctl(0, &["stop_app"]);
     wait::until("readiness to report RabbitMQ down", DEADLINE, || async {
         let ready: serde_json::Value = stack.get("/readyz").await.json().await.ok()?;
         (ready["rabbitmq"] == false).then_some(())
@@ -56,8 +43,7 @@ async fn connections_recover_after_broker_restarts_and_nothing_is_lost() {
     })
     .await;
 
-    rabbitmqctl(&["start_app"]);
-    drop(guard);
+    rabbitmq.ctl(0, &["start_app"]);
     stack.wait_for_state(&name, "running", DEADLINE).await;
     let (status, body) = stack.edge_get(&format!("{name}.localhost"), "/").await;
     assert_eq!((status, body.contains("survived")), (200, true));

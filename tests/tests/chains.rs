@@ -62,7 +62,7 @@ async fn failing_steps_back_off_dead_letter_and_can_be_retried() {
 
     // The exhausted step is kept in the dead-letter queue.
     demofleet_tests::wait::until("the dead-letter queue to hold the step", DEADLINE, || async {
-        (stack.vhost.queue_depth("demofleet.dead").await == 1).then_some(())
+        (stack.vhost.messages("demofleet.dead").await == 1).then_some(())
     })
     .await;
 

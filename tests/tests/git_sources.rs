@@ -67,7 +67,7 @@ async fn private_repositories_are_fetched_with_a_token_that_is_never_stored() {
     // the right one, rotated back, serves the retry.
     let wrong = format!("ghs_{}", Uuid::new_v4().simple());
     std::fs::write(&token_file, &wrong).unwrap();
-    let mut log = stack.get(&format!("/api/demos/{id}/logs")).await;
+    let mut log = stack.follow(&format!("/api/demos/{id}/logs")).await;
     let files = fixtures::static_site(&stack.services.base_image, "private two");
     let sha2 = repo.commit("second", &files.iter().map(|(p, c)| (*p, c.as_str())).collect::<Vec<_>>());
     stack.deliver("pull_request", &fixtures::pull_request("pull_request.synchronize.json", &repo, &sha2)).await;

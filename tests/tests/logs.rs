@@ -31,7 +31,7 @@ async fn build_and_container_output_stream_to_the_client_as_they_happen() {
         stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
     let answer: serde_json::Value = response.json().await.unwrap();
     let id = answer["demo"]["id"].as_str().unwrap().to_string();
-    let mut stream = stack.get(&format!("/api/demos/{id}/logs")).await;
+    let mut stream = stack.follow(&format!("/api/demos/{id}/logs")).await;
     assert_eq!(stream.status(), 200);
     assert_eq!(stream.headers()["content-type"], "text/event-stream");
     let mut received = String::new();

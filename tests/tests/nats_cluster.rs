@@ -127,7 +127,7 @@ async fn chains_of(stack: &Stack, demo_id: &str) -> Vec<(String, i64)> {
 
 /// Follow the demo's live log; the lines, each with when it arrived.
 async fn follow_log(stack: &Stack, demo_id: &str) -> Arc<Mutex<Vec<(Instant, String)>>> {
-    let mut stream = stack.get(&format!("/api/demos/{demo_id}/logs")).await;
+    let mut stream = stack.follow(&format!("/api/demos/{demo_id}/logs")).await;
     assert_eq!(stream.status(), 200);
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();

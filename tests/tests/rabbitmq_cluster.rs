@@ -6,8 +6,6 @@
 //! asks for with one container and no chain under way, every queue is a quorum queue, and
 //! the clients that were on the dead node reconnect to the others. The node then comes
 //! back and rejoins. Convergence times are printed.
-//!
-//! This binary holds one test: it points the harness's broker variables at its cluster.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -28,9 +26,13 @@ async fn a_burst_loses_nothing_when_the_controllers_rabbitmq_node_dies() {
     let began = Instant::now();
     let mut cluster = tokio::task::spawn_blocking(|| RabbitCluster::start(3)).await.unwrap();
     println!("three RabbitMQ nodes in one cluster after {:.1?}", began.elapsed());
-    cluster.use_for_new_stacks(0);
     let quorum = ["--amqp-quorum-queues"];
-    let options = StackOptions { agents: 0, controller_args: quorum.map(String::from).to_vec(), ..Default::default() };
+    let options = StackOptions {
+        agents: 0,
+        controller_args: quorum.map(String::from).to_vec(),
+        services: Some(cluster.services(0)),
+        ..Default::default()
+    };
     let mut stack = Stack::start(options).await;
     let vhost = stack.vhost.name.clone();
     let fleet = ClusterFleet::start(
