@@ -15,6 +15,7 @@
 //! - [`host`]: test hosts: a network namespace, an address and a Docker Engine of their own.
 //! - [`fleet`]: agent hosts as processes on test hosts, to be killed and cut off.
 //! - [`wait`]: waiting for conditions with deadlines.
+//! - [`spy`]: proof that nothing was sent to the controller's or the agents' queues.
 
 pub mod burst;
 pub mod cluster;
@@ -28,6 +29,7 @@ pub mod oidc;
 pub mod postgres;
 pub mod rng;
 pub mod services;
+pub mod spy;
 pub mod stack;
 pub mod wait;
 

@@ -156,24 +156,6 @@ impl TestVhost {
         body["type"].as_str().map(String::from)
     }
 
-    /// Messages ready in `queue` of this vhost (0 when the queue does not exist).
-    pub async fn queue_depth(&self, queue: &str) -> u64 {
-        let url = format!("{}/api/queues/{}/{}", self.management_url, self.name, queue);
-        let response = crate::http_client()
-            .build()
-            .unwrap()
-            .get(url)
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
-            .await
-            .unwrap();
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return 0;
-        }
-        let body: serde_json::Value = response.json().await.unwrap();
-        body["messages"].as_u64().unwrap_or(0)
-    }
-
     /// Messages ready in `queue` of this vhost (0 when the queue does not exist), exactly
     /// as RabbitMQ counts them now; a queue with a live consumer holds few.
     pub async fn messages(&self, queue: &str) -> u32 {
