@@ -3,27 +3,25 @@
 //! and routes demo hostnames through its edge proxy.
 //!
 //! # Layout
-//! - [`config`]: settings (flags and `DEMOFLEET_*` variables).
-//! - [`webhook`]: `POST /webhook/github`: signatures, payloads, intake.
-//! - [`intake`]: events recorded in batches, one commit each; their chains started.
-//! - [`scheduler`]: placement and chain orchestration ([`scheduler::Scheduler`]: what starting
-//!   and advancing chains needs, handed to every task that does).
-//! - [`broker`]: RabbitMQ connection, outbox publisher, consumer of the controller's queue.
-//! - [`fleet`]: heartbeats and the periodic tick.
-//! - [`github`]: the GitHub API client and PR feedback.
-//! - [`reconcile`]: hosts' inventories against the state of record: orphans, missing containers.
-//! - [`jobs`]: controller work taken from its own queue (authorize, notify, approve).
-//! - [`lease`]: which of several controller replicas does the fleet's once-only work.
-//! - [`edge`]: the built-in edge proxy and its route table.
-//! - [`http`]: routers for the API, health and index page.
-//! - [`db`]: queries, one module per table group.
-//! - [`traefik`]: Traefik's dynamic configuration (HTTP and file providers).
-//! - [`timings`]: latency histograms of placement and heartbeat handling, for `/metrics`.
-//! - [`urls`]: demo hostnames and URLs.
-//! - [`actions`]: what people do from the dashboard or the API (stop, redeploy, approve…).
-//! - [`auth`], [`dashboard`]: sign-in, sessions, the SSO gate; the admins' pages.
-//! - [`state`], [`error`]: the HTTP handlers' state (wiring: background tasks get only the
-//!   parts they need) and the HTTP error type.
+//! From the edges in to the chain logic, and down to the state of record
+//! (`docs/architecture.md` draws it; no two modules refer to each other in a circle):
+//! - Wiring: [`Controller::start`] here, and [`state`], the HTTP handlers' state.
+//! - HTTP: [`webhook`] (`POST /webhook/github`: signatures, payloads, intake), [`http`] (the
+//!   API, health, metrics, live logs; every router merged), [`dashboard`], [`auth`] (sign-in,
+//!   sessions, the SSO gate), [`traefik`] (Traefik's dynamic configuration), [`actions`] (what
+//!   people do from the dashboard or the API), [`error`] (the HTTP error type).
+//! - Background: [`intake`] (events recorded in batches, one commit each; their chains
+//!   started), [`broker`] (RabbitMQ: outbox publisher, consumer of the controller's queue),
+//!   [`jobs`] (that queue's messages: results, `authorize`, notifications, comment approvals),
+//!   [`fleet`] (heartbeats, the periodic tick, wakes), [`reconcile`] (hosts' inventories
+//!   against the record), [`lease`] (which replica does the fleet's once-only work), [`edge`]
+//!   (the built-in edge proxy and its route table).
+//! - [`scheduler`]: carrying out the chains' decisions in the caller's transaction; placement.
+//! - [`chain`]: the chain logic as decisions on plain data: each chain's order, what happens
+//!   next.
+//! - Below: [`db`] (queries, one module per table group), [`github`] (the GitHub client and
+//!   PR feedback), [`urls`] (demo hostnames and URLs), [`config`] (settings), [`timings`]
+//!   (latency histograms for `/metrics`).
 
 pub mod actions;
 pub mod auth;
