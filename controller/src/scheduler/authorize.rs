@@ -1,7 +1,7 @@
 //! Who may start a demo: authors with write, maintain or admin on the repository, or
 //! anyone once someone approved this very commit. Decided inline when no GitHub call is
 //! needed (an approval, no GitHub configured, or a recent answer from GitHub in the cache:
-//! [`super::Scheduler::decide_locally`]); otherwise the `authorize` step is queued and asks
+//! [`crate::chain::decide::authorized`]); otherwise the `authorize` step is queued and asks
 //! GitHub. Here: the cache of GitHub's answers.
 
 use std::collections::HashMap;
