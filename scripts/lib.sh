@@ -234,11 +234,12 @@ bench_controller() {
     BENCH_PID=$!
 }
 
-# bench_agent LOG HOST DEMO_DIR CAPACITY VHOST PREFIX: a release agent for host HOST with
-# its demos in DEMO_DIR, on a benchmark's vhost and NATS prefix, warnings only; output to
-# LOG. Started in the background; its pid in BENCH_PID.
+# bench_agent LOG HOST DEMO_DIR CAPACITY VHOST PREFIX REPOS: a release agent for host HOST
+# with its demos in DEMO_DIR, on a benchmark's vhost and NATS prefix, fetching from the
+# repositories under REPOS (file:// URLs), warnings only; output to LOG. Started in the
+# background; its pid in BENCH_PID.
 bench_agent() {
-    DEMOFLEET_HOST_ID=$2 DEMOFLEET_DEMO_DIR=$3 DEMOFLEET_CAPACITY=$4 \
+    DEMOFLEET_HOST_ID=$2 DEMOFLEET_DEMO_DIR=$3 DEMOFLEET_CAPACITY=$4 DEMOFLEET_GIT_LOCAL_ROOT=$7 \
     DEMOFLEET_AMQP_URL="amqp://$AMQP_USER:$AMQP_PASSWORD@127.0.0.1:5672/$5" \
     DEMOFLEET_NATS_PREFIX=$6 DEMOFLEET_LOG=warn \
         "$CARGO_TARGET_DIR/release/demofleet-agent" >"$1" 2>&1 &

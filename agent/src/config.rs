@@ -51,6 +51,18 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_GIT_TOKEN_FILE")]
     pub git_token_file: Option<std::path::PathBuf>,
 
+    /// A folder whose repositories may be fetched through `file://` clone URLs (a mirror on
+    /// this machine; the tests' fixtures). Unset: only `https://` and `http://` URLs.
+    #[arg(long, env = "DEMOFLEET_GIT_LOCAL_ROOT")]
+    pub git_local_root: Option<PathBuf>,
+
+    /// How long fetching and checking out a commit may take.
+    #[arg(long, env = "DEMOFLEET_CHECKOUT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub checkout_timeout: Duration,
+
+    #[command(flatten)]
+    pub build: BuildLimits,
+
     /// On SIGTERM, how long steps in flight may take to finish; those still running then
     /// are given back to the queue and run again by the next agent of this host (steps are
     /// idempotent). Keep it below the service manager's stop timeout.
@@ -82,10 +94,65 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_DEMO_PIDS", default_value_t = 256)]
     pub demo_pids: u32,
 
+    /// The user demo containers run as when their image names none or root (`uid:gid`);
+    /// an image's own non-root user is kept. On an engine that remaps user namespaces
+    /// (`userns-remap`), root in the image is kept instead: it is no one on the host.
+    #[arg(long, env = "DEMOFLEET_DEMO_USER", default_value = "65534:65534", value_parser = parse_user)]
+    pub demo_user: String,
+
+    /// Size at which a demo container's log file is rotated (Docker's `max-size`: `10m`, `512k`).
+    #[arg(long, env = "DEMOFLEET_DEMO_LOG_MAX_SIZE", default_value = "10m")]
+    pub demo_log_max_size: String,
+
+    /// Log files kept per demo container (Docker's `max-file`).
+    #[arg(long, env = "DEMOFLEET_DEMO_LOG_FILES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub demo_log_files: u32,
+
     /// IPv4 pool for demo networks, cut into /28s (e.g. 10.213.0.0/16: 4,096 demos);
     /// unset: Docker's default address pools (about 30 networks per host).
     #[arg(long, env = "DEMOFLEET_DEMO_SUBNETS")]
     pub demo_subnets: Option<crate::subnets::Cidr>,
+}
+
+/// What one image build may use.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BuildLimits {
+    /// How long one image build may take before it is stopped and fails.
+    #[arg(long = "build-timeout", env = "DEMOFLEET_BUILD_TIMEOUT", default_value = "20m", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Memory of each build step's container, in MiB (at most 2047: the Docker API
+    /// client's limit).
+    #[arg(long = "build-memory-mb", env = "DEMOFLEET_BUILD_MEMORY_MB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(16..=2047))]
+    pub memory_mb: u32,
+
+    /// CPUs of each build step's container.
+    #[arg(long = "build-cpus", env = "DEMOFLEET_BUILD_CPUS", default_value_t = 1.0)]
+    pub cpus: f64,
+
+    /// The largest build context sent to Docker, in MiB (the clone without `.git`).
+    #[arg(long = "build-context-mb", env = "DEMOFLEET_BUILD_CONTEXT_MB", default_value_t = 256)]
+    pub context_mb: u64,
+
+    /// Free space, in MiB, that the demo folder's and Docker's file systems must have
+    /// before a checkout or a build starts; with less, the step fails (and is retried).
+    #[arg(long = "build-min-free-disk-mb", env = "DEMOFLEET_BUILD_MIN_FREE_DISK_MB", default_value_t = 1024)]
+    pub min_free_disk_mb: u64,
+}
+
+/// `uid` or `uid:gid`, numeric: an image need not have a user of that name.
+fn parse_user(raw: &str) -> Result<String, String> {
+    let numeric = |part: &str| !part.is_empty() && part.len() <= 10 && part.bytes().all(|b| b.is_ascii_digit());
+    let ok = match raw.split_once(':') {
+        Some((uid, gid)) => numeric(uid) && numeric(gid),
+        None => numeric(raw),
+    };
+    if ok {
+        Ok(raw.to_string())
+    } else {
+        Err(format!("{raw:?} is not a numeric uid or uid:gid"))
+    }
 }
 
 impl Config {

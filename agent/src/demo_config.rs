@@ -77,22 +77,29 @@ pub enum PlanError {
     NothingToBuild,
     #[error(".demofleet.toml: {0}")]
     Invalid(String),
-    #[error("reading .demofleet.toml: {0}")]
+    /// A path of the repository that is not what it must be (a symlink out of the clone, a
+    /// Dockerfile naming another demo's image): the message names it.
+    #[error("{0}")]
+    Refused(String),
+    #[error("reading the repository: {0}")]
     Io(#[from] std::io::Error),
 }
 
+/// The largest `.demofleet.toml` or Dockerfile read.
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
 /// The plan for the clone in `dir`, under the host's policy in `config`.
 pub fn plan(dir: &Path, config: &Config) -> Result<Plan, PlanError> {
-    let file = dir.join(FILE);
-    let demo: DemoConfig = if file.is_file() {
-        let text = std::fs::read_to_string(&file)?;
-        toml::from_str(&text).map_err(|e| PlanError::Invalid(e.message().to_string()))?
-    } else if dir.join("Dockerfile").is_file() {
+    // Every path is resolved, symlinks and all, and must stay inside the clone's real folder.
+    let root = dir.canonicalize()?;
+    let demo: DemoConfig = if let Some(file) = existing(&root, &root, FILE)?.filter(|f| f.is_file()) {
+        toml::from_str(&read_small(&file, FILE)?).map_err(|e| PlanError::Invalid(e.message().to_string()))?
+    } else if existing(&root, &root, "Dockerfile")?.is_some_and(|f| f.is_file()) {
         DemoConfig::default()
     } else if is_executable(&dir.join("run")) {
         return Ok(Plan {
             legacy_run: true,
-            context: dir.to_path_buf(),
+            context: root,
             dockerfile: String::new(),
             build_args: HashMap::new(),
             port: None,
@@ -106,14 +113,22 @@ pub fn plan(dir: &Path, config: &Config) -> Result<Plan, PlanError> {
         return Err(PlanError::NothingToBuild);
     };
     let invalid = |m: String| PlanError::Invalid(m);
-    let context = inside(dir, demo.context.as_deref().unwrap_or("."))
-        .ok_or_else(|| invalid("`context` must be a relative path inside the repository".into()))?;
-    let dockerfile = demo.dockerfile.clone().unwrap_or_else(|| "Dockerfile".into());
-    let dockerfile_path = inside(&context, &dockerfile)
-        .ok_or_else(|| invalid("`dockerfile` must be a relative path inside the build context".into()))?;
-    if !dockerfile_path.is_file() {
-        return Err(invalid(format!("`dockerfile` {dockerfile:?} does not exist")));
+    let context_name = demo.context.as_deref().unwrap_or(".");
+    if !is_relative_inside(context_name) {
+        return Err(invalid(format!("`context` {context_name:?} must be a relative path inside the repository")));
     }
+    let context = existing(&root, &root, context_name)?
+        .filter(|c| c.is_dir())
+        .ok_or_else(|| invalid(format!("`context` {context_name:?} is not a folder of the repository")))?;
+    let dockerfile = demo.dockerfile.clone().unwrap_or_else(|| "Dockerfile".into());
+    if !is_relative_inside(&dockerfile) {
+        return Err(invalid(format!("`dockerfile` {dockerfile:?} must be a relative path inside the build context")));
+    }
+    let dockerfile_path = existing(&context, &context, &dockerfile)?
+        .filter(|p| p.is_file())
+        .ok_or_else(|| invalid(format!("`dockerfile` {dockerfile:?} does not exist in the build context")))?;
+    crate::dockerfile::check(&read_small(&dockerfile_path, &dockerfile)?)
+        .map_err(|e| PlanError::Refused(format!("{dockerfile}: {e}")))?;
     let health_path = demo.health_path.clone().unwrap_or_else(|| "/".into());
     if !health_path.starts_with('/') || health_path.contains(char::is_whitespace) {
         return Err(invalid(format!("`health_path` {health_path:?} must be a path starting with /")));
@@ -166,11 +181,32 @@ fn is_executable(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// `base/relative` when `relative` is a relative path that stays inside `base`.
-fn inside(base: &Path, relative: &str) -> Option<PathBuf> {
+/// A path made only of names (no `/` at the start, no `..`).
+fn is_relative_inside(relative: &str) -> bool {
     let path = Path::new(relative);
-    let normal = path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
-    normal.then(|| base.join(path))
+    path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+/// `base/relative` with every symlink resolved, if anything is there. The deepest part of
+/// the path that exists (a link too) must resolve inside `root`, the clone's real folder:
+/// a link out of it is refused even where what it points at is missing.
+fn existing(root: &Path, base: &Path, relative: &str) -> Result<Option<PathBuf>, PlanError> {
+    let path = base.join(relative);
+    let found = path.ancestors().find(|p| std::fs::symlink_metadata(p).is_ok()).unwrap_or(base);
+    match found.canonicalize() {
+        Ok(real) if real.starts_with(root) => Ok((found == path).then_some(real)),
+        _ => Err(PlanError::Refused(format!(
+            "{relative:?} leads outside the repository, or nowhere (a symlink); demofleet builds only from inside it"
+        ))),
+    }
+}
+
+/// A file of the repository that demofleet reads itself, refused past [`MAX_FILE_BYTES`].
+fn read_small(path: &Path, name: &str) -> Result<String, PlanError> {
+    if std::fs::metadata(path)?.len() > MAX_FILE_BYTES {
+        return Err(PlanError::Refused(format!("{name:?} is over {MAX_FILE_BYTES} bytes")));
+    }
+    Ok(std::fs::read_to_string(path)?)
 }
 
 #[cfg(test)]
@@ -230,8 +266,8 @@ mod tests {
             ("privileged = true", "unknown field `privileged`"),
             ("[limits]\nmemory_mb = 100000", "over this host's limit"),
             ("[limits]\ncpus = 64.0", "over this host's limit"),
-            ("dockerfile = \"../../etc/passwd\"", "inside the build context"),
-            ("context = \"/var/run\"", "inside the repository"),
+            ("dockerfile = \"../../etc/passwd\"", "`dockerfile` \"../../etc/passwd\" must be a relative path inside"),
+            ("context = \"/var/run\"", "`context` \"/var/run\" must be a relative path inside the repository"),
             ("[env]\n\"A B\" = \"x\"", "not a variable name"),
             ("volumes = [\"/var/run/docker.sock:/var/run/docker.sock\"]", "unknown field `volumes`"),
         ] {
@@ -239,5 +275,50 @@ mod tests {
             let err = plan(dir.path(), &config()).unwrap_err().to_string();
             assert!(err.contains(expect), "{toml}: {err}");
         }
+    }
+
+    #[test]
+    fn symlinks_out_of_the_clone_are_refused_naming_the_path() {
+        use std::os::unix::fs::symlink;
+        let parent = tempfile::tempdir().unwrap();
+        let clone = parent.path().join("clone");
+        std::fs::create_dir(&clone).unwrap();
+        std::fs::write(parent.path().join("secret"), "x = 1").unwrap();
+        type Paths = &'static [(&'static str, &'static str)];
+        let cases: [(&str, Paths, Paths); 4] = [
+            ("\"ctx\" leads outside", &[(".demofleet.toml", "context = \"ctx\"")], &[("ctx", "..")]),
+            ("\".demofleet.toml\" leads outside", &[("Dockerfile", "FROM x")], &[(".demofleet.toml", "../secret")]),
+            ("\"Dockerfile\" leads outside", &[], &[("Dockerfile", "/etc/hostname")]),
+            (
+                "\"deploy/Dockerfile\" leads outside",
+                &[(".demofleet.toml", "dockerfile = \"deploy/Dockerfile\"")],
+                &[("deploy", "/etc")],
+            ),
+        ];
+        for (expect, files, links) in cases {
+            std::fs::remove_dir_all(&clone).unwrap();
+            std::fs::create_dir(&clone).unwrap();
+            for (path, text) in files {
+                std::fs::write(clone.join(path), text).unwrap();
+            }
+            for (path, target) in links {
+                symlink(target, clone.join(path)).unwrap();
+            }
+            let err = plan(&clone, &config()).unwrap_err();
+            assert!(matches!(err, PlanError::Refused(_)) && err.to_string().contains(expect), "{expect}: {err}");
+        }
+        // A link that stays inside is fine.
+        std::fs::remove_dir_all(&clone).unwrap();
+        std::fs::create_dir_all(clone.join("deploy")).unwrap();
+        std::fs::write(clone.join("deploy/Dockerfile"), "FROM x").unwrap();
+        symlink("deploy/Dockerfile", clone.join("Dockerfile")).unwrap();
+        assert!(plan(&clone, &config()).is_ok());
+    }
+
+    #[test]
+    fn a_dockerfile_naming_a_demo_image_is_refused() {
+        let dir = repo(&[("Dockerfile", "FROM demofleet/base:busybox\nCOPY --from=demofleet/x-o-pr-1:g1 / /\n")]);
+        let err = plan(dir.path(), &config()).unwrap_err().to_string();
+        assert!(err.starts_with("Dockerfile: line 2: `COPY --from=demofleet/x-o-pr-1:g1 / /`"), "{err}");
     }
 }

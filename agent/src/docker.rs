@@ -18,9 +18,9 @@ use futures::StreamExt;
 use demofleet_common::labels;
 use demofleet_common::wire::{DemoSpec, InventoryItem};
 
-use crate::config::Config;
+use crate::config::{BuildLimits, Config};
 use crate::demo_config::Plan;
-use crate::subnets;
+use crate::{confine, subnets};
 
 /// Port a demo listens on when its Dockerfile exposes none.
 pub const DEFAULT_PORT: u16 = 8080;
@@ -39,6 +39,11 @@ pub enum DockerError {
     PoolFull(String),
     #[error("container {0} is gone; the demo must be deployed again")]
     Gone(String),
+    /// Something the host's limits do not allow; trying again cannot help.
+    #[error("{0}")]
+    Refused(String),
+    #[error("no image of generation {0} of this demo: it must be built again")]
+    NoImage(i64),
 }
 
 /// The image repository of a demo's generations, `demofleet/<name>`.
@@ -46,9 +51,12 @@ fn image_repository(name: &str) -> String {
     format!("demofleet/{name}")
 }
 
-/// The image tag of one generation of a demo, `demofleet/<name>:g<generation>`.
-pub fn image_tag(spec: &DemoSpec) -> String {
-    format!("{}:g{}", image_repository(&spec.name), spec.generation)
+/// A new image tag for a build of one generation, `demofleet/<name>:g<generation>-<token>`.
+/// The token is random, so no Dockerfile can name another demo's image (`FROM`,
+/// `COPY --from=`): the tag is known only to this agent, which finds it through the Docker
+/// API, out of demos' reach.
+pub fn new_image_tag(spec: &DemoSpec) -> String {
+    format!("{}:g{}-{}", image_repository(&spec.name), spec.generation, uuid::Uuid::new_v4().simple())
 }
 
 /// The container name of one generation of a demo.
@@ -74,50 +82,114 @@ pub fn demo_bridge(network: &str) -> String {
     format!("{DEMO_BRIDGE_PREFIX}{}", &digest[..15 - DEMO_BRIDGE_PREFIX.len()])
 }
 
-/// The generation an image tag of the demo names (see [`image_tag`]).
+/// The generation an image tag of the demo names (see [`new_image_tag`]; tags of agents
+/// before the token, `…:g<generation>`, too).
 fn generation_of_tag(name: &str, tag: &str) -> Option<i64> {
-    tag.strip_prefix(&image_repository(name))?.strip_prefix(":g")?.parse().ok()
+    let rest = tag.strip_prefix(&image_repository(name))?.strip_prefix(":g")?;
+    rest.split_once('-').map_or(rest, |(generation, _)| generation).parse().ok()
 }
 
-/// Build the demo's image as `plan` says; build output lines go to `log`.
+/// The demo's image tags of this host's engine, with their generations.
+async fn image_tags(docker: &Docker, name: &str) -> Result<Vec<(String, i64)>, DockerError> {
+    let filters = HashMap::from([("reference", vec![image_repository(name)])]);
+    let options = ListImagesOptionsBuilder::default().all(false).filters(&filters).build();
+    let images = docker.list_images(Some(options)).await?;
+    let tags = images.into_iter().flat_map(|image| image.repo_tags);
+    Ok(tags.filter_map(|tag| generation_of_tag(name, &tag).map(|g| (tag, g))).collect())
+}
+
+/// The tag of the image built for `spec`'s generation.
+async fn built_image(docker: &Docker, spec: &DemoSpec) -> Result<String, DockerError> {
+    let tags = image_tags(docker, &spec.name).await?;
+    let mut ours = tags.into_iter().filter(|(_, g)| *g == spec.generation).map(|(tag, _)| tag);
+    ours.next().ok_or(DockerError::NoImage(spec.generation))
+}
+
+/// Build the demo's image as `plan` says, within the host's build limits, its steps on the
+/// demo's `network`; build output lines go to `log`.
 ///
 /// The image carries no labels of ours: with Docker's classic builder each build label is
 /// one more step that commits a layer (3 s of a 5.5 s build of the fixture demo). Images
-/// are found by their tag instead ([`image_tag`]).
-pub async fn build(docker: &Docker, spec: &DemoSpec, plan: &Plan, log: impl Fn(&str)) -> Result<String, DockerError> {
+/// are found by their tag instead ([`new_image_tag`]).
+pub async fn build(
+    docker: &Docker,
+    limits: &BuildLimits,
+    spec: &DemoSpec,
+    plan: &Plan,
+    network: &str,
+    log: impl Fn(&str),
+) -> Result<String, DockerError> {
     let context_dir = plan.context.clone();
-    let context = tokio::task::spawn_blocking(move || pack_context(&context_dir))
+    let max_bytes = limits.context_mb.saturating_mul(1024 * 1024);
+    let context = tokio::task::spawn_blocking(move || pack_context(&context_dir, max_bytes))
         .await
-        .map_err(|e| DockerError::Build(format!("packing task failed: {e}")))??;
-    let tag = image_tag(spec);
+        .map_err(|e| DockerError::Build(format!("packing task failed: {e}")))?
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::FileTooLarge => DockerError::Refused(format!(
+                "the build context is over {} MiB (DEMOFLEET_BUILD_CONTEXT_MB); leave out what the image does not need (.dockerignore does not shrink what is sent)",
+                limits.context_mb
+            )),
+            _ => DockerError::Context(err),
+        })?;
+    let tag = new_image_tag(spec);
+    // i32 bytes is the API client's limit; the setting is bounded below it.
+    let memory = i32::try_from(u64::from(limits.memory_mb) * 1024 * 1024).unwrap_or(i32::MAX);
+    let period = 100_000;
     let options = BuildImageOptionsBuilder::default()
         .dockerfile(&plan.dockerfile)
         .buildargs(&plan.build_args)
         .t(&tag)
         .rm(true)
         .forcerm(true)
+        .memory(memory)
+        .memswap(memory)
+        .cpuperiod(period)
+        .cpuquota((limits.cpus * f64::from(period)) as i32)
+        .networkmode(network)
         .build();
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
     let mut tail: Vec<String> = Vec::new();
-    while let Some(item) = stream.next().await {
-        let info = item.map_err(|e| DockerError::Build(format!("{e}; last output: {}", tail.join(" | "))))?;
-        if let Some(detail) = info.error_detail {
-            return Err(DockerError::Build(detail.message.unwrap_or_default()));
-        }
-        if let Some(line) = info.stream.as_deref().map(str::trim_end).filter(|l| !l.is_empty()) {
-            log(line);
-            tail.push(line.to_string());
-            if tail.len() > 10 {
-                tail.remove(0);
+    let built = tokio::time::timeout(limits.timeout, async {
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| DockerError::Build(format!("{e}; last output: {}", tail.join(" | "))))?;
+            if let Some(detail) = info.error_detail {
+                return Err(DockerError::Build(detail.message.unwrap_or_default()));
+            }
+            if let Some(line) = info.stream.as_deref().map(str::trim_end).filter(|l| !l.is_empty()) {
+                log(line);
+                tail.push(line.to_string());
+                if tail.len() > 10 {
+                    tail.remove(0);
+                }
             }
         }
+        Ok(())
+    })
+    .await;
+    // Dropping the stream on timeout closes the request, and Docker stops the build.
+    drop(stream);
+    match built {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(DockerError::Refused(format!(
+                "the build took longer than {:?} (DEMOFLEET_BUILD_TIMEOUT) and was stopped",
+                limits.timeout
+            )))
+        }
+    }
+    // A build run again (a redelivered step) leaves one image per generation.
+    for (other, _) in
+        image_tags(docker, &spec.name).await?.into_iter().filter(|(t, g)| *g == spec.generation && *t != tag)
+    {
+        remove_tag(docker, &other).await?;
     }
     Ok(tag)
 }
 
-/// A tar of `dir` without `.git`, as the build context.
-fn pack_context(dir: &Path) -> std::io::Result<Vec<u8>> {
-    let mut archive = tar::Builder::new(Vec::new());
+/// A tar of `dir` without `.git`, as the build context; over `max_bytes` it fails with
+/// [`std::io::ErrorKind::FileTooLarge`].
+fn pack_context(dir: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+    let mut archive = tar::Builder::new(Capped { bytes: Vec::new(), max_bytes });
     archive.follow_symlinks(false);
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -132,7 +204,27 @@ fn pack_context(dir: &Path) -> std::io::Result<Vec<u8>> {
             archive.append_path_with_name(&path, &name)?;
         }
     }
-    archive.into_inner()
+    Ok(archive.into_inner()?.bytes)
+}
+
+/// A buffer that refuses to grow past `max_bytes`.
+struct Capped {
+    bytes: Vec<u8>,
+    max_bytes: u64,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if (self.bytes.len() + data.len()) as u64 > self.max_bytes {
+            return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, "build context over its limit"));
+        }
+        self.bytes.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Run the demo's image as its container, or find it already running. Returns the
@@ -146,10 +238,11 @@ pub async fn launch(
 ) -> Result<(String, u16), DockerError> {
     let name = container_name(spec);
     if docker.inspect_container(&name, None).await.is_err() {
-        let image = image_tag(spec);
+        let image = built_image(docker, spec).await?;
+        let image_config = docker.inspect_image(&image).await?.config.unwrap_or_default();
         let port = match plan.port {
             Some(port) => port,
-            None => exposed_port(docker, &image).await?,
+            None => exposed_port(&image_config),
         };
         let network = ensure_network(docker, config, spec).await?;
         let mut env = demo_env(spec, port);
@@ -163,29 +256,38 @@ pub async fn launch(
                 host_port: Some(String::new()),
             }]),
         )]);
-        let body = ContainerCreateBody {
-            image: Some(image),
-            labels: Some(labels::demo_labels(spec, host_id, port)),
-            env: Some(env),
-            exposed_ports: Some(vec![port_key]),
-            host_config: Some(HostConfig {
-                port_bindings: Some(bindings),
-                privileged: Some(false),
-                network_mode: Some(network),
-                memory: Some(i64::from(plan.memory_mb) * 1024 * 1024),
-                nano_cpus: Some((plan.cpus * 1e9) as i64),
-                pids_limit: Some(i64::from(plan.pids)),
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                    maximum_retry_count: None,
-                }),
-                security_opt: Some(vec!["no-new-privileges".into()]),
-                ..Default::default()
+        let mut host_config = HostConfig {
+            port_bindings: Some(bindings),
+            network_mode: Some(network),
+            memory: Some(i64::from(plan.memory_mb) * 1024 * 1024),
+            nano_cpus: Some((plan.cpus * 1e9) as i64),
+            pids_limit: Some(i64::from(plan.pids)),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
             }),
             ..Default::default()
         };
+        let remapped = confine::engine_remaps_users(docker).await;
+        let user = confine::choose(image_config.user.as_deref().unwrap_or_default(), remapped, config);
+        confine::apply(&mut host_config, config, &user);
+        let mut body = ContainerCreateBody {
+            image: Some(image),
+            user: Some(user.spec.clone()),
+            labels: Some(labels::demo_labels(spec, host_id, port)),
+            env: Some(env),
+            exposed_ports: Some(vec![port_key]),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        docker.create_container(Some(options), body).await?;
+        docker.create_container(Some(options.clone()), body.clone()).await?;
+        // A user the image names is root if its /etc/passwd says uid 0: then ours instead.
+        if user.named && confine::uid_in_image(docker, &name, &user.spec).await.is_none_or(|uid| uid == 0) {
+            remove_container(docker, &name).await?;
+            body.user = Some(confine::fallback(config).spec);
+            docker.create_container(Some(options), body).await?;
+        }
     }
     docker.start_container(&name, None).await.or_else(already_started)?;
     let inspected = docker.inspect_container(&name, None).await?;
@@ -278,16 +380,15 @@ pub(crate) fn already_started(err: bollard::errors::Error) -> Result<(), bollard
 }
 
 /// The first TCP port the image exposes, else [`DEFAULT_PORT`].
-async fn exposed_port(docker: &Docker, image: &str) -> Result<u16, DockerError> {
-    let inspected = docker.inspect_image(image).await?;
-    let exposed = inspected.config.and_then(|c| c.exposed_ports).unwrap_or_default();
+fn exposed_port(image: &bollard::models::ImageConfig) -> u16 {
+    let exposed = image.exposed_ports.clone().unwrap_or_default();
     let mut ports: Vec<u16> = exposed
         .iter()
         .filter_map(|p| p.strip_suffix("/tcp").or(Some(p.as_str())).filter(|_| !p.ends_with("/udp")))
         .filter_map(|p| p.parse().ok())
         .collect();
     ports.sort_unstable();
-    Ok(ports.first().copied().unwrap_or(DEFAULT_PORT))
+    ports.first().copied().unwrap_or(DEFAULT_PORT)
 }
 
 /// Environment every demo gets.
@@ -388,23 +489,11 @@ async fn remove_generations(docker: &Docker, spec: &DemoSpec, keep: Option<i64>)
             remove_container(docker, container.id.as_deref().unwrap_or_default()).await?;
         }
     }
-    let filters = HashMap::from([("reference", vec![image_repository(&spec.name)])]);
-    let options = ListImagesOptionsBuilder::default().all(false).filters(&filters).build();
     // By tag, not by image id: generations built from the same commit share one image, and
     // a newer generation's build may tag it between the listing and the removal. Removing
     // a tag the image shares only untags it.
-    let images = docker.list_images(Some(options)).await?;
-    let tags = images.iter().flat_map(|image| &image.repo_tags);
-    for tag in tags.filter(|t| generation_of_tag(&spec.name, t).is_some_and(|g| !spared(g))) {
-        match docker.remove_image(tag, Some(RemoveImageOptionsBuilder::default().build()), None).await {
-            Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
-            // Used by a container demofleet did not make (someone ran one from the demo's
-            // image by hand): the image is kept for it, and the teardown goes on.
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, message }) => {
-                tracing::warn!(image = %tag, %message, "image used by a container that is not a demo's; kept");
-            }
-            Err(err) => return Err(err.into()),
-        }
+    for (tag, _) in image_tags(docker, &spec.name).await?.into_iter().filter(|(_, g)| !spared(*g)) {
+        remove_tag(docker, &tag).await?;
     }
     if keep.is_none() {
         match docker.remove_network(&network_name(spec)).await {
@@ -417,6 +506,20 @@ async fn remove_generations(docker: &Docker, spec: &DemoSpec, keep: Option<i64>)
         }
     }
     Ok(())
+}
+
+/// Remove one image tag; the image goes with its last tag.
+async fn remove_tag(docker: &Docker, tag: &str) -> Result<(), DockerError> {
+    match docker.remove_image(tag, Some(RemoveImageOptionsBuilder::default().build()), None).await {
+        Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        // Used by a container demofleet did not make (someone ran one from the demo's
+        // image by hand): the image is kept for it, and the teardown goes on.
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, message }) => {
+            tracing::warn!(image = %tag, %message, "image used by a container that is not a demo's; kept");
+            Ok(())
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Every demo container of this host, from Docker's labels. The engine is the host's own, so
@@ -470,6 +573,11 @@ mod tests {
     #[test]
     fn image_tags_name_their_generation() {
         assert_eq!(generation_of_tag("site-o-pr-1", "demofleet/site-o-pr-1:g12"), Some(12));
+        assert_eq!(generation_of_tag("site-o-pr-1", "demofleet/site-o-pr-1:g12-0a1b2c"), Some(12));
+        let spec = crate::legacy::tests::spec("alice");
+        let (one, two) = (new_image_tag(&spec), new_image_tag(&spec));
+        assert_ne!(one, two, "a random token per build");
+        assert_eq!(generation_of_tag(&spec.name, &one), Some(spec.generation));
         assert_eq!(generation_of_tag("site-o-pr-1", "demofleet/site-o-pr-10:g1"), None, "another demo");
         assert_eq!(generation_of_tag("site-o-pr-1", "demofleet/site-o-pr-1:latest"), None);
     }

@@ -5,8 +5,15 @@
 //! environment (`GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_0`/`GIT_CONFIG_VALUE_0`): it is never
 //! written to the clone's `.git/config` or anywhere else on disk, never on the command line
 //! (where `ps` would show it), and scrubbed from any message git prints.
+//!
+//! The URL and commit come from a step message, checked by [`crate::validate`]; git is
+//! still run as if they were hostile: `--` before them, only the transports the agent
+//! allows (`GIT_ALLOW_PROTOCOL`: https, http, and file when `DEMOFLEET_GIT_LOCAL_ROOT` is
+//! set; never `ext::` or `fd::`), no hooks, no submodules, no system or user
+//! configuration, and an environment holding nothing of the agent's.
 
 use std::path::Path;
+use std::time::Duration;
 
 use base64::Engine;
 use demofleet_common::secret::Secret;
@@ -18,22 +25,62 @@ pub enum GitError {
     Failed { step: &'static str, message: String },
     #[error("running git: {0}")]
     Spawn(#[from] std::io::Error),
+    #[error("fetching and checking out the commit took longer than {0:?} (DEMOFLEET_CHECKOUT_TIMEOUT)")]
+    Timeout(Duration),
+}
+
+/// Where a checkout may fetch from, and how long it may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// `file://` URLs are allowed (they were checked to lie under the local root).
+    pub local: bool,
+    pub timeout: Duration,
 }
 
 /// Make `dir` a checkout of `sha` from `url`, fetching only that commit; with `token` when
 /// the URL is http(s).
-pub async fn checkout(dir: &Path, url: &str, sha: &str, token: Option<&Secret>) -> Result<(), GitError> {
-    if !dir.join(".git").is_dir() {
-        tokio::fs::create_dir_all(dir).await?;
-        git(dir, "init", &["init", "--quiet"], None).await?;
-    }
-    // The URL is passed on the command line, never stored in .git/config.
-    let token = token.filter(|_| url.starts_with("https://") || url.starts_with("http://"));
-    git(dir, "fetch", &["fetch", "--quiet", "--depth", "1", "--no-tags", url, sha], token).await?;
-    git(dir, "checkout", &["checkout", "--quiet", "--force", "--detach", sha], None).await?;
-    git(dir, "clean", &["clean", "--quiet", "-ffdx"], None).await?;
-    Ok(())
+pub async fn checkout(
+    dir: &Path,
+    url: &str,
+    sha: &str,
+    token: Option<&Secret>,
+    policy: Policy,
+) -> Result<(), GitError> {
+    tokio::time::timeout(policy.timeout, async {
+        if !dir.join(".git").is_dir() {
+            tokio::fs::create_dir_all(dir).await?;
+            // No template: no sample hooks or other files from the system's git.
+            git(dir, "init", &["init", "--quiet", "--template="], None, policy).await?;
+        }
+        // The URL is passed on the command line, never stored in .git/config.
+        let token = token.filter(|_| url.starts_with("https://") || url.starts_with("http://"));
+        let fetch = ["fetch", "--quiet", "--depth", "1", "--no-tags", "--no-recurse-submodules", "--", url, sha];
+        git(dir, "fetch", &fetch, token, policy).await?;
+        let checkout = ["checkout", "--quiet", "--force", "--detach", "--no-recurse-submodules", sha, "--"];
+        git(dir, "checkout", &checkout, None, policy).await?;
+        git(dir, "clean", &["clean", "--quiet", "-ffdx"], None, policy).await
+    })
+    .await
+    .map_err(|_| GitError::Timeout(policy.timeout))?
 }
+
+/// The agent's variables git still gets: how to reach the network and whom to trust there.
+const PASSED_ON: [&str; 8] =
+    ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR"];
+
+/// Settings every git command gets before its own arguments.
+const HARDENING: [&str; 10] = [
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "submodule.recurse=false",
+    "-c",
+    "fetch.recurseSubmodules=false",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "protocol.allow=never",
+];
 
 /// The `Authorization` header GitHub takes for a token over HTTPS.
 fn authorization(token: &Secret) -> String {
@@ -41,15 +88,28 @@ fn authorization(token: &Secret) -> String {
     format!("Authorization: Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials))
 }
 
-async fn git(dir: &Path, step: &'static str, args: &[&str], token: Option<&Secret>) -> Result<(), GitError> {
+async fn git(
+    dir: &Path,
+    step: &'static str,
+    args: &[&str],
+    token: Option<&Secret>,
+    policy: Policy,
+) -> Result<(), GitError> {
     let mut command = Command::new("git");
     command
+        .args(HARDENING)
         .args(args)
         .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+        .env("GIT_ALLOW_PROTOCOL", if policy.local { "https:http:file" } else { "https:http" })
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .kill_on_drop(true);
+    for (name, value) in std::env::vars_os().filter(|(name, _)| PASSED_ON.iter().any(|p| name == *p)) {
+        command.env(name, value);
+    }
     if let Some(token) = token {
         command
             .env("GIT_CONFIG_COUNT", "1")

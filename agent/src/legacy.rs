@@ -4,8 +4,9 @@
 //! `CANONICAL_WEBTEAM_RUN_SERVE_DOCKER_OPTS` (whitespace-separated `docker run` options).
 //!
 //! The script runs on the host as the agent's user, so only commits an authorized author
-//! pushed (or someone approved) ever get here; the container must still come out under our
-//! name and labels, or the step fails.
+//! pushed (or someone approved) ever get here; it gets a cleared environment (none of the
+//! agent's credentials), and the container must still come out under our name and labels,
+//! or the step fails.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -41,6 +42,10 @@ pub fn docker_opts(
         format!("--pids-limit={}", config.demo_pids),
         "--restart=unless-stopped".to_string(),
         "--security-opt=no-new-privileges".to_string(),
+        "--cap-drop=ALL".to_string(),
+        "--log-driver=json-file".to_string(),
+        format!("--log-opt=max-size={}", config.demo_log_max_size),
+        format!("--log-opt=max-file={}", config.demo_log_files),
     ];
     let mut labels: Vec<(String, String)> = labels::demo_labels(spec, host_id, port).into_iter().collect();
     labels.sort();
@@ -77,10 +82,18 @@ fn free_port(address: &str) -> anyhow::Result<u16> {
 }
 
 async fn run_script(ctx: &AgentContext, spec: &DemoSpec, dir: &Path, port: u16, opts: &str) -> anyhow::Result<()> {
+    // Nothing of the agent's environment (broker and NATS URLs with passwords, tokens):
+    // only where programs are, the engine to talk to, and what the script needs.
     let mut command = tokio::process::Command::new(dir.join("run"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+        .env("HOME", dir);
     // The script's `docker` runs against this host's engine, as the agent's own calls do.
     if let Some(host) = &ctx.config.docker_host {
         let host = if host.contains("://") { host.clone() } else { format!("unix://{host}") };
+        command.env("DOCKER_HOST", host);
+    } else if let Some(host) = std::env::var_os("DOCKER_HOST") {
         command.env("DOCKER_HOST", host);
     }
     let mut child = command
@@ -145,11 +158,12 @@ async fn ours(docker: &Docker, spec: &DemoSpec) -> anyhow::Result<(String, u16)>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use clap::Parser;
 
-    fn spec(github_user: &str) -> DemoSpec {
+    /// A demo spec as the controller sends it, for the agent's unit tests.
+    pub(crate) fn spec(github_user: &str) -> DemoSpec {
         DemoSpec {
             id: uuid::Uuid::nil(),
             name: "site-owner-pr-1".into(),
@@ -178,6 +192,8 @@ mod tests {
             "--env=PORT=4100",
             "--env=DEMO_OPT_COLOR=blue",
             "--security-opt=no-new-privileges",
+            "--cap-drop=ALL",
+            "--log-opt=max-size=10m",
         ] {
             assert!(opts.split(' ').any(|o| o == expected), "{expected} missing from {opts}");
         }

@@ -9,19 +9,25 @@
 //! - [`steps`]: what each step does.
 //! - [`git`]: checking out the head commit.
 //! - [`demo_config`]: `.demofleet.toml` and what the agent builds and runs.
+//! - [`confine`]: what a demo container may not do: capabilities, user, log size.
 //! - [`docker`]: build, run, inspect and remove demo containers and images.
+//! - [`dockerfile`]: refusing Dockerfiles that name demo images.
 //! - [`subnets`]: demo networks' subnets from a pool of our own.
 //! - [`legacy`]: the `./run serve` mode of the service demofleet replaces.
 //! - [`heartbeat`]: the periodic heartbeat with inventory.
+//! - [`validate`]: every field of a step message checked before the agent acts on it.
 
 pub mod config;
+pub mod confine;
 pub mod demo_config;
 pub mod docker;
+pub mod dockerfile;
 pub mod git;
 pub mod heartbeat;
 pub mod legacy;
 pub mod steps;
 pub mod subnets;
+pub mod validate;
 pub mod worker;
 
 use std::collections::HashMap;

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use demofleet_common::names;
 use demofleet_common::secret::Secret;
 use demofleet_common::wire::{DemoSpec, Step, StepOutcome, StepOutput};
 
@@ -26,30 +25,31 @@ pub async fn run(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> StepOutcome
 }
 
 async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::Result<StepOutput> {
-    let dir = clone_dir(ctx, spec)?;
+    // The worker checked every field of `spec` (crate::validate): `name` is one folder name.
+    let dir = ctx.config.demo_dir.join(&spec.name);
     let mut output = StepOutput::default();
     match step {
         Step::Checkout => {
+            ensure_free_disk(ctx).await?;
             ctx.log(spec, &format!("checking out {}", spec.sha));
             let token = git_token(ctx).await?;
-            git::checkout(&dir, &spec.clone_url, &spec.sha, token.as_ref()).await?;
+            let policy =
+                git::Policy { local: ctx.config.git_local_root.is_some(), timeout: ctx.config.checkout_timeout };
+            git::checkout(&dir, &spec.clone_url, &spec.sha, token.as_ref(), policy).await?;
         }
         Step::Build => {
             let plan = demo_config::plan(&dir, &ctx.config)?;
+            ensure_free_disk(ctx).await?;
             if plan.legacy_run {
                 ctx.log(spec, "legacy ./run mode: ./run serve builds and starts the container at launch");
                 return Ok(output);
             }
-            // The demo's network is made meanwhile, so that launch finds it ready; if that
-            // fails, launch tries again and reports it.
-            let (image, network) = tokio::join!(
-                docker::build(&ctx.docker, spec, &plan, |line| ctx.log(spec, line)),
-                docker::ensure_network(&ctx.docker, &ctx.config, spec),
-            );
-            if let Err(err) = network {
-                tracing::debug!(error = %err, "making the demo's network during the build failed");
-            }
-            output.image = Some(image?);
+            // The build's steps run on the demo's own network, fenced like the demo itself
+            // (the host's firewall policy matches its bridge), not on Docker's default one.
+            let network = docker::ensure_network(&ctx.docker, &ctx.config, spec).await?;
+            let image =
+                docker::build(&ctx.docker, &ctx.config.build, spec, &plan, &network, |line| ctx.log(spec, line));
+            output.image = Some(image.await?);
         }
         Step::Launch => {
             // Beside the running generation, if any: it keeps serving until this one is healthy.
@@ -105,21 +105,37 @@ async fn git_token(ctx: &AgentContext) -> anyhow::Result<Option<Secret>> {
 
 /// Failures that trying again cannot mend.
 fn is_permanent(err: &anyhow::Error) -> bool {
-    matches!(err.downcast_ref::<PlanError>(), Some(PlanError::NothingToBuild | PlanError::Invalid(_)))
-        || err.downcast_ref::<UnsafeName>().is_some()
-        || matches!(err.downcast_ref::<docker::DockerError>(), Some(docker::DockerError::Gone(_)))
+    matches!(
+        err.downcast_ref::<PlanError>(),
+        Some(PlanError::NothingToBuild | PlanError::Invalid(_) | PlanError::Refused(_))
+    ) || matches!(
+        err.downcast_ref::<docker::DockerError>(),
+        Some(docker::DockerError::Gone(_) | docker::DockerError::Refused(_))
+    )
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("refusing unsafe demo name {0:?}")]
-struct UnsafeName(String);
-
-/// `DEMO_DIR/<name>`, for a name that is a safe folder name and nothing else.
-fn clone_dir(ctx: &AgentContext, spec: &DemoSpec) -> anyhow::Result<PathBuf> {
-    if !names::is_valid_name(&spec.name) {
-        return Err(UnsafeName(spec.name.clone()).into());
+/// Refuse to check out or build while the demo folder's or Docker's file system has less
+/// free space than `DEMOFLEET_BUILD_MIN_FREE_DISK_MB`: a full disk stops every demo of the
+/// host, not only the one being built.
+async fn ensure_free_disk(ctx: &AgentContext) -> anyhow::Result<()> {
+    let minimum = ctx.config.build.min_free_disk_mb;
+    let mut paths = vec![ctx.config.demo_dir.clone()];
+    match ctx.docker.info().await {
+        Ok(info) => paths.extend(info.docker_root_dir.map(PathBuf::from)),
+        Err(err) => tracing::debug!(error = %err, "asking Docker for its root folder failed"),
     }
-    Ok(ctx.config.demo_dir.join(&spec.name))
+    for path in paths {
+        // Docker's folder may be on another machine (DOCKER_HOST) or unreadable: then only ours counts.
+        let Ok(disk) = crate::heartbeat::disk(&path) else { continue };
+        let free_mb = disk.free_bytes / (1024 * 1024);
+        anyhow::ensure!(
+            free_mb >= minimum,
+            "only {free_mb} MiB free on {}; checkouts and builds need {minimum} MiB \
+             (DEMOFLEET_BUILD_MIN_FREE_DISK_MB)",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Wait for a 2xx or 3xx answer on the health path until the health deadline.

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoff;
-use demofleet_common::wire::{Cleanup, StepMessage, StepResult, KIND_CLEANUP, WIRE_VERSION};
+use demofleet_common::wire::{Cleanup, StepMessage, StepOutcome, StepResult, KIND_CLEANUP, WIRE_VERSION};
 use demofleet_common::{consume, retry, topology};
 
 use crate::{steps, AgentContext};
@@ -92,6 +92,15 @@ async fn handle(ctx: &AgentContext, results: &Channel, delivery: Delivery) -> an
         delivery.ack(BasicAckOptions::default()).await?;
         return Ok(());
     }
+    // Before anything else, the generation seen included: a forged generation must not
+    // make the demo's real steps look superseded.
+    if let Err(refused) = crate::validate::spec(&message.demo, ctx.config.git_local_root.as_deref()) {
+        tracing::error!(error = %refused, step = message.step.as_str(), "step message refused");
+        let outcome = StepOutcome::Failed { error: refused.to_string(), retryable: false };
+        topology::publish_result(results, &StepResult::of(&message, &ctx.host_id, Default::default(), outcome)).await?;
+        delivery.ack(BasicAckOptions::default()).await?;
+        return Ok(());
+    }
     let demo_lock = ctx.demo_lock(message.demo.id);
     let _guard = demo_lock.lock().await;
     if ctx.newest.is_superseded(message.demo.id, message.demo.generation) {
@@ -112,6 +121,11 @@ async fn handle(ctx: &AgentContext, results: &Channel, delivery: Delivery) -> an
 async fn clean_up(ctx: &AgentContext, delivery: Delivery) -> anyhow::Result<()> {
     match serde_json::from_slice::<Cleanup>(&delivery.data) {
         Ok(cleanup) if cleanup.version == WIRE_VERSION && cleanup.host_id == ctx.host_id => {
+            if let Some(refused) = cleanup.containers.iter().find_map(|id| crate::validate::container_id(id).err()) {
+                tracing::error!(error = %refused, "cleanup message dropped");
+                delivery.ack(BasicAckOptions::default()).await?;
+                return Ok(());
+            }
             let removed = crate::docker::remove_orphans(&ctx.docker, &cleanup.containers).await?;
             tracing::info!(removed, asked = cleanup.containers.len(), "orphaned demo containers removed");
         }

@@ -433,6 +433,7 @@ impl ClusterFleet {
                 &stack.services.nats_url,
                 &stack.nats_prefix,
                 &demo_dir,
+                &stack.repos_dir(),
                 Some(&machine),
             );
             fleet.machines.push(machine);

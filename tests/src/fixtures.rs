@@ -48,6 +48,24 @@ impl FixtureRepo {
         git(&self.work, &["push", "--quiet", "--force", bare, "HEAD:refs/heads/main"]);
         git_output(&self.work, &["rev-parse", "HEAD"])
     }
+
+    /// Put a symlink `path` → `target` in the work tree; the next commit holds it.
+    pub fn symlink(&self, path: &str, target: &str) {
+        let path = self.work.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(target, path).unwrap();
+    }
+
+    /// Declare a submodule at `path` fetched from `url` (its commit made up); the next
+    /// commit holds it.
+    pub fn submodule(&self, path: &str, url: &str) {
+        let entry = format!("[submodule \"{path}\"]\n\tpath = {path}\n\turl = {url}\n");
+        std::fs::write(self.work.join(".gitmodules"), entry).unwrap();
+        std::fs::create_dir_all(self.work.join(path)).unwrap();
+        let gitlink = format!("160000,{},{path}", "a".repeat(40));
+        git(&self.work, &["update-index", "--add", "--cacheinfo", &gitlink]);
+    }
 }
 
 /// A demo that serves `marker` in its page, built FROM the local base image.

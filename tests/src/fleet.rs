@@ -168,6 +168,7 @@ async fn create_host(stack: &Stack, nats: &PrivateNats, index: usize, capacity: 
         ("--nats-url", nats_url),
         ("--nats-prefix", stack.nats_prefix.clone()),
         ("--demo-dir", demo_dir.to_str().unwrap().to_string()),
+        ("--git-local-root", stack.repos_dir().to_str().unwrap().to_string()),
         ("--docker-host", machine.engine().agent_flag().expect("the host's own engine")),
         ("--host-address", machine.address.clone()),
         ("--capacity", capacity.to_string()),

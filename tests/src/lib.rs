@@ -14,6 +14,7 @@
 //! - [`stack`]: a running controller (and agents) with helpers to drive and observe it.
 //! - [`host`]: test hosts: a network namespace, an address and a Docker Engine of their own.
 //! - [`fleet`]: agent hosts as processes on test hosts, to be killed and cut off.
+//! - [`lone_agent`]: one agent driven by the test in the controller's place.
 //! - [`wait`]: waiting for conditions with deadlines.
 //! - [`spy`]: proof that nothing was sent to the controller's or the agents' queues.
 
@@ -25,6 +26,7 @@ pub mod fixtures;
 pub mod fleet;
 pub mod git_http;
 pub mod host;
+pub mod lone_agent;
 pub mod oidc;
 pub mod postgres;
 pub mod rng;

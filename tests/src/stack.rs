@@ -108,17 +108,20 @@ impl ControllerFlags {
     }
 }
 
-/// A test agent's command line: host `host_id` with its demos in `demo_dir`, heartbeating
-/// every 500 ms, on `machine`'s engine and address, else on the machine's engine and 127.0.0.1.
+/// A test agent's command line: host `host_id` with its demos in `demo_dir`, fetching from
+/// the fixture repositories under `repos` (`file://` URLs), heartbeating every 500 ms, on
+/// `machine`'s engine and address, else on the machine's engine and 127.0.0.1.
 pub fn agent_argv(
     host_id: &str,
     amqp_url: &str,
     nats_url: &str,
     nats_prefix: &str,
     demo_dir: &Path,
+    repos: &Path,
     machine: Option<&TestHost>,
 ) -> Vec<String> {
     let demo_dir = demo_dir.to_str().expect("a UTF-8 demo folder");
+    let repos = repos.to_str().expect("a UTF-8 repositories folder");
     let address = machine.map_or("127.0.0.1", |m| m.address.as_str());
     let mut args: Vec<String> = [
         "demofleet-agent",
@@ -132,6 +135,8 @@ pub fn agent_argv(
         nats_prefix,
         "--demo-dir",
         demo_dir,
+        "--git-local-root",
+        repos,
         "--host-address",
         address,
         "--heartbeat-interval",
@@ -283,7 +288,7 @@ impl Stack {
             let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
             let demo_dir = scratch.path().join("demos").join(&host_id);
             let machine = if options.agents > 1 { Some(TestHost::spawn(&services.base_image).await) } else { None };
-            let mut args = agent_argv(&host_id, &amqp_url, &nats_url, &prefix, &demo_dir, machine.as_ref());
+            let mut args = agent_argv(&host_id, &amqp_url, &nats_url, &prefix, &demo_dir, &repos, machine.as_ref());
             args.extend(options.agent_args.iter().cloned());
             let agent = start_agent(&args, &[]).await;
             agents.push(TestAgent { host_id, demo_dir, machine, args, agent: Some(agent) });

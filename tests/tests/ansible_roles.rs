@@ -371,7 +371,7 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
         "agent_amqp_vhost": vhost,
         "agent_nats_url": services.nats_url,
         "agent_nats_prefix": prefix,
-        "agent_extra_env": {"DEMOFLEET_HEARTBEAT_INTERVAL": "500ms"},
+        "agent_extra_env": {"DEMOFLEET_HEARTBEAT_INTERVAL": "500ms", "DEMOFLEET_GIT_LOCAL_ROOT": repos},
         "agent_firewall_edge": ["10.0.0.5", "10.0.1.0/24"],
     });
     let mut vars = serde_json::Map::new();

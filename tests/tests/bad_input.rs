@@ -114,8 +114,11 @@ async fn hostile_demo_configurations_are_refused_and_nothing_is_launched() {
         ("limits.memory_mb = 1000000\n", "limits.memory_mb = 1000000 is over this host's limit"),
         ("[limits]\ncpus = 64\n", "limits.cpus = 64 is over this host's limit"),
         ("[limits]\npids = 4000000\n", "limits.pids = 4000000 is over this host's limit"),
-        ("context = \"/etc\"\n", "`context` must be a relative path inside the repository"),
-        ("dockerfile = \"../../../../etc/passwd\"\n", "`dockerfile` must be a relative path inside the build context"),
+        ("context = \"/etc\"\n", "`context` \"/etc\" must be a relative path inside the repository"),
+        (
+            "dockerfile = \"../../../../etc/passwd\"\n",
+            "`dockerfile` \"../../../../etc/passwd\" must be a relative path inside the build context",
+        ),
         ("privileged = true\n", "unknown field `privileged`"),
         ("volumes = [\"/var/run/docker.sock:/var/run/docker.sock\"]\n", "unknown field `volumes`"),
         ("network_mode = \"host\"\n", "unknown field `network_mode`"),
