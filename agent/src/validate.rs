@@ -4,7 +4,7 @@
 //! environment and in paths. A field that is not what the controller would send refuses
 //! the step, naming the field.
 
-use std::path::Path;
+use std::path::{Component, Path};
 
 use demofleet_common::names;
 use demofleet_common::webhook::event::is_commit_sha;
@@ -110,17 +110,22 @@ pub fn clone_url(raw: &str, local_root: Option<&Path>) -> Result<(), Refused> {
     }
 }
 
-/// A `file://` URL of an existing folder under `root`, symlinks resolved. git reads the
-/// path as written (no host, no %-decoding, `..` resolved by the file system), so it is
-/// checked as written rather than as a URL parser would normalise it.
+/// A `file://` URL of a folder under `root`. git reads the path as written (no host, no
+/// %-decoding), so it is checked as written: no `..`, and the deepest part of it that
+/// exists must resolve, symlinks and all, inside the root. A repository missing for now
+/// (a mirror not synced yet) is git's to report, and the step is tried again.
 fn local_repository(raw: &str, root: &Path) -> Result<(), Refused> {
     let outside = || refuse("clone_url", format!("{raw:?} is not a repository under DEMOFLEET_GIT_LOCAL_ROOT"));
-    let Some(path) = raw.strip_prefix("file://").filter(|p| p.starts_with('/')) else { return Err(outside()) };
-    if path.contains(['%', '?', '#']) {
+    let Some(path) = raw.strip_prefix("file://").map(Path::new).filter(|p| p.is_absolute()) else {
+        return Err(outside());
+    };
+    let plain = path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if !plain || raw.contains(['%', '?', '#']) {
         return Err(outside());
     }
-    let (Ok(path), Ok(root)) = (Path::new(path).canonicalize(), root.canonicalize()) else { return Err(outside()) };
-    if path.starts_with(&root) && path != root {
+    let found = path.ancestors().find(|p| std::fs::symlink_metadata(p).is_ok()).unwrap_or(Path::new("/"));
+    let (Ok(found), Ok(root)) = (found.canonicalize(), root.canonicalize()) else { return Err(outside()) };
+    if found.starts_with(&root) && path.canonicalize().map_or(true, |p| p != root) {
         Ok(())
     } else {
         Err(outside())
@@ -198,11 +203,12 @@ mod tests {
         let url = |p: &Path| format!("file://{}", p.display());
         assert!(clone_url(&url(&repo), Some(root.path())).is_ok());
         assert!(clone_url(&url(&repo), None).is_err(), "no root, no file URLs");
+        assert!(clone_url(&url(&root.path().join("o/missing.git")), Some(root.path())).is_ok(), "git reports it");
+        assert!(clone_url(&url(&root.path().join("o/escape/missing")), Some(root.path())).is_err());
         for bad in [
             url(&root.path().join("o/escape")),
             url(&root.path().join("o/../../")),
             url(root.path()),
-            url(&root.path().join("missing.git")),
             format!("file://localhost{}", repo.display()),
             format!("file://{}%2e%2e", root.path().display()),
         ] {

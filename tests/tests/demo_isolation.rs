@@ -189,8 +189,11 @@ fn attacker_files(base_image: &str, targets: &BTreeMap<String, String>) -> Vec<(
          done\n\
          exec httpd -f -p 8080 -h /www\n"
     );
-    let dockerfile =
-        format!("FROM {base_image}\nCOPY probe.sh /probe.sh\nEXPOSE 8080\nCMD [\"/bin/sh\", \"/probe.sh\"]\n");
+    // The page is written at start by whatever user the agent runs the demo as (nobody).
+    let dockerfile = format!(
+        "FROM {base_image}\nCOPY probe.sh /probe.sh\nRUN mkdir -p /www && chmod 777 /www\nEXPOSE 8080\n\
+         CMD [\"/bin/sh\", \"/probe.sh\"]\n"
+    );
     vec![("Dockerfile", dockerfile), ("probe.sh", script)]
 }
 

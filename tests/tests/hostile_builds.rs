@@ -146,13 +146,14 @@ async fn a_dockerfile_cannot_reach_another_demo_s_image() {
 const WHOAMI: &str = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho uid=$(id -u)\n\
                       grep -E '^(CapEff|CapBnd|NoNewPrivs):' /proc/self/status\n";
 
-fn whoami_site(base: &str, user_lines: &str) -> Vec<(&'static str, String)> {
+/// The site of a demo `tag` (in a build step of its own, so that no build reuses another's).
+fn whoami_site(base: &str, tag: &str, user_lines: &str) -> Vec<(&'static str, String)> {
     vec![
         (
             "Dockerfile",
             format!(
                 "FROM {base}\nCOPY whoami.cgi /www/cgi-bin/whoami\nRUN chmod 755 /www/cgi-bin/whoami && echo hi > /www/index.html \
-                 && ip route > /www/build-route\n\
+                 && ip route > /www/build-route && echo {tag}\n\
                  {user_lines}EXPOSE 8080\nCMD [\"sh\", \"-c\", \"head -c 3000000 /dev/zero | tr '\\\\0' x | fold -w 100; \
                  exec httpd -f -p 8080 -h /www\"]\n"
             ),
@@ -177,7 +178,8 @@ async fn demo_containers_run_unprivileged_with_bounded_logs() {
     ];
     for (prefix, user_lines, uid) in cases {
         let repo = repo(&stack, prefix);
-        let name = open(&stack, &repo, &repo.commit("whoami", &files(&whoami_site(base, &user_lines)))).await;
+        let name =
+            open(&stack, &repo, &repo.commit("whoami", &files(&whoami_site(base, &repo.repo, &user_lines)))).await;
         stack.wait_for_state(&name, "running", DEADLINE).await;
         let (status, body) = stack.edge_get(&format!("{name}.localhost"), "/cgi-bin/whoami").await;
         assert_eq!(status, 200, "{name}: {body}");

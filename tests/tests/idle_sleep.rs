@@ -79,8 +79,9 @@ async fn an_idle_demo_sleeps_and_the_next_request_wakes_it() {
     })
     .await;
     assert_eq!(stopped[0].0, before[0].0, "the same container, kept");
-    let image = format!("demofleet/{name}:g{}", demo["generation"]);
-    assert!(!docker(&["images", "-q", &image]).is_empty(), "image {image} kept");
+    let tags = docker(&["images", "--format", "{{.Tag}}", &format!("demofleet/{name}")]);
+    let generation = format!("g{}-", demo["generation"]);
+    assert!(tags.lines().any(|t| t.starts_with(&generation)), "the image of {generation}… kept: {tags}");
     assert!(stack.agents[0].demo_dir.join(&name).join(".git").exists(), "clone kept");
     assert_eq!(asleep["generation"], demo["generation"]);
     let dynamic = stack.get_json("/traefik/dynamic").await;
