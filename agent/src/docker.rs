@@ -463,28 +463,34 @@ async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> 
 
 /// Remove every container of the demo on this host, and its images. Other demos' and
 /// foreign ones are untouched.
-pub async fn remove_demo(docker: &Docker, spec: &DemoSpec) -> Result<(), DockerError> {
-    remove_generations(docker, spec, None).await
+pub async fn remove_demo(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<(), DockerError> {
+    remove_generations(docker, host_id, spec, None).await
 }
 
 /// Remove the containers and images of the demo's generations other than the current one:
 /// after an update has switched the route to the new one.
-pub async fn retire_older(docker: &Docker, spec: &DemoSpec) -> Result<(), DockerError> {
-    remove_generations(docker, spec, Some(spec.generation)).await
+pub async fn retire_older(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<(), DockerError> {
+    remove_generations(docker, host_id, spec, Some(spec.generation)).await
 }
 
 /// Remove the demo's containers, then its images, of the step's generation and older ones,
 /// except those of generation `keep`. A newer generation's are left alone: a step of an
 /// older chain may still run after a newer chain built its image (a pull request closed and
-/// opened again). The engine is this host's alone: every demo container on it is ours.
-async fn remove_generations(docker: &Docker, spec: &DemoSpec, keep: Option<i64>) -> Result<(), DockerError> {
-    let filter = format!("{}={}", labels::ID, spec.id);
+/// opened again). Only containers labelled with this host's id are this agent's (see
+/// [`inventory`]).
+async fn remove_generations(
+    docker: &Docker,
+    host_id: &str,
+    spec: &DemoSpec,
+    keep: Option<i64>,
+) -> Result<(), DockerError> {
+    let filter = vec![format!("{}={}", labels::ID, spec.id), format!("{}={host_id}", labels::HOST)];
     let spared = |generation: i64| Some(generation) == keep || generation > spec.generation;
     let kept = |labels: Option<&HashMap<String, String>>| {
         let generation = labels.and_then(|l| l.get(labels::GENERATION)).and_then(|g| g.parse::<i64>().ok());
         generation.is_some_and(spared)
     };
-    for container in containers_of(docker, vec![filter]).await? {
+    for container in containers_of(docker, filter).await? {
         if !kept(container.labels.as_ref()) {
             remove_container(docker, container.id.as_deref().unwrap_or_default()).await?;
         }
@@ -522,11 +528,11 @@ async fn remove_tag(docker: &Docker, tag: &str) -> Result<(), DockerError> {
     }
 }
 
-/// Every demo container of this host, from Docker's labels. The engine is the host's own, so
-/// a container another agent made (under an earlier host id, say) is listed too, and the
-/// controller's reconcile decides its fate.
-pub async fn inventory(docker: &Docker) -> Result<Vec<InventoryItem>, DockerError> {
-    Ok(demo_containers(docker)
+/// Every demo container of this host, from Docker's labels: those labelled with its host id.
+/// An engine may also run another fleet's demos (a second fleet tried out on the same
+/// machine, under other host ids); those are that fleet's agent's, never this one's.
+pub async fn inventory(docker: &Docker, host_id: &str) -> Result<Vec<InventoryItem>, DockerError> {
+    Ok(demo_containers(docker, host_id)
         .await?
         .into_iter()
         .filter_map(|c| {
@@ -543,9 +549,9 @@ pub async fn inventory(docker: &Docker) -> Result<Vec<InventoryItem>, DockerErro
 
 /// Remove the containers `ids` that are demo containers of this host; any other id is
 /// left alone. Returns how many were removed.
-pub async fn remove_orphans(docker: &Docker, ids: &[String]) -> Result<usize, DockerError> {
+pub async fn remove_orphans(docker: &Docker, host_id: &str, ids: &[String]) -> Result<usize, DockerError> {
     let mut removed = 0;
-    for container in demo_containers(docker).await? {
+    for container in demo_containers(docker, host_id).await? {
         let Some(id) = container.id.filter(|id| ids.contains(id)) else { continue };
         remove_container(docker, &id).await?;
         removed += 1;
@@ -553,9 +559,12 @@ pub async fn remove_orphans(docker: &Docker, ids: &[String]) -> Result<usize, Do
     Ok(removed)
 }
 
-/// The demo containers (`run.demo=true`) on this host's engine.
-async fn demo_containers(docker: &Docker) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
-    containers_of(docker, vec![format!("{}=true", labels::DEMO)]).await
+/// The demo containers (`run.demo=true`) of `host_id` on this host's engine.
+async fn demo_containers(
+    docker: &Docker,
+    host_id: &str,
+) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
+    containers_of(docker, vec![format!("{}=true", labels::DEMO), format!("{}={host_id}", labels::HOST)]).await
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub async fn run(ctx: Arc<AgentContext>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let inventory = docker::inventory(&ctx.docker).await.unwrap_or_else(|err| {
+        let inventory = docker::inventory(&ctx.docker, &ctx.host_id).await.unwrap_or_else(|err| {
             tracing::warn!(error = %err, "reading the inventory failed; sending an empty one");
             Vec::new()
         });

@@ -70,9 +70,9 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
             wait_healthy(ctx, spec, port, &plan.health_path).await?;
             output.host_port = Some(port);
         }
-        Step::Retire => docker::retire_older(&ctx.docker, spec).await?,
+        Step::Retire => docker::retire_older(&ctx.docker, &ctx.host_id, spec).await?,
         Step::Stop => {
-            docker::remove_demo(&ctx.docker, spec).await?;
+            docker::remove_demo(&ctx.docker, &ctx.host_id, spec).await?;
             match tokio::fs::remove_dir_all(&dir).await {
                 Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err.into()),
                 _ => {}

@@ -126,7 +126,7 @@ async fn clean_up(ctx: &AgentContext, delivery: Delivery) -> anyhow::Result<()> 
                 delivery.ack(BasicAckOptions::default()).await?;
                 return Ok(());
             }
-            let removed = crate::docker::remove_orphans(&ctx.docker, &cleanup.containers).await?;
+            let removed = crate::docker::remove_orphans(&ctx.docker, &ctx.host_id, &cleanup.containers).await?;
             tracing::info!(removed, asked = cleanup.containers.len(), "orphaned demo containers removed");
         }
         Ok(cleanup) => {
