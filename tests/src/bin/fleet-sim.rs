@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoff;
 use clap::Parser;
@@ -62,6 +63,11 @@ struct Args {
     /// AMQP connections the agents share.
     #[arg(long, default_value_t = 4)]
     connections: u32,
+
+    /// Containers the hosts run from the start, one a line: `host demo generation port
+    /// running|exited` (as `bench-history --inventory` writes them).
+    #[arg(long)]
+    inventory: Option<std::path::PathBuf>,
 }
 
 /// Steps answered and heartbeats sent by all agents, for the summary at exit.
@@ -156,6 +162,13 @@ impl SimAgent {
         StepOutcome::Succeeded(output)
     }
 
+    /// A container the host already runs (or keeps stopped) when the simulator starts.
+    fn adopt(&self, demo: Uuid, generation: i64, port: u16, running: bool) {
+        let id = format!("{}{:016x}{:016x}", demo.simple(), generation, self.index);
+        let mut demos = self.demos.lock().expect("container map");
+        demos.entry(demo).or_default().push(Container { generation, id, port, running });
+    }
+
     fn clean_up(&self, ids: &[String]) {
         let mut demos = self.demos.lock().expect("container map");
         for containers in demos.values_mut() {
@@ -209,10 +222,13 @@ async fn main() -> anyhow::Result<()> {
     });
     // Fail at once on a wrong URL or credentials; later failures are retried.
     shared.connections.channel(0).await?.close(200, "checked".into()).await?;
+    let agents: Vec<Arc<SimAgent>> = (0..args.agents).map(|index| Arc::new(SimAgent::new(index, &args))).collect();
+    if let Some(path) = &args.inventory {
+        adopt_inventory(&agents, path)?;
+    }
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
-    for index in 0..args.agents {
-        let agent = Arc::new(SimAgent::new(index, &args));
+    for (index, agent) in (0u32..).zip(agents) {
         tasks.spawn(run_worker(agent.clone(), shared.clone(), stop.clone()));
         // The first beats are spread over one interval, as independent agents' are.
         let offset = args.heartbeat_interval.mul_f64(f64::from(index) / f64::from(args.agents));
@@ -233,6 +249,39 @@ async fn main() -> anyhow::Result<()> {
         heartbeats = shared.counters.heartbeats.load(Ordering::Relaxed),
         "simulated agents stopped"
     );
+    Ok(())
+}
+
+/// Give each host the containers `path` lists for it (see `--inventory`).
+fn adopt_inventory(agents: &[Arc<SimAgent>], path: &std::path::Path) -> anyhow::Result<()> {
+    let by_host: HashMap<&str, &SimAgent> = agents.iter().map(|a| (a.host_id.as_str(), a.as_ref())).collect();
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut adopted = 0;
+    for (number, line) in (1..).zip(text.lines().filter(|l| !l.trim().is_empty())) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let parsed = match fields.as_slice() {
+            [host, demo, generation, port, state @ ("running" | "exited")] => Some((
+                *host,
+                demo.parse::<Uuid>().ok(),
+                generation.parse().ok(),
+                port.parse().ok(),
+                *state == "running",
+            )),
+            _ => None,
+        };
+        let Some((host, Some(demo), Some(generation), Some(port), running)) = parsed else {
+            anyhow::bail!(
+                "{}:{number}: expected `host demo generation port running|exited`, got {line:?}",
+                path.display()
+            );
+        };
+        let agent = by_host
+            .get(host)
+            .with_context(|| format!("{}:{number}: host {host} is not one of the simulated hosts", path.display()))?;
+        agent.adopt(demo, generation, port, running);
+        adopted += 1;
+    }
+    tracing::info!(containers = adopted, "inventory adopted");
     Ok(())
 }
 
