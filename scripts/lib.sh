@@ -213,9 +213,14 @@ export_service_env() {
 bench_slice() {
     su postgres -c "psql -qc 'drop database if exists $1 with (force)'" >/dev/null
     su postgres -c "createdb -O $PG_USER $1"
-    rabbitmqctl -q delete_vhost "$2" >/dev/null 2>&1 || true
-    rabbitmqctl -q add_vhost "$2" >/dev/null
-    rabbitmqctl -q set_permissions -p "$2" "$AMQP_USER" '.*' '.*' '.*' >/dev/null
+    bench_vhost "$2"
+}
+
+# bench_vhost VHOST: a benchmark's own RabbitMQ vhost, made afresh.
+bench_vhost() {
+    rabbitmqctl -q delete_vhost "$1" >/dev/null 2>&1 || true
+    rabbitmqctl -q add_vhost "$1" >/dev/null
+    rabbitmqctl -q set_permissions -p "$1" "$AMQP_USER" '.*' '.*' '.*' >/dev/null
 }
 
 # bench_controller LOG DB VHOST PREFIX PORT [NAME=VALUE...]: a release controller on a

@@ -1,0 +1,92 @@
+# The sustained part, sourced by scripts/bench after intake.sh: intake load for
+# DEMOFLEET_BENCH_SUSTAINED_SECONDS against a controller whose database already holds months
+# of history (bench-history: DEMOFLEET_BENCH_HISTORY_DEMOS demos, _DELIVERIES deliveries),
+# with simulated agents (fleet-sim, adopting the history's running demos) taking the chains,
+# then the demoservice stand-in the same way. Throughput and p99 per 10 s window for both;
+# the first minute against the last; what was left undone at the end.
+SUSTAINED_SECONDS=${DEMOFLEET_BENCH_SUSTAINED_SECONDS:-600}
+HISTORY_DEMOS=${DEMOFLEET_BENCH_HISTORY_DEMOS:-100000}
+HISTORY_DELIVERIES=${DEMOFLEET_BENCH_HISTORY_DELIVERIES:-1000000}
+SUSTAINED_HOSTS=${DEMOFLEET_BENCH_SUSTAINED_HOSTS:-100}
+SUSTAINED_PORT=${DEMOFLEET_BENCH_SUSTAINED_PORT:-8400}
+SUSTAINED_DB=demofleet_bench_sustained SUSTAINED_VHOST=demofleet-bench-sustained SUSTAINED_PREFIX=bench-sustained
+SUSTAINED_DS_VHOST=demofleet-bench-sustained-demoservice
+SUSTAINED_API=http://127.0.0.1:$SUSTAINED_PORT
+
+log "sustained: a history of $HISTORY_DEMOS demos and $HISTORY_DELIVERIES deliveries"
+bench_slice $SUSTAINED_DB $SUSTAINED_VHOST
+SUSTAINED_AMQP=amqp://$AMQP_USER:$AMQP_PASSWORD@127.0.0.1:5672/$SUSTAINED_VHOST
+SUSTAINED_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/$SUSTAINED_DB
+DEMOFLEET_DATABASE_URL=$SUSTAINED_URL DEMOFLEET_AMQP_URL=$SUSTAINED_AMQP DEMOFLEET_WEBHOOK_SECRET=$SECRET \
+    "$CARGO_TARGET_DIR/release/demofleet-controller" --migrate-only >/dev/null
+"$CARGO_TARGET_DIR/release/bench-history" --database-url "$SUSTAINED_URL" --demos "$HISTORY_DEMOS" \
+    --deliveries "$HISTORY_DELIVERIES" --hosts "$SUSTAINED_HOSTS" --capacity 200 \
+    --inventory "$BENCH_DIR/history-inventory.txt" 2>"$BENCH_DIR/history.log"
+tail -1 "$BENCH_DIR/history.log"
+
+bench_controller "$BENCH_DIR/sustained-controller.log" $SUSTAINED_DB $SUSTAINED_VHOST $SUSTAINED_PREFIX \
+    "$SUSTAINED_PORT" DEMOFLEET_DB_POOL="${DEMOFLEET_DB_POOL:-8}"
+SUSTAINED_CONTROLLER=$BENCH_PID
+STARTED+=($SUSTAINED_CONTROLLER)
+wait_for "the sustained controller" 120 curl -fsS "$SUSTAINED_API/readyz"
+DEMOFLEET_LOG=warn "$CARGO_TARGET_DIR/release/fleet-sim" --agents "$SUSTAINED_HOSTS" --capacity 200 \
+    --heartbeat-interval 5s --amqp-url "$SUSTAINED_AMQP" --nats-url "$DEMOFLEET_NATS_URL" \
+    --nats-prefix $SUSTAINED_PREFIX --inventory "$BENCH_DIR/history-inventory.txt" >"$BENCH_DIR/sustained-sim.log" 2>&1 &
+SUSTAINED_SIM=$!
+STARTED+=($SUSTAINED_SIM)
+api_token $SUSTAINED_DB "$BENCH_DIR/sustained-api-token"
+sustained_live_hosts() {
+    curl -fsS -H "Authorization: Bearer $(cat "$BENCH_DIR/sustained-api-token")" "$SUSTAINED_API/api/hosts" |
+        python3 -c 'import json, sys; print(sum(h["alive"] for h in json.load(sys.stdin)))'
+}
+sustained_hosts_live() { [ "$(sustained_live_hosts)" = "$SUSTAINED_HOSTS" ]; }
+wait_for "$SUSTAINED_HOSTS live simulated hosts" 60 sustained_hosts_live
+
+# sustained_backlog LABEL: what the controller had not done yet, as a BENCH line.
+sustained_backlog() {
+    local counts queued
+    counts=$(su postgres -c "psql -d $SUSTAINED_DB -qtA -F ' ' -c \"select
+        (select count(*) from chains where status = 'waiting'), (select count(*) from chains where status = 'running'),
+        (select count(*) from outbox), (select count(*) from webhook_deliveries), (select count(*) from chains),
+        pg_size_pretty(pg_database_size(current_database()))\"")
+    queued=$(curl -fsS "$SUSTAINED_API/metrics" | awk '/^demofleet_queue_messages\{/ {n += $2} END {print n + 0}')
+    read -r waiting running outbox deliveries chains size <<<"$counts"
+    echo "BENCH sustained backlog $1: chains_waiting=$waiting chains_running=$running outbox=$outbox" \
+        "queued_messages=$queued deliveries=$deliveries chains=$chains database=${size// /}"
+}
+sustained_backlog before
+echo "BENCH sustained load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# The demoservice stand-in first, then stopped, so the two never share the machine.
+start_demoservice $((SUSTAINED_PORT + 5)) $SUSTAINED_DS_VHOST "$BENCH_DIR/sustained-demoservice.log"
+log "sustained: demoservice for ${SUSTAINED_SECONDS}s"
+checked_demoservice_load $((SUSTAINED_PORT + 5)) $SUSTAINED_DS_VHOST sustained-warmup-demoservice 5 >/dev/null
+checked_demoservice_load $((SUSTAINED_PORT + 5)) $SUSTAINED_DS_VHOST sustained-demoservice "$SUSTAINED_SECONDS"
+echo "BENCH sustained demoservice tasks still queued: $(demoservice_queued $SUSTAINED_DS_VHOST)"
+stop_demoservice
+
+log "sustained: demofleet for ${SUSTAINED_SECONDS}s against the history, $SUSTAINED_HOSTS simulated agents"
+checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-warmup-demofleet 5 >/dev/null
+checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-demofleet "$SUSTAINED_SECONDS"
+sustained_backlog after
+echo "BENCH sustained controller_rss_mb=$(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$SUSTAINED_CONTROLLER/status")"
+python3 - "$BENCH_DIR" "$SUSTAINED_SECONDS" <<'PY'
+import json, sys
+bench, seconds = sys.argv[1], float(sys.argv[2])
+# The first and last minute (a third of the run when it is shorter than three minutes).
+span = min(60.0, seconds / 3)
+means = {}
+for target in ("demoservice", "demofleet"):
+    windows = [json.loads(l) for l in open(f"{bench}/sustained-{target}.jsonl")]
+    first = [w for w in windows if w["t_s"] <= span + 1e-6]
+    last = [w for w in windows if w["t_s"] > seconds - span + 1e-6]
+    mean = lambda ws: sum(w["rps"] for w in ws) / max(len(ws), 1)
+    means[target] = mean(windows)
+    print(f"BENCH sustained target={target} seconds={seconds:.0f} windows={len(windows)} rps={mean(windows):.0f} "
+          f"first_rps={mean(first):.0f} last_rps={mean(last):.0f} last_vs_first={mean(last) / max(mean(first), 1e-9):.3f} "
+          f"min_window_rps={min(w['rps'] for w in windows):.0f} worst_p99_ms={max(w['p99_ms'] for w in windows):.2f} "
+          f"windows_p99_at_least_15ms={sum(w['p99_ms'] >= 15 for w in windows)} span_s={span:.0f}")
+print(f"BENCH sustained demofleet_vs_demoservice={means['demofleet'] / max(means['demoservice'], 1e-9):.2f}")
+PY
+kill "$SUSTAINED_SIM" "$SUSTAINED_CONTROLLER" 2>/dev/null || true
+wait "$SUSTAINED_SIM" "$SUSTAINED_CONTROLLER" 2>/dev/null || true
