@@ -73,8 +73,9 @@ echo "BENCH sustained controller_rss_mb=$(awk '/VmRSS/ {printf "%.1f", $2 / 1024
 python3 - "$BENCH_DIR" "$SUSTAINED_SECONDS" <<'PY'
 import json, sys
 bench, seconds = sys.argv[1], float(sys.argv[2])
-# The first and last minute (a third of the run when it is shorter than three minutes).
-span = min(60.0, seconds / 3)
+# The first and last minute (a third of the run when it is shorter than three minutes, but
+# at least one 10 s window).
+span = max(10.0, min(60.0, seconds / 3))
 means = {}
 for target in ("demoservice", "demofleet"):
     windows = [json.loads(l) for l in open(f"{bench}/sustained-{target}.jsonl")]
