@@ -38,8 +38,7 @@ pub fn spec(spec: &DemoSpec, local_root: Option<&Path>) -> Result<(), Refused> {
     if spec.generation < 1 {
         return Err(refuse("generation", format!("{} is not a generation (1 or more)", spec.generation)));
     }
-    let login = spec.github_user.strip_suffix("[bot]").unwrap_or(&spec.github_user);
-    names::validate_owner(login).map_err(|e| refuse("github_user", e))?;
+    names::validate_login(&spec.github_user).map_err(|e| refuse("github_user", e))?;
     hostname(&spec.name, &spec.hostname)?;
     demo_url(&spec.hostname, &spec.url)?;
     clone_url(&spec.clone_url, local_root)?;

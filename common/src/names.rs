@@ -127,6 +127,13 @@ pub fn validate_repo(repo: &str) -> Result<(), String> {
     }
 }
 
+/// Check a GitHub login as webhooks name people: an account's login, or an App's
+/// `<login>[bot]`.
+pub fn validate_login(login: &str) -> Result<(), String> {
+    validate_owner(login.strip_suffix("[bot]").unwrap_or(login))
+        .map_err(|_| format!("login {login:?} is not a GitHub login (1-39 ASCII letters, digits or inner single hyphens, or an App's <login>[bot])"))
+}
+
 #[cfg(test)]
 mod validation_tests {
     use super::*;
@@ -136,6 +143,7 @@ mod validation_tests {
         assert!(validate_owner("Codertocat").is_ok());
         assert!(validate_repo("Hello-World").is_ok());
         assert!(validate_repo("ubuntu.com").is_ok());
+        assert!(validate_login("dependabot[bot]").is_ok() && validate_login("x/../y").is_err());
         for owner in ["", "-x", "a/b", "..", "ünï", &"o".repeat(40), "a--b"] {
             assert!(validate_owner(owner).is_err(), "{owner}");
         }

@@ -38,12 +38,24 @@ pub async fn redeploy(app: &AppState, demo_id: Uuid, actor: &str) -> Result<(), 
         .await
 }
 
-/// `stop`, `redeploy` or `approve` the demo, as named in a URL.
-pub async fn on_demo(app: &AppState, demo_id: Uuid, action: &str, actor: &str) -> Result<(), ApiError> {
+/// `stop`, `redeploy` or `approve` the demo, as named in a URL; an approval names the
+/// commit it approves (`sha`).
+pub async fn on_demo(
+    app: &AppState,
+    demo_id: Uuid,
+    action: &str,
+    actor: &str,
+    sha: Option<&str>,
+) -> Result<(), ApiError> {
     match action {
         "stop" => stop(app, demo_id, actor).await,
         "redeploy" => redeploy(app, demo_id, actor).await,
-        "approve" => approve(app, demo_id, actor).await,
+        "approve" => {
+            let sha = sha
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| ApiError::BadRequest("an approval names the head commit it approves: `sha`".into()))?;
+            approve(app, demo_id, actor, sha).await
+        }
         other => Err(ApiError::NotFound(format!("no action {other:?} on demos: stop, redeploy or approve"))),
     }
 }
@@ -57,8 +69,8 @@ pub async fn on_host(app: &AppState, host: &str, action: &str, actor: &str) -> R
     }
 }
 
-pub async fn approve(app: &AppState, demo_id: Uuid, actor: &str) -> Result<(), ApiError> {
-    app.scheduler.transact(async |tx| Ok(((), app.scheduler.approve(tx, demo_id, actor).await?))).await
+pub async fn approve(app: &AppState, demo_id: Uuid, actor: &str, sha: &str) -> Result<(), ApiError> {
+    app.scheduler.transact(async |tx| Ok(((), app.scheduler.approve(tx, demo_id, actor, sha).await?))).await
 }
 
 pub async fn retry(app: &AppState, chain_id: Uuid, actor: &str) -> Result<(), ApiError> {
@@ -141,7 +153,7 @@ pub async fn start(app: &AppState, reference: &str, notify: bool, actor: &str) -
             let demo = demos::get_for_update(&mut **tx, demo_id).await?;
             // Started by an admin: approved by them.
             if demo.state == "awaiting_approval" {
-                effects = effects.merge(app.scheduler.approve(tx, demo_id, actor).await?);
+                effects = effects.merge(app.scheduler.approve(tx, demo_id, actor, &demo.sha).await?);
             } else {
                 demos::set_approval(&mut **tx, demo_id, &demo.sha, actor).await?;
             }

@@ -124,9 +124,10 @@ async fn authorize(app: &Jobs, message: &StepMessage) -> anyhow::Result<StepOutc
     let Some(github) = &app.github else {
         return Ok(StepOutcome::Failed { error: "no GitHub client to ask".into(), retryable: false });
     };
-    Ok(match github.permission(&spec.owner, &spec.repo, &spec.github_user).await {
+    let user = demo.vouched_by();
+    Ok(match github.permission(&spec.owner, &spec.repo, user).await {
         Ok(permission) => {
-            app.scheduler.permissions.put(&spec.owner, &spec.repo, &spec.github_user, permission.can_write());
+            app.scheduler.permissions.put(&spec.owner, &spec.repo, user, permission.can_write());
             allowed(permission.can_write())
         }
         Err(err) => StepOutcome::Failed { error: format!("checking the author's permission: {err}"), retryable: true },
@@ -149,7 +150,7 @@ async fn approve_by_comment_now(app: &Jobs, job: &ApproveJob) -> anyhow::Result<
         tx.commit().await?;
         return Ok(());
     }
-    match app.scheduler.approve(&mut tx, demo.id, &actor).await {
+    match app.scheduler.approve(&mut tx, demo.id, &actor, &job.sha).await {
         Ok(effects) => {
             tx.commit().await?;
             app.scheduler.apply(effects).await;
@@ -157,7 +158,10 @@ async fn approve_by_comment_now(app: &Jobs, job: &ApproveJob) -> anyhow::Result<
         }
         Err(ActionError::Database(err)) => Err(err.into()),
         Err(refused) => {
-            tracing::info!(pr = job.pr, reason = %refused, "comment approval had nothing to approve");
+            tracing::info!(pr = job.pr, reason = %refused, "comment approval approved nothing");
+            let detail = serde_json::json!({ "reason": refused.to_string(), "sha": job.sha });
+            audit::record(&mut *tx, &actor, "approval_refused", Some(demo.id), detail).await?;
+            tx.commit().await?;
             Ok(())
         }
     }

@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Ok(Delivery::IssueComment(comment)) => {
-            let _ = comment.is_approval();
+            let _ = (comment.is_approval(), comment.approved_sha());
         }
         Ok(Delivery::Ping | Delivery::Other { .. }) => {}
         // The message is what the client is told.

@@ -426,6 +426,11 @@ impl Stack {
         self.http.post(self.url(path)).send().await.unwrap()
     }
 
+    /// POST `body` as JSON.
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http.post(self.url(path)).json(body).send().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http.get(self.url(path)).send().await.unwrap()
     }

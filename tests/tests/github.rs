@@ -152,20 +152,23 @@ async fn authors_without_write_access_wait_for_an_approval() {
     let (_, response) = stack.deliver("pull_request", &opened).await;
     assert_eq!(response.status(), 202);
     let demo = stack.wait_for_state(&name, "awaiting_approval", DEADLINE).await;
-    comment_says(&stack, &repo, "/demo approve").await;
+    comment_says(&stack, &repo, &format!("/demo approve {sha}")).await;
     assert!(!stack.agents[0].demo_dir.join(&name).exists(), "nothing ran");
 
     // A comment by someone without write access approves nothing.
+    let ids = std::sync::atomic::AtomicU64::new(1);
     let comment = |login: &str, body: &str| {
+        let id = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         json!({
             "action": "created",
             "issue": { "number": 2, "pull_request": { "url": "https://api.github.com/repos/x/y/pulls/2" } },
-            "comment": { "id": 1, "body": body, "user": { "login": login } },
+            "comment": { "id": id, "body": body, "user": { "login": login } },
             "repository": opened["repository"].clone(),
             "sender": { "login": login },
         })
     };
-    let (_, response) = stack.deliver("issue_comment", &comment("bystander", "/demo approve")).await;
+    let approve = format!("/demo approve {sha}");
+    let (_, response) = stack.deliver("issue_comment", &comment("bystander", &approve)).await;
     assert_eq!(response.status(), 202);
     wait::until("the refusal to be audited", DEADLINE, || async {
         let n: i64 = sqlx::query_scalar(
@@ -182,8 +185,8 @@ async fn authors_without_write_access_wait_for_an_approval() {
     let (_, response) = stack.deliver("issue_comment", &comment("maintainer", "looks good")).await;
     assert_eq!(response.json::<Value>().await.unwrap()["outcome"], "ignored");
 
-    // A maintainer's `/demo approve` starts it.
-    let (_, response) = stack.deliver("issue_comment", &comment("maintainer", "/demo approve\nthanks")).await;
+    // A maintainer's `/demo approve <sha>` starts it.
+    let (_, response) = stack.deliver("issue_comment", &comment("maintainer", &format!("{approve}\nthanks"))).await;
     assert_eq!(response.json::<Value>().await.unwrap()["outcome"], "approval_requested");
     stack.wait_for_state(&name, "running", DEADLINE).await;
     let audit: Vec<(String, String)> =
@@ -200,15 +203,16 @@ async fn authors_without_write_access_wait_for_an_approval() {
     let sha2 = repo.commit("more", &[("extra.txt", "x")]);
     let mut pushed = fixtures::pull_request("pull_request.synchronize.json", &repo, &sha2);
     pushed["pull_request"]["user"]["login"] = "stranger".into();
+    pushed["sender"]["login"] = "stranger".into();
     let (_, response) = stack.deliver("pull_request", &pushed).await;
     assert_eq!(response.status(), 202);
     let demo = stack.wait_for_state(&name, "awaiting_approval", DEADLINE).await;
     let id = demo["id"].as_str().unwrap();
-    let approved = stack.post(&format!("/api/demos/{id}/approve")).await;
+    let approved = stack.post_json(&format!("/api/demos/{id}/approve"), &json!({ "sha": sha2 })).await;
     assert_eq!(approved.status(), 202);
     let demo = stack.wait_for_state(&name, "running", DEADLINE).await;
     assert_eq!(demo["sha"], sha2.as_str());
-    let again = stack.post(&format!("/api/demos/{id}/approve")).await;
+    let again = stack.post_json(&format!("/api/demos/{id}/approve"), &json!({ "sha": sha2 })).await;
     assert_eq!(again.status(), 409, "nothing waits for approval now");
     stack.stop().await;
 }

@@ -34,16 +34,30 @@ pub struct Issue {
 
 #[derive(Debug, Deserialize)]
 pub struct Comment {
+    /// GitHub's id of the comment: one comment approves once, however often it is delivered.
+    pub id: u64,
     pub body: String,
     pub user: User,
 }
 
 impl IssueCommentEvent {
-    /// A new comment on a pull request whose first line is `/demo approve`.
+    /// A new comment on a pull request whose first line starts with `/demo approve`.
     pub fn is_approval(&self) -> bool {
+        let mut words = self.comment.body.lines().next().unwrap_or_default().split_whitespace();
         self.action == "created"
             && self.issue.pull_request.is_some()
-            && self.comment.body.lines().next().is_some_and(|l| l.trim() == "/demo approve")
+            && words.next() == Some("/demo")
+            && words.next() == Some("approve")
+    }
+
+    /// The commit an approval names: `/demo approve <sha>`, the full head commit id, so
+    /// that an approval never carries over to a commit pushed after it was written.
+    pub fn approved_sha(&self) -> Result<String, String> {
+        let first = self.comment.body.lines().next().unwrap_or_default();
+        match first.split_whitespace().collect::<Vec<_>>()[..] {
+            ["/demo", "approve", sha] if is_commit_sha(sha) => Ok(sha.to_ascii_lowercase()),
+            _ => Err("an approval names the head commit it approves, in full: `/demo approve <sha>`".into()),
+        }
     }
 }
 
@@ -198,5 +212,25 @@ mod tests {
             parse::<PullRequestEvent>(br#"{"action":"opened","number":2,"repository":{"name":"r"}}"#).unwrap_err();
         assert_eq!(err.path, "repository");
         assert!(err.message.contains("owner"), "{}", err.message);
+    }
+
+    #[test]
+    fn an_approval_names_the_full_head_commit() {
+        let sha = "a".repeat(40);
+        let comment = |body: &str| IssueCommentEvent {
+            action: "created".into(),
+            issue: Issue { number: 2, pull_request: Some(serde_json::json!({})) },
+            comment: Comment { id: 7, body: body.into(), user: User { login: "m".into() } },
+            repository: Repository { name: "r".into(), owner: User { login: "o".into() } },
+        };
+        let named = comment(&format!("/demo approve {}\nthanks", sha.to_uppercase()));
+        assert!(named.is_approval());
+        assert_eq!(named.approved_sha(), Ok(sha.clone()));
+        for body in ["/demo approve", "/demo approve aaaaaaa", "/demo approve HEAD", &format!("/demo approve {sha} x")]
+        {
+            let asked = comment(body);
+            assert!(asked.is_approval() && asked.approved_sha().is_err(), "{body}");
+        }
+        assert!(!comment("looks good\n/demo approve").is_approval());
     }
 }

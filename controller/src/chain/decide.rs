@@ -93,9 +93,13 @@ pub fn result(record: &Record, result: &StepResult, facts: &Facts) -> Decision {
     }
 }
 
-/// Approve the head commit of a demo that waits for approval, in `actor`'s name; `waiting`:
-/// the chain of its generation that waits, if any. That chain is advanced next.
-pub fn approve(demo: &Demo, waiting: Option<Uuid>, actor: &str) -> Result<(Uuid, Vec<Write>), Refusal> {
+/// Approve commit `sha`, the head of a demo that waits for approval, in `actor`'s name;
+/// `waiting`: the chain of its generation that waits, if any. That chain is advanced next.
+/// An approval of any other commit (one the head moved from since) approves nothing.
+pub fn approve(demo: &Demo, waiting: Option<Uuid>, actor: &str, sha: &str) -> Result<(Uuid, Vec<Write>), Refusal> {
+    if !sha.eq_ignore_ascii_case(&demo.sha) {
+        return Err(Refusal(format!("the demo's head commit is {}, not {sha}: approve that one", demo.sha)));
+    }
     if demo.state != "awaiting_approval" {
         return Err(Refusal(format!("the demo is {}, not awaiting approval", demo.state)));
     }
@@ -150,15 +154,16 @@ pub fn begin_own(demo: &Demo, kind: Kind) -> Option<Vec<Write>> {
     Some(vec![Write::Audit { actor: actor.into(), action: kind.as_str(), detail }, then])
 }
 
-/// Whether `demo`'s author may start its current commit, when no GitHub call is needed: an
-/// approval of this very commit; with no GitHub configured, the trusted authors; else the
-/// recent answer `author_may_write`, if any. `None`: GitHub must be asked.
+/// Whether `demo`'s current commit may start, when no GitHub call is needed: an approval of
+/// this very commit; with no GitHub configured, the trusted authors; else the recent answer
+/// `author_may_write`, if any. `None`: GitHub must be asked. The one trusted is who brought
+/// the commit ([`Demo::vouched_by`]: who pushed it), not the pull request's author.
 pub fn authorized(demo: &Demo, rules: &Rules, author_may_write: Option<bool>) -> Option<bool> {
     if demo.approved_sha.as_deref() == Some(demo.sha.as_str()) {
         return Some(true);
     }
     if !rules.github {
-        let user = &demo.github_user;
+        let user = demo.vouched_by();
         return Some(rules.trusted_authors.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(user)));
     }
     author_may_write

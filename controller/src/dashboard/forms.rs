@@ -33,6 +33,8 @@ struct Plain {
     csrf: String,
     back: Option<String>,
     demo: Option<Uuid>,
+    /// The commit an approval approves: the head the page showed.
+    sha: Option<String>,
 }
 
 fn see_other(location: &str) -> Response {
@@ -69,7 +71,7 @@ async fn demo_action(
     Form(form): Form<Plain>,
 ) -> Result<Response, PageError> {
     let to = back_to(form.back.as_deref(), format!("/demos/{id}"));
-    act(&who, &form.csrf, to, async |actor| actions::on_demo(&app, id, &action, actor).await).await
+    act(&who, &form.csrf, to, async |actor| actions::on_demo(&app, id, &action, actor, form.sha.as_deref()).await).await
 }
 
 async fn retry(

@@ -18,6 +18,8 @@ pub struct Demo {
     pub sha: String,
     pub clone_url: String,
     pub github_user: String,
+    /// Who brought the head commit (the sender of the push); none: the author.
+    pub pushed_by: Option<String>,
     pub host_id: Option<String>,
     pub host_port: Option<i32>,
     /// The host of the container on `host_port`: `host_id` but while the demo moves.
@@ -51,6 +53,9 @@ pub struct DeployRequest {
     pub sha: String,
     pub clone_url: String,
     pub github_user: String,
+    /// Who brought the head commit: the event's sender; none: not known (the author counts).
+    #[serde(default)]
+    pub pushed_by: Option<String>,
 }
 
 impl DeployRequest {
@@ -64,7 +69,15 @@ impl DeployRequest {
             sha: demo.sha.clone(),
             clone_url: demo.clone_url.clone(),
             github_user: demo.github_user.clone(),
+            pushed_by: demo.pushed_by.clone(),
         }
+    }
+}
+
+impl Demo {
+    /// Whose trust starts the head commit without an approval: who pushed it, else the author.
+    pub fn vouched_by(&self) -> &str {
+        self.pushed_by.as_deref().unwrap_or(&self.github_user)
     }
 }
 

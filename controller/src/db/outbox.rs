@@ -55,14 +55,15 @@ impl Outgoing {
         to_controller(KIND_NOTIFY, &NotifyJob { version: WIRE_VERSION, demo_id, attempt: 1 })
     }
 
-    /// Check and apply a `/demo approve` comment (an [`ApproveJob`] for the controller).
-    pub fn approve_by_comment(owner: &str, repo: &str, pr: i64, commenter: &str) -> Outgoing {
+    /// Check and apply a `/demo approve <sha>` comment (an [`ApproveJob`] for the controller).
+    pub fn approve_by_comment(owner: &str, repo: &str, pr: i64, commenter: &str, sha: &str) -> Outgoing {
         let job = ApproveJob {
             version: WIRE_VERSION,
             owner: owner.into(),
             repo: repo.into(),
             pr,
             commenter: commenter.into(),
+            sha: sha.into(),
             attempt: 1,
         };
         to_controller(KIND_APPROVE, &job)
@@ -102,7 +103,7 @@ pub struct NotifyJob {
     pub attempt: u32,
 }
 
-/// Someone commented `/demo approve` on a pull request.
+/// Someone commented `/demo approve <sha>` on a pull request.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ApproveJob {
     pub version: u32,
@@ -110,6 +111,10 @@ pub struct ApproveJob {
     pub repo: String,
     pub pr: i64,
     pub commenter: String,
+    /// The commit the comment approves (a job queued before approvals named one: none, which
+    /// approves nothing).
+    #[serde(default)]
+    pub sha: String,
     #[serde(default = "first")]
     pub attempt: u32,
 }

@@ -106,12 +106,9 @@ impl StateView {
             "starting" => (Some("in_progress"), Some("pending"), "Building the demo", "is being built"),
             "running" => (Some("success"), Some("success"), "Demo is running", "is running"),
             "failed" => (Some("failure"), Some("failure"), "Demo failed", "failed"),
-            "awaiting_approval" => (
-                None,
-                Some("pending"),
-                "Waiting for approval",
-                "waits for a maintainer's approval: comment `/demo approve` to start it",
-            ),
+            "awaiting_approval" => {
+                (None, Some("pending"), "Waiting for approval", "waits for a maintainer's approval of its head commit")
+            }
             "sleeping" => (None, None, "Demo is asleep", "is asleep and wakes on the next visit"),
             _ => (Some("inactive"), None, "Demo stopped", "has been stopped"),
         };
@@ -127,6 +124,10 @@ fn comment_body(demo: &Demo, url: &str, view: &StateView) -> String {
         body.push_str(&format!("- Open it: {url}\n"));
     }
     body.push_str(&format!("- Commit: `{short}`\n- State: `{}`\n", demo.state));
+    if demo.state == "awaiting_approval" {
+        // The full commit: an approval names what it approves, never a later push.
+        body.push_str(&format!("\nTo start it, a maintainer comments:\n\n```\n/demo approve {}\n```\n", demo.sha));
+    }
     if let Some(error) = demo.error.as_deref().filter(|_| demo.state == "failed") {
         let error: String = error.chars().take(600).collect();
         body.push_str(&format!("\n```\n{}\n```\n", error.replace("```", "'''")));

@@ -121,13 +121,28 @@ async fn retry_chain(
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "chain": id, "status": "running" }))))
 }
 
-/// `POST /api/demos/{id}/stop`, `/redeploy`, `/approve` (202).
+/// What `POST /api/demos/{id}/approve` approves.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    /// The head commit approved, in full.
+    sha: Option<String>,
+}
+
+/// `POST /api/demos/{id}/stop`, `/redeploy`, `/approve` (202; `approve` with
+/// `{"sha": "<head commit>"}`).
 async fn demo_action(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
     Path((id, action)): Path<(Uuid, String)>,
+    body: axum::body::Bytes,
 ) -> Result<Accepted, ApiError> {
-    actions::on_demo(&app, id, &action, &who.actor()).await?;
+    let body: ActionBody = if body.is_empty() {
+        ActionBody { sha: None }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the body: {e}")))?
+    };
+    actions::on_demo(&app, id, &action, &who.actor(), body.sha.as_deref()).await?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "demo": id, "action": action }))))
 }
 

@@ -86,11 +86,17 @@ impl Scheduler {
         Ok(effects.merge(self.advance(tx, chain.id).await?))
     }
 
-    /// Approve the head commit of a demo that waits for approval ([`decide::approve`]).
-    pub async fn approve(&self, tx: &mut Tx<'_>, demo_id: Uuid, actor: &str) -> Result<Effects, ActionError> {
+    /// Approve commit `sha`, the head of a demo that waits for approval ([`decide::approve`]).
+    pub async fn approve(
+        &self,
+        tx: &mut Tx<'_>,
+        demo_id: Uuid,
+        actor: &str,
+        sha: &str,
+    ) -> Result<Effects, ActionError> {
         let demo = demos::get_for_update_opt(&mut **tx, demo_id).await?.ok_or(ActionError::NotFound("demo"))?;
         let waiting = chains::awaiting_approval(&mut **tx, demo.id, demo.generation).await?;
-        let (chain, writes) = decide::approve(&demo, waiting, actor)?;
+        let (chain, writes) = decide::approve(&demo, waiting, actor, sha)?;
         let effects = self.write(tx, &Target { demo: &demo, chain, steps: &[] }, writes).await?;
         Ok(effects.merge(self.advance(tx, chain).await?))
     }
@@ -111,7 +117,7 @@ impl Scheduler {
     /// Whether `demo`'s author may start its current commit without asking GitHub
     /// ([`decide::authorized`], with the cache's recent answer).
     pub fn decide_locally(&self, demo: &Demo) -> Option<bool> {
-        decide::authorized(demo, &self.rules, self.permissions.get(&demo.owner, &demo.repo, &demo.github_user))
+        decide::authorized(demo, &self.rules, self.permissions.get(&demo.owner, &demo.repo, demo.vouched_by()))
     }
 
     /// A chain of the controller's own, `kind`, of the demo's current generation, begun if
@@ -160,7 +166,7 @@ impl Scheduler {
         let demo = &record.demo;
         let mut facts = Facts {
             rules: &self.rules,
-            author_may_write: self.permissions.get(&demo.owner, &demo.repo, &demo.github_user),
+            author_may_write: self.permissions.get(&demo.owner, &demo.repo, demo.vouched_by()),
             placement: Placement::NotAsked,
         };
         let first = decision(&facts);

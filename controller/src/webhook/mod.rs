@@ -132,13 +132,18 @@ fn answer(delivery: &str, recorded: Recorded) -> Answer {
     (status, Json(answer))
 }
 
-/// `issue_comment`: `/demo approve` on a pull request asks for its demo to be approved;
-/// whether the commenter may is checked with GitHub, after the answer.
+/// `issue_comment`: `/demo approve <sha>` on a pull request asks for its demo's head commit
+/// `sha` to be approved; whether the commenter may is checked with GitHub, after the answer.
+/// A comment approves once: delivered again under another delivery id, it does nothing.
 async fn issue_comment(app: &AppState, delivery: &str, event: IssueCommentEvent) -> Result<Answer, ApiError> {
+    let action = Some(event.action.as_str());
     if !event.is_approval() {
-        return record_only(app, delivery, "issue_comment", Some(&event.action), "ignored", Some("not an approval"))
-            .await;
+        return record_only(app, delivery, "issue_comment", action, "ignored", Some("not an approval")).await;
     }
+    let sha = match event.approved_sha() {
+        Ok(sha) => sha,
+        Err(why) => return record_only(app, delivery, "issue_comment", action, "approval_refused", Some(&why)).await,
+    };
     let owner = &event.repository.owner.login;
     let repo = &event.repository.name;
     names::validate_owner(owner).map_err(ApiError::BadRequest)?;
@@ -149,7 +154,26 @@ async fn issue_comment(app: &AppState, delivery: &str, event: IssueCommentEvent)
     if !insert_delivery(&mut tx, delivery, "issue_comment", Some(&event.action)).await? {
         return Ok(duplicate(delivery));
     }
-    outbox::push(&mut *tx, &Outgoing::approve_by_comment(owner, repo, pr, &event.comment.user.login)).await?;
+    let comment = i64::try_from(event.comment.id)
+        .map_err(|_| ApiError::BadRequest("payload field `comment.id`: not a comment id".into()))?;
+    let first_use = sqlx::query(
+        "insert into approval_comments (comment_id, delivery_id) values ($1, $2) on conflict (comment_id) do nothing",
+    )
+    .bind(comment)
+    .bind(delivery)
+    .execute(&mut *tx)
+    .await?;
+    if first_use.rows_affected() == 0 {
+        let detail = format!("comment {comment} was delivered before; a comment approves once");
+        set_outcome(&mut tx, delivery, "ignored", Some(&detail), None).await?;
+        tx.commit().await?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "delivery": delivery, "outcome": "ignored", "detail": detail })),
+        ));
+    }
+    let approval = Outgoing::approve_by_comment(owner, repo, pr, &event.comment.user.login, &sha);
+    outbox::push(&mut *tx, &approval).await?;
     set_outcome(&mut tx, delivery, "approval_requested", None, None).await?;
     tx.commit().await?;
     app.scheduler.apply(Effects::PUBLISHED).await;
@@ -195,6 +219,13 @@ fn deploy_request(
         None => (owner, repo),
     };
     names::validate_owner(head_owner).map_err(|e| ApiError::BadRequest(format!("head repository: {e}")))?;
+    // Both go to GitHub's API (a permission check names the user in its path) and to agents.
+    names::validate_login(&event.pull_request.user.login)
+        .map_err(|e| ApiError::BadRequest(format!("payload field `pull_request.user.login`: {e}")))?;
+    if let Some(sender) = &event.sender {
+        names::validate_login(&sender.login)
+            .map_err(|e| ApiError::BadRequest(format!("payload field `sender.login`: {e}")))?;
+    }
     names::validate_repo(head_repo).map_err(|e| ApiError::BadRequest(format!("head repository: {e}")))?;
     let name = names::demo_name(repo, owner, pr as u64).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(DeployRequest {
@@ -205,6 +236,7 @@ fn deploy_request(
         sha: head.sha.to_ascii_lowercase(),
         clone_url: config.clone_url(head_owner, head_repo),
         github_user: event.pull_request.user.login.clone(),
+        pushed_by: event.sender.as_ref().map(|s| s.login.clone()),
     })
 }
 

@@ -26,6 +26,7 @@ fn demo(state: &str) -> Demo {
         sha: "abc123".into(),
         clone_url: "https://example.com/octo/site.git".into(),
         github_user: "alice".into(),
+        pushed_by: None,
         host_id: None,
         host_port: None,
         serving_host: None,
@@ -326,17 +327,19 @@ fn approvals_and_retries_are_refused_unless_the_chain_waits_or_failed() {
     let rules = rules(true);
     let waiting = record(Kind::Deploy, "awaiting_approval", demo("awaiting_approval"), &[("waiting", 0)]);
     let words = |writes: Vec<Write>| writes.iter().map(Write::to_string).collect::<Vec<_>>();
-    let (chain, writes) = approve(&waiting.demo, Some(waiting.chain.id), "bob@example.com").unwrap();
+    let (chain, writes) = approve(&waiting.demo, Some(waiting.chain.id), "bob@example.com", "abc123").unwrap();
     assert_eq!(chain, waiting.chain.id);
     assert_eq!(
         words(writes),
         ["approve abc123 by bob@example.com", "approved step", "chain running", "audit approve by bob@example.com"]
     );
     assert_eq!(
-        approve(&demo("running"), Some(waiting.chain.id), "bob").unwrap_err(),
+        approve(&demo("running"), Some(waiting.chain.id), "bob", "abc123").unwrap_err(),
         Refusal("the demo is running, not awaiting approval".into())
     );
-    assert!(approve(&waiting.demo, None, "bob").is_err());
+    assert!(approve(&waiting.demo, None, "bob", "abc123").is_err());
+    let moved = approve(&waiting.demo, Some(waiting.chain.id), "bob", "def456").unwrap_err();
+    assert_eq!(moved.0, "the demo's head commit is abc123, not def456: approve that one");
 
     let failed = record(Kind::Teardown, "failed", on_host(demo("failed"), "a"), &[("succeeded", 0), ("failed", 3)]);
     assert_eq!(
@@ -377,6 +380,10 @@ fn authors_are_trusted_approved_or_asked_about() {
     assert_eq!(authorized(&bob, &with, Some(true)), Some(true));
     bob.approved_sha = Some(bob.sha.clone());
     assert_eq!(authorized(&bob, &with, Some(false)), Some(true), "this commit was approved");
+    // Alice's pull request, a push by bob: bob is the one to trust.
+    let mut pushed = demo("pending");
+    pushed.pushed_by = Some("bob".into());
+    assert_eq!(authorized(&pushed, &without, None), Some(false), "bob's push is not alice's");
     let anyone = Rules { trusted_authors: vec!["*".into()], ..without };
     bob.approved_sha = None;
     assert_eq!(authorized(&bob, &anyone, None), Some(true));
