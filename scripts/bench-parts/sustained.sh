@@ -13,7 +13,15 @@ SUSTAINED_DB=demofleet_bench_sustained SUSTAINED_VHOST=demofleet-bench-sustained
 SUSTAINED_DS_VHOST=demofleet-bench-sustained-demoservice
 SUSTAINED_API=http://127.0.0.1:$SUSTAINED_PORT
 
-log "sustained: a history of $HISTORY_DEMOS demos and $HISTORY_DELIVERIES deliveries"
+# The default history takes about 3 GB of PostgreSQL's disk, its making as much WAL again,
+# and 10 minutes of intake a few GB more; a full disk stops PostgreSQL for everyone on the
+# machine, so the part refuses to start without room (scaled with the history's size).
+PG_DATA=$(su postgres -c "psql -qtAc 'show data_directory'")
+NEEDED_GB=${DEMOFLEET_BENCH_MIN_FREE_GB:-$(( 10 * HISTORY_DELIVERIES / 1000000 + 2 ))}
+FREE_GB=$(df --output=avail -BG "$PG_DATA" | tail -1 | tr -dc 0-9)
+(( FREE_GB >= NEEDED_GB )) || fail "sustained: $FREE_GB GB free where PostgreSQL keeps its data ($PG_DATA)," \
+    "about $NEEDED_GB GB needed for a history of $HISTORY_DELIVERIES deliveries and the run (DEMOFLEET_BENCH_MIN_FREE_GB overrides)"
+log "sustained: a history of $HISTORY_DEMOS demos and $HISTORY_DELIVERIES deliveries ($FREE_GB GB free)"
 bench_slice $SUSTAINED_DB $SUSTAINED_VHOST
 SUSTAINED_AMQP=amqp://$AMQP_USER:$AMQP_PASSWORD@127.0.0.1:5672/$SUSTAINED_VHOST
 SUSTAINED_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/$SUSTAINED_DB
@@ -91,3 +99,5 @@ print(f"BENCH sustained demofleet_vs_demoservice={means['demofleet'] / max(means
 PY
 kill "$SUSTAINED_SIM" "$SUSTAINED_CONTROLLER" 2>/dev/null || true
 wait "$SUSTAINED_SIM" "$SUSTAINED_CONTROLLER" 2>/dev/null || true
+# Its gigabytes are not kept (DEMOFLEET_BENCH_KEEP_HISTORY=1 keeps them, to look at).
+[ "${DEMOFLEET_BENCH_KEEP_HISTORY:-0}" = 1 ] || su postgres -c "psql -qc 'drop database $SUSTAINED_DB with (force)'"
