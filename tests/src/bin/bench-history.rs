@@ -300,7 +300,7 @@ async fn main() -> anyhow::Result<()> {
         step(&mut db, &format!("vacuum analyze {table}"), sqlx::query(&format!("vacuum analyze {table}"))).await?;
     }
     eprintln!("history made in {:.1} s", began.elapsed().as_secs_f64());
-    report(&mut db).await?;
+    report(&mut db, args.seed).await?;
     if let Some(path) = &args.inventory {
         write_inventory(&mut db, path).await?;
     }
@@ -324,7 +324,7 @@ async fn step<'q>(
 }
 
 /// What the history holds, as `BENCH history …` lines.
-async fn report(db: &mut PgConnection) -> anyhow::Result<()> {
+async fn report(db: &mut PgConnection, seed: i64) -> anyhow::Result<()> {
     let counts: Vec<(String, i64)> = sqlx::query_as(
         "select 'deliveries', count(*) from webhook_deliveries union all select 'demos', count(*) from demos
          union all select 'chains', count(*) from chains union all select 'chain_steps', count(*) from chain_steps
@@ -334,7 +334,7 @@ async fn report(db: &mut PgConnection) -> anyhow::Result<()> {
     .fetch_all(&mut *db)
     .await?;
     let line: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!("BENCH history {}", line.join(" "));
+    println!("BENCH history seed={seed} {}", line.join(" "));
     for (what, sql) in [
         ("demo states", "select state, count(*) from demos group by 1 order by 2 desc"),
         ("chain statuses", "select kind || '/' || status, count(*) from chains group by 1 order by 2 desc"),
