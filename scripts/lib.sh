@@ -173,19 +173,20 @@ ensure_ansible() {
     export DEMOFLEET_ANSIBLE_VENV=$ANSIBLE_VENV
 }
 
-# api_token DB FILE: an API token for scripts in FILE, made (in database DB, whose
-# migrations have run) unless FILE already holds a live one.
+# pg_url DB: the URL of database DB on the local PostgreSQL.
+pg_url() { echo "postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/$1"; }
+
+# api_token DB FILE [CONTROLLER]: an API token for scripts in FILE, made in database DB
+# (whose migrations have run) with `demofleet-controller tokens create`, unless FILE already
+# holds a live one (`tokens check`). CONTROLLER is the controller's binary (default: the
+# release build).
 api_token() {
-    local db=$1 file=$2 token hash
-    if [ -s "$file" ]; then
-        hash=$(sha256sum <"$file" | cut -d' ' -f1)
-        su postgres -c "psql -d $db -qtAc \"select 1 from api_tokens where token_hash = decode('$hash', 'hex') and revoked_at is null\"" |
-            grep -q 1 && return 0
+    local url file=$2 bin=${3:-$CARGO_TARGET_DIR/release/demofleet-controller} token
+    url=$(pg_url "$1")
+    if [ -s "$file" ] && DEMOFLEET_DATABASE_URL=$url "$bin" tokens check <"$file" >/dev/null 2>&1; then
+        return 0
     fi
-    token=dft_$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-    hash=$(printf %s "$token" | sha256sum | cut -d' ' -f1)
-    su postgres -c "psql -d $db -qc \"insert into api_tokens (id, name, token_hash, created_by)
-        values (gen_random_uuid(), 'scripts', decode('$hash', 'hex'), 'scripts')\"" >/dev/null
+    token=$(DEMOFLEET_DATABASE_URL=$url "$bin" tokens create scripts)
     (umask 077; printf %s "$token" >"$file")
 }
 
@@ -200,7 +201,7 @@ start_services() {
 
 # The URLs of the local services, for the controller, agent and tests.
 export_service_env() {
-    export DEMOFLEET_DATABASE_URL=${DEMOFLEET_DATABASE_URL:-postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/$PG_DB}
+    export DEMOFLEET_DATABASE_URL=${DEMOFLEET_DATABASE_URL:-$(pg_url "$PG_DB")}
     export DEMOFLEET_AMQP_URL=${DEMOFLEET_AMQP_URL:-amqp://$AMQP_USER:$AMQP_PASSWORD@127.0.0.1:5672/$AMQP_VHOST}
     export DEMOFLEET_AMQP_MANAGEMENT_URL=${DEMOFLEET_AMQP_MANAGEMENT_URL:-http://$AMQP_USER:$AMQP_PASSWORD@127.0.0.1:15672}
     export DEMOFLEET_NATS_URL=${DEMOFLEET_NATS_URL:-nats://127.0.0.1:$NATS_PORT}
@@ -231,7 +232,7 @@ bench_controller() {
     local log=$1 db=$2 vhost=$3 prefix=$4 port=$5
     shift 5
     env DEMOFLEET_WEBHOOK_SECRET="$SECRET" \
-        DEMOFLEET_DATABASE_URL="postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/$db" \
+        DEMOFLEET_DATABASE_URL="$(pg_url "$db")" \
         DEMOFLEET_AMQP_URL="amqp://$AMQP_USER:$AMQP_PASSWORD@127.0.0.1:5672/$vhost" \
         DEMOFLEET_NATS_PREFIX="$prefix" DEMOFLEET_TRUSTED_AUTHORS='*' \
         DEMOFLEET_LISTEN="127.0.0.1:$port" DEMOFLEET_EDGE_LISTEN="127.0.0.1:$((port + 80))" DEMOFLEET_LOG=warn \

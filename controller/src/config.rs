@@ -9,15 +9,22 @@ use demofleet_common::duration::parse_duration;
 use demofleet_common::messaging::Messaging;
 use demofleet_common::secret::Secret;
 
+/// The database `scripts/up` makes on one machine.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://demofleet:demofleet@127.0.0.1:5432/demofleet";
+
+/// The state of record, for the subcommands that need nothing else.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Database {
+    /// PostgreSQL URL of the state of record.
+    #[arg(long, env = "DEMOFLEET_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "demofleet-controller", version, about = "demofleet controller")]
 pub struct Config {
     /// PostgreSQL URL of the state of record.
-    #[arg(
-        long,
-        env = "DEMOFLEET_DATABASE_URL",
-        default_value = "postgres://demofleet:demofleet@127.0.0.1:5432/demofleet"
-    )]
+    #[arg(long, env = "DEMOFLEET_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
     /// Connections to PostgreSQL kept in the pool.
@@ -197,7 +204,7 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_RETRY_DELAYS", default_value = "2s,4s,8s,16s", value_delimiter = ',', value_parser = parse_duration)]
     pub retry_delays: Vec<Duration>,
 
-    /// Apply the database migrations and exit.
+    /// Apply the database migrations and exit (as the `migrate` subcommand does).
     #[arg(long)]
     pub migrate_only: bool,
 }

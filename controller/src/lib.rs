@@ -5,6 +5,7 @@
 //! # Layout
 //! From the edges in to the chain logic, and down to the state of record
 //! (`docs/architecture.md` draws it; no two modules refer to each other in a circle):
+//! - The program: [`cli`] (run the controller, or administer the fleet: `tokens`, `migrate`).
 //! - Wiring: [`Controller::start`] here, and [`state`], the HTTP handlers' state.
 //! - HTTP: [`webhook`] (`POST /webhook/github`: signatures, payloads, intake), [`http`] (the
 //!   API, health, metrics, live logs; every router merged), [`dashboard`], [`auth`] (sign-in,
@@ -27,6 +28,7 @@ pub mod actions;
 pub mod auth;
 pub mod broker;
 pub mod chain;
+pub mod cli;
 pub mod config;
 pub mod dashboard;
 pub mod db;
@@ -79,7 +81,7 @@ impl Controller {
     pub async fn start(mut config: Config) -> anyhow::Result<Controller> {
         config.read_secret_files()?;
         config.validate()?;
-        let db = connect_db(&config).await?;
+        let db = connect_db(&config.database_url, config.db_pool).await?;
         MIGRATOR.run(&db).await.context("applying migrations")?;
         let broker =
             broker::Broker::connect(&config.messaging).await.context("connecting to RabbitMQ (DEMOFLEET_AMQP_URL)")?;
@@ -213,32 +215,19 @@ fn github_client(config: &Config) -> anyhow::Result<Option<Arc<github::GitHub>>>
     Ok(Some(Arc::new(github::GitHub::new(&config.github_api_url, auth, config.github_patience)?)))
 }
 
-async fn connect_db(config: &Config) -> anyhow::Result<sqlx::PgPool> {
+/// A pool of at most `pool` connections (at least 2) to the database at `url`.
+pub async fn connect_db(url: &str, pool: u32) -> anyhow::Result<sqlx::PgPool> {
     PgPoolOptions::new()
-        .max_connections(config.db_pool.max(2))
+        .max_connections(pool.max(2))
         .acquire_timeout(Duration::from_secs(10))
-        .connect(&config.database_url)
+        .connect(url)
         .await
         .context("connecting to PostgreSQL (DEMOFLEET_DATABASE_URL)")
 }
 
-/// Apply the migrations and return.
-/// The `demofleet-controller` program: flags and environment, logs to stderr
-/// (`DEMOFLEET_LOG`), runs until SIGTERM or SIGINT (or only migrates, `--migrate-only`).
-pub async fn main() -> anyhow::Result<()> {
-    use clap::Parser;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("DEMOFLEET_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
-    let config = Config::parse();
-    if config.migrate_only {
-        return migrate(&config).await;
-    }
-    run(config, demofleet_common::signal::shutdown()).await
-}
-
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let db = connect_db(config).await?;
+/// Apply the migrations to the database at `url` and return.
+pub async fn migrate(url: &str) -> anyhow::Result<()> {
+    let db = connect_db(url, 2).await?;
     MIGRATOR.run(&db).await.context("applying migrations")?;
     db.close().await;
     Ok(())

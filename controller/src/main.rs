@@ -1,4 +1,4 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    demofleet_controller::main().await
+    demofleet_controller::cli::main().await
 }

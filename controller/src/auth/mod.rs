@@ -112,14 +112,13 @@ pub async fn principal(db: &PgPool, headers: &HeaderMap) -> sqlx::Result<Option<
 /// A new API token called `name`; returns it (shown once: only its hash is kept).
 pub async fn create_api_token(db: impl PgExecutor<'_>, name: &str, created_by: &str) -> sqlx::Result<String> {
     let token = format!("{API_TOKEN_PREFIX}{}", random_token());
-    sqlx::query("insert into api_tokens (id, name, token_hash, created_by) values ($1, $2, $3, $4)")
-        .bind(uuid::Uuid::new_v4())
-        .bind(name)
-        .bind(token_hash(&token))
-        .bind(created_by)
-        .execute(db)
-        .await?;
+    crate::db::tokens::insert(db, name, &token_hash(&token), created_by).await?;
     Ok(token)
+}
+
+/// The live API token `token` is, if it is one; its last use is left as it was.
+pub async fn live_api_token(db: impl PgExecutor<'_>, token: &str) -> sqlx::Result<Option<crate::db::tokens::Token>> {
+    crate::db::tokens::live_by_hash(db, &token_hash(token.trim())).await
 }
 
 /// True when the allow-list lets `who` in: an allowed email, an email in an allowed domain,

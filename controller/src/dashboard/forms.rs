@@ -141,10 +141,7 @@ async fn make_token(
     let layout = Layout::of(&who);
     let made = async {
         layout.check_csrf(&form.csrf)?;
-        let name = form.name.trim();
-        if name.is_empty() || name.len() > 100 {
-            return Err(ApiError::BadRequest("a token needs a name of 1 to 100 characters".into()));
-        }
+        let name = crate::db::tokens::check_name(&form.name).map_err(ApiError::BadRequest)?;
         let token = auth::create_api_token(&app.db, name, &who.actor()).await?;
         let detail = serde_json::json!({ "token": name });
         crate::db::audit::record(&app.db, &who.actor(), "token", None, detail).await?;
@@ -165,12 +162,7 @@ async fn revoke_token(
     Form(form): Form<Plain>,
 ) -> Result<Response, PageError> {
     act(&who, &form.csrf, "/tokens".into(), async |actor| {
-        let revoked = sqlx::query("update api_tokens set revoked_at = now() where id = $1 and revoked_at is null")
-            .bind(id)
-            .execute(&app.db)
-            .await?
-            .rows_affected();
-        if revoked == 0 {
+        if !crate::db::tokens::revoke(&app.db, id).await? {
             return Err(ApiError::NotFound("no such live token".into()));
         }
         crate::db::audit::record(&app.db, actor, "revoke_token", None, serde_json::json!({ "token": id })).await?;

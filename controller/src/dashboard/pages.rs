@@ -317,21 +317,16 @@ pub struct TokensPage<'a> {
 }
 
 pub async fn token_rows(db: &sqlx::PgPool) -> sqlx::Result<Vec<TokenRow>> {
-    let rows: Vec<(Uuid, String, String, OffsetDateTime, Option<OffsetDateTime>, bool)> = sqlx::query_as(
-        "select id, name, created_by, created_at, last_used_at, revoked_at is not null from api_tokens
-         order by created_at desc",
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows
+    Ok(crate::db::tokens::list(db)
+        .await?
         .into_iter()
-        .map(|(id, name, created_by, created, last_used, revoked)| TokenRow {
-            id,
-            name,
-            created_by,
-            created: format!("{} ago", age(created)),
-            last_used: last_used.map_or("never".into(), |t| format!("{} ago", age(t))),
-            revoked,
+        .map(|token| TokenRow {
+            id: token.id,
+            name: token.name,
+            created_by: token.created_by,
+            created: format!("{} ago", age(token.created_at)),
+            last_used: token.last_used_at.map_or("never".into(), |t| format!("{} ago", age(t))),
+            revoked: token.revoked_at.is_some(),
         })
         .collect())
 }

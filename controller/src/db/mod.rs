@@ -8,6 +8,7 @@ pub mod events;
 pub mod hosts;
 pub mod outbox;
 pub mod settings;
+pub mod tokens;
 
 /// A Postgres transaction.
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
