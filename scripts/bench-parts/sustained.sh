@@ -26,7 +26,7 @@ bench_slice $SUSTAINED_DB $SUSTAINED_VHOST
 SUSTAINED_AMQP=amqp://$AMQP_USER:$AMQP_PASSWORD@127.0.0.1:5672/$SUSTAINED_VHOST
 SUSTAINED_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/$SUSTAINED_DB
 DEMOFLEET_DATABASE_URL=$SUSTAINED_URL DEMOFLEET_AMQP_URL=$SUSTAINED_AMQP DEMOFLEET_WEBHOOK_SECRET=$SECRET \
-    "$CARGO_TARGET_DIR/release/demofleet-controller" --migrate-only >/dev/null
+    "$CARGO_TARGET_DIR/release/demofleet-controller" migrate >/dev/null
 "$CARGO_TARGET_DIR/release/bench-history" --database-url "$SUSTAINED_URL" --demos "$HISTORY_DEMOS" \
     --deliveries "$HISTORY_DELIVERIES" --hosts "$SUSTAINED_HOSTS" --capacity 200 \
     --inventory "$BENCH_DIR/history-inventory.txt" 2>"$BENCH_DIR/history.log"
