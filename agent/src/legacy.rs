@@ -176,6 +176,7 @@ pub(crate) mod tests {
             hostname: "site-owner-pr-1.demos.example".into(),
             github_user: github_user.into(),
             generation: 3,
+            legacy_run: false,
         }
     }
 

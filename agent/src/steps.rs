@@ -38,7 +38,7 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
             git::checkout(&dir, &spec.clone_url, &spec.sha, token.as_ref(), policy).await?;
         }
         Step::Build => {
-            let plan = demo_config::plan(&dir, &ctx.config)?;
+            let plan = allowed(demo_config::plan(&dir, &ctx.config)?, spec)?;
             ensure_free_disk(ctx).await?;
             if plan.legacy_run {
                 ctx.log(spec, "legacy ./run mode: ./run serve builds and starts the container at launch");
@@ -53,7 +53,7 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
         }
         Step::Launch => {
             // Beside the running generation, if any: it keeps serving until this one is healthy.
-            let plan = demo_config::plan(&dir, &ctx.config)?;
+            let plan = allowed(demo_config::plan(&dir, &ctx.config)?, spec)?;
             let (container, port) = if plan.legacy_run {
                 legacy::launch(ctx, spec, &dir).await?
             } else {
@@ -92,6 +92,19 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
         Step::Authorize | Step::Route | Step::Unroute => anyhow::bail!("{} is a controller step", step.as_str()),
     }
     Ok(output)
+}
+
+/// `plan`, unless it is the legacy `./run`, which runs on this host and so only where an
+/// admin enabled it for the repository.
+fn allowed(plan: demo_config::Plan, spec: &DemoSpec) -> Result<demo_config::Plan, PlanError> {
+    if plan.legacy_run && !spec.legacy_run {
+        return Err(PlanError::Refused(format!(
+            "the repository has only a legacy ./run, which runs on the agent's host; an admin must enable it \
+             for {}/{} first (repository setting legacy_run)",
+            spec.owner, spec.repo
+        )));
+    }
+    Ok(plan)
 }
 
 /// The token in `DEMOFLEET_GIT_TOKEN_FILE`, read now so a rotated one is used at once.

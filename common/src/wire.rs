@@ -37,6 +37,10 @@ pub struct DemoSpec {
     pub github_user: String,
     /// Bumped for every event that changes what the demo should be.
     pub generation: i64,
+    /// An admin let the repository's legacy `./run` run on the host (repository setting
+    /// `legacy_run`); without it, a repository with only `./run` is refused.
+    #[serde(default)]
+    pub legacy_run: bool,
 }
 
 /// The steps of a chain. Agent steps run on the demo's host; controller steps in the controller.

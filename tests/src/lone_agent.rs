@@ -90,6 +90,7 @@ impl LoneAgent {
             clone_url: format!("file://{}", repo.bare.display()),
             github_user: "fixture-author".into(),
             generation: 1,
+            legacy_run: false,
         }
     }
 

@@ -156,6 +156,7 @@ fn legacy_run(base_image: &str) -> String {
 set -eu
 [ "$1 $2 $3" = "serve --detach --port" ] || {{ echo "usage: ./run serve --detach --port PORT" >&2; exit 2; }}
 port=$4
+env > "$HOME/run-env"
 echo "legacy run serving on $port"
 docker run -d $CANONICAL_WEBTEAM_RUN_SERVE_DOCKER_OPTS -p 127.0.0.1:$port:$port {base_image} \
     sh -c "mkdir -p /w && echo legacy-run-says-\$DEMO_PR > /w/index.html && exec httpd -f -p $port -h /w"
@@ -171,7 +172,35 @@ async fn the_legacy_run_script_serves_the_demo_with_our_labels() {
     let sha = commit(&repo, &[("run", legacy_run(&stack.services.base_image)), ("README", "no Dockerfile".into())]);
     let name = format!("{repo_name}-fixture-owner-pr-2");
     stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
+    // The script would run on the agent's host: not before an admin enables it.
+    let refused = stack.wait_for_state(&name, "failed", DEADLINE).await;
+    let error = refused["error"].as_str().unwrap();
+    let expected = format!("build failed: the repository has only a legacy ./run, which runs on the agent's host; \
+                            an admin must enable it for fixture-owner/{repo_name} first (repository setting legacy_run)");
+    assert_eq!(error, expected);
+    let run_env = stack.agents[0].demo_dir.join(&name).join("run-env");
+    assert!(!run_env.exists(), "the script did not run");
+    let put = stack.put_settings("fixture-owner", &repo_name, &serde_json::json!({ "legacy_run": true })).await;
+    assert_eq!(put.status(), 200);
+    let id = refused["id"].as_str().unwrap();
+    assert_eq!(stack.post(&format!("/api/demos/{id}/redeploy")).await.status(), 202);
     let demo = stack.wait_for_state(&name, "running", DEADLINE).await;
+    // It ran with nothing of the agent's environment (this process's, with its service URLs).
+    let seen = std::fs::read_to_string(&run_env).unwrap();
+    let names: Vec<&str> = seen.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
+    let allowed = [
+        "PATH",
+        "HOME",
+        "PORT",
+        "PWD",
+        "SHLVL",
+        "CANONICAL_WEBTEAM_RUN_SERVE_DOCKER_OPTS",
+        "DOCKER_HOST",
+        "OLDPWD",
+        "_",
+    ];
+    assert!(names.iter().all(|n| allowed.contains(n)), "{names:?}");
+    assert!(std::env::var("DEMOFLEET_DATABASE_URL").is_ok() && !seen.contains("DEMOFLEET_"), "{seen}");
     let (status, body) = stack.edge_get(&format!("{name}.localhost"), "/").await;
     assert_eq!((status, body.trim()), (200, "legacy-run-says-2"), "the page of ./run's container, with our env");
 

@@ -52,5 +52,6 @@ pub fn spec(urls: &DemoUrls, demo: &Demo) -> DemoSpec {
         hostname,
         github_user: demo.github_user.clone(),
         generation: demo.generation,
+        legacy_run: demo.legacy_run,
     }
 }

@@ -34,6 +34,8 @@ pub struct Demo {
     pub approved_by: Option<String>,
     /// False for a demo started by hand without telling GitHub.
     pub notify: bool,
+    /// Its repository lets a legacy `./run` run (repository setting `legacy_run`).
+    pub legacy_run: bool,
     /// The last request the edge proxy passed to it.
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_request_at: Option<OffsetDateTime>,

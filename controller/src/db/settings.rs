@@ -23,6 +23,10 @@ pub struct RepoSettings {
     /// Only people signed in (and on the allow-list) may open the demos' preview URLs.
     #[serde(default)]
     pub gated: bool,
+    /// A repository with only a legacy `./run` may run it (on the agent's host, as the
+    /// agent's user): an admin's choice for repositories whose authors are trusted.
+    #[serde(default)]
+    pub legacy_run: bool,
 }
 
 fn keep() -> String {
@@ -37,6 +41,7 @@ impl Default for RepoSettings {
             max_demos: None,
             idle_sleep_seconds: None,
             gated: false,
+            legacy_run: false,
         }
     }
 }
@@ -62,7 +67,7 @@ impl RepoSettings {
 
 pub async fn get(db: impl PgExecutor<'_>, owner: &str, repo: &str) -> sqlx::Result<RepoSettings> {
     let found: Option<RepoSettings> = sqlx::query_as(
-        "select draft_policy, ttl_seconds, max_demos, idle_sleep_seconds, gated from repo_settings
+        "select draft_policy, ttl_seconds, max_demos, idle_sleep_seconds, gated, legacy_run from repo_settings
              where owner = $1 and repo = $2",
     )
     .bind(owner)
@@ -72,13 +77,21 @@ pub async fn get(db: impl PgExecutor<'_>, owner: &str, repo: &str) -> sqlx::Resu
     Ok(found.unwrap_or_default())
 }
 
+/// Store a repository's settings; its demos take its `legacy_run` at once.
 pub async fn put(db: impl PgExecutor<'_>, owner: &str, repo: &str, settings: &RepoSettings) -> sqlx::Result<()> {
     sqlx::query(
-        "insert into repo_settings (owner, repo, draft_policy, ttl_seconds, max_demos, idle_sleep_seconds, gated)
-         values ($1, $2, $3, $4, $5, $6, $7)
-         on conflict (owner, repo) do update set draft_policy = excluded.draft_policy,
-             ttl_seconds = excluded.ttl_seconds, max_demos = excluded.max_demos,
-             idle_sleep_seconds = excluded.idle_sleep_seconds, gated = excluded.gated",
+        "with stored as (
+             insert into repo_settings (owner, repo, draft_policy, ttl_seconds, max_demos, idle_sleep_seconds, gated,
+                                        legacy_run)
+             values ($1, $2, $3, $4, $5, $6, $7, $8)
+             on conflict (owner, repo) do update set draft_policy = excluded.draft_policy,
+                 ttl_seconds = excluded.ttl_seconds, max_demos = excluded.max_demos,
+                 idle_sleep_seconds = excluded.idle_sleep_seconds, gated = excluded.gated,
+                 legacy_run = excluded.legacy_run
+             returning owner, repo, legacy_run
+         )
+         update demos d set legacy_run = stored.legacy_run from stored
+         where d.owner = stored.owner and d.repo = stored.repo and d.legacy_run <> stored.legacy_run",
     )
     .bind(owner)
     .bind(repo)
@@ -87,6 +100,7 @@ pub async fn put(db: impl PgExecutor<'_>, owner: &str, repo: &str, settings: &Re
     .bind(settings.max_demos)
     .bind(settings.idle_sleep_seconds)
     .bind(settings.gated)
+    .bind(settings.legacy_run)
     .execute(db)
     .await?;
     Ok(())

@@ -37,6 +37,7 @@ fn demo(state: &str) -> Demo {
         approved_sha: None,
         approved_by: None,
         notify: true,
+        legacy_run: false,
         last_request_at: None,
         created_at: OffsetDateTime::UNIX_EPOCH,
         updated_at: OffsetDateTime::UNIX_EPOCH,
