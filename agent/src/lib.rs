@@ -99,6 +99,7 @@ impl Agent {
     /// Connect to Docker and NATS, then start consuming steps and sending heartbeats.
     pub async fn start(config: Config) -> anyhow::Result<Agent> {
         let host_id = config.host_id()?;
+        config.messaging.validate()?;
         let docker = config.docker().context("connecting to Docker")?;
         docker.ping().await.context("the Docker Engine does not answer")?;
         let nats = config.messaging.connect_nats().await.context("connecting to NATS (DEMOFLEET_NATS_URL)")?;

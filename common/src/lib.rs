@@ -12,10 +12,11 @@
 //! - [`retry`]: back-off for reconnect loops.
 //! - [`secret`]: settings that never reach a log.
 //! - [`signal`]: waiting for SIGINT or SIGTERM.
+//! - [`tls`]: TLS between hosts: its settings, the plain-text rule, the rustls client set-up.
 //! - [`topology`]: exchange, queue and subject names; declaring them on a channel.
 //! - [`webhook`]: GitHub webhook signatures and payloads, read without I/O.
 //!
-//! `consume`, `messaging`, `retry`, `signal` and `topology` need the default `runtime`
+//! `consume`, `messaging`, `retry`, `signal`, `tls` and `topology` need the default `runtime`
 //! feature; the rest is pure, which is all the fuzz targets in `fuzz/` build.
 
 #[cfg(feature = "runtime")]
@@ -30,6 +31,8 @@ pub mod retry;
 pub mod secret;
 #[cfg(feature = "runtime")]
 pub mod signal;
+#[cfg(feature = "runtime")]
+pub mod tls;
 #[cfg(feature = "runtime")]
 pub mod topology;
 pub mod webhook;

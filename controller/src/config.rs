@@ -225,6 +225,8 @@ pub enum ConfigError {
     BaseDomain(String),
     #[error("DEMOFLEET_GITHUB_APP_ID and DEMOFLEET_GITHUB_APP_KEY_FILE go together")]
     HalfAnApp,
+    #[error(transparent)]
+    Tls(#[from] demofleet_common::tls::TlsError),
 }
 
 impl Config {
@@ -280,6 +282,7 @@ impl Config {
         if self.github_app_id.is_some() != self.github_app_key_file.is_some() {
             return Err(ConfigError::HalfAnApp);
         }
+        self.messaging.validate()?;
         Ok(())
     }
 
@@ -333,5 +336,19 @@ mod tests {
         assert_eq!(config.clone_url("o", "r"), "https://github.com/o/r.git");
         let secs: Vec<u64> = config.retry_delays.iter().map(|d| d.as_secs()).collect();
         assert_eq!(secs, [2, 4, 8, 16]);
+    }
+
+    #[test]
+    fn plain_text_to_another_host_needs_the_operators_word() {
+        let remote = ["--webhook-secret", "s", "--amqp-url", "amqp://u:p@10.1.2.3/v"];
+        let config = parse(&remote).unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("DEMOFLEET_ALLOW_PLAINTEXT"), "{err}");
+        let trusted = parse(&[&remote[..], &["--allow-plaintext"]].concat()).unwrap();
+        trusted.validate().unwrap();
+        let tls = ["--webhook-secret", "s", "--amqp-url", "amqps://u:p@10.1.2.3/v", "--tls-ca-file", "/nonexistent"];
+        let err = parse(&tls).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("/nonexistent"), "the CA file is read at start: {err}");
+        assert!(parse(&[&tls[..], &["--tls-cert-file", "/c"]].concat()).is_err(), "a certificate needs its key");
     }
 }

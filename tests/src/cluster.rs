@@ -3,6 +3,7 @@
 //! NATS servers routed to each other. Every node has its own name, ports and folders in a
 //! temporary directory; the machine's own RabbitMQ node and NATS server are left alone.
 //! Nodes are killed with SIGKILL, as in a crash, and all of them are stopped on drop.
+//! RabbitMQ nodes may listen for AMQP over TLS only ([`RabbitTls`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,6 +18,7 @@ use crate::command::{self, Group};
 use crate::fake_github::FakeGitHub;
 use crate::host::TestHost;
 use crate::services::{free_port, Services};
+use crate::pki::CertFiles;
 use crate::stack::{agent_argv, ControllerFlags, Stack};
 use crate::wait;
 
@@ -35,10 +37,24 @@ pub struct RabbitNode {
     process: Group,
 }
 
+/// AMQP over TLS as a node's only AMQP listener: no plain-text one, and clients must show a
+/// certificate signed by the CA (mutual TLS).
+#[derive(Debug, Clone)]
+pub struct RabbitTls {
+    /// The CA the node trusts for clients' certificates (and that signed its own).
+    pub ca: PathBuf,
+    /// The node's certificate, valid for every address it listens on.
+    pub server: CertFiles,
+    /// Addresses the listener binds besides 127.0.0.1 (a test fleet's gateways).
+    pub addresses: Vec<String>,
+}
+
 /// RabbitMQ nodes joined into one cluster, with the user [`RABBITMQ_USER`] and the
 /// management plugin on each.
 pub struct RabbitCluster {
     pub nodes: Vec<RabbitNode>,
+    /// `amqps` when the nodes listen over TLS only, else `amqp`.
+    scheme: &'static str,
     /// The nodes' folders and the shared Erlang cookie (the `HOME` of every node and CLI call).
     home: TempDir,
 }
@@ -47,14 +63,20 @@ impl RabbitCluster {
     /// Start `size` nodes and join the others to the first; blocks until all run in one
     /// cluster (about half a minute for three).
     pub fn start(size: usize) -> RabbitCluster {
+        RabbitCluster::start_with(size, None)
+    }
+
+    /// [`RabbitCluster::start`], the nodes listening for AMQP over `tls` only when given.
+    pub fn start_with(size: usize, tls: Option<&RabbitTls>) -> RabbitCluster {
         let home = tempfile::Builder::new().prefix("demofleet-rabbitmq-").tempdir().unwrap();
         let cookie = home.path().join(".erlang.cookie");
         std::fs::write(&cookie, Uuid::new_v4().simple().to_string()).unwrap();
         std::fs::set_permissions(&cookie, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
         let tag = &Uuid::new_v4().simple().to_string()[..6];
         let nodes =
-            (1..=size).map(|n| RabbitNode::configure(home.path(), &format!("dfq{n}-{tag}@localhost"))).collect();
-        let mut cluster = RabbitCluster { nodes, home };
+            (1..=size).map(|n| RabbitNode::configure(home.path(), &format!("dfq{n}-{tag}@localhost"), tls)).collect();
+        let scheme = if tls.is_some() { "amqps" } else { "amqp" };
+        let mut cluster = RabbitCluster { nodes, scheme, home };
         for index in 0..size {
             cluster.start_node(index);
         }
@@ -74,16 +96,17 @@ impl RabbitCluster {
         cluster
     }
 
-    /// `amqp://` URL of node `index`, on `vhost`.
+    /// URL of node `index` on 127.0.0.1, on `vhost`.
     pub fn amqp_url(&self, index: usize, vhost: &str) -> String {
         let port = self.nodes[index].amqp_port;
-        format!("amqp://{RABBITMQ_USER}:{RABBITMQ_PASSWORD}@127.0.0.1:{port}/{vhost}")
+        format!("{}://{RABBITMQ_USER}:{RABBITMQ_PASSWORD}@127.0.0.1:{port}/{vhost}", self.scheme)
     }
 
     /// Every node's URL on `vhost` for `user`, separated by commas, as `DEMOFLEET_AMQP_URL`
     /// takes them.
     pub fn amqp_urls(&self, user: &str, password: &str, vhost: &str) -> String {
-        let url = |node: &RabbitNode| format!("amqp://{user}:{password}@127.0.0.1:{}/{vhost}", node.amqp_port);
+        let scheme = self.scheme;
+        let url = |node: &RabbitNode| format!("{scheme}://{user}:{password}@127.0.0.1:{}/{vhost}", node.amqp_port);
         self.nodes.iter().map(url).collect::<Vec<_>>().join(",")
     }
 
@@ -238,12 +261,16 @@ impl RabbitCluster {
 
 impl RabbitNode {
     /// Folders, ports and configuration of node `name`, not yet started.
-    fn configure(home: &Path, name: &str) -> RabbitNode {
+    fn configure(home: &Path, name: &str, tls: Option<&RabbitTls>) -> RabbitNode {
         let dir = home.join(name.split('@').next().unwrap());
         std::fs::create_dir_all(&dir).unwrap();
         let (amqp_port, management_port, dist_port) = (free_port(), free_port(), free_port());
+        let listeners = match tls {
+            None => format!("listeners.tcp.default = 127.0.0.1:{amqp_port}\n"),
+            Some(tls) => tls_listeners(tls, amqp_port),
+        };
         let config = format!(
-            "listeners.tcp.default = 127.0.0.1:{amqp_port}\n\
+            "{listeners}\
              management.tcp.port = {management_port}\n\
              management.tcp.ip = 127.0.0.1\n\
              collect_statistics_interval = 1000\n\
@@ -256,9 +283,8 @@ impl RabbitNode {
         std::fs::write(dir.join("enabled_plugins"), "[rabbitmq_management].\n").unwrap();
         std::fs::write(dir.join("rabbitmq-env.conf"), "").unwrap();
         let path = |file: &str| dir.join(file).to_str().unwrap().to_string();
-        let env = [
+        let mut env = vec![
             ("RABBITMQ_NODENAME", name.to_string()),
-            ("RABBITMQ_NODE_PORT", amqp_port.to_string()),
             ("RABBITMQ_DIST_PORT", dist_port.to_string()),
             ("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf")),
             ("RABBITMQ_ADVANCED_CONFIG_FILE", path("advanced.config")),
@@ -268,9 +294,34 @@ impl RabbitNode {
             ("RABBITMQ_LOG_BASE", path("log")),
             ("RABBITMQ_PID_FILE", path("rabbitmq.pid")),
         ];
+        if tls.is_none() {
+            env.push(("RABBITMQ_NODE_PORT", amqp_port.to_string()));
+        }
         let env = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         RabbitNode { name: name.to_string(), amqp_port, management_port, dir, env, process: Group::none() }
     }
+}
+
+/// The configuration of AMQP over TLS on `port` of 127.0.0.1 and `tls.addresses`, and of no
+/// plain-text listener.
+fn tls_listeners(tls: &RabbitTls, port: u16) -> String {
+    let addresses = std::iter::once("127.0.0.1").chain(tls.addresses.iter().map(String::as_str));
+    let mut config = String::from("listeners.tcp = none\n");
+    for (index, address) in addresses.enumerate() {
+        config.push_str(&format!("listeners.ssl.{} = {address}:{port}\n", index + 1));
+    }
+    let file = |path: &Path| path.to_str().expect("a UTF-8 path").to_string();
+    config.push_str(&format!(
+        "ssl_options.cacertfile = {}\n\
+         ssl_options.certfile = {}\n\
+         ssl_options.keyfile = {}\n\
+         ssl_options.verify = verify_peer\n\
+         ssl_options.fail_if_no_peer_cert = true\n",
+        file(&tls.ca),
+        file(&tls.server.cert),
+        file(&tls.server.key)
+    ));
+    config
 }
 
 /// RabbitMQ's own scripts, not Debian's wrappers (which switch to the `rabbitmq` user).

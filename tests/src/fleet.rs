@@ -5,6 +5,8 @@
 //! Traefik and the agent's own health check reach a demo at `host address:port`, through the
 //! host's link: cut the link and its demos, heartbeats and tasks are cut off with it; kill the
 //! agent and its containers stay; kill the host and its engine and demos die with it.
+//! The agents reach the brokers in plain text over their links ([`Fleet::start`]), or over TLS
+//! to brokers of the fleet's own ([`Fleet::start_tls`]).
 
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -12,8 +14,10 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use crate::cluster::{RabbitCluster, RabbitTls};
 use crate::host::{DemoContainer, Engine, TestHost};
-use crate::services::PrivateNats;
+use crate::pki::{TestPki, Usage};
+use crate::services::{NatsTls, PrivateNats};
 use crate::stack::{Stack, StackOptions};
 use crate::wait;
 
@@ -93,12 +97,63 @@ impl Drop for FleetHost {
     }
 }
 
+/// Where a fleet's agents find the brokers, from their side of their host's link.
+pub enum Brokers {
+    /// The machine's RabbitMQ and the fleet's NATS server (listening on the hosts' links too),
+    /// in plain text: the links are this machine's.
+    Plain(PrivateNats),
+    /// A RabbitMQ node and a NATS server of the fleet's own that speak TLS only.
+    Tls(TlsBrokers),
+}
+
+/// Brokers over TLS: a RabbitMQ node and a NATS server listening on the hosts' gateways too,
+/// with a certificate for those addresses from the fleet's own CA, taking only clients with a
+/// certificate of that CA (the controller's and each agent's own).
+pub struct TlsBrokers {
+    pub rabbit: RabbitCluster,
+    pub nats: PrivateNats,
+    pub pki: TestPki,
+}
+
+impl Brokers {
+    /// Host `host_id`'s broker flags: its URLs at `gateway`, as broker user `user`, and how
+    /// they are reached.
+    fn agent_flags(&self, vhost: &str, host_id: &str, (user, password): (&str, &str), gateway: &str) -> Vec<String> {
+        let flags = match self {
+            Brokers::Plain(nats) => vec![
+                ("--amqp-url", format!("amqp://{user}:{password}@{gateway}:5672/{vhost}")),
+                ("--nats-url", nats.url_at(gateway)),
+            ],
+            Brokers::Tls(tls) => {
+                let port = tls.rabbit.nodes[0].amqp_port;
+                let mut flags = vec![
+                    ("--amqp-url", format!("amqps://{user}:{password}@{gateway}:{port}/{vhost}")),
+                    ("--nats-url", tls.nats.url_at(gateway)),
+                ];
+                flags.extend(tls_flags(&tls.pki, host_id));
+                flags
+            }
+        };
+        let mut args: Vec<String> = flags.into_iter().flat_map(|(flag, value)| [flag.to_string(), value]).collect();
+        if let Brokers::Plain(_) = self {
+            args.push("--allow-plaintext".into());
+        }
+        args
+    }
+}
+
+/// The flags of a client of `pki`'s brokers: trust its CA, show a certificate of its own.
+pub fn tls_flags(pki: &TestPki, name: &str) -> Vec<(&'static str, String)> {
+    let own = pki.issue(name, &[], Usage::Client);
+    let path = |p: &std::path::Path| p.to_str().expect("a UTF-8 path").to_string();
+    vec![("--tls-ca-file", path(&pki.ca)), ("--tls-cert-file", path(&own.cert)), ("--tls-key-file", path(&own.key))]
+}
+
 /// A controller (in-process, on its stack) and agent hosts with addresses of their own.
 pub struct Fleet {
     pub stack: Stack,
     pub hosts: Vec<FleetHost>,
-    /// A NATS server listening on the hosts' links too.
-    nats: PrivateNats,
+    pub brokers: Brokers,
 }
 
 impl Fleet {
@@ -106,19 +161,52 @@ impl Fleet {
     /// that many demos, its agent `agent_binary` (a test's `CARGO_BIN_EXE_fleet-agent`);
     /// wait until every host has been heard from.
     pub async fn start(agent_binary: &str, capacities: &[u32], mut options: StackOptions) -> Fleet {
+        let machines = spawn_machines(capacities.len()).await;
         let nats = PrivateNats::start_on("0.0.0.0");
-        options.agents = 0;
         options.nats_url = Some(nats.url());
+        Fleet::launch(agent_binary, capacities, options, machines, Brokers::Plain(nats)).await
+    }
+
+    /// [`Fleet::start`] with brokers of the fleet's own that speak TLS only ([`TlsBrokers`]):
+    /// the controller reaches them on 127.0.0.1, each agent at its host's gateway.
+    pub async fn start_tls(agent_binary: &str, capacities: &[u32], mut options: StackOptions) -> Fleet {
+        let machines = spawn_machines(capacities.len()).await;
+        let gateways: Vec<String> = machines.iter().map(|m| m.gateway.clone()).collect();
+        let pki = TestPki::new("demofleet test CA");
+        let addresses = std::iter::once("127.0.0.1").chain(gateways.iter().map(String::as_str));
+        let sans: Vec<String> = addresses.map(|address| format!("IP:{address}")).collect();
+        let server = pki.issue("broker", &sans, Usage::Server);
+        let tls = RabbitTls { ca: pki.ca.clone(), server: server.clone(), addresses: gateways };
+        let rabbit = tokio::task::spawn_blocking(move || RabbitCluster::start_with(1, Some(&tls))).await.unwrap();
+        options.services = Some(rabbit.services(0));
+        let nats = PrivateNats::start_with("0.0.0.0", Some(NatsTls { ca: pki.ca.clone(), server }));
+        options.nats_url = Some(nats.url());
+        for (flag, value) in tls_flags(&pki, "controller") {
+            options.controller_args.extend([flag.to_string(), value]);
+        }
+        let brokers = Brokers::Tls(TlsBrokers { rabbit, nats, pki });
+        Fleet::launch(agent_binary, capacities, options, machines, brokers).await
+    }
+
+    /// The stack, then an agent on each machine; wait until every host has been heard from.
+    async fn launch(
+        agent_binary: &str,
+        capacities: &[u32],
+        mut options: StackOptions,
+        machines: Vec<TestHost>,
+        brokers: Brokers,
+    ) -> Fleet {
+        options.agents = 0;
         let mut stack = Stack::start(options).await;
         let mut hosts = Vec::new();
-        for (index, capacity) in capacities.iter().enumerate() {
-            let mut host = create_host(&stack, &nats, index, *capacity).await;
+        for (index, (machine, capacity)) in machines.into_iter().zip(capacities).enumerate() {
+            let mut host = create_host(&stack, &brokers, machine, index, *capacity).await;
             host.binary = agent_binary.to_string();
             host.start_agent();
             stack.engines.push(host.machine.engine());
             hosts.push(host);
         }
-        let fleet = Fleet { stack, hosts, nats };
+        let fleet = Fleet { stack, hosts, brokers };
         for host in &fleet.hosts {
             let id = host.host_id.clone();
             wait::until(&format!("host {id} heard from"), Duration::from_secs(30), || async {
@@ -132,7 +220,10 @@ impl Fleet {
 
     /// The port of the fleet's NATS server, on every host's link.
     pub fn nats_port(&self) -> u16 {
-        self.nats.port
+        match &self.brokers {
+            Brokers::Plain(nats) => nats.port,
+            Brokers::Tls(tls) => tls.nats.port,
+        }
     }
 
     pub fn host(&self, id: &str) -> &FleetHost {
@@ -144,28 +235,34 @@ impl Fleet {
         self.hosts.iter().map(|h| format!("--- {} ---\n{}", h.host_id, h.log())).collect()
     }
 
-    /// Stop the agents, remove the hosts, then stop the stack.
+    /// Stop the agents, remove the hosts, then stop the stack and the brokers.
     pub async fn stop(mut self) {
         self.hosts.clear();
         self.stack.stop().await;
     }
 }
 
-/// Make host `index` of the stack: a machine with its engine, a broker user and a demo folder.
-async fn create_host(stack: &Stack, nats: &PrivateNats, index: usize, capacity: u32) -> FleetHost {
+/// `count` machines, each with its engine.
+async fn spawn_machines(count: usize) -> Vec<TestHost> {
+    let base_image = crate::services::Services::from_env().base_image;
+    let mut machines = Vec::new();
+    for _ in 0..count {
+        machines.push(TestHost::spawn(&base_image).await);
+    }
+    machines
+}
+
+/// Make host `index` of the stack on `machine`: a broker user, a demo folder and the agent's
+/// flags.
+async fn create_host(stack: &Stack, brokers: &Brokers, machine: TestHost, index: usize, capacity: u32) -> FleetHost {
     let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
-    let machine = TestHost::spawn(&stack.services.base_image).await;
-    let gateway = &machine.gateway;
     let (user, password) = stack.vhost.create_agent_user(&host_id).await;
-    let amqp_url = format!("amqp://{user}:{password}@{gateway}:5672/{}", stack.vhost.name);
-    let nats_url = format!("nats://{gateway}:{}", nats.port);
     let demo_dir = stack.scratch.path().join("demos").join(&host_id);
     std::fs::create_dir_all(&demo_dir).unwrap();
     let log = stack.scratch.path().join(format!("{host_id}.log"));
-    let args: Vec<String> = [
+    let mut args = brokers.agent_flags(&stack.vhost.name, &host_id, (&user, &password), &machine.gateway);
+    let own: Vec<String> = [
         ("--host-id", host_id.clone()),
-        ("--amqp-url", amqp_url),
-        ("--nats-url", nats_url),
         ("--nats-prefix", stack.nats_prefix.clone()),
         ("--demo-dir", demo_dir.to_str().unwrap().to_string()),
         ("--git-local-root", stack.repos_dir().to_str().unwrap().to_string()),
@@ -178,6 +275,7 @@ async fn create_host(stack: &Stack, nats: &PrivateNats, index: usize, capacity: 
     .into_iter()
     .flat_map(|(flag, value)| [flag.to_string(), value])
     .collect();
+    args.extend(own);
     FleetHost { host_id, machine, demo_dir, binary: String::new(), args, log, agent: None }
 }
 

@@ -15,6 +15,7 @@
 //! - [`host`]: test hosts: a network namespace, an address and a Docker Engine of their own.
 //! - [`fleet`]: agent hosts as processes on test hosts, to be killed and cut off.
 //! - [`lone_agent`]: one agent driven by the test in the controller's place.
+//! - [`pki`]: a private CA of a test's own and the certificates it signs (TLS between hosts).
 //! - [`wait`]: waiting for conditions with deadlines.
 //! - [`spy`]: proof that nothing was sent to the controller's or the agents' queues.
 
@@ -28,6 +29,7 @@ pub mod git_http;
 pub mod host;
 pub mod lone_agent;
 pub mod oidc;
+pub mod pki;
 pub mod postgres;
 pub mod rng;
 pub mod services;

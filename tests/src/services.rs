@@ -245,11 +245,49 @@ pub fn nats_prefix() -> String {
     format!("t{}", Uuid::new_v4().simple())
 }
 
+/// TLS on a NATS server: clients must speak it, and show a certificate signed by `ca`.
+#[derive(Debug, Clone)]
+pub struct NatsTls {
+    pub ca: PathBuf,
+    pub server: crate::pki::CertFiles,
+}
+
+/// A NATS server's configuration file, as an operator (or the ansible broker role) writes
+/// one: blocks are added beside `tls` (e.g. `authorization`) as the tests need them.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// The address it listens on (`0.0.0.0`: also on the test fleet's links).
+    pub listen: String,
+    pub port: u16,
+    /// The monitoring endpoint's port, on 127.0.0.1 (`/connz` lists the clients).
+    pub monitor_port: u16,
+    pub tls: Option<NatsTls>,
+}
+
+impl NatsConfig {
+    /// The configuration file's text.
+    pub fn render(&self) -> String {
+        let quoted = |path: &std::path::Path| serde_json::to_string(path.to_str().expect("a UTF-8 path")).unwrap();
+        let mut text =
+            format!("listen: \"{}:{}\"\nhttp: \"127.0.0.1:{}\"\n", self.listen, self.port, self.monitor_port);
+        if let Some(tls) = &self.tls {
+            text.push_str(&format!(
+                "tls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n  timeout: 5\n}}\n",
+                quoted(&tls.server.cert),
+                quoted(&tls.server.key),
+                quoted(&tls.ca)
+            ));
+        }
+        text
+    }
+}
+
 /// A NATS server of one test's own, on a free loopback port, that the test may stop and
 /// start again.
 pub struct PrivateNats {
     pub port: u16,
-    address: String,
+    config: NatsConfig,
+    dir: tempfile::TempDir,
     child: Option<std::process::Child>,
 }
 
@@ -260,14 +298,29 @@ impl PrivateNats {
 
     /// A server listening on `address` (`0.0.0.0`: also on the test fleet's links).
     pub fn start_on(address: &str) -> PrivateNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut nats = PrivateNats { port, address: address.to_string(), child: None };
+        PrivateNats::start_with(address, None)
+    }
+
+    /// A server listening on `address`, speaking TLS only when `tls` is given.
+    pub fn start_with(address: &str, tls: Option<NatsTls>) -> PrivateNats {
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (port, monitor_port) = (free(), free());
+        let config = NatsConfig { listen: address.to_string(), port, monitor_port, tls };
+        let dir = tempfile::Builder::new().prefix("demofleet-nats-").tempdir().unwrap();
+        let mut nats = PrivateNats { port, config, dir, child: None };
         nats.restart();
         nats
     }
 
+    /// Its URL on 127.0.0.1: `tls://` when it speaks TLS.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.url_at("127.0.0.1")
+    }
+
+    /// Its URL at `address` (a test host's gateway).
+    pub fn url_at(&self, address: &str) -> String {
+        let scheme = if self.config.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://{address}:{}", self.port)
     }
 
     /// Stop the server (SIGKILL, like a crash).
@@ -281,18 +334,33 @@ impl PrivateNats {
     /// Start (again) on the same port and wait until it accepts connections.
     pub fn restart(&mut self) {
         self.kill();
+        let file = self.dir.path().join("nats-server.conf");
+        std::fs::write(&file, self.config.render()).unwrap();
+        let log = std::fs::File::create(self.dir.path().join("nats-server.log")).unwrap();
         let child = std::process::Command::new("nats-server")
-            .args(["-a", &self.address, "-p", &self.port.to_string()])
+            .arg("-c")
+            .arg(&file)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("nats-server runs");
         self.child = Some(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "nats-server did not start");
+            assert!(std::time::Instant::now() < deadline, "nats-server did not start:\n{}", self.log());
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    /// GET `path` of the server's monitoring endpoint.
+    pub async fn monitor(&self, path: &str) -> Option<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}{path}", self.config.monitor_port);
+        reqwest::get(url).await.ok()?.json().await.ok()
+    }
+
+    /// What the server logged, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats-server.log")).unwrap_or_default()
     }
 }
 

@@ -214,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     anyhow::ensure!(args.agents >= 1 && args.connections >= 1, "--agents and --connections must be at least 1");
+    args.messaging.validate()?;
     let nats = args.messaging.connect_nats().await?;
     let shared = Arc::new(Shared {
         connections: Connections::new(args.messaging.clone(), args.connections.min(args.agents)),
