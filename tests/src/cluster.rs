@@ -17,8 +17,8 @@ use uuid::Uuid;
 use crate::command::{self, Group};
 use crate::fake_github::FakeGitHub;
 use crate::host::TestHost;
-use crate::services::{free_port, Services};
 use crate::pki::CertFiles;
+use crate::services::{free_port, Services};
 use crate::stack::{agent_argv, ControllerFlags, Stack};
 use crate::wait;
 
@@ -49,6 +49,17 @@ pub struct RabbitTls {
     pub addresses: Vec<String>,
 }
 
+/// How a [`RabbitCluster`]'s nodes are configured beyond their own ports and folders.
+#[derive(Debug, Clone, Default)]
+pub struct RabbitOptions {
+    /// AMQP over TLS only.
+    pub tls: Option<RabbitTls>,
+    /// A folder of further configuration files, read after the node's own file as
+    /// `/etc/rabbitmq/conf.d` is (`RABBITMQ_CONFIG_FILES`): what a deployment writes there
+    /// applies to the node when it (re)starts.
+    pub conf_d: Option<PathBuf>,
+}
+
 /// RabbitMQ nodes joined into one cluster, with the user [`RABBITMQ_USER`] and the
 /// management plugin on each.
 pub struct RabbitCluster {
@@ -63,19 +74,20 @@ impl RabbitCluster {
     /// Start `size` nodes and join the others to the first; blocks until all run in one
     /// cluster (about half a minute for three).
     pub fn start(size: usize) -> RabbitCluster {
-        RabbitCluster::start_with(size, None)
+        RabbitCluster::start_with(size, &RabbitOptions::default())
     }
 
-    /// [`RabbitCluster::start`], the nodes listening for AMQP over `tls` only when given.
-    pub fn start_with(size: usize, tls: Option<&RabbitTls>) -> RabbitCluster {
+    /// [`RabbitCluster::start`], the nodes configured with `options`.
+    pub fn start_with(size: usize, options: &RabbitOptions) -> RabbitCluster {
         let home = tempfile::Builder::new().prefix("demofleet-rabbitmq-").tempdir().unwrap();
         let cookie = home.path().join(".erlang.cookie");
         std::fs::write(&cookie, Uuid::new_v4().simple().to_string()).unwrap();
         std::fs::set_permissions(&cookie, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
         let tag = &Uuid::new_v4().simple().to_string()[..6];
-        let nodes =
-            (1..=size).map(|n| RabbitNode::configure(home.path(), &format!("dfq{n}-{tag}@localhost"), tls)).collect();
-        let scheme = if tls.is_some() { "amqps" } else { "amqp" };
+        let nodes = (1..=size)
+            .map(|n| RabbitNode::configure(home.path(), &format!("dfq{n}-{tag}@localhost"), options))
+            .collect();
+        let scheme = if options.tls.is_some() { "amqps" } else { "amqp" };
         let mut cluster = RabbitCluster { nodes, scheme, home };
         for index in 0..size {
             cluster.start_node(index);
@@ -160,6 +172,24 @@ impl RabbitCluster {
         None
     }
 
+    /// Close every client connection to `vhost` (as a broker going away would), through the
+    /// management API of the first running node; the clients connect again.
+    pub async fn close_connections(&self, vhost: &str) {
+        let listed = self.management_get(&format!("/vhosts/{vhost}/connections")).await.unwrap_or_default();
+        let index = (0..self.nodes.len()).find(|i| self.is_running(*i)).expect("a running node");
+        let client = reqwest::Client::new();
+        for connection in listed.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let Some(name) = connection["name"].as_str() else { continue };
+            let url = format!(
+                "http://127.0.0.1:{}/api/connections/{}",
+                self.nodes[index].management_port,
+                crate::fixtures::urlencode(name)
+            );
+            let closed = client.delete(url).basic_auth(RABBITMQ_USER, Some(RABBITMQ_PASSWORD)).send().await;
+            assert!(closed.is_ok_and(|r| r.status().is_success()), "closing {name}");
+        }
+    }
+
     /// The clients connected to `vhost`: (user, index of the node they are connected to).
     /// A connection the management API lists without a user (its statistics not in yet)
     /// shows as user "?"; one on a node not of this cluster makes the answer `None`.
@@ -234,6 +264,19 @@ impl RabbitCluster {
         }
     }
 
+    /// Write an executable script at `path` that runs `rabbitmqctl` against node `index`
+    /// with its arguments, as the machine's `rabbitmqctl` runs against the machine's node.
+    pub fn write_ctl_script(&self, index: usize, path: &Path) {
+        let script = format!(
+            "#!/bin/sh\nHOME='{}' exec '{}' -n '{}' \"$@\"\n",
+            self.home.path().display(),
+            rabbitmq_bin("rabbitmqctl"),
+            self.nodes[index].name
+        );
+        std::fs::write(path, script).unwrap();
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+
     /// `rabbitmqctl -n <node> ARGS`, which must succeed; its output.
     pub fn ctl(&self, index: usize, args: &[&str]) -> String {
         let out = self.ctl_output(index, args).unwrap_or_else(|e| panic!("rabbitmqctl: {e}"));
@@ -261,11 +304,11 @@ impl RabbitCluster {
 
 impl RabbitNode {
     /// Folders, ports and configuration of node `name`, not yet started.
-    fn configure(home: &Path, name: &str, tls: Option<&RabbitTls>) -> RabbitNode {
+    fn configure(home: &Path, name: &str, options: &RabbitOptions) -> RabbitNode {
         let dir = home.join(name.split('@').next().unwrap());
         std::fs::create_dir_all(&dir).unwrap();
         let (amqp_port, management_port, dist_port) = (free_port(), free_port(), free_port());
-        let listeners = match tls {
+        let listeners = match &options.tls {
             None => format!("listeners.tcp.default = 127.0.0.1:{amqp_port}\n"),
             Some(tls) => tls_listeners(tls, amqp_port),
         };
@@ -294,8 +337,11 @@ impl RabbitNode {
             ("RABBITMQ_LOG_BASE", path("log")),
             ("RABBITMQ_PID_FILE", path("rabbitmq.pid")),
         ];
-        if tls.is_none() {
+        if options.tls.is_none() {
             env.push(("RABBITMQ_NODE_PORT", amqp_port.to_string()));
+        }
+        if let Some(conf_d) = &options.conf_d {
+            env.push(("RABBITMQ_CONFIG_FILES", conf_d.to_str().expect("a UTF-8 path").to_string()));
         }
         let env = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         RabbitNode { name: name.to_string(), amqp_port, management_port, dir, env, process: Group::none() }

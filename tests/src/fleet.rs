@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::cluster::{RabbitCluster, RabbitTls};
+use crate::cluster::{RabbitCluster, RabbitOptions, RabbitTls};
 use crate::host::{DemoContainer, Engine, TestHost};
-use crate::pki::{TestPki, Usage};
+use crate::pki::{CertFiles, TestPki, Usage};
 use crate::services::{NatsTls, PrivateNats};
 use crate::stack::{Stack, StackOptions};
 use crate::wait;
@@ -75,6 +75,11 @@ impl FleetHost {
         self.agent = Some(child);
     }
 
+    /// The agent's process id, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
     /// Take the host's link down (`false`) or up again.
     pub fn set_link(&self, up: bool) {
         self.machine.set_link(up);
@@ -113,6 +118,8 @@ pub struct TlsBrokers {
     pub rabbit: RabbitCluster,
     pub nats: PrivateNats,
     pub pki: TestPki,
+    /// The brokers' certificate and key (both brokers read the same files).
+    pub server: CertFiles,
 }
 
 impl Brokers {
@@ -177,14 +184,16 @@ impl Fleet {
         let sans: Vec<String> = addresses.map(|address| format!("IP:{address}")).collect();
         let server = pki.issue("broker", &sans, Usage::Server);
         let tls = RabbitTls { ca: pki.ca.clone(), server: server.clone(), addresses: gateways };
-        let rabbit = tokio::task::spawn_blocking(move || RabbitCluster::start_with(1, Some(&tls))).await.unwrap();
+        let server_files = server.clone();
+        let rabbit_options = RabbitOptions { tls: Some(tls), ..Default::default() };
+        let rabbit = tokio::task::spawn_blocking(move || RabbitCluster::start_with(1, &rabbit_options)).await.unwrap();
         options.services = Some(rabbit.services(0));
         let nats = PrivateNats::start_with("0.0.0.0", Some(NatsTls { ca: pki.ca.clone(), server }));
         options.nats_url = Some(nats.url());
         for (flag, value) in tls_flags(&pki, "controller") {
             options.controller_args.extend([flag.to_string(), value]);
         }
-        let brokers = Brokers::Tls(TlsBrokers { rabbit, nats, pki });
+        let brokers = Brokers::Tls(TlsBrokers { rabbit, nats, pki, server: server_files });
         Fleet::launch(agent_binary, capacities, options, machines, brokers).await
     }
 

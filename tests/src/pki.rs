@@ -44,6 +44,12 @@ impl TestPki {
         TestPki { ca, ca_key, dir }
     }
 
+    /// Where the certificate [`TestPki::issue`] makes for `name` is.
+    pub fn files(&self, name: &str) -> CertFiles {
+        let dir = self.dir.path();
+        CertFiles { cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")) }
+    }
+
     /// A certificate for `name`, signed by this CA, valid for `sans` (`IP:10.0.0.1`,
     /// `DNS:broker.internal`; a server's names as clients reach it).
     pub fn issue(&self, name: &str, sans: &[String], usage: Usage) -> CertFiles {
@@ -64,7 +70,7 @@ impl TestPki {
         let (ca, ca_key) = (self.ca.to_str().unwrap(), self.ca_key.to_str().unwrap());
         let sign = "x509 -req -CAcreateserial -days 2";
         openssl(dir, sign, &["-in", &csr, "-CA", ca, "-CAkey", ca_key, "-extfile", &ext, "-out", &cert]);
-        CertFiles { cert: dir.join(cert), key: dir.join(key) }
+        self.files(name)
     }
 }
 

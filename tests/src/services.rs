@@ -286,7 +286,13 @@ impl NatsConfig {
 /// start again.
 pub struct PrivateNats {
     pub port: u16,
-    config: NatsConfig,
+    /// Its monitoring port, when its configuration has one.
+    monitor_port: Option<u16>,
+    /// Whether it speaks TLS only.
+    tls: bool,
+    /// Its configuration file.
+    file: PathBuf,
+    /// Its log (and the configuration file it was given as a [`NatsConfig`]).
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
 }
@@ -307,7 +313,20 @@ impl PrivateNats {
         let (port, monitor_port) = (free(), free());
         let config = NatsConfig { listen: address.to_string(), port, monitor_port, tls };
         let dir = tempfile::Builder::new().prefix("demofleet-nats-").tempdir().unwrap();
-        let mut nats = PrivateNats { port, config, dir, child: None };
+        let file = dir.path().join("nats-server.conf");
+        std::fs::write(&file, config.render()).unwrap();
+        let tls = config.tls.is_some();
+        let mut nats = PrivateNats { port, monitor_port: Some(monitor_port), tls, file, dir, child: None };
+        nats.restart();
+        nats
+    }
+
+    /// A server run on a configuration file written elsewhere (by the ansible broker role),
+    /// which listens on `port` of 127.0.0.1, speaking TLS only when `tls`.
+    pub fn start_from_file(file: &std::path::Path, port: u16, tls: bool) -> PrivateNats {
+        let dir = tempfile::Builder::new().prefix("demofleet-nats-").tempdir().unwrap();
+        let file = file.to_path_buf();
+        let mut nats = PrivateNats { port, monitor_port: None, tls, file, dir, child: None };
         nats.restart();
         nats
     }
@@ -319,7 +338,7 @@ impl PrivateNats {
 
     /// Its URL at `address` (a test host's gateway).
     pub fn url_at(&self, address: &str) -> String {
-        let scheme = if self.config.tls.is_some() { "tls" } else { "nats" };
+        let scheme = if self.tls { "tls" } else { "nats" };
         format!("{scheme}://{address}:{}", self.port)
     }
 
@@ -334,12 +353,10 @@ impl PrivateNats {
     /// Start (again) on the same port and wait until it accepts connections.
     pub fn restart(&mut self) {
         self.kill();
-        let file = self.dir.path().join("nats-server.conf");
-        std::fs::write(&file, self.config.render()).unwrap();
         let log = std::fs::File::create(self.dir.path().join("nats-server.log")).unwrap();
         let child = std::process::Command::new("nats-server")
             .arg("-c")
-            .arg(&file)
+            .arg(&self.file)
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -352,9 +369,17 @@ impl PrivateNats {
         }
     }
 
+    /// Have the server read its configuration and certificates again (SIGHUP), its
+    /// connections kept.
+    pub fn reload(&self) {
+        let child = self.child.as_ref().expect("the server runs");
+        let status = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -HUP nats-server");
+    }
+
     /// GET `path` of the server's monitoring endpoint.
     pub async fn monitor(&self, path: &str) -> Option<serde_json::Value> {
-        let url = format!("http://127.0.0.1:{}{path}", self.config.monitor_port);
+        let url = format!("http://127.0.0.1:{}{path}", self.monitor_port?);
         reqwest::get(url).await.ok()?.json().await.ok()
     }
 

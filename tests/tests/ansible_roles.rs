@@ -1,11 +1,16 @@
 //! The ansible roles `broker`, `controller` and `agent` (issue 9): `ansible/site.yml` passes
 //! ansible's syntax check and ansible-lint; the three roles, applied to this machine
-//! (connection local, no systemd, every path under a temporary directory, the real local
-//! RabbitMQ on a vhost of the test's own), set up the vhost and users, write the binaries'
-//! environment files, secrets and systemd units, and change nothing when applied again; the
-//! agent's broker user has exactly one host's permissions; and the binaries, started the way
-//! the rendered units say with the environment the role wrote, turn a signed `pull_request`
-//! webhook into a running demo that answers through the edge.
+//! (connection local, no systemd, every path under a temporary directory, a RabbitMQ node of
+//! the test's own whose `conf.d` is the role's and whose `rabbitmqctl` the role runs), set up
+//! the vhost and users, make a private CA, the broker's certificate and the controller's and
+//! agent's client certificates (TLS between hosts, issue 18), write RabbitMQ's TLS listener,
+//! NATS's configuration with its `tls` block, the binaries' environment files, secrets and
+//! systemd units, and change nothing when applied again; the agent's broker user has exactly
+//! one host's permissions. With RabbitMQ restarted on the role's configuration (it then has
+//! no plain-text listener) and NATS started on the role's file, the binaries, started the way
+//! the rendered units say with the environment the role wrote, connect over TLS with their
+//! certificates and turn a signed `pull_request` webhook into a running demo that answers
+//! through the edge.
 //!
 //! ansible-core and ansible-lint come from the virtualenv that `scripts/test` prepares
 //! (`ensure_ansible` in `scripts/lib.sh`), named by `DEMOFLEET_ANSIBLE_VENV`.
@@ -16,9 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use demofleet_tests::cluster::{RabbitCluster, RabbitOptions};
 use demofleet_tests::fake_github::{app_key_pair, FakeGitHub};
 use demofleet_tests::fixtures::{self, FixtureRepo};
-use demofleet_tests::services::{nats_prefix, Services, TestDb};
+use demofleet_tests::services::{nats_prefix, PrivateNats, Services, TestDb};
 use demofleet_tests::stack::remove_host_leftovers;
 use demofleet_tests::wait;
 use serde_json::json;
@@ -207,52 +213,6 @@ impl Drop for Daemon {
     }
 }
 
-/// The RabbitMQ management API as the services' administrator.
-struct Management {
-    url: String,
-    user: String,
-    password: String,
-    client: reqwest::Client,
-}
-
-impl Management {
-    fn new(services: &Services) -> Management {
-        let url = reqwest::Url::parse(&services.amqp_management_url).expect("management URL");
-        let user = urlish_decode(url.username());
-        let password = urlish_decode(url.password().unwrap_or_default());
-        let base = format!("{}://{}:{}", url.scheme(), url.host_str().unwrap(), url.port_or_known_default().unwrap());
-        Management { url: base, user, password, client: reqwest::Client::new() }
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        let url = format!("{}{path}", self.url);
-        self.client.get(url).basic_auth(&self.user, Some(&self.password)).send().await.expect("management API")
-    }
-
-    async fn delete(&self, path: &str) {
-        let url = format!("{}{path}", self.url);
-        let _ = self.client.delete(url).basic_auth(&self.user, Some(&self.password)).send().await;
-    }
-}
-
-fn urlish_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 3 <= bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -281,16 +241,22 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
     demofleet_tests::init_tracing();
     let ansible = Ansible::new();
     let services = Services::from_env();
-    let management = Management::new(&services);
     let test_db = TestDb::create(&services).await;
     let root = tempfile::Builder::new().prefix("demofleet-ansible-").tempdir().unwrap();
     let root_path = root.path().to_path_buf();
+    // The broker host's RabbitMQ: a node of the test's own (the machine's is shared), reading
+    // the role's conf.d, driven by the role through its rabbitmqctl.
+    let conf_d = root_path.join("etc/rabbitmq/conf.d");
+    std::fs::create_dir_all(&conf_d).unwrap();
+    let options = RabbitOptions { conf_d: Some(conf_d.clone()), ..Default::default() };
+    let mut rabbit = tokio::task::spawn_blocking(move || RabbitCluster::start_with(1, &options)).await.unwrap();
+    let rabbitmqctl = root_path.join("rabbitmqctl");
+    rabbit.write_ctl_script(0, &rabbitmqctl);
     let vhost = format!("ansible-{}", Uuid::new_v4().simple());
     let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
     let controller_user = format!("{vhost}-controller");
     let agent_user = format!("{vhost}-{host_id}");
-    let users = vec![controller_user.clone(), agent_user.clone()];
-    let cleanup = Cleanup { management: &management, vhost: vhost.clone(), users, host_id: host_id.clone() };
+    let cleanup = Cleanup { host_id: host_id.clone() };
 
     // Secrets as files on the "control machine", nowhere in the repository.
     let secrets = root_path.join("control");
@@ -305,10 +271,9 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
     let repos = root_path.join("repos");
     let prefix = nats_prefix();
     let (listen, edge) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let amqp_address = {
-        let url = reqwest::Url::parse(&services.amqp_url).expect("AMQP URL");
-        format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5672))
-    };
+    let (amqp_port, nats_port) = (free_port(), free_port());
+    let amqp_address = format!("127.0.0.1:{amqp_port}");
+    let nats_url = format!("tls://127.0.0.1:{nats_port}");
     let (bin, etc, units) = (root_path.join("usr/local/bin"), root_path.join("etc/demofleet"), root_path.join("units"));
     let demo_dir = root_path.join("srv/demos");
     let broker = json!({
@@ -319,7 +284,16 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
         "broker_agent_host_ids": [host_id],
         "broker_agent_user_prefix": format!("{vhost}-"),
         "broker_secrets_dir": secrets,
+        "broker_rabbitmqctl": rabbitmqctl,
         "broker_nats_config_file": root_path.join("etc/nats-server.conf"),
+        "broker_nats_listen": "127.0.0.1",
+        "broker_nats_port": nats_port,
+        "broker_tls_names": ["127.0.0.1"],
+        "broker_rabbitmq_tls_listen": amqp_address,
+        "broker_rabbitmq_plain_listen": "",
+        "broker_rabbitmq_tls_config_file": conf_d.join("30-demofleet-tls.conf"),
+        "broker_rabbitmq_tls_dir": root_path.join("etc/rabbitmq/tls"),
+        "broker_nats_tls_dir": root_path.join("etc/nats-server-tls"),
     });
     let controller_vars = json!({
         "controller_install_binary": true,
@@ -333,7 +307,7 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
         "controller_amqp_user": controller_user,
         "controller_amqp_address": amqp_address,
         "controller_amqp_vhost": vhost,
-        "controller_nats_url": services.nats_url,
+        "controller_nats_url": nats_url,
         "controller_nats_prefix": prefix,
         "controller_base_domain": "localhost",
         "controller_public_scheme": "http",
@@ -369,7 +343,7 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
         "agent_amqp_user": agent_user,
         "agent_amqp_address": amqp_address,
         "agent_amqp_vhost": vhost,
-        "agent_nats_url": services.nats_url,
+        "agent_nats_url": nats_url,
         "agent_nats_prefix": prefix,
         "agent_extra_env": {"DEMOFLEET_HEARTBEAT_INTERVAL": "500ms", "DEMOFLEET_GIT_LOCAL_ROOT": repos},
         "agent_firewall_edge": ["10.0.0.5", "10.0.1.0/24"],
@@ -394,7 +368,7 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
     assert_eq!(mode(&bin.join("demofleet-controller")), 0o755);
     assert!(demo_dir.is_dir());
     let nats = std::fs::read_to_string(root_path.join("etc/nats-server.conf")).unwrap();
-    assert!(nats.contains("listen: \"0.0.0.0:4222\""), "{nats}");
+    assert!(nats.contains(&format!("listen: \"127.0.0.1:{nats_port}\"")), "{nats}");
     let controller_env = environment_file(&etc.join("controller.env"));
     assert_eq!(controller_env["DEMOFLEET_WEBHOOK_SECRET"], webhook_secret, "read from its file, escaped");
     assert_eq!(controller_env["DEMOFLEET_GITHUB_APP_KEY_FILE"], etc.join("github-app-key.pem").to_str().unwrap());
@@ -408,9 +382,10 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
     let agent_password = agent_password.split_whitespace().next().unwrap().to_string();
     assert_eq!(
         agent_env["DEMOFLEET_AMQP_URL"],
-        format!("amqp://{agent_user}:{agent_password}@{amqp_address}/{vhost}"),
-        "the agent logs in as its own user"
+        format!("amqps://{agent_user}:{agent_password}@{amqp_address}/{vhost}"),
+        "the agent logs in as its own user, over TLS"
     );
+    tls_files_and_settings(&root_path, &secrets, &etc, &host_id);
     let unit = std::fs::read_to_string(units.join("demofleet-agent.service")).unwrap();
     assert!(unit.contains(&format!("ReadWritePaths={}", demo_dir.display())), "{unit}");
     assert!(unit.contains("SupplementaryGroups=docker"), "{unit}");
@@ -429,19 +404,33 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
     assert!(unit.contains("After=network-online.target docker.service demofleet-firewall.service"), "{unit}");
 
     // The agent's user may touch the exchange, the controller's queue and its own queue only.
-    let response = management.get(&format!("/api/permissions/{vhost}/{agent_user}")).await;
-    assert!(response.status().is_success(), "the agent's permissions: {}", response.status());
-    let permissions: serde_json::Value = response.json().await.unwrap();
+    let permissions = rabbit.management_get(&format!("/permissions/{vhost}/{agent_user}")).await;
+    let permissions = permissions.expect("the agent's permissions");
     let own = format!("demofleet\\.host\\.{host_id}");
     assert_eq!(permissions["configure"], format!("^(demofleet\\.tasks|demofleet\\.controller|{own})$"));
     assert_eq!(permissions["write"], format!("^(demofleet\\.tasks|demofleet\\.controller|{own})$"));
     assert_eq!(permissions["read"], format!("^(demofleet\\.tasks|{own})$"));
-    let response = management.get(&format!("/api/permissions/{vhost}/{controller_user}")).await;
-    let permissions: serde_json::Value = response.json().await.unwrap();
+    let permissions = rabbit.management_get(&format!("/permissions/{vhost}/{controller_user}")).await;
+    let permissions = permissions.expect("the controller's permissions");
     assert_eq!(
         (&permissions["configure"], &permissions["write"], &permissions["read"]),
         (&json!(".*"), &json!(".*"), &json!(".*"))
     );
+
+    // RabbitMQ restarted on the role's configuration, as its handler would: AMQP over TLS
+    // only. NATS on the role's file.
+    rabbit.kill(0);
+    let rabbit = tokio::task::spawn_blocking(move || {
+        rabbit.restart(0);
+        rabbit
+    })
+    .await
+    .unwrap();
+    let overview = rabbit.management_get("/overview").await.expect("the management API");
+    let protocols: Vec<&str> =
+        overview["listeners"].as_array().unwrap().iter().filter_map(|l| l["protocol"].as_str()).collect();
+    assert!(protocols.contains(&"amqp/ssl") && !protocols.contains(&"amqp"), "listeners: {protocols:?}");
+    let _nats = PrivateNats::start_from_file(&root_path.join("etc/nats-server.conf"), nats_port, true);
 
     // Start both the way their units would, with the binaries cargo built.
     let logs = root_path.join("logs");
@@ -479,6 +468,30 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
         agent.assert_running();
         let hosts = api("/api/hosts").await?;
         hosts.as_array()?.iter().any(|h| h["id"] == host_id.as_str() && h["alive"] == true).then_some(())
+    })
+    .await;
+    // Both over TLS, each with the certificate the role made for it.
+    let mut wanted = vec![
+        (agent_user.clone(), format!("CN=agent-{host_id}")),
+        (controller_user.clone(), "CN=controller-localhost".to_string()),
+    ];
+    wanted.sort();
+    wait::until_seen("the controller and the agent on RabbitMQ over TLS", Duration::from_secs(30), || async {
+        let listed = rabbit.management_get(&format!("/vhosts/{vhost}/connections")).await.ok_or("no list")?;
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for connection in listed.as_array().ok_or("not a list")? {
+            if connection["ssl"] != true {
+                return Err(format!("a connection without TLS: {connection}"));
+            }
+            let user = connection["user"].as_str().unwrap_or("?").to_string();
+            seen.push((user, connection["peer_cert_subject"].as_str().unwrap_or("?").to_string()));
+        }
+        seen.sort();
+        if seen == wanted {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}, wanted {wanted:?}"))
+        }
     })
     .await;
 
@@ -524,27 +537,59 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
     drop(controller);
     db.close().await;
     test_db.drop_db().await;
-    cleanup.run().await;
+    drop(cleanup);
 }
 
-/// The vhost, users and demo containers of the test, removed at the end.
-struct Cleanup<'a> {
-    management: &'a Management,
-    vhost: String,
-    users: Vec<String>,
-    host_id: String,
-}
-
-impl Cleanup<'_> {
-    async fn run(self) {
-        for user in &self.users {
-            self.management.delete(&format!("/api/users/{user}")).await;
-        }
-        self.management.delete(&format!("/api/vhosts/{}", self.vhost)).await;
+/// TLS between hosts as the roles set it up: a private CA on the control machine (its key
+/// never copied), the broker's certificate for the address clients use, RabbitMQ's TLS
+/// listener with no plain one and NATS's `tls` block, both asking for client certificates;
+/// the controller's and agent's certificates of their own, their keys readable by the owner
+/// only, and the settings naming the files.
+fn tls_files_and_settings(root: &Path, secrets: &Path, etc: &Path, host_id: &str) {
+    let pki = secrets.join("tls");
+    assert_eq!(mode(&pki.join("ca.key")), 0o600, "the CA's key, on the control machine only");
+    let ca = pki.join("ca.pem");
+    let rabbitmq = std::fs::read_to_string(root.join("etc/rabbitmq/conf.d/30-demofleet-tls.conf")).unwrap();
+    for line in ["listeners.tcp = none", "ssl_options.verify = verify_peer", "ssl_options.fail_if_no_peer_cert = true"]
+    {
+        assert!(rabbitmq.lines().any(|l| l == line), "{line} in:\n{rabbitmq}");
+    }
+    let nats = std::fs::read_to_string(root.join("etc/nats-server.conf")).unwrap();
+    assert!(nats.contains("tls {") && nats.contains("verify: true"), "{nats}");
+    for dir in ["etc/rabbitmq/tls", "etc/nats-server-tls"] {
+        let dir = root.join(dir);
+        assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), std::fs::read(&ca).unwrap(), "{}", dir.display());
+        assert_eq!(mode(&dir.join("key.pem")), 0o600, "{}", dir.display());
+        assert!(certificate_text(&ca, &dir.join("cert.pem")).contains("IP Address:127.0.0.1"), "{}", dir.display());
+    }
+    assert!(!root.join("etc/rabbitmq/tls/ca.key").exists() && !etc.join("tls/ca.key").exists());
+    let controller_env = environment_file(&etc.join("controller.env"));
+    let agent_env = environment_file(&etc.join("agent.env"));
+    for (env, name) in [(&controller_env, "controller-localhost".to_string()), (&agent_env, format!("agent-{host_id}"))]
+    {
+        assert_eq!(env["DEMOFLEET_TLS_CA_FILE"], etc.join("tls/ca.pem").to_str().unwrap());
+        assert!(env["DEMOFLEET_NATS_URL"].starts_with("tls://"), "{env:?}");
+        assert!(!env.contains_key("DEMOFLEET_ALLOW_PLAINTEXT"), "{env:?}");
+        let cert = Path::new(&env["DEMOFLEET_TLS_CERT_FILE"]);
+        assert_eq!(mode(Path::new(&env["DEMOFLEET_TLS_KEY_FILE"])), 0o600);
+        assert!(certificate_text(&ca, cert).contains(&format!("CN = {name}")), "{}", cert.display());
     }
 }
 
-impl Drop for Cleanup<'_> {
+/// `cert`, checked against `ca` (`openssl verify`), as `openssl x509 -text` prints it.
+fn certificate_text(ca: &Path, cert: &Path) -> String {
+    let verify = Command::new("openssl").arg("verify").arg("-CAfile").arg(ca).arg(cert).output().unwrap();
+    assert!(verify.status.success(), "{} against {}: {verify:?}", cert.display(), ca.display());
+    let text = Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(cert).output().unwrap();
+    String::from_utf8_lossy(&text.stdout).into_owned()
+}
+
+/// The demo containers of the test, removed at the end.
+struct Cleanup {
+    host_id: String,
+}
+
+impl Drop for Cleanup {
     fn drop(&mut self) {
         remove_host_leftovers(&self.host_id);
     }

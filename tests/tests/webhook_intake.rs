@@ -99,7 +99,8 @@ async fn bad_input_gets_a_precise_answer() {
     let (other, response) = stack.deliver("issues", &serde_json::json!({"action": "opened"})).await;
     assert_eq!(response.status(), 202);
     // GitHub's form encoding is accepted too.
-    let form = format!("payload={}", urlencode(&serde_json::to_string(&fixtures::payload("ping.json")).unwrap()));
+    let form =
+        format!("payload={}", fixtures::urlencode(&serde_json::to_string(&fixtures::payload("ping.json")).unwrap()));
     let signature = sign(&stack.secret, form.as_bytes());
     let formed = Uuid::new_v4().to_string();
     let response =
@@ -112,15 +113,6 @@ async fn bad_input_gets_a_precise_answer() {
             .unwrap();
     assert_eq!(outcomes, [(ping, "ping".into()), (other, "ignored".into()), (formed, "ping".into())]);
     stack.stop().await;
-}
-
-fn urlencode(raw: &str) -> String {
-    raw.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A `pull_request.opened` delivery for `owner/repo#pr`.
