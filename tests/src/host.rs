@@ -188,10 +188,14 @@ impl TestHost {
     pub fn start_engine(&mut self) {
         assert!(self.engine.is_none(), "the engine of {} runs", self.netns);
         let dir = &self.dir;
-        // A stale pidfile or socket from a killed engine would stop the new one.
+        // A stale pidfile or socket from a killed engine would stop the new one. The exec root
+        // is runtime state (a machine keeps it on a tmpfs, `/run`), which a power loss wipes:
+        // left in place, the new containerd would first clean up after every dead shim, which
+        // on a loaded machine outlasts dockerd's wait for containerd.
         for stale in ["docker.pid", "docker.sock"] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
+        let _ = std::fs::remove_dir_all(dir.join("exec"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("dockerd.log")).unwrap();
         let path = |name: &str| dir.join(name).display().to_string();
         let child = Command::new("unshare")
