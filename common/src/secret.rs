@@ -15,6 +15,14 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `given` is this secret, compared in time that does not depend on where they
+    /// differ (their SHA-256 digests, compared with `subtle`).
+    pub fn matches(&self, given: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        Sha256::digest(self.0.as_bytes()).ct_eq(&Sha256::digest(given.as_bytes())).into()
+    }
 }
 
 impl FromStr for Secret {
@@ -44,5 +52,7 @@ mod tests {
         let secret: super::Secret = "hunter2".parse().unwrap();
         assert_eq!(format!("{secret:?} {secret}"), "*** ***");
         assert_eq!(secret.expose(), "hunter2");
+        assert!(secret.matches("hunter2"));
+        assert!(!secret.matches("hunter3") && !secret.matches("") && !secret.matches("hunter2 "));
     }
 }

@@ -194,6 +194,17 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_TRAEFIK_CERT_RESOLVER")]
     pub traefik_cert_resolver: Option<String>,
 
+    /// The token Traefik's HTTP provider must give to read `GET /traefik/dynamic` (the demos'
+    /// host addresses and ports): `Authorization: Bearer <token>` or `?token=<token>` in the
+    /// provider's endpoint. Unset: only clients on loopback are answered.
+    #[arg(long, env = "DEMOFLEET_TRAEFIK_TOKEN", hide_env_values = true)]
+    pub traefik_token: Option<Secret>,
+
+    /// A file holding the Traefik token (a trailing newline is dropped), instead of
+    /// `DEMOFLEET_TRAEFIK_TOKEN`; read at start.
+    #[arg(long, env = "DEMOFLEET_TRAEFIK_TOKEN_FILE", conflicts_with = "traefik_token")]
+    pub traefik_token_file: Option<std::path::PathBuf>,
+
     /// Also write Traefik's dynamic configuration to this file (file provider), atomically
     /// and only when it changes.
     #[arg(long, env = "DEMOFLEET_TRAEFIK_FILE")]
@@ -209,6 +220,13 @@ pub struct Config {
     pub migrate_only: bool,
 }
 
+/// The secret in the file at `path`, without its trailing newline.
+fn read_secret_file(path: &std::path::Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::SecretFile { path: path.display().to_string(), error: e.to_string() })?;
+    Ok(Secret::new(text.trim_end_matches(['\n', '\r'])))
+}
+
 /// Why a configuration is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -217,7 +235,7 @@ pub enum ConfigError {
          never accepts unsigned webhooks"
     )]
     EmptySecret,
-    #[error("reading DEMOFLEET_WEBHOOK_SECRET_FILE {path}: {error}")]
+    #[error("reading the secret file {path}: {error}")]
     SecretFile { path: String, error: String },
     #[error("DEMOFLEET_GIT_URL must contain {{owner}} and {{repo}}, got {0:?}")]
     GitUrl(String),
@@ -225,6 +243,8 @@ pub enum ConfigError {
     BaseDomain(String),
     #[error("DEMOFLEET_GITHUB_APP_ID and DEMOFLEET_GITHUB_APP_KEY_FILE go together")]
     HalfAnApp,
+    #[error("DEMOFLEET_TRAEFIK_TOKEN (or its file) is empty: unset it to answer only loopback clients")]
+    EmptyTraefikToken,
     #[error(transparent)]
     Tls(#[from] demofleet_common::tls::TlsError),
 }
@@ -259,9 +279,10 @@ impl Config {
     /// Read the secrets given as files into their settings.
     pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
         if let Some(path) = &self.webhook_secret_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError::SecretFile { path: path.display().to_string(), error: e.to_string() })?;
-            self.webhook_secret = Secret::new(text.trim_end_matches(['\n', '\r']));
+            self.webhook_secret = read_secret_file(path)?;
+        }
+        if let Some(path) = &self.traefik_token_file {
+            self.traefik_token = Some(read_secret_file(path)?);
         }
         Ok(())
     }
@@ -281,6 +302,9 @@ impl Config {
         }
         if self.github_app_id.is_some() != self.github_app_key_file.is_some() {
             return Err(ConfigError::HalfAnApp);
+        }
+        if self.traefik_token.as_ref().is_some_and(|token| token.expose().trim().is_empty()) {
+            return Err(ConfigError::EmptyTraefikToken);
         }
         self.messaging.validate()?;
         Ok(())

@@ -6,10 +6,17 @@
 //!
 //! Served at `GET /traefik/dynamic` for Traefik's HTTP provider, and optionally written to a
 //! file for its file provider (write to a temporary file, then rename; only on change).
+//! The configuration names every demo's host address and published port, which would let
+//! anyone who reads it skip the SSO gate: the endpoint answers only a client that gives
+//! `DEMOFLEET_TRAEFIK_TOKEN` (as a bearer token, or `?token=` in the provider's endpoint,
+//! since Traefik v2's provider sends no headers of its own), or, without a token
+//! configured, a client on loopback.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
@@ -19,13 +26,45 @@ use crate::db::demos::{self, Route};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::urls::DemoUrls;
+use demofleet_common::secret::Secret;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/traefik/dynamic", get(dynamic))
 }
 
-async fn dynamic(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn dynamic(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    admit(app.config.traefik_token.as_ref(), peer, bearer.or(query.token.as_deref()))?;
     Ok(Json(current(&app.db, &app.config, &app.urls).await?))
+}
+
+/// Whether a client at `peer` that gave `given` may read the configuration.
+fn admit(token: Option<&Secret>, peer: SocketAddr, given: Option<&str>) -> Result<(), ApiError> {
+    match (token, given) {
+        (Some(token), Some(given)) if token.matches(given) => Ok(()),
+        (Some(_), Some(_)) => Err(ApiError::Forbidden("the Traefik token given is not DEMOFLEET_TRAEFIK_TOKEN".into())),
+        (Some(_), None) => Err(ApiError::Unauthorized(
+            "Traefik's configuration needs the token DEMOFLEET_TRAEFIK_TOKEN (Authorization: Bearer, or ?token=)"
+                .into(),
+        )),
+        (None, _) if peer.ip().is_loopback() => Ok(()),
+        (None, _) => Err(ApiError::Forbidden(
+            "Traefik's configuration is answered only on loopback unless DEMOFLEET_TRAEFIK_TOKEN is set".into(),
+        )),
+    }
 }
 
 /// The configuration for the demos routed now.
@@ -98,6 +137,21 @@ pub async fn write_if_changed(path: &Path, config: &Value) -> std::io::Result<bo
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn only_traefik_reads_the_configuration() {
+        let token = Secret::new("provider-token");
+        let remote: SocketAddr = "10.0.0.9:50000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        assert!(admit(Some(&token), remote, Some("provider-token")).is_ok());
+        assert!(matches!(admit(Some(&token), remote, Some("guess")), Err(ApiError::Forbidden(_))));
+        assert!(
+            matches!(admit(Some(&token), local, None), Err(ApiError::Unauthorized(_))),
+            "a token binds loopback too"
+        );
+        assert!(admit(None, local, None).is_ok());
+        assert!(matches!(admit(None, remote, Some("anything")), Err(ApiError::Forbidden(_))));
+    }
 
     fn schema(version: &str) -> jsonschema::Validator {
         let path = format!("{}/../tests/data/traefik/traefik-{version}-file-provider.json", env!("CARGO_MANIFEST_DIR"));

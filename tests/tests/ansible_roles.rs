@@ -374,6 +374,8 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
     assert_eq!(controller_env["DEMOFLEET_GITHUB_APP_KEY_FILE"], etc.join("github-app-key.pem").to_str().unwrap());
     assert_eq!(std::fs::read(etc.join("github-app-key.pem")).unwrap(), std::fs::read(&app_key).unwrap());
     assert_eq!(controller_env["DEMOFLEET_OIDC_CLIENT_SECRET_FILE"], etc.join("oidc-client-secret").to_str().unwrap());
+    let traefik_token = std::fs::read_to_string(secrets.join("traefik-token")).unwrap();
+    assert_eq!(controller_env["DEMOFLEET_TRAEFIK_TOKEN"], traefik_token.split_whitespace().next().unwrap());
     let agent_env = environment_file(&etc.join("agent.env"));
     assert_eq!(agent_env["DEMOFLEET_HOST_ID"], host_id);
     assert_eq!(agent_env["DEMOFLEET_CAPACITY"], "3");

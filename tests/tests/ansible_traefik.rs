@@ -133,13 +133,19 @@ fn the_role_writes_a_configuration_polling_the_controller_and_is_idempotent() {
         "traefik_data_dir": data_dir,
         "traefik_install_binary": false,
         "traefik_manage_service": false,
+        "traefik_secrets_dir": ansible.temp.path().join("secrets"),
     });
 
     let first = ansible.apply(&vars);
     assert!(recap(&first).contains("failed=0"), "{first}");
     let config = read_toml(&config_dir.join("traefik.toml"));
     let http = &config["providers"]["http"];
-    assert_eq!(http["endpoint"].as_str(), Some("http://controller.example.test:9100/traefik/dynamic"));
+    // The token the controller role makes in the same secrets directory, made on first use.
+    let token = std::fs::read_to_string(ansible.temp.path().join("secrets/traefik-token")).unwrap();
+    let token = token.split_whitespace().next().unwrap().to_string();
+    assert!(token.len() >= 32 && token.chars().all(|c| c.is_ascii_alphanumeric()), "{token}");
+    let endpoint = format!("http://controller.example.test:9100/traefik/dynamic?token={token}");
+    assert_eq!(http["endpoint"].as_str(), Some(endpoint.as_str()));
     assert_eq!(http["pollInterval"].as_str(), Some("2s"));
     let acme = &config["certificatesResolvers"]["letsencrypt"]["acme"];
     assert_eq!(acme["email"].as_str(), Some("edge@example.test"));
@@ -151,7 +157,7 @@ fn the_role_writes_a_configuration_polling_the_controller_and_is_idempotent() {
     // The example with these values put in: the same keys, tables and everything else.
     let mut expected = example();
     let http = expected["providers"]["http"].as_table_mut().unwrap();
-    http["endpoint"] = "http://controller.example.test:9100/traefik/dynamic".into();
+    http["endpoint"] = endpoint.into();
     http["pollInterval"] = "2s".into();
     let acme = expected["certificatesResolvers"]["letsencrypt"]["acme"].as_table_mut().unwrap();
     acme["email"] = "edge@example.test".into();
@@ -176,6 +182,8 @@ fn the_role_defaults_render_the_example_configuration() {
             .arg(format!("src=roles/traefik/templates/traefik.toml.j2 dest={}", rendered.display()))
             .arg("-e")
             .arg(format!("@{}", defaults.display()))
+            // The example's placeholder, instead of a token made under the playbook's directory.
+            .args(["-e", "traefik_controller_token=change-me"])
             .arg("-e")
             .arg(format!("ansible_python_interpreter={}", ansible.bin.join("python").display())),
     );

@@ -12,7 +12,8 @@
 //! Every one is refused or times out, while an address outside the private ranges (the
 //! "internet", a dummy interface on this machine) stays reachable, and the edge still
 //! reaches the demo. A gated demo's published port is refused from another test host (only
-//! the edge may connect to it) and answers through the edge after sign-in.
+//! the edge may connect to it) and answers through the edge after sign-in, and Traefik's
+//! provider endpoint, which lists every demo's address and port, answers only with its token.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -28,10 +29,13 @@ use demofleet_tests::oidc;
 use demofleet_tests::stack::StackOptions;
 
 const DEADLINE: Duration = Duration::from_secs(180);
+const TRAEFIK_TOKEN: &str = "traefik-provider-token";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_demo_reaches_neither_its_host_nor_the_control_plane_nor_other_demos() {
-    let fleet = Fleet::start(env!("CARGO_BIN_EXE_fleet-agent"), &[4, 4], StackOptions::default()).await;
+    let options =
+        StackOptions { controller_args: vec!["--traefik-token".into(), TRAEFIK_TOKEN.into()], ..Default::default() };
+    let fleet = Fleet::start(env!("CARGO_BIN_EXE_fleet-agent"), &[4, 4], options).await;
     for host in &fleet.hosts {
         // The edge (in the root namespace) reaches a host from its end of the link.
         apply_firewall(host, &host.machine.gateway);
@@ -53,7 +57,7 @@ async fn a_demo_reaches_neither_its_host_nor_the_control_plane_nor_other_demos()
         let name = format!("{repo_name}-fixture-owner-pr-{pr}");
         victims.push(fleet.stack.wait_for_state(&name, "running", DEADLINE).await);
     }
-    let config = fleet.stack.get_json("/traefik/dynamic").await;
+    let config = traefik_provider(&fleet);
     let published = |demo: &Value| -> String {
         let url = config["http"]["services"][demo["name"].as_str().unwrap()]["loadBalancer"]["servers"][0]["url"]
             .as_str()
@@ -144,6 +148,40 @@ async fn a_demo_reaches_neither_its_host_nor_the_control_plane_nor_other_demos()
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("a victim"));
     fleet.stop().await;
+}
+
+/// Traefik's dynamic configuration (every demo's host address and port) as Traefik reads
+/// it, with the token (as a bearer token or in the endpoint's query); without it, or with
+/// a wrong one, the controller refuses, even on loopback. (The controller listens on
+/// loopback here; that a client elsewhere is refused when no token is set is the unit test
+/// `traefik::tests::only_traefik_reads_the_configuration`.)
+fn traefik_provider(fleet: &Fleet) -> Value {
+    let fetch = |query: &str, header: Option<&str>| {
+        let url = format!("http://{}/traefik/dynamic{query}", fleet.stack.http_addr);
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"]);
+        if let Some(header) = header {
+            curl.args(["-H", header]);
+        }
+        let out = curl.arg(&url).output().unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = out.rsplit_once('\n').unwrap_or(("", ""));
+        (status.to_string(), body.to_string())
+    };
+    for (query, header, expected) in
+        [("", None, "401"), ("?token=guess", None, "403"), ("", Some("Authorization: Bearer guess"), "403")]
+    {
+        let (status, body) = fetch(query, header);
+        assert_eq!(status, expected, "{query} {header:?}: {body}");
+        assert!(body.contains("DEMOFLEET_TRAEFIK_TOKEN") && !body.contains("loadBalancer"), "{body}");
+    }
+    let (status, by_header) = fetch("", Some(&format!("Authorization: Bearer {TRAEFIK_TOKEN}")));
+    assert_eq!(status, "200", "{by_header}");
+    let (status, by_query) = fetch(&format!("?token={TRAEFIK_TOKEN}"), None);
+    assert_eq!(status, "200", "{by_query}");
+    let config: Value = serde_json::from_str(&by_query).unwrap();
+    assert_eq!(config, serde_json::from_str::<Value>(&by_header).unwrap());
+    config
 }
 
 /// Apply the agent host's firewall policy inside `host`'s namespace, the edge at `edge`.
