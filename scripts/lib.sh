@@ -7,12 +7,22 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE_DIR=${DEMOFLEET_STATE_DIR:-$ROOT/.demofleet}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/demofleet-target}
 
-# Local service credentials. Loopback only; override through the environment.
+# Local service credentials. Every service listens on loopback only; the passwords are
+# random, made once per machine and kept (mode 0600) outside the clone, so scripts/up and
+# scripts/test of any clone share them. Override through the environment.
+CREDENTIALS_FILE=${DEMOFLEET_CREDENTIALS_FILE:-/var/lib/demofleet-dev/credentials}
+if [ ! -s "$CREDENTIALS_FILE" ]; then
+    mkdir -p "$(dirname "$CREDENTIALS_FILE")"
+    (umask 077; printf 'pg=%s\namqp=%s\n' "$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+        "$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$CREDENTIALS_FILE")
+fi
 PG_USER=${DEMOFLEET_PG_USER:-demofleet}
-PG_PASSWORD=${DEMOFLEET_PG_PASSWORD:-demofleet}
+PG_PASSWORD=${DEMOFLEET_PG_PASSWORD:-$(awk -F= '$1 == "pg" {print $2}' "$CREDENTIALS_FILE")}
 PG_DB=${DEMOFLEET_PG_DB:-demofleet}
 AMQP_USER=${DEMOFLEET_AMQP_USER:-demofleet}
-AMQP_PASSWORD=${DEMOFLEET_AMQP_PASSWORD:-demofleet}
+AMQP_PASSWORD=${DEMOFLEET_AMQP_PASSWORD:-$(awk -F= '$1 == "amqp" {print $2}' "$CREDENTIALS_FILE")}
+# The machine's RabbitMQ node: its configuration, kept beside the credentials.
+RABBITMQ_DIR=${DEMOFLEET_RABBITMQ_DIR:-/var/lib/demofleet-dev/rabbitmq}
 AMQP_VHOST=${DEMOFLEET_AMQP_VHOST:-demofleet}
 NATS_PORT=${DEMOFLEET_NATS_PORT:-4222}
 BASE_IMAGE=${DEMOFLEET_BASE_IMAGE:-demofleet/base:busybox}
@@ -86,21 +96,35 @@ start_postgres() {
     fi
     wait_for postgres 30 su postgres -c "psql -qtAc 'select 1'"
     su postgres -c "psql -qtAc \"select 1 from pg_roles where rolname='$PG_USER'\"" | grep -q 1 ||
-        su postgres -c "psql -qc \"create role $PG_USER login createdb password '$PG_PASSWORD'\""
+        su postgres -c "psql -qc \"create role $PG_USER login createdb\""
+    # The password from the credentials file, set every time (a role made before keeps up).
+    su postgres -c "psql -qc \"alter role $PG_USER password '$PG_PASSWORD'\"" >/dev/null
     su postgres -c "psql -qtAc \"select 1 from pg_database where datname='$PG_DB'\"" | grep -q 1 ||
         su postgres -c "createdb -O $PG_USER $PG_DB"
 }
 
 start_rabbitmq() {
     if ! rabbitmqctl -q status >/dev/null 2>&1; then
-        log "starting RabbitMQ"
-        rabbitmq-server -detached >/dev/null 2>&1 || true
+        log "starting RabbitMQ on 127.0.0.1"
+        # Loopback only: AMQP (5672), the management API (15672), Erlang distribution (25672)
+        # and epmd (4369). An epmd already listening elsewhere (a package's) is restarted.
+        mkdir -p "$RABBITMQ_DIR"
+        printf 'listeners.tcp.default = 127.0.0.1:5672\nmanagement.tcp.ip = 127.0.0.1\n' \
+            >"$RABBITMQ_DIR/rabbitmq.conf"
+        if ss -Hltn 'sport = :4369' | awk '{print $4}' | grep -qv '^127\.0\.0\.1:'; then epmd -kill >/dev/null || true; fi
+        ERL_EPMD_ADDRESS=127.0.0.1 RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+            RABBITMQ_CONFIG_FILE="$RABBITMQ_DIR/rabbitmq.conf" \
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+            rabbitmq-server -detached >/dev/null 2>&1 || true
         wait_for rabbitmq 90 rabbitmqctl -q await_startup
+    elif ss -Hltn 'sport = :5672' | awk '{print $4}' | grep -qvE '^(127\.0\.0\.1|\[::1\]):'; then
+        log "warning: RabbitMQ, started before, listens beyond loopback; scripts/down, then start again to fix"
     fi
     rabbitmq-plugins -q list -e -m | grep -qx rabbitmq_management ||
         rabbitmq-plugins -q enable rabbitmq_management >/dev/null
     rabbitmqctl -q list_users | awk '{print $1}' | grep -qx "$AMQP_USER" ||
         rabbitmqctl -q add_user "$AMQP_USER" "$AMQP_PASSWORD" >/dev/null
+    rabbitmqctl -q change_password "$AMQP_USER" "$AMQP_PASSWORD" >/dev/null
     # administrator: the test harness creates a vhost per test through the management API.
     rabbitmqctl -q set_user_tags "$AMQP_USER" administrator >/dev/null
     rabbitmqctl -q list_vhosts | grep -qx "$AMQP_VHOST" || rabbitmqctl -q add_vhost "$AMQP_VHOST" >/dev/null

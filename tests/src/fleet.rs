@@ -8,6 +8,7 @@
 //! The agents reach the brokers in plain text over their links ([`Fleet::start`]), or over TLS
 //! to brokers of the fleet's own ([`Fleet::start_tls`]).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use uuid::Uuid;
 use crate::cluster::{RabbitCluster, RabbitOptions, RabbitTls};
 use crate::host::{DemoContainer, Engine, TestHost};
 use crate::pki::{CertFiles, TestPki, Usage};
+use crate::relay::Relay;
 use crate::services::{NatsTls, PrivateNats};
 use crate::stack::{Stack, StackOptions};
 use crate::wait;
@@ -104,8 +106,8 @@ impl Drop for FleetHost {
 
 /// Where a fleet's agents find the brokers, from their side of their host's link.
 pub enum Brokers {
-    /// The machine's RabbitMQ and the fleet's NATS server (listening on the hosts' links too),
-    /// in plain text: the links are this machine's.
+    /// The machine's RabbitMQ (relayed from each host's gateway) and the fleet's NATS server
+    /// (listening on the hosts' links too), in plain text: the links are this machine's.
     Plain(PrivateNats),
     /// A RabbitMQ node and a NATS server of the fleet's own that speak TLS only.
     Tls(TlsBrokers),
@@ -161,6 +163,8 @@ pub struct Fleet {
     pub stack: Stack,
     pub hosts: Vec<FleetHost>,
     pub brokers: Brokers,
+    /// The machine's RabbitMQ (on loopback) at each host's gateway, for plain-text fleets.
+    broker_links: Vec<Relay>,
 }
 
 impl Fleet {
@@ -171,7 +175,14 @@ impl Fleet {
         let machines = spawn_machines(capacities.len()).await;
         let nats = PrivateNats::start_on("0.0.0.0");
         options.nats_url = Some(nats.url());
-        Fleet::launch(agent_binary, capacities, options, machines, Brokers::Plain(nats)).await
+        let rabbitmq: SocketAddr = "127.0.0.1:5672".parse().unwrap();
+        let broker_links = machines
+            .iter()
+            .filter_map(|m| Relay::start(SocketAddr::new(m.gateway.parse().unwrap(), 5672), rabbitmq))
+            .collect();
+        let mut fleet = Fleet::launch(agent_binary, capacities, options, machines, Brokers::Plain(nats)).await;
+        fleet.broker_links = broker_links;
+        fleet
     }
 
     /// [`Fleet::start`] with brokers of the fleet's own that speak TLS only ([`TlsBrokers`]):
@@ -215,7 +226,7 @@ impl Fleet {
             stack.engines.push(host.machine.engine());
             hosts.push(host);
         }
-        let fleet = Fleet { stack, hosts, brokers };
+        let fleet = Fleet { stack, hosts, brokers, broker_links: Vec::new() };
         for host in &fleet.hosts {
             let id = host.host_id.clone();
             wait::until(&format!("host {id} heard from"), Duration::from_secs(30), || async {

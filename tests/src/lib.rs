@@ -31,6 +31,7 @@ pub mod lone_agent;
 pub mod oidc;
 pub mod pki;
 pub mod postgres;
+pub mod relay;
 pub mod rng;
 pub mod services;
 pub mod spy;

@@ -24,15 +24,29 @@ pub struct Services {
 impl Services {
     pub fn from_env() -> Services {
         let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
+        let (pg, amqp) = (machine_password("pg"), machine_password("amqp"));
         Services {
-            database_url: var("DEMOFLEET_DATABASE_URL", "postgres://demofleet:demofleet@127.0.0.1:5432/demofleet"),
-            amqp_url: var("DEMOFLEET_AMQP_URL", "amqp://demofleet:demofleet@127.0.0.1:5672/demofleet"),
-            amqp_management_url: var("DEMOFLEET_AMQP_MANAGEMENT_URL", "http://demofleet:demofleet@127.0.0.1:15672"),
+            database_url: var("DEMOFLEET_DATABASE_URL", &format!("postgres://demofleet:{pg}@127.0.0.1:5432/demofleet")),
+            amqp_url: var("DEMOFLEET_AMQP_URL", &format!("amqp://demofleet:{amqp}@127.0.0.1:5672/demofleet")),
+            amqp_management_url: var(
+                "DEMOFLEET_AMQP_MANAGEMENT_URL",
+                &format!("http://demofleet:{amqp}@127.0.0.1:15672"),
+            ),
             nats_url: var("DEMOFLEET_NATS_URL", "nats://127.0.0.1:4222"),
             base_image: var("DEMOFLEET_BASE_IMAGE", "demofleet/base:busybox"),
             oidc_issuer: var("DEMOFLEET_OIDC_ISSUER", "http://127.0.0.1:9400"),
         }
     }
+}
+
+/// The password of the local service `service` (`pg`, `amqp`) that scripts/lib.sh made for
+/// this machine (`DEMOFLEET_CREDENTIALS_FILE`), for a test run without its environment.
+fn machine_password(service: &str) -> String {
+    let file =
+        std::env::var("DEMOFLEET_CREDENTIALS_FILE").unwrap_or_else(|_| "/var/lib/demofleet-dev/credentials".into());
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    let found = text.lines().find_map(|line| line.strip_prefix(service)?.strip_prefix('='));
+    found.unwrap_or("demofleet").to_string()
 }
 
 /// Third-party test data kept in the repository: GitHub's payloads and signature test vector,
