@@ -50,7 +50,14 @@ async fn metric(stack: &Stack, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_agents_take_demos_through_their_chains_and_report_them() {
-    let stack = Stack::start(StackOptions { agents: 0, ..Default::default() }).await;
+    // A short reconcile grace, so that an inventory differing from the record would be acted
+    // on (a demo relaunched) well within the wait below.
+    let options = StackOptions {
+        agents: 0,
+        controller_args: ["--reconcile-grace", "1s"].map(String::from).to_vec(),
+        ..Default::default()
+    };
+    let stack = Stack::start(options).await;
     let prefix = format!("sim{}", &Uuid::new_v4().simple().to_string()[..6]);
     let simulator = Simulator(
         Command::new(env!("CARGO_BIN_EXE_fleet-sim"))
@@ -99,9 +106,9 @@ async fn simulated_agents_take_demos_through_their_chains_and_report_them() {
     assert!(metric(&stack, "demofleet_placement_seconds_count").await >= DEMOS as f64);
     assert!(metric(&stack, "demofleet_heartbeat_seconds_count").await >= f64::from(HOSTS));
 
-    // The simulated inventories match the record: after a reconcile grace, nothing was
-    // relaunched or removed.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The simulated inventories match the record: after several reconcile graces (1 s, checked
+    // every 500 ms tick), nothing was relaunched.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let relaunched: i64 =
         sqlx::query_scalar("select count(*) from chains where kind = 'deploy'").fetch_one(&stack.db).await.unwrap();
     assert_eq!(relaunched, DEMOS as i64, "one deploy chain per demo: reconcile found nothing missing");
