@@ -50,7 +50,14 @@ async fn build_and_container_output_stream_to_the_client_as_they_happen() {
         }
     })
     .await;
-    assert_eq!(found, vec![marker, runtime], "build output, then the container's; stream so far:\n{received}");
+    assert_eq!(
+        found,
+        vec![marker.clone(), runtime.clone()],
+        "build output and the container's; stream so far:\n{received}"
+    );
+    // In that order: the build's line reached the client before the container's first one.
+    let line = |m: &str| received.lines().position(|l| l == format!("data: {m}")).expect("found above");
+    assert!(line(&marker) < line(&runtime), "the build's output came after the container's:\n{received}");
     assert!(received.contains("event: log"), "{received}");
     drop(stream);
     stack.stop().await;
