@@ -64,9 +64,16 @@ pub fn container_name(spec: &DemoSpec) -> String {
     format!("demofleet-{}-g{}", spec.name, spec.generation)
 }
 
-/// The demo's own network, shared by its generations.
+/// The demo's own network, shared by its generations: `demofleet-<name>`, or
+/// `demofleet-<name>-closed` when its repository closes outbound traffic (a generation
+/// after the setting changed joins the other one; the old one goes with its last container).
 fn network_name(spec: &DemoSpec) -> String {
-    format!("demofleet-{}", spec.name)
+    network_names(spec)[usize::from(spec.closed_outbound)].clone()
+}
+
+/// Both networks a demo may have: open, closed.
+fn network_names(spec: &DemoSpec) -> [String; 2] {
+    [format!("demofleet-{}", spec.name), format!("demofleet-{}-closed", spec.name)]
 }
 
 /// The first letters of every demo network's bridge interface. The host's firewall policy
@@ -74,12 +81,17 @@ fn network_name(spec: &DemoSpec) -> String {
 /// demo's traffic, and what goes into one from outside must come from the edge.
 pub const DEMO_BRIDGE_PREFIX: &str = "dfd";
 
-/// The bridge interface of the demo network `network`: the prefix and a hash of the name,
-/// within Linux's 15 characters.
-pub fn demo_bridge(network: &str) -> String {
+/// The same for demos whose outbound traffic is closed: the policy also drops what they
+/// send beyond their host's link.
+pub const CLOSED_BRIDGE_PREFIX: &str = "dfc";
+
+/// The bridge interface of the demo network `network`: the prefix (closed or not) and a
+/// hash of the name, within Linux's 15 characters.
+pub fn demo_bridge(network: &str, closed_outbound: bool) -> String {
     use sha2::Digest;
+    let prefix = if closed_outbound { CLOSED_BRIDGE_PREFIX } else { DEMO_BRIDGE_PREFIX };
     let digest = hex::encode(sha2::Sha256::digest(network.as_bytes()));
-    format!("{DEMO_BRIDGE_PREFIX}{}", &digest[..15 - DEMO_BRIDGE_PREFIX.len()])
+    format!("{prefix}{}", &digest[..15 - prefix.len()])
 }
 
 /// The generation an image tag of the demo names (see [`new_image_tag`]; tags of agents
@@ -335,7 +347,10 @@ pub(crate) async fn ensure_network(docker: &Docker, config: &Config, spec: &Demo
         let request = NetworkCreateRequest {
             name: name.clone(),
             driver: Some("bridge".into()),
-            options: Some(HashMap::from([("com.docker.network.bridge.name".to_string(), demo_bridge(&name))])),
+            options: Some(HashMap::from([(
+                "com.docker.network.bridge.name".to_string(),
+                demo_bridge(&name, spec.closed_outbound),
+            )])),
             labels: Some(HashMap::from([
                 (labels::DEMO.to_string(), "true".to_string()),
                 (labels::ID.to_string(), spec.id.to_string()),
@@ -501,12 +516,14 @@ async fn remove_generations(
     for (tag, _) in image_tags(docker, &spec.name).await?.into_iter().filter(|(_, g)| !spared(*g)) {
         remove_tag(docker, &tag).await?;
     }
-    if keep.is_none() {
-        match docker.remove_network(&network_name(spec)).await {
+    // Everything goes: both networks; a retire: the network the demo no longer uses, if any.
+    let current = network_name(spec);
+    for network in network_names(spec).into_iter().filter(|n| keep.is_none() || *n != current) {
+        match docker.remove_network(&network).await {
             Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
             // Still joined by a newer generation's container: the network goes with that one.
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 403 | 409, message }) => {
-                tracing::debug!(network = %network_name(spec), %message, "network in use; kept");
+                tracing::debug!(%network, %message, "network in use; kept");
             }
             Err(err) => return Err(err.into()),
         }
@@ -573,10 +590,12 @@ mod tests {
 
     #[test]
     fn demo_bridges_are_named_for_the_firewall() {
-        let bridge = demo_bridge("demofleet-site-o-pr-1");
+        let bridge = demo_bridge("demofleet-site-o-pr-1", false);
         assert!(bridge.starts_with(DEMO_BRIDGE_PREFIX) && bridge.len() == 15, "{bridge}");
-        assert_eq!(bridge, demo_bridge("demofleet-site-o-pr-1"), "stable");
-        assert_ne!(bridge, demo_bridge("demofleet-site-o-pr-2"));
+        assert_eq!(bridge, demo_bridge("demofleet-site-o-pr-1", false), "stable");
+        assert_ne!(bridge, demo_bridge("demofleet-site-o-pr-2", false));
+        let closed = demo_bridge("demofleet-site-o-pr-1-closed", true);
+        assert!(closed.starts_with(CLOSED_BRIDGE_PREFIX) && closed.len() == 15, "{closed}");
     }
 
     #[test]

@@ -177,6 +177,7 @@ pub(crate) mod tests {
             github_user: github_user.into(),
             generation: 3,
             legacy_run: false,
+            closed_outbound: false,
         }
     }
 

@@ -41,6 +41,10 @@ pub struct DemoSpec {
     /// `legacy_run`); without it, a repository with only `./run` is refused.
     #[serde(default)]
     pub legacy_run: bool,
+    /// The repository's previews may not open connections beyond their host (repository
+    /// setting `closed_outbound`): the demo's network is one the host's firewall closes.
+    #[serde(default)]
+    pub closed_outbound: bool,
 }
 
 /// The steps of a chain. Agent steps run on the demo's host; controller steps in the controller.

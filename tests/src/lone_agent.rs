@@ -91,6 +91,7 @@ impl LoneAgent {
             github_user: "fixture-author".into(),
             generation: 1,
             legacy_run: false,
+            closed_outbound: false,
         }
     }
 

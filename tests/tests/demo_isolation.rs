@@ -11,7 +11,8 @@
 //!
 //! Every one is refused or times out, while an address outside the private ranges (the
 //! "internet", a dummy interface on this machine) stays reachable, and the edge still
-//! reaches the demo. A gated demo's published port is refused from another test host (only
+//! reaches the demo; a repository that closes its previews' outbound traffic
+//! (`closed_outbound`) finds the internet refused too. A gated demo's published port is refused from another test host (only
 //! the edge may connect to it) and answers through the edge after sign-in, and Traefik's
 //! provider endpoint, which lists every demo's address and port, answers only with its token.
 
@@ -150,6 +151,24 @@ async fn a_demo_reaches_neither_its_host_nor_the_control_plane_nor_other_demos()
         .unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("a victim"));
+
+    // A repository whose previews may not reach the internet: the same attacker, on a
+    // network the policy closes, finds the internet refused too; the edge still reaches it.
+    let closed_name = format!("closed-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let closed = FixtureRepo::create(&fleet.stack.repos_dir(), "fixture-owner", &closed_name);
+    let put = fleet.stack.put_settings(&closed.owner, &closed.repo, &json!({ "closed_outbound": true })).await;
+    assert_eq!(put.status(), 200);
+    let targets = BTreeMap::from([("internet".to_string(), internet.address.clone())]);
+    let files = attacker_files(&fleet.stack.services.base_image, &targets);
+    let sha = closed.commit("attacker", &files.iter().map(|(p, c)| (*p, c.as_str())).collect::<Vec<_>>());
+    let body = fixtures::numbered_pull_request("pull_request.opened.json", &closed, &sha, 1);
+    assert_eq!(fleet.stack.deliver("pull_request", &body).await.1.status(), 202);
+    let name = format!("{closed_name}-fixture-owner-pr-1");
+    fleet.stack.wait_for_state(&name, "running", DEADLINE).await;
+    let page = fleet.stack.edge_request(&format!("{name}.localhost"), "/").await;
+    assert_eq!(page.status(), 200, "the edge reaches a closed demo");
+    let page = page.text().await.unwrap();
+    assert!(page.lines().any(|l| l == "internet blocked"), "closed outbound: {page}");
     fleet.stop().await;
 }
 

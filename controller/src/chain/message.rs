@@ -53,5 +53,6 @@ pub fn spec(urls: &DemoUrls, demo: &Demo) -> DemoSpec {
         github_user: demo.github_user.clone(),
         generation: demo.generation,
         legacy_run: demo.legacy_run,
+        closed_outbound: demo.closed_outbound,
     }
 }

@@ -36,6 +36,8 @@ pub struct Demo {
     pub notify: bool,
     /// Its repository lets a legacy `./run` run (repository setting `legacy_run`).
     pub legacy_run: bool,
+    /// Its repository closes its previews' outbound traffic (repository setting `closed_outbound`).
+    pub closed_outbound: bool,
     /// The last request the edge proxy passed to it.
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_request_at: Option<OffsetDateTime>,

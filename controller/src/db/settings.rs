@@ -27,6 +27,10 @@ pub struct RepoSettings {
     /// agent's user): an admin's choice for repositories whose authors are trusted.
     #[serde(default)]
     pub legacy_run: bool,
+    /// The repository's previews may not open connections beyond their host (the host's
+    /// firewall closes their network's outbound traffic); default: open.
+    #[serde(default)]
+    pub closed_outbound: bool,
 }
 
 fn keep() -> String {
@@ -42,6 +46,7 @@ impl Default for RepoSettings {
             idle_sleep_seconds: None,
             gated: false,
             legacy_run: false,
+            closed_outbound: false,
         }
     }
 }
@@ -67,7 +72,8 @@ impl RepoSettings {
 
 pub async fn get(db: impl PgExecutor<'_>, owner: &str, repo: &str) -> sqlx::Result<RepoSettings> {
     let found: Option<RepoSettings> = sqlx::query_as(
-        "select draft_policy, ttl_seconds, max_demos, idle_sleep_seconds, gated, legacy_run from repo_settings
+        "select draft_policy, ttl_seconds, max_demos, idle_sleep_seconds, gated, legacy_run, closed_outbound
+             from repo_settings
              where owner = $1 and repo = $2",
     )
     .bind(owner)
@@ -77,21 +83,22 @@ pub async fn get(db: impl PgExecutor<'_>, owner: &str, repo: &str) -> sqlx::Resu
     Ok(found.unwrap_or_default())
 }
 
-/// Store a repository's settings; its demos take its `legacy_run` at once.
+/// Store a repository's settings; its demos take its `legacy_run` and `closed_outbound` at once.
 pub async fn put(db: impl PgExecutor<'_>, owner: &str, repo: &str, settings: &RepoSettings) -> sqlx::Result<()> {
     sqlx::query(
         "with stored as (
              insert into repo_settings (owner, repo, draft_policy, ttl_seconds, max_demos, idle_sleep_seconds, gated,
-                                        legacy_run)
-             values ($1, $2, $3, $4, $5, $6, $7, $8)
+                                        legacy_run, closed_outbound)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              on conflict (owner, repo) do update set draft_policy = excluded.draft_policy,
                  ttl_seconds = excluded.ttl_seconds, max_demos = excluded.max_demos,
                  idle_sleep_seconds = excluded.idle_sleep_seconds, gated = excluded.gated,
-                 legacy_run = excluded.legacy_run
-             returning owner, repo, legacy_run
+                 legacy_run = excluded.legacy_run, closed_outbound = excluded.closed_outbound
+             returning owner, repo, legacy_run, closed_outbound
          )
-         update demos d set legacy_run = stored.legacy_run from stored
-         where d.owner = stored.owner and d.repo = stored.repo and d.legacy_run <> stored.legacy_run",
+         update demos d set legacy_run = stored.legacy_run, closed_outbound = stored.closed_outbound from stored
+         where d.owner = stored.owner and d.repo = stored.repo
+           and (d.legacy_run, d.closed_outbound) <> (stored.legacy_run, stored.closed_outbound)",
     )
     .bind(owner)
     .bind(repo)
@@ -101,6 +108,7 @@ pub async fn put(db: impl PgExecutor<'_>, owner: &str, repo: &str, settings: &Re
     .bind(settings.idle_sleep_seconds)
     .bind(settings.gated)
     .bind(settings.legacy_run)
+    .bind(settings.closed_outbound)
     .execute(db)
     .await?;
     Ok(())

@@ -38,6 +38,7 @@ fn demo(state: &str) -> Demo {
         approved_by: None,
         notify: true,
         legacy_run: false,
+        closed_outbound: false,
         last_request_at: None,
         created_at: OffsetDateTime::UNIX_EPOCH,
         updated_at: OffsetDateTime::UNIX_EPOCH,
