@@ -13,7 +13,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
 
 /// The advisory lock's key: "demoflt" and a version.
-const KEY: i64 = 0x0064_656d_6f66_6c74;
+pub const KEY: i64 = 0x0064_656d_6f66_6c74;
 
 /// This replica's side of the lease.
 pub struct Lease {

@@ -576,6 +576,11 @@ impl Replica {
         self.process.kill();
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.child.as_ref().map(|c| c.id())
+    }
+
     /// Start it (again) and wait until it is ready.
     pub async fn start(&mut self) {
         self.process.start();
