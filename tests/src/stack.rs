@@ -409,6 +409,11 @@ impl Stack {
         crate::host::containers_of_demo(&self.engines, demo_id)
     }
 
+    /// The URL of the stack's own database, for a program run beside it.
+    pub fn database_url(&self) -> &str {
+        &self.test_db.url
+    }
+
     /// Where fixture repositories go (matches the controller's `--git-url`).
     pub fn repos_dir(&self) -> PathBuf {
         self.scratch.path().join("repos")

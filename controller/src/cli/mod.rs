@@ -7,8 +7,11 @@
 //! - Here: the command line, and which subcommand runs what.
 //! - [`context`]: what every subcommand shares: the database, and who acts (for the audit).
 //! - [`tokens`]: API tokens for scripts (`tokens create`, `list`, `revoke`, `check`).
+//! - [`deploy_local`]: a folder on this machine deployed as a pull request's demo, through a
+//!   local bare repository and a signed webhook (`deploy-local DIR`).
 
 pub mod context;
+pub mod deploy_local;
 pub mod tokens;
 
 use anyhow::Context;
@@ -39,6 +42,9 @@ pub enum Command {
     /// API tokens for scripts: make, list, revoke or check them.
     #[command(subcommand)]
     Tokens(tokens::Tokens),
+    /// Deploy a folder on this machine as a pull request's demo, as GitHub would (a local
+    /// bare repository and a signed `pull_request` webhook); run again to update it.
+    DeployLocal(Box<deploy_local::DeployLocal>),
 }
 
 /// The program: logs to stderr (`DEMOFLEET_LOG`); runs the controller until SIGTERM or
@@ -62,6 +68,7 @@ pub async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Tokens(command)) => tokens::run(command).await,
+        Some(Command::DeployLocal(args)) => deploy_local::run(*args).await,
     }
 }
 
@@ -93,5 +100,10 @@ mod tests {
             "the controller's flags are not a subcommand's"
         );
         assert!(parse(&["tokens"]).is_err(), "tokens needs a subcommand");
+        let cli =
+            parse(&["deploy-local", "examples/web-app", "--pr", "3", "--git-url", "file:///g/{owner}/{repo}.git"])
+                .unwrap();
+        let Some(Command::DeployLocal(args)) = cli.command else { panic!("deploy-local: {cli:?}") };
+        assert_eq!((args.dir.to_str(), args.pr, args.owner.as_str()), (Some("examples/web-app"), 3, "local"));
     }
 }
