@@ -159,10 +159,16 @@ pub struct TestAgent {
     /// The flags it was started with.
     args: Vec<String>,
     agent: Option<Agent>,
+    /// The agent as a process of its own (`Stack::start_agent_process`), killed when dropped.
+    process: Option<std::process::Child>,
 }
 
 impl Drop for TestAgent {
     fn drop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
         // A test host's engine goes with it, and its containers, images and networks too.
         if self.machine.is_none() {
             remove_host_leftovers(&self.host_id);
@@ -291,7 +297,7 @@ impl Stack {
             let mut args = agent_argv(&host_id, &amqp_url, &nats_url, &prefix, &demo_dir, &repos, machine.as_ref());
             args.extend(options.agent_args.iter().cloned());
             let agent = start_agent(&args, &[]).await;
-            agents.push(TestAgent { host_id, demo_dir, machine, args, agent: Some(agent) });
+            agents.push(TestAgent { host_id, demo_dir, machine, args, agent: Some(agent), process: None });
         }
         let engines = match options.agents {
             0 => Vec::new(),
@@ -342,6 +348,54 @@ impl Stack {
         let agent = &mut self.agents[index];
         assert!(agent.agent.is_none(), "agent {index} is running");
         agent.agent = Some(start_agent(&agent.args, extra).await);
+    }
+
+    /// Run agent `index` as process `binary` (a test's `CARGO_BIN_EXE_fleet-agent`) with its
+    /// flags and `extra` ones instead of in the test's process (stopping that one first), so
+    /// that it can be sent signals. Its output goes to `agent-<index>.log` in the scratch folder.
+    pub async fn start_agent_process(&mut self, index: usize, binary: &str, extra: &[&str]) {
+        self.stop_agent(index).await;
+        let log = self.scratch.path().join(format!("agent-{index}.log"));
+        let agent = &mut self.agents[index];
+        assert!(agent.process.is_none(), "agent {index} runs as a process");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = std::process::Command::new(binary)
+            .args(&agent.args[1..])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+            .stderr(std::process::Stdio::from(log))
+            .spawn()
+            .expect("the agent starts");
+        agent.process = Some(child);
+    }
+
+    /// Send SIGTERM to agent `index`'s process and wait until it exits (panicking after
+    /// `deadline`): its exit status and how long it took.
+    pub async fn terminate_agent_process(
+        &mut self,
+        index: usize,
+        deadline: Duration,
+    ) -> (std::process::ExitStatus, Duration) {
+        let mut child = self.agents[index].process.take().expect("the agent runs as a process");
+        let sent = crate::command::output(
+            std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]),
+            crate::command::QUICK,
+        )
+        .expect("kill runs");
+        assert!(sent.status.success(), "kill -TERM: {}", String::from_utf8_lossy(&sent.stderr));
+        let began = std::time::Instant::now();
+        let status = wait::until("the agent process to exit after SIGTERM", deadline, || {
+            let exited = child.try_wait().expect("waiting for the agent");
+            async move { exited }
+        })
+        .await;
+        (status, began.elapsed())
+    }
+
+    /// What agent `index`'s process printed so far.
+    pub fn agent_process_log(&self, index: usize) -> String {
+        std::fs::read_to_string(self.scratch.path().join(format!("agent-{index}.log"))).unwrap_or_default()
     }
 
     /// The in-process controller's state.
