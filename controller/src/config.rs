@@ -171,6 +171,16 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_RECONCILE_GRACE", default_value = "60s", value_parser = parse_duration)]
     pub reconcile_grace: Duration,
 
+    /// Webhook deliveries and finished chains older than this are removed (a batch per tick,
+    /// on the replica holding the fleet lease); every demo's newest chain is kept. `0`: keep
+    /// everything.
+    #[arg(long, env = "DEMOFLEET_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub retention: Duration,
+
+    /// At most this many chains, and as many deliveries, are removed per tick.
+    #[arg(long, env = "DEMOFLEET_RETENTION_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub retention_batch: i64,
+
     /// How often waiting work (demos with no host yet) and the route table are looked at again.
     #[arg(long, env = "DEMOFLEET_TICK", default_value = "2s", value_parser = parse_duration)]
     pub tick: Duration,

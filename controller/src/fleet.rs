@@ -61,8 +61,8 @@ pub async fn run_heartbeats(app: Fleet, mut subscriber: async_nats::Subscriber, 
 
 /// Every tick: reload the route table; and, on the replica holding the fleet lease,
 /// reconcile hosts' inventories, move demos off drained and silent hosts, give waiting
-/// chains a host if one is free now, stop expired demos, put idle ones to sleep and write
-/// Traefik's file.
+/// chains a host if one is free now, stop expired demos, put idle ones to sleep, write
+/// Traefik's file and remove a batch of what outlived the retention.
 pub async fn run_tick(app: Fleet, stop: CancellationToken) {
     let mut interval = tokio::time::interval(app.config.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -105,6 +105,19 @@ pub async fn run_tick(app: Fleet, stop: CancellationToken) {
         if let Some(path) = &app.config.traefik_file {
             if let Err(err) = write_traefik_file(&app, path).await {
                 tracing::warn!(error = %err, file = %path.display(), "writing Traefik's configuration failed");
+            }
+        }
+        if !app.config.retention.is_zero() {
+            match crate::retention::prune(&app.scheduler.db, app.config.retention, app.config.retention_batch).await {
+                Ok(pruned) if pruned != crate::retention::Pruned::default() => {
+                    tracing::debug!(
+                        chains = pruned.chains,
+                        deliveries = pruned.deliveries,
+                        "removed what outlived the retention"
+                    )
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "removing what outlived the retention failed"),
             }
         }
     }

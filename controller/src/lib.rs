@@ -41,6 +41,7 @@ pub mod intake;
 pub mod jobs;
 pub mod lease;
 pub mod reconcile;
+pub mod retention;
 pub mod scheduler;
 pub mod state;
 pub mod timings;

@@ -23,19 +23,26 @@ pub fn router() -> Router<AppState> {
 
 async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let mut out = String::new();
-    let deliveries: Vec<(String, String, i64)> =
-        sqlx::query_as("select event, outcome, count(*) from webhook_deliveries group by event, outcome order by 1, 2")
-            .fetch_all(&app.db)
-            .await?;
+    let deliveries: Vec<(String, String, i64)> = sqlx::query_as(
+        "select event, outcome, sum(n)::int8 from (
+                 select event, outcome, count(*) as n from webhook_deliveries group by 1, 2
+                 union all select event, outcome, pruned from webhook_delivery_counts
+             ) as counts group by 1, 2 order by 1, 2",
+    )
+    .fetch_all(&app.db)
+    .await?;
     family(&mut out, "demofleet_webhook_deliveries_total", "counter", "Webhook deliveries by event and outcome.");
     for (event, outcome, n) in deliveries {
         sample(&mut out, "demofleet_webhook_deliveries_total", &[("event", &event), ("outcome", &outcome)], n as f64);
     }
 
     let attempts: Vec<(String, String, i64, f64)> = sqlx::query_as(
-        "select s.name, a.outcome, count(*), coalesce(sum(a.duration_ms), 0)::float8 / 1000
-         from step_attempts a join chain_steps s on s.chain_id = a.chain_id and s.position = a.position
-         group by s.name, a.outcome order by 1, 2",
+        "select step, outcome, sum(n)::int8, sum(seconds)::float8 from (
+             select s.name as step, a.outcome, count(*) as n, coalesce(sum(a.duration_ms), 0)::float8 / 1000 as seconds
+             from step_attempts a join chain_steps s on s.chain_id = a.chain_id and s.position = a.position
+             group by 1, 2
+             union all select step, outcome, pruned, seconds from step_attempt_counts
+         ) as counts group by 1, 2 order by 1, 2",
     )
     .fetch_all(&app.db)
     .await?;

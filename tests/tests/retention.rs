@@ -1,0 +1,159 @@
+//! Retention: with `--retention 1h` and batches of two, the fleet's tick removes webhook
+//! deliveries and finished chains (with their steps and attempts) older than an hour, a few
+//! at a time, and keeps what is recent, every demo's newest chain however old, chains still
+//! running, and the deliveries those name. `/metrics` counts the same before and after: its
+//! counters never go down.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use demofleet_tests::stack::{Stack, StackOptions};
+use demofleet_tests::wait;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_outlived_the_retention_goes_in_batches_and_the_counts_stay() {
+    let options = StackOptions {
+        agents: 0,
+        controller_args: ["--retention", "1h", "--retention-batch", "2"].map(String::from).to_vec(),
+        ..Default::default()
+    };
+    let stack = Stack::start(options).await;
+    let db = &stack.db;
+    let (a, b) = (demo(db, 1).await, demo(db, 2).await);
+    // Deliveries: five old ones nothing names, one recent, and two old ones that chains name.
+    for n in 0..5 {
+        delivery(db, &format!("old-{n}"), "3 days").await;
+    }
+    delivery(db, "recent", "1 minute").await;
+    delivery(db, "old-of-pruned-chain", "3 days").await;
+    delivery(db, "old-of-newest-chain", "2 days").await;
+    // Demo a: an old finished chain with a step and two attempts, then its newest (old too).
+    let pruned = chain(db, a, "succeeded", "3 days", Some("old-of-pruned-chain")).await;
+    let superseded = chain(db, a, "superseded", "2 days 12 hours", None).await;
+    let newest_a = chain(db, a, "failed", "2 days", Some("old-of-newest-chain")).await;
+    // Demo b: an old finished chain, then one still running since long ago.
+    let old_b = chain(db, b, "failed", "5 days", None).await;
+    let running_b = chain(db, b, "running", "4 days", None).await;
+    let before = counters(&stack).await;
+    assert!(before.contains("demofleet_step_attempts_total{step=\"build\",outcome=\"failed\"} 10"), "{before}");
+
+    wait::until_seen("the old rows to go", DEADLINE, || async {
+        let left: Vec<String> = sqlx::query_scalar(
+            "select delivery_id from webhook_deliveries union all select id::text from chains order by 1",
+        )
+        .fetch_all(db)
+        .await
+        .map_err(|e| e.to_string())?;
+        let expected = {
+            let mut kept = vec![
+                "old-of-newest-chain".to_string(),
+                "recent".to_string(),
+                newest_a.to_string(),
+                running_b.to_string(),
+            ];
+            kept.sort();
+            kept
+        };
+        if left == expected {
+            Ok(())
+        } else {
+            Err(format!("left: {left:?}"))
+        }
+    })
+    .await;
+    for gone in [pruned, superseded, old_b] {
+        let steps: i64 = sqlx::query_scalar("select count(*) from chain_steps where chain_id = $1")
+            .bind(gone)
+            .fetch_one(db)
+            .await
+            .unwrap();
+        assert_eq!(steps, 0, "the steps of chain {gone} went with it");
+    }
+    let steps: i64 = sqlx::query_scalar("select count(*) from step_attempts where chain_id = $1")
+        .bind(newest_a)
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(steps, 2, "the newest chain keeps its attempts");
+    assert_eq!(counters(&stack).await, before, "the counters of /metrics never go down");
+    stack.stop().await;
+}
+
+/// A running demo of its own.
+async fn demo(db: &sqlx::PgPool, pr: i64) -> Uuid {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "insert into demos (id, owner, repo, pr, name, desired, state, sha, clone_url, github_user)
+         values ($1, 'keep', 'history', $2, $3, 'running', 'running', 'x', 'x', 'x')",
+    )
+    .bind(id)
+    .bind(pr)
+    .bind(format!("history-keep-pr-{pr}"))
+    .execute(db)
+    .await
+    .unwrap();
+    id
+}
+
+/// A webhook delivery received `age` ago (a PostgreSQL interval).
+async fn delivery(db: &sqlx::PgPool, id: &str, age: &str) {
+    sqlx::query(
+        "insert into webhook_deliveries (delivery_id, event, action, outcome, received_at)
+         values ($1, 'pull_request', 'synchronize', 'ignored', now() - $2::interval)",
+    )
+    .bind(id)
+    .bind(age)
+    .execute(db)
+    .await
+    .unwrap();
+}
+
+/// A deploy chain of `demo` made `age` ago (and finished then, unless running), with a build
+/// step that took two attempts.
+async fn chain(db: &sqlx::PgPool, demo: Uuid, status: &str, age: &str, delivery: Option<&str>) -> Uuid {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "insert into chains (id, demo_id, generation, kind, status, delivery_id, created_at, finished_at)
+         values ($1, $2, 1, 'deploy', $3, $4, now() - $5::interval,
+                 case when $3 = 'running' then null else now() - $5::interval end)",
+    )
+    .bind(id)
+    .bind(demo)
+    .bind(status)
+    .bind(delivery)
+    .bind(age)
+    .execute(db)
+    .await
+    .unwrap();
+    sqlx::query("insert into chain_steps (chain_id, position, name, status) values ($1, 2, 'build', 'failed')")
+        .bind(id)
+        .execute(db)
+        .await
+        .unwrap();
+    for attempt in 1..=2 {
+        sqlx::query(
+            "insert into step_attempts (chain_id, position, attempt, outcome, duration_ms, finished_at)
+             values ($1, 2, $2, 'failed', 1500, now() - $3::interval)",
+        )
+        .bind(id)
+        .bind(attempt)
+        .bind(age)
+        .execute(db)
+        .await
+        .unwrap();
+    }
+    id
+}
+
+/// The counters of `/metrics` about deliveries and step attempts.
+async fn counters(stack: &Stack) -> String {
+    let text = stack.get("/metrics").await.text().await.unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("demofleet_webhook_deliveries_total") || l.starts_with("demofleet_step_"))
+        .collect();
+    lines.join("\n")
+}
