@@ -59,6 +59,9 @@ async fn demos_survive_drains_dead_agents_and_cut_links() {
     // 2. Drain the fullest host: its demos move, none dropped, and they answer all along
     // (each keeps its old container until the new one does); then it takes demos again.
     let drained = fleet.hosts[0].host_id.clone();
+    // Times each demo was moved off its host (by id), for its story at the end.
+    let mut moves: HashMap<String, i64> = HashMap::new();
+    count_moves(&mut moves, &demos, &drained);
     let moving: Vec<String> = demos
         .iter()
         .filter(|d| d["host"] == drained.as_str())
@@ -104,6 +107,7 @@ async fn demos_survive_drains_dead_agents_and_cut_links() {
     // policy `unless-stopped`, as after a reboot), and they are removed.
     let victim = fleet.hosts[1].host_id.clone();
     let moving = count_per_host(&demos)[victim.as_str()];
+    count_moves(&mut moves, &demos, &victim);
     let addresses = published_addresses(&fleet, &fleet.hosts[1]).await;
     assert_eq!(addresses.len(), moving, "a published address per demo of {victim}");
     let started = Instant::now();
@@ -124,6 +128,7 @@ async fn demos_survive_drains_dead_agents_and_cut_links() {
     let cut = fleet.hosts[2].host_id.clone();
     let demos = converged(&fleet, "before the cut", &[]).await;
     let moving = count_per_host(&demos).get(cut.as_str()).copied().unwrap_or_default();
+    count_moves(&mut moves, &demos, &cut);
     assert!(moving > 0, "the host to cut runs demos: {demos:?}");
     let addresses = published_addresses(&fleet, &fleet.hosts[2]).await;
     let started = Instant::now();
@@ -150,6 +155,23 @@ async fn demos_survive_drains_dead_agents_and_cut_links() {
         .await
         .unwrap();
     assert_eq!(unrecorded, 0);
+    let deliveries: i64 =
+        sqlx::query_scalar("select count(*) from webhook_deliveries").fetch_one(&fleet.stack.db).await.unwrap();
+    assert_eq!(deliveries, DEMOS as i64, "one delivery per pull request");
+    let starts: Vec<(Uuid, i64)> =
+        sqlx::query_as("select demo_id, count(*) from chains where kind = 'deploy' group by 1")
+            .fetch_all(&fleet.stack.db)
+            .await
+            .unwrap();
+    assert_eq!(starts.len() as u64, DEMOS, "{starts:?}");
+    let wrong: Vec<String> = starts
+        .iter()
+        .filter_map(|(id, n)| {
+            let expected = 1 + moves.get(&id.to_string()).copied().unwrap_or_default();
+            (*n != expected).then(|| format!("{id}: {n} deploy chains, {expected} expected"))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "demos started other than once per delivery and once per move: {wrong:#?}");
     fleet.stop().await;
 }
 
@@ -233,6 +255,13 @@ async fn published_addresses(fleet: &Fleet, host: &FleetHost) -> Vec<String> {
 async fn answers(address: &str) -> bool {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
     client.get(format!("http://{address}/")).send().await.is_ok()
+}
+
+/// Count a move for each of `demos` on `host`.
+fn count_moves(moves: &mut HashMap<String, i64>, demos: &[Value], host: &str) {
+    for demo in demos.iter().filter(|d| d["host"] == host) {
+        *moves.entry(demo["id"].as_str().unwrap().to_string()).or_default() += 1;
+    }
 }
 
 fn count_per_host(demos: &[Value]) -> BTreeMap<&str, usize> {
