@@ -17,6 +17,7 @@
 //! - [`lone_agent`]: one agent driven by the test in the controller's place.
 //! - [`pki`]: a private CA of a test's own and the certificates it signs (TLS between hosts).
 //! - [`wait`]: waiting for conditions with deadlines.
+//! - [`time_limit`]: a time limit for each test (every stack holds one).
 //! - [`spy`]: proof that nothing was sent to the controller's or the agents' queues.
 
 pub mod burst;
@@ -36,6 +37,7 @@ pub mod rng;
 pub mod services;
 pub mod spy;
 pub mod stack;
+pub mod time_limit;
 pub mod wait;
 
 use std::time::Duration;

@@ -230,10 +230,13 @@ pub struct Stack {
     http: reqwest::Client,
     /// For demos through the edge: no API token.
     plain: reqwest::Client,
+    /// The test's time limit, from the stack's start to its end.
+    _time_limit: crate::time_limit::TimeLimit,
 }
 
 impl Stack {
     pub async fn start(options: StackOptions) -> Stack {
+        let time_limit = crate::time_limit::start();
         crate::init_tracing();
         let mut services = options.services.clone().unwrap_or_else(Services::from_env);
         if let Some(url) = &options.nats_url {
@@ -323,6 +326,7 @@ impl Stack {
             test_db,
             http: api_client(&api_token),
             plain: crate::http_client().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+            _time_limit: time_limit,
         };
         for agent in &stack.agents {
             let id = agent.host_id.clone();

@@ -111,6 +111,7 @@ fn recap(output: &str) -> &str {
 
 #[test]
 fn the_playbook_passes_the_syntax_check_and_ansible_lint() {
+    let _time_limit = demofleet_tests::time_limit::start();
     let ansible = Ansible::new();
     ansible.run(
         "ansible-playbook --syntax-check",
@@ -122,6 +123,7 @@ fn the_playbook_passes_the_syntax_check_and_ansible_lint() {
 
 #[test]
 fn the_role_writes_a_configuration_polling_the_controller_and_is_idempotent() {
+    let _time_limit = demofleet_tests::time_limit::start();
     let ansible = Ansible::new();
     let config_dir = ansible.temp.path().join("etc/traefik");
     let data_dir = ansible.temp.path().join("var/lib/traefik");
@@ -171,6 +173,7 @@ fn the_role_writes_a_configuration_polling_the_controller_and_is_idempotent() {
 
 #[test]
 fn the_role_defaults_render_the_example_configuration() {
+    let _time_limit = demofleet_tests::time_limit::start();
     let ansible = Ansible::new();
     let rendered = ansible.temp.path().join("traefik.toml");
     let defaults = ansible.dir.join("roles/traefik/defaults/main.yml");

@@ -291,6 +291,7 @@ fn markers(names: &BTreeSet<String>, int_names: &BTreeSet<String>) -> BTreeMap<S
 
 #[test]
 fn compose_files_are_valid_and_hold_no_secret() {
+    let _time_limit = demofleet_tests::time_limit::start();
     run(
         "scripts/images --tools-only (docker-compose)",
         Command::new(repo().join("scripts/images")).arg("--tools-only").stdin(Stdio::null()),
@@ -431,6 +432,7 @@ impl Drop for ComposeStack {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compose_control_plane_serves() {
+    let _time_limit = demofleet_tests::time_limit::start();
     run(
         "scripts/images",
         Command::new(repo().join("scripts/images"))
