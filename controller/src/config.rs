@@ -34,6 +34,10 @@ pub struct Config {
     #[command(flatten)]
     pub messaging: Messaging,
 
+    /// GitHub's web site, for the dashboard's links to pull requests and commits.
+    #[arg(long, env = "DEMOFLEET_GITHUB_WEB_URL", default_value = "https://github.com")]
+    pub github_web_url: String,
+
     /// Secret shared with GitHub for webhook signatures. Required, here or as a file.
     #[arg(long, env = "DEMOFLEET_WEBHOOK_SECRET", hide_env_values = true, default_value = "")]
     pub webhook_secret: Secret,

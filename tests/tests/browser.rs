@@ -175,7 +175,7 @@ async fn an_admin_signs_in_opens_a_demo_and_stops_it_in_a_browser() {
         .unwrap();
     assert_eq!(gone, json!(0));
     screenshot(&client, "4-overview-after-stop").await;
-    for path in ["/hosts", "/start", "/tokens", "/deliveries", "/approvals"] {
+    for path in ["/hosts", "/fleet", "/start", "/tokens", "/deliveries", "/approvals"] {
         client.goto(&stack.url(path)).await.unwrap();
         client.wait().for_element(Locator::Css("main h1")).await.unwrap();
         check_page(&client, &format!("5-{}", path.trim_start_matches('/'))).await;

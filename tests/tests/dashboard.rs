@@ -31,7 +31,9 @@ async fn the_fleet_is_run_from_the_dashboard_by_signed_in_admins_only() {
     let demo_id = Uuid::new_v4();
 
     // Anonymous: a redirect to sign in from every page and form, 401 from every API route.
-    for path in ["/", "/hosts", "/approvals", "/deliveries", "/start", "/tokens", &format!("/demos/{demo_id}")] {
+    for path in
+        ["/", "/hosts", "/fleet", "/approvals", "/deliveries", "/start", "/tokens", &format!("/demos/{demo_id}")]
+    {
         let response = http.get(stack.url(path)).send().await.unwrap();
         let next = url_encode(path);
         assert_eq!(location(&response), format!("/auth/login?next={next}"), "{path}");

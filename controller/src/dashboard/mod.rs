@@ -8,6 +8,7 @@
 //! - [`forms`]: what is done (`POST`), through [`crate::actions`], then a redirect back.
 //! - [`layout`]: what every page shares: the frame, errors as pages, rendering.
 
+pub mod charts;
 pub mod forms;
 pub mod layout;
 pub mod pages;

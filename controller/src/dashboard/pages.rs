@@ -9,6 +9,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::charts::{self, Bar, Span, Tone};
 use super::layout::{age, render, Layout, PageError};
 use crate::auth::Principal;
 use crate::db::chains::{self, ChainView};
@@ -25,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/", get(overview))
         .route("/demos/{id}", get(demo))
         .route("/hosts", get(hosts_page))
+        .route("/fleet", get(fleet_page))
         .route("/approvals", get(approvals))
         .route("/deliveries", get(deliveries))
         .route("/start", get(start))
@@ -45,6 +47,11 @@ struct OverviewRow {
     owner: String,
     repo: String,
     pr: i64,
+    author: String,
+    /// The pull request and its head commit on GitHub.
+    pr_link: String,
+    sha: String,
+    commit_link: String,
     state: String,
     host: String,
     age: String,
@@ -113,6 +120,10 @@ async fn overview(
             .into_iter()
             .map(|d| OverviewRow {
                 url: app.urls.url(&app.urls.hostname(&d.name)),
+                pr_link: github_link(&app.config, &d.owner, &d.repo, &format!("pull/{}", d.pr)),
+                commit_link: github_link(&app.config, &d.owner, &d.repo, &format!("commit/{}", d.sha)),
+                sha: d.sha.chars().take(7).collect(),
+                author: d.github_user,
                 age: age(d.created_at),
                 host: d.host_id.unwrap_or_else(|| "-".into()),
                 id: d.id,
@@ -192,9 +203,9 @@ struct HostRow {
     address: String,
     last_seen: String,
     alive: bool,
-    demos: i64,
-    capacity: i32,
-    disk_free: String,
+    /// Its demos against its capacity, and its disk, drawn.
+    demos_meter: String,
+    disk_meter: String,
     draining: bool,
 }
 
@@ -217,19 +228,130 @@ async fn hosts_page(State(app): State<AppState>, Extension(who): Extension<Princ
             .into_iter()
             .map(|h| {
                 let seconds = (OffsetDateTime::now_utc() - h.last_seen).whole_seconds().max(0);
+                let demos = counts.iter().find(|(id, _)| *id == h.id).map_or(0, |(_, n)| *n);
+                let gib = |bytes: i64| bytes as f64 / 1073741824.0;
+                let disk = match (h.disk_free_bytes, h.disk_total_bytes) {
+                    (Some(free), Some(total)) => charts::meter(
+                        &format!("disk of {}", h.id),
+                        gib(total - free),
+                        gib(total),
+                        &format!("{:.1} GiB free of {:.1}", gib(free), gib(total)),
+                    ),
+                    (Some(free), None) => format!("{:.1} GiB free", gib(free)),
+                    _ => "-".into(),
+                };
                 HostRow {
-                    demos: counts.iter().find(|(id, _)| *id == h.id).map_or(0, |(_, n)| *n),
+                    demos_meter: charts::meter(
+                        &format!("demos on {}", h.id),
+                        demos as f64,
+                        f64::from(h.capacity),
+                        &format!("{demos} / {}", h.capacity),
+                    ),
+                    disk_meter: disk,
                     alive: (seconds as f64) < app.config.host_timeout.as_secs_f64(),
                     last_seen: format!("{} ago", age(h.last_seen)),
-                    disk_free: h.disk_free_bytes.map_or("-".into(), |b| format!("{:.1} GiB", b as f64 / 1073741824.0)),
                     id: h.id,
                     address: h.address,
-                    capacity: h.capacity,
                     draining: h.draining,
                 }
             })
             .collect();
         render(&HostsPage { layout, hosts })
+    })
+    .await
+}
+
+/// A link to `owner/repo`'s `path` on GitHub's web site.
+fn github_link(config: &crate::config::Config, owner: &str, repo: &str, path: &str) -> String {
+    format!("{}/{owner}/{repo}/{path}", config.github_web_url.trim_end_matches('/'))
+}
+
+/// A chain's steps along time, from the chain's start: each reached step a bar of its
+/// duration (to now while it runs), failed ones marked.
+fn chain_timeline(chain: &ChainView) -> String {
+    let now = OffsetDateTime::now_utc();
+    let since = |at: OffsetDateTime| (at - chain.created_at).as_seconds_f64().max(0.0);
+    let spans: Vec<Span> = chain
+        .steps
+        .iter()
+        .filter_map(|step| {
+            let started = step.queued_at.or(step.finished_at)?;
+            let ended = step.finished_at.unwrap_or(now);
+            let length = (ended - started).as_seconds_f64().max(0.0);
+            let tone = match step.status.as_str() {
+                "failed" => Tone::Bad,
+                "succeeded" => Tone::Good,
+                "skipped" => Tone::Muted,
+                _ => Tone::Normal,
+            };
+            let note = match step.status.as_str() {
+                "succeeded" => charts::seconds(length),
+                status => format!("{status}, {}", charts::seconds(length)),
+            };
+            Some(Span { label: step.name.clone(), start: since(started), length, tone, note })
+        })
+        .collect();
+    let title = format!("{} chain of generation {}: its steps along time", chain.kind, chain.generation);
+    charts::timeline(&title, &spans)
+}
+
+#[derive(Template)]
+#[template(path = "fleet.html")]
+struct FleetPage<'a> {
+    layout: &'a Layout,
+    states: String,
+    deliveries: String,
+    outcomes: String,
+    hours: i64,
+}
+
+/// Webhook deliveries are drawn over this many hours, in columns of a quarter of an hour.
+const FLEET_HOURS: i64 = 6;
+
+async fn fleet_page(State(app): State<AppState>, Extension(who): Extension<Principal>) -> Page {
+    page(&who, async |layout| {
+        let by_state: Vec<(String, i64)> =
+            sqlx::query_as("select state, count(*) from demos group by state order by 2 desc, 1").fetch_all(&app.db).await?;
+        let tone = |state: &str| match state {
+            "running" => Tone::Good,
+            "failed" => Tone::Bad,
+            "stopped" | "sleeping" => Tone::Muted,
+            _ => Tone::Normal,
+        };
+        let bars: Vec<Bar> =
+            by_state.iter().map(|(s, n)| Bar { label: s.clone(), value: *n as f64, tone: tone(s) }).collect();
+        let states = charts::bars("Demos by state", &bars);
+        // Quarter hours, oldest first; the index `webhook_deliveries_received` keeps this to the window.
+        let counts: Vec<(i32, i64)> = sqlx::query_as(
+            "select (extract(epoch from now() - received_at) / 900)::int4 as ago, count(*) from webhook_deliveries
+             where received_at > now() - make_interval(hours => $1::int4) group by 1",
+        )
+        .bind(FLEET_HOURS)
+        .fetch_all(&app.db)
+        .await?;
+        let quarters = (FLEET_HOURS * 4) as i32;
+        let columns: Vec<(String, i64)> = (0..quarters)
+            .rev()
+            .map(|ago| {
+                let n = counts.iter().find(|(a, _)| *a == ago).map_or(0, |(_, n)| *n);
+                let minutes = i64::from(ago + 1) * 15;
+                let label = if minutes % 60 == 0 { format!("-{} h", minutes / 60) } else { format!("-{minutes} min") };
+                (label, n)
+            })
+            .collect();
+        let deliveries = charts::columns("Webhook deliveries per quarter hour", &columns, 4);
+        let by_outcome: Vec<(String, i64)> = sqlx::query_as(
+            "select outcome, count(*) from webhook_deliveries where received_at > now() - make_interval(hours => $1::int4)
+             group by 1 order by 2 desc, 1",
+        )
+        .bind(FLEET_HOURS)
+        .fetch_all(&app.db)
+        .await?;
+        let outcome_tone = |o: &str| if o.contains("fail") || o.contains("refused") { Tone::Bad } else { Tone::Normal };
+        let bars: Vec<Bar> =
+            by_outcome.iter().map(|(o, n)| Bar { label: o.clone(), value: *n as f64, tone: outcome_tone(o) }).collect();
+        let outcomes = charts::bars("Webhook deliveries by outcome", &bars);
+        render(&FleetPage { layout, states, deliveries, outcomes, hours: FLEET_HOURS })
     })
     .await
 }
