@@ -1,5 +1,6 @@
 //! Pages people would rather look at, drawn on the server (SVG, no JavaScript needed): the
-//! overview links each demo's pull request, author and commit on GitHub; a demo's page draws
+//! overview shows each demo's pull request title and links its pull request, author and
+//! commit on GitHub; a demo's page draws
 //! each chain as a timeline, its failed step marked; the hosts page draws each host's demos
 //! against its capacity and its disk; the fleet page draws demos by state and the webhook
 //! deliveries of the last hours.
@@ -49,10 +50,11 @@ async fn the_pages_draw_the_fleet_its_hosts_and_each_chain() {
         overview.contains(&format!(r#"<a href="{base}/commit/{good}"><code>{}</code></a>"#, &good[..7])),
         "{overview}"
     );
-    let author = running["github_user"].as_str().map(String::from).unwrap_or_default();
-    if !author.is_empty() {
-        assert!(overview.contains(&format!("by {author},")), "{overview}");
-    }
+    let title = fixtures::payload("pull_request.opened.json")["pull_request"]["title"].as_str().unwrap().to_string();
+    assert!(overview.contains(&format!(r#"<span class="title">{title}</span>"#)), "the title: {overview}");
+    let author =
+        fixtures::payload("pull_request.opened.json")["pull_request"]["user"]["login"].as_str().unwrap().to_string();
+    assert!(overview.contains(&format!("by {author},")), "{overview}");
 
     // A demo's page: its chain along time, each reached step a bar; the failed build marked.
     let detail = page(format!("/demos/{}", failed["id"].as_str().unwrap())).await;

@@ -64,6 +64,8 @@ impl IssueCommentEvent {
 #[derive(Debug, Deserialize)]
 pub struct PullRequest {
     pub user: User,
+    #[serde(default)]
+    pub title: Option<String>,
     /// When the PR last changed; orders events that arrive out of order.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub updated_at: Option<time::OffsetDateTime>,

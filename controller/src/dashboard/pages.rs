@@ -44,6 +44,8 @@ async fn page(who: &Principal, body: impl AsyncFnOnce(&Layout) -> Result<Html<St
 struct OverviewRow {
     id: Uuid,
     name: String,
+    /// The pull request's title, if an event carried it.
+    title: String,
     owner: String,
     repo: String,
     pr: i64,
@@ -116,9 +118,11 @@ async fn overview(
             let q: String = url::form_urlencoded::byte_serialize(q.as_bytes()).collect();
             format!("/?q={q}&state={state}&page={n}")
         };
+        let mut titles = demos::titles(&app.db, &list).await?;
         let demos = list
             .into_iter()
             .map(|d| OverviewRow {
+                title: titles.remove(&d.id).unwrap_or_default(),
                 url: app.urls.url(&app.urls.hostname(&d.name)),
                 pr_link: github_link(&app.config, &d.owner, &d.repo, &format!("pull/{}", d.pr)),
                 commit_link: github_link(&app.config, &d.owner, &d.repo, &format!("commit/{}", d.sha)),
@@ -155,6 +159,7 @@ async fn overview(
 struct DemoPage<'a> {
     layout: &'a Layout,
     demo: Demo,
+    title: String,
     host: String,
     url: String,
     chains: Vec<ChainView>,
@@ -193,7 +198,8 @@ async fn demo(State(app): State<AppState>, Extension(who): Extension<Principal>,
         let chains = crate::chain::shown(chains::timeline(&app.db, id).await?);
         let url = app.urls.url(&app.urls.hostname(&demo.name));
         let host = demo.host_id.clone().unwrap_or_else(|| "none".into());
-        render(&DemoPage { layout, demo, host, url, chains })
+        let title = demos::titles(&app.db, std::slice::from_ref(&demo)).await?.remove(&demo.id).unwrap_or_default();
+        render(&DemoPage { layout, demo, title, host, url, chains })
     })
     .await
 }

@@ -60,6 +60,9 @@ pub struct DeployRequest {
     /// Who brought the head commit: the event's sender; none: not known (the author counts).
     #[serde(default)]
     pub pushed_by: Option<String>,
+    /// The pull request's title, when the event carried it (for the dashboard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
 }
 
 impl DeployRequest {
@@ -74,6 +77,7 @@ impl DeployRequest {
             clone_url: demo.clone_url.clone(),
             github_user: demo.github_user.clone(),
             pushed_by: demo.pushed_by.clone(),
+            title: None,
         }
     }
 }
@@ -291,4 +295,18 @@ pub async fn page(
     .await?;
     let total = rows.first().map_or(0, |row| row.total);
     Ok((rows.into_iter().map(|row| row.demo).collect(), total))
+}
+
+/// The titles of `demos`' pull requests that events carried, by demo id.
+pub async fn titles(db: impl PgExecutor<'_>, demos: &[Demo]) -> sqlx::Result<std::collections::HashMap<Uuid, String>> {
+    let ids: Vec<Uuid> = demos.iter().map(|d| d.id).collect();
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "select d.id, t.title from demos d
+         join pull_request_titles t on t.owner = d.owner and t.repo = d.repo and t.pr = d.pr
+         where d.id = any($1)",
+    )
+    .bind(&ids)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().collect())
 }

@@ -111,7 +111,23 @@ pub struct Recorded {
 /// The outer error is the call's (nothing was recorded); an inner one, an answer that
 /// did not read (its event was recorded).
 pub async fn record(db: impl PgExecutor<'_>, events: &[Event]) -> sqlx::Result<Vec<sqlx::Result<Recorded>>> {
-    let answers: sqlx::types::Json<Vec<serde_json::Value>> =
-        sqlx::query_scalar("select demofleet_intake($1)").bind(sqlx::types::Json(events)).fetch_one(db).await?;
+    let answers: sqlx::types::Json<Vec<serde_json::Value>> = sqlx::query_scalar(
+        // With the events, in the same statement: the newest title each pull request's
+        // events carry, written only when it changed.
+        "with titles as (
+                 insert into pull_request_titles (owner, repo, pr, title)
+                 select distinct on (e->>'owner', e->>'repo', (e->>'pr')::int8)
+                        e->>'owner', e->>'repo', (e->>'pr')::int8, e->>'title'
+                 from jsonb_array_elements($1) with ordinality as events(e, i)
+                 where e->>'title' is not null and e->>'owner' is not null and e->>'pr' is not null
+                 order by e->>'owner', e->>'repo', (e->>'pr')::int8, i desc
+                 on conflict (owner, repo, pr) do update set title = excluded.title
+                     where pull_request_titles.title is distinct from excluded.title
+             )
+             select demofleet_intake($1)",
+    )
+    .bind(sqlx::types::Json(events))
+    .fetch_one(db)
+    .await?;
     Ok(answers.0.into_iter().map(|a| serde_json::from_value(a).map_err(|e| sqlx::Error::Decode(e.into()))).collect())
 }

@@ -237,7 +237,14 @@ fn deploy_request(
         clone_url: config.clone_url(head_owner, head_repo),
         github_user: event.pull_request.user.login.clone(),
         pushed_by: event.sender.as_ref().map(|s| s.login.clone()),
+        title: event.pull_request.title.as_deref().map(shown_title),
     })
+}
+
+/// A title as the dashboard shows it: one line, no control characters, at most 200 characters.
+fn shown_title(title: &str) -> String {
+    let line: String = title.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    line.trim().chars().take(200).collect()
 }
 
 /// Record a delivery that starts no work, and answer for it.
