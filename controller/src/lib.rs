@@ -242,3 +242,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     controller.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// Two migrations with one version would be applied in an order nobody chose (and a
+    /// database that has one of them would refuse the other): every version is its own.
+    #[test]
+    fn each_migration_has_a_version_of_its_own() {
+        let mut versions: Vec<i64> = super::MIGRATOR.iter().map(|m| m.version).collect();
+        let count = versions.len();
+        versions.sort_unstable();
+        versions.dedup();
+        assert_eq!(versions.len(), count, "two files in migrations/ share a version number");
+    }
+}
