@@ -57,7 +57,8 @@ impl Engine {
 
     /// `docker ARGS` against this engine: its output, or what went wrong.
     pub fn docker(&self, args: &[&str]) -> Result<String, String> {
-        let out = self.command().args(args).output().map_err(|e| format!("docker {args:?}: {e}"))?;
+        let out = crate::command::output(self.command().args(args), crate::command::DOCKER)
+            .map_err(|e| format!("docker {args:?}: {e}"))?;
         if !out.status.success() {
             return Err(format!("docker {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
         }
@@ -338,6 +339,7 @@ fn free_link_addresses() -> (String, String) {
 }
 
 pub(crate) fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    let out = crate::command::output(Command::new(program).args(args), crate::command::QUICK)
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }

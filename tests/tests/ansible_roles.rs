@@ -444,7 +444,7 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
         env!("CARGO_BIN_EXE_fleet-controller"),
         &logs,
     );
-    let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let plain = demofleet_tests::http_client().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let ready = format!("http://{listen}/readyz");
     wait::until("the controller to be ready", Duration::from_secs(60), || async {
         controller.assert_running();
