@@ -181,9 +181,7 @@ pub fn remove_host_leftovers(host_id: &str) {
     {
         let filter = format!("label=run.demo.host={host_id}");
         let docker = |args: &[&str]| {
-            std::process::Command::new("docker")
-                .args(args)
-                .output()
+            crate::command::output(std::process::Command::new("docker").args(args), crate::command::DOCKER)
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         };
         let format = "{{.ID}} {{.Image}} {{.Networks}}";
