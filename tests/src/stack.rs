@@ -501,6 +501,12 @@ impl Stack {
         self.http.get(self.url(path)).timeout(Duration::from_secs(300)).send().await.unwrap()
     }
 
+    /// [`Stack::follow`], resuming after the event `last_event_id` as a browser does.
+    pub async fn follow_after(&self, path: &str, last_event_id: &str) -> reqwest::Response {
+        let request = self.http.get(self.url(path)).header("last-event-id", last_event_id);
+        request.timeout(Duration::from_secs(300)).send().await.unwrap()
+    }
+
     /// PUT a repository's settings.
     pub async fn put_settings(&self, owner: &str, repo: &str, settings: &Value) -> reqwest::Response {
         self.http.put(self.url(&format!("/api/repos/{owner}/{repo}/settings"))).json(settings).send().await.unwrap()

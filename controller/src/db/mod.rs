@@ -6,6 +6,7 @@ pub mod chains;
 pub mod demos;
 pub mod events;
 pub mod hosts;
+pub mod logs;
 pub mod outbox;
 pub mod settings;
 pub mod tokens;
