@@ -168,6 +168,14 @@ enum NatsAuth {
     User(String, String),
 }
 
+/// The user and password in the NATS URLs, if they carry a user (not a token).
+pub fn nats_user(urls: &[&str]) -> Result<Option<(String, String)>, TlsError> {
+    Ok(match nats_credentials(urls)? {
+        NatsAuth::User(user, password) => Some((user, password)),
+        NatsAuth::None | NatsAuth::Token(_) => None,
+    })
+}
+
 /// The credentials in the NATS URLs: the same in every URL that has any.
 fn nats_credentials(urls: &[&str]) -> Result<NatsAuth, TlsError> {
     let mut found: Option<NatsAuth> = None;

@@ -65,7 +65,8 @@ pub async fn on_host(app: &AppState, host: &str, action: &str, actor: &str) -> R
     match action {
         "drain" => set_draining(app, host, true, actor).await,
         "undrain" => set_draining(app, host, false, actor).await,
-        other => Err(ApiError::NotFound(format!("no action {other:?} on hosts: drain or undrain"))),
+        "revoke" => Ok(app.enrolment.revoke(host, actor).await?),
+        other => Err(ApiError::NotFound(format!("no action {other:?} on hosts: drain, undrain or revoke"))),
     }
 }
 

@@ -38,6 +38,9 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_GITHUB_WEB_URL", default_value = "https://github.com")]
     pub github_web_url: String,
 
+    #[command(flatten)]
+    pub enrolment: EnrolmentSettings,
+
     /// Secret shared with GitHub for webhook signatures. Required, here or as a file.
     #[arg(long, env = "DEMOFLEET_WEBHOOK_SECRET", hide_env_values = true, default_value = "")]
     pub webhook_secret: Secret,
@@ -161,14 +164,6 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_WEBHOOK_MAX_BYTES", default_value_t = 25 * 1024 * 1024)]
     pub webhook_max_bytes: usize,
 
-    /// Bytes of log kept per demo generation (the newest lines; older ones are dropped).
-    #[arg(long, env = "DEMOFLEET_LOG_KEEP_BYTES", default_value_t = 5 * 1024 * 1024)]
-    pub log_keep_bytes: i64,
-
-    /// Generations of a demo whose logs are kept (the newest ones).
-    #[arg(long, env = "DEMOFLEET_LOG_KEEP_GENERATIONS", default_value_t = 3)]
-    pub log_keep_generations: i64,
-
     /// A host whose last heartbeat is older than this is not given new demos.
     #[arg(long, env = "DEMOFLEET_HOST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub host_timeout: Duration,
@@ -240,6 +235,41 @@ pub struct Config {
     /// Apply the database migrations and exit (as the `migrate` subcommand does).
     #[arg(long)]
     pub migrate_only: bool,
+}
+
+/// The settings enrolment needs (the controller's, and the `hosts` subcommands').
+#[derive(Debug, Clone, clap::Args)]
+pub struct EnrolmentSettings {
+    /// RabbitMQ's management API, with an administrator's credentials in the URL
+    /// (`http://user:password@host:15672`): enrolling a host makes its broker user there,
+    /// revoking deletes it. Unset: broker users are the operator's to make (ansible does).
+    #[arg(long, env = "DEMOFLEET_AMQP_MANAGEMENT_URL", hide_env_values = true)]
+    pub amqp_management_url: Option<Secret>,
+
+    /// The RabbitMQ URL(s) agents connect to, without credentials (the host's own are put
+    /// in); default: DEMOFLEET_AMQP_URL's addresses and vhost.
+    #[arg(long, env = "DEMOFLEET_AGENTS_AMQP_URL")]
+    pub agents_amqp_url: Option<String>,
+
+    /// The NATS URL(s) agents connect to, without credentials; default: DEMOFLEET_NATS_URL's.
+    #[arg(long, env = "DEMOFLEET_AGENTS_NATS_URL")]
+    pub agents_nats_url: Option<String>,
+
+    /// The NATS authorization file the controller writes (an `authorization` block with its
+    /// own user and every enrolled host's, for the NATS configuration to `include`); unset:
+    /// NATS users are the operator's to make.
+    #[arg(long, env = "DEMOFLEET_NATS_AUTH_FILE")]
+    pub nats_auth_file: Option<std::path::PathBuf>,
+
+    /// NATS's pid file: after writing the authorization file, the controller sends that
+    /// process SIGHUP so it reloads it.
+    #[arg(long, env = "DEMOFLEET_NATS_PID_FILE")]
+    pub nats_pid_file: Option<std::path::PathBuf>,
+
+    /// Broker and NATS users of hosts are `<prefix><host id>`; broker users are shared by
+    /// every vhost of a RabbitMQ node, so fleets sharing one need prefixes of their own.
+    #[arg(long, env = "DEMOFLEET_AGENT_USER_PREFIX", default_value = "agent-")]
+    pub agent_user_prefix: String,
 }
 
 /// The secret in the file at `path`, without its trailing newline.

@@ -52,6 +52,18 @@ impl ApiError {
     }
 }
 
+impl From<crate::enrolment::EnrolError> for ApiError {
+    fn from(err: crate::enrolment::EnrolError) -> ApiError {
+        use crate::enrolment::EnrolError;
+        match err {
+            EnrolError::BadHost(why) => ApiError::BadRequest(why),
+            EnrolError::NotEnrolled(_) => ApiError::NotFound(err.to_string()),
+            EnrolError::Database(err) => ApiError::Database(err),
+            EnrolError::Broker(err) => ApiError::Unavailable(format!("{err:#}")),
+        }
+    }
+}
+
 impl From<crate::scheduler::orchestrate::ActionError> for ApiError {
     fn from(err: crate::scheduler::orchestrate::ActionError) -> ApiError {
         use crate::scheduler::orchestrate::ActionError;

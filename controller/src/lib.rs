@@ -33,13 +33,13 @@ pub mod config;
 pub mod dashboard;
 pub mod db;
 pub mod edge;
+pub mod enrolment;
 pub mod error;
 pub mod fleet;
 pub mod github;
 pub mod http;
 pub mod intake;
 pub mod jobs;
-pub mod keep_logs;
 pub mod lease;
 pub mod reconcile;
 pub mod retention;
@@ -88,12 +88,12 @@ impl Controller {
         let broker =
             broker::Broker::connect(&config.messaging).await.context("connecting to RabbitMQ (DEMOFLEET_AMQP_URL)")?;
         let nats = config.messaging.connect_nats().await.context("connecting to NATS (DEMOFLEET_NATS_URL)")?;
-        // A queue group: each heartbeat is recorded by one controller replica.
+        // A queue group of this fleet's replicas: each heartbeat is recorded by one of them,
+        // and another fleet's controllers on the same NATS server (the same prefix) each get
+        // every heartbeat too, and ignore those of hosts not enrolled with them.
+        let fleet_id = db::enrolments::fleet_identity(&db).await.context("reading the fleet's identity")?;
         let all_heartbeats = demofleet_common::topology::all_heartbeats(&config.messaging.nats_prefix);
-        let heartbeats = nats.queue_subscribe(all_heartbeats, "demofleet-controllers".into()).await?;
-        // Each log line is kept by one replica too.
-        let all_logs = demofleet_common::topology::all_logs(&config.messaging.nats_prefix);
-        let log_lines = nats.queue_subscribe(all_logs, "demofleet-log-keepers".into()).await?;
+        let heartbeats = nats.queue_subscribe(all_heartbeats, format!("demofleet-controllers-{fleet_id}")).await?;
 
         let http_listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -155,12 +155,6 @@ impl Controller {
         let consumer =
             broker::consumer::Consumer { broker: broker.clone(), queue_type: config.messaging.queue_type(), jobs };
         tasks.spawn(broker::consumer::run(consumer, stop.clone()));
-        let keeper = keep_logs::Keeper {
-            db: db.clone(),
-            keep_bytes: config.log_keep_bytes,
-            keep_generations: config.log_keep_generations,
-        };
-        tasks.spawn(keep_logs::run(keeper, log_lines, stop.clone()));
         let fleet = fleet::Fleet { scheduler: scheduler.clone(), config: config.clone() };
         tasks.spawn(fleet::run_heartbeats(fleet.clone(), heartbeats, stop.clone()));
         tasks.spawn(fleet::run_tick(fleet, stop.clone()));
@@ -172,7 +166,13 @@ impl Controller {
         };
         let edge = Arc::new(edge::proxy::Edge::new(routes.clone(), urls.clone(), auth.clone(), wake_tx, limits));
         tasks.spawn(edge.serve(edge_listener, stop.clone()));
+        let enrolment = enrolment::Enrolment {
+            db: db.clone(),
+            settings: config.enrolment.clone(),
+            messaging: config.messaging.clone(),
+        };
         let state = AppState {
+            enrolment,
             config,
             db,
             broker,

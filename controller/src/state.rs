@@ -36,6 +36,8 @@ pub struct AppState {
     pub timings: Arc<crate::timings::Timings>,
     /// Starts and advances chains, and applies what commits ask for.
     pub scheduler: Scheduler,
+    /// Enrols and revokes hosts.
+    pub enrolment: crate::enrolment::Enrolment,
     /// Cancelled when the controller shuts down; endless responses (live logs) end with it.
     pub stopping: tokio_util::sync::CancellationToken,
 }

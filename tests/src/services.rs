@@ -212,9 +212,27 @@ impl TestVhost {
         (user, password)
     }
 
+    /// The prefix of the broker users of this vhost's hosts (`<vhost>-`): a controller
+    /// enrolling hosts names their users so, and they are deleted with the vhost.
+    pub fn agent_user_prefix(&self) -> String {
+        format!("{}-", self.name)
+    }
+
+    /// The broker users whose names start with this vhost's agent prefix.
+    pub async fn enrolled_users(&self) -> Vec<String> {
+        let url = format!("{}/api/users", self.management_url);
+        let client = crate::http_client().build().unwrap();
+        let response = client.get(url).basic_auth(&self.user, Some(&self.password)).send().await;
+        let Ok(users) = response.and_then(|r| r.error_for_status()) else { return Vec::new() };
+        let users: Vec<serde_json::Value> = users.json().await.unwrap_or_default();
+        let prefix = self.agent_user_prefix();
+        users.iter().filter_map(|u| u["name"].as_str()).filter(|n| n.starts_with(&prefix)).map(String::from).collect()
+    }
+
     pub async fn delete(self) {
         let client = crate::http_client().build().unwrap();
-        let users = std::mem::take(&mut *self.agent_users.lock().unwrap());
+        let mut users = std::mem::take(&mut *self.agent_users.lock().unwrap());
+        users.extend(self.enrolled_users().await);
         for user in users {
             let url = format!("{}/api/users/{user}", self.management_url);
             let _ = client.delete(url).basic_auth(&self.user, Some(&self.password)).send().await;
@@ -394,7 +412,7 @@ impl PrivateNats {
     /// GET `path` of the server's monitoring endpoint.
     pub async fn monitor(&self, path: &str) -> Option<serde_json::Value> {
         let url = format!("http://127.0.0.1:{}{path}", self.monitor_port?);
-        crate::http_client().build().ok()?.get(url).send().await.ok()?.json().await.ok()
+        reqwest::get(url).await.ok()?.json().await.ok()
     }
 
     /// What the server logged, for failure messages.

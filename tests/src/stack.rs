@@ -181,7 +181,9 @@ pub fn remove_host_leftovers(host_id: &str) {
     {
         let filter = format!("label=run.demo.host={host_id}");
         let docker = |args: &[&str]| {
-            crate::command::output(std::process::Command::new("docker").args(args), crate::command::DOCKER)
+            std::process::Command::new("docker")
+                .args(args)
+                .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         };
         let format = "{{.ID}} {{.Image}} {{.Networks}}";
@@ -283,6 +285,10 @@ impl Stack {
             oidc_issuer: services.oidc_issuer.clone(),
         }
         .argv(github_flags);
+        // Enrolment makes hosts' broker users through the management API, named after the
+        // test's vhost so that they go with it.
+        args.extend(["--amqp-management-url".to_string(), services.amqp_management_url.clone()]);
+        args.extend(["--agent-user-prefix".to_string(), vhost.agent_user_prefix()]);
         args.extend(options.controller_args.iter().cloned());
         let config = demofleet_controller::config::Config::try_parse_from(&args).expect("controller flags");
         let controller = Controller::start(config).await.expect("controller starts");
@@ -400,6 +406,11 @@ impl Stack {
         std::fs::read_to_string(self.scratch.path().join(format!("agent-{index}.log"))).unwrap_or_default()
     }
 
+    /// The URL of this stack's database.
+    pub fn test_db_url(&self) -> String {
+        self.test_db.url.clone()
+    }
+
     /// The in-process controller's state.
     pub fn controller_state(&self) -> &demofleet_controller::state::AppState {
         &self.controller.as_ref().expect("the controller runs in this process").state
@@ -499,12 +510,6 @@ impl Stack {
     /// GET a streamed answer (a live log): its body may take up to five minutes.
     pub async fn follow(&self, path: &str) -> reqwest::Response {
         self.http.get(self.url(path)).timeout(Duration::from_secs(300)).send().await.unwrap()
-    }
-
-    /// [`Stack::follow`], resuming after the event `last_event_id` as a browser does.
-    pub async fn follow_after(&self, path: &str, last_event_id: &str) -> reqwest::Response {
-        let request = self.http.get(self.url(path)).header("last-event-id", last_event_id);
-        request.timeout(Duration::from_secs(300)).send().await.unwrap()
     }
 
     /// PUT a repository's settings.

@@ -9,9 +9,11 @@
 //! - [`tokens`]: API tokens for scripts (`tokens create`, `list`, `revoke`, `check`).
 //! - [`deploy_local`]: a folder on this machine deployed as a pull request's demo, through a
 //!   local bare repository and a signed webhook (`deploy-local DIR`).
+//! - [`hosts`]: enrolment of hosts (`hosts enroll`, `revoke`, `list`).
 
 pub mod context;
 pub mod deploy_local;
+pub mod hosts;
 pub mod tokens;
 
 use anyhow::Context;
@@ -35,6 +37,8 @@ pub struct Cli {
     pub config: Config,
 }
 
+// Parsed once per run: the size of the larger variants (their broker settings) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply the database migrations and exit.
@@ -45,6 +49,9 @@ pub enum Command {
     /// Deploy a folder on this machine as a pull request's demo, as GitHub would (a local
     /// bare repository and a signed `pull_request` webhook); run again to update it.
     DeployLocal(Box<deploy_local::DeployLocal>),
+    /// Hosts of the fleet: enrol, revoke or list them.
+    #[command(subcommand)]
+    Hosts(hosts::Hosts),
 }
 
 /// The program: logs to stderr (`DEMOFLEET_LOG`); runs the controller until SIGTERM or
@@ -69,6 +76,7 @@ pub async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Tokens(command)) => tokens::run(command).await,
         Some(Command::DeployLocal(args)) => deploy_local::run(*args).await,
+        Some(Command::Hosts(command)) => hosts::run(command).await,
     }
 }
 
@@ -105,5 +113,10 @@ mod tests {
                 .unwrap();
         let Some(Command::DeployLocal(args)) = cli.command else { panic!("deploy-local: {cli:?}") };
         assert_eq!((args.dir.to_str(), args.pr, args.owner.as_str()), (Some("examples/web-app"), 3, "local"));
+        let cli = parse(&["hosts", "enroll", "host-a", "--json", "--agent-user-prefix", "f1-"]).unwrap();
+        let Some(Command::Hosts(hosts::Hosts::Enroll { id, json, settings })) = cli.command else {
+            panic!("hosts enroll: {cli:?}")
+        };
+        assert_eq!((id.as_str(), json, settings.enrolment.agent_user_prefix.as_str()), ("host-a", true, "f1-"));
     }
 }

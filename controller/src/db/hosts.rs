@@ -22,12 +22,14 @@ pub struct Host {
     pub disk_free_bytes: Option<i64>,
 }
 
-/// Record a heartbeat: the host exists, is alive now, and has this inventory.
+/// Record a heartbeat: the host exists, is alive now, and has this inventory. A revoked
+/// host's heartbeat changes nothing.
 pub async fn record_heartbeat(db: impl PgExecutor<'_>, beat: &Heartbeat) -> sqlx::Result<()> {
     let capacity = i32::try_from(beat.capacity).unwrap_or(i32::MAX);
     sqlx::query(
         "insert into hosts (id, address, capacity, agent_version, inventory, disk_total_bytes, disk_free_bytes)
-         values ($1, $2, $3, $4, $5, $6, $7)
+         select $1, $2, $3, $4, $5, $6, $7
+         where not exists (select 1 from host_enrolments e where e.host_id = $1 and e.revoked_at is not null)
          on conflict (id) do update set address = excluded.address, capacity = excluded.capacity,
              agent_version = excluded.agent_version, inventory = excluded.inventory, last_seen = now(),
              disk_total_bytes = excluded.disk_total_bytes, disk_free_bytes = excluded.disk_free_bytes",
@@ -57,6 +59,13 @@ pub async fn fold_load(db: impl PgExecutor<'_>) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// The hosts of the fleet: revoked ones have left it.
 pub async fn list(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Host>> {
-    sqlx::query_as("select * from hosts order by id").fetch_all(db).await
+    sqlx::query_as(
+        "select h.* from hosts h
+         where not exists (select 1 from host_enrolments e where e.host_id = h.id and e.revoked_at is not null)
+         order by h.id",
+    )
+    .fetch_all(db)
+    .await
 }

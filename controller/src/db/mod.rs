@@ -4,9 +4,9 @@
 pub mod audit;
 pub mod chains;
 pub mod demos;
+pub mod enrolments;
 pub mod events;
 pub mod hosts;
-pub mod logs;
 pub mod outbox;
 pub mod settings;
 pub mod tokens;

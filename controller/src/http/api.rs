@@ -24,7 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/deliveries", get(list_deliveries))
         .route("/api/deliveries/{id}/redeliver", post(redeliver))
         .route("/api/demos/{id}", get(demo_detail))
-        .route("/api/hosts", get(list_hosts))
+        .route("/api/hosts", get(list_hosts).post(enrol_host))
         .route("/api/repos/{owner}/{repo}/settings", get(get_settings).put(put_settings))
         .route("/api/chains/{id}/retry", post(retry_chain))
 }
@@ -146,13 +146,35 @@ async fn demo_action(
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "demo": id, "action": action }))))
 }
 
-/// `POST /api/hosts/{id}/drain`, `/undrain`.
+/// What `POST /api/hosts` enrols.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrolRequest {
+    id: String,
+}
+
+/// `POST /api/hosts {"id": ...}`: enrol a host (again, with new credentials, if it was);
+/// answers the agent's settings, with its credentials, once.
+async fn enrol_host(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    body: Result<Json<EnrolRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<crate::enrolment::AgentSettings>), ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let settings = app.enrolment.enrol(&request.id, &who.actor()).await?;
+    Ok((StatusCode::CREATED, Json(settings)))
+}
+
+/// `POST /api/hosts/{id}/drain`, `/undrain`, `/revoke`.
 async fn host_action(
     State(app): State<AppState>,
     Extension(who): Extension<Principal>,
     Path((id, action)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     actions::on_host(&app, &id, &action, &who.actor()).await?;
+    if action == "revoke" {
+        return Ok(Json(serde_json::json!({ "host": id, "revoked": true })));
+    }
     Ok(Json(serde_json::json!({ "host": id, "draining": action == "drain" })))
 }
 
