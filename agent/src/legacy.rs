@@ -67,7 +67,7 @@ pub async fn launch(ctx: &AgentContext, spec: &DemoSpec, dir: &Path) -> anyhow::
         let port = free_port(ctx.config.publish_address())?;
         let network = docker::ensure_network(&ctx.docker, &ctx.config, spec).await?;
         let opts = docker_opts(&ctx.config, &ctx.host_id, spec, port, &network)?;
-        ctx.log(spec, &format!("./run serve --detach --port {port}"));
+        ctx.log(spec, "launch", &format!("./run serve --detach --port {port}"));
         run_script(ctx, spec, dir, port, &opts).await?;
     }
     ctx.docker.start_container(&name, None).await.or_else(docker::already_started)?;
@@ -114,7 +114,7 @@ async fn run_script(ctx: &AgentContext, spec: &DemoSpec, dir: &Path, port: u16, 
     let finished = tokio::time::timeout(ctx.config.health_timeout.max(Duration::from_secs(600)), async {
         use futures::StreamExt;
         while let Some(line) = lines.next().await {
-            ctx.log(spec, &line);
+            ctx.log(spec, "launch", &line);
             tail.push(line);
             if tail.len() > 20 {
                 tail.remove(0);

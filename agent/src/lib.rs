@@ -64,9 +64,10 @@ impl AgentContext {
         self.locks.lock().expect("lock map").entry(demo).or_default().clone()
     }
 
-    /// Send a line to the demo's live log.
-    pub fn log(&self, spec: &DemoSpec, line: &str) {
-        publish_log(&self.nats, topology::log_subject(&self.config.messaging.nats_prefix, &spec.id), line);
+    /// Send a line that `step` printed to the demo's log.
+    pub fn log(&self, spec: &DemoSpec, step: &str, line: &str) {
+        let subject = topology::log_subject(&self.config.messaging.nats_prefix, &spec.id);
+        publish_log(&self.nats, subject, spec.generation, step, line);
     }
 
     /// Relay the output of the container `spec` just launched or woke, from `since` (Unix
@@ -75,16 +76,24 @@ impl AgentContext {
         let (docker, nats, spec) = (self.docker.clone(), self.nats.clone(), spec.clone());
         let subject = topology::log_subject(&self.config.messaging.nats_prefix, &spec.id);
         tokio::spawn(async move {
-            docker::follow_logs(&docker, &spec, since, |line| publish_log(&nats, subject.clone(), line)).await;
+            let generation = spec.generation;
+            docker::follow_logs(&docker, &spec, since, |line| {
+                publish_log(&nats, subject.clone(), generation, "run", line)
+            })
+            .await;
         });
     }
 }
 
-fn publish_log(nats: &async_nats::Client, subject: String, line: &str) {
+/// Publish a log line with its generation and step in headers (the controller keeps them).
+fn publish_log(nats: &async_nats::Client, subject: String, generation: i64, step: &str, line: &str) {
     let nats = nats.clone();
     let payload = line.to_string().into_bytes();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(topology::LOG_GENERATION_HEADER, generation.to_string().as_str());
+    headers.insert(topology::LOG_STEP_HEADER, step);
     tokio::spawn(async move {
-        let _ = nats.publish(subject, payload.into()).await;
+        let _ = nats.publish_with_headers(subject, headers, payload.into()).await;
     });
 }
 

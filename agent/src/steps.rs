@@ -18,7 +18,7 @@ pub async fn run(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> StepOutcome
             let error = format!("{err:#}");
             let retryable = !is_permanent(&err);
             tracing::warn!(%error, retryable, "step failed");
-            ctx.log(spec, &format!("{} failed: {error}", step.as_str()));
+            ctx.log(spec, step.as_str(), &format!("{} failed: {error}", step.as_str()));
             StepOutcome::Failed { error, retryable }
         }
     }
@@ -31,7 +31,7 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
     match step {
         Step::Checkout => {
             ensure_free_disk(ctx).await?;
-            ctx.log(spec, &format!("checking out {}", spec.sha));
+            ctx.log(spec, step.as_str(), &format!("checking out {}", spec.sha));
             let token = git_token(ctx).await?;
             let policy =
                 git::Policy { local: ctx.config.git_local_root.is_some(), timeout: ctx.config.checkout_timeout };
@@ -41,14 +41,19 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
             let plan = allowed(demo_config::plan(&dir, &ctx.config)?, spec)?;
             ensure_free_disk(ctx).await?;
             if plan.legacy_run {
-                ctx.log(spec, "legacy ./run mode: ./run serve builds and starts the container at launch");
+                ctx.log(
+                    spec,
+                    step.as_str(),
+                    "legacy ./run mode: ./run serve builds and starts the container at launch",
+                );
                 return Ok(output);
             }
             // The build's steps run on the demo's own network, fenced like the demo itself
             // (the host's firewall policy matches its bridge), not on Docker's default one.
             let network = docker::ensure_network(&ctx.docker, &ctx.config, spec).await?;
-            let image =
-                docker::build(&ctx.docker, &ctx.config.build, spec, &plan, &network, |line| ctx.log(spec, line));
+            let image = docker::build(&ctx.docker, &ctx.config.build, spec, &plan, &network, |line| {
+                ctx.log(spec, step.as_str(), line)
+            });
             output.image = Some(image.await?);
         }
         Step::Launch => {
@@ -59,7 +64,11 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
             } else {
                 docker::launch(&ctx.docker, &ctx.config, &ctx.host_id, spec, &plan).await?
             };
-            ctx.log(spec, &format!("container {container} answers on {}:{port}", ctx.config.host_address));
+            ctx.log(
+                spec,
+                step.as_str(),
+                &format!("container {container} answers on {}:{port}", ctx.config.host_address),
+            );
             ctx.follow_container(spec, 0);
             output.container_id = Some(container);
             output.host_port = Some(port);
@@ -80,13 +89,13 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
         }
         Step::Sleep => {
             docker::sleep(&ctx.docker, spec).await?;
-            ctx.log(spec, "no requests for a while: the container sleeps until the next visit");
+            ctx.log(spec, step.as_str(), "no requests for a while: the container sleeps until the next visit");
         }
         Step::Wake => {
             // Its output from now on: what it printed before it slept was sent then.
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             docker::wake(&ctx.docker, spec).await?;
-            ctx.log(spec, "a visit woke the container");
+            ctx.log(spec, step.as_str(), "a visit woke the container");
             ctx.follow_container(spec, i32::try_from(now.as_secs()).unwrap_or(0));
         }
         Step::Authorize | Step::Route | Step::Unroute => anyhow::bail!("{} is a controller step", step.as_str()),

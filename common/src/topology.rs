@@ -38,6 +38,17 @@ pub fn all_heartbeats(prefix: &str) -> String {
     format!("{prefix}.host.*.heartbeat")
 }
 
+/// NATS header of a log line: the generation of the demo it belongs to.
+pub const LOG_GENERATION_HEADER: &str = "Demofleet-Generation";
+/// NATS header of a log line: the step that printed it (`checkout`, `build`, …), or `run`
+/// for the running container's own output.
+pub const LOG_STEP_HEADER: &str = "Demofleet-Step";
+
+/// NATS subject matching every demo's log lines.
+pub fn all_logs(prefix: &str) -> String {
+    format!("{prefix}.demo.*.log")
+}
+
 /// NATS subject of a demo's build and run log lines.
 pub fn log_subject(prefix: &str, demo_id: &uuid::Uuid) -> String {
     format!("{prefix}.demo.{demo_id}.log")

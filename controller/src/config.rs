@@ -164,6 +164,14 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_WEBHOOK_MAX_BYTES", default_value_t = 25 * 1024 * 1024)]
     pub webhook_max_bytes: usize,
 
+    /// Bytes of log kept per demo generation (the newest lines; older ones are dropped).
+    #[arg(long, env = "DEMOFLEET_LOG_KEEP_BYTES", default_value_t = 5 * 1024 * 1024)]
+    pub log_keep_bytes: i64,
+
+    /// Generations of a demo whose logs are kept (the newest ones).
+    #[arg(long, env = "DEMOFLEET_LOG_KEEP_GENERATIONS", default_value_t = 3)]
+    pub log_keep_generations: i64,
+
     /// A host whose last heartbeat is older than this is not given new demos.
     #[arg(long, env = "DEMOFLEET_HOST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub host_timeout: Duration,

@@ -40,6 +40,7 @@ pub mod github;
 pub mod http;
 pub mod intake;
 pub mod jobs;
+pub mod keep_logs;
 pub mod lease;
 pub mod reconcile;
 pub mod retention;
@@ -94,6 +95,9 @@ impl Controller {
         let fleet_id = db::enrolments::fleet_identity(&db).await.context("reading the fleet's identity")?;
         let all_heartbeats = demofleet_common::topology::all_heartbeats(&config.messaging.nats_prefix);
         let heartbeats = nats.queue_subscribe(all_heartbeats, format!("demofleet-controllers-{fleet_id}")).await?;
+        // Each log line is kept by one replica too.
+        let all_logs = demofleet_common::topology::all_logs(&config.messaging.nats_prefix);
+        let log_lines = nats.queue_subscribe(all_logs, format!("demofleet-log-keepers-{fleet_id}")).await?;
 
         let http_listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -155,6 +159,12 @@ impl Controller {
         let consumer =
             broker::consumer::Consumer { broker: broker.clone(), queue_type: config.messaging.queue_type(), jobs };
         tasks.spawn(broker::consumer::run(consumer, stop.clone()));
+        let keeper = keep_logs::Keeper {
+            db: db.clone(),
+            keep_bytes: config.log_keep_bytes,
+            keep_generations: config.log_keep_generations,
+        };
+        tasks.spawn(keep_logs::run(keeper, log_lines, stop.clone()));
         let fleet = fleet::Fleet { scheduler: scheduler.clone(), config: config.clone() };
         tasks.spawn(fleet::run_heartbeats(fleet.clone(), heartbeats, stop.clone()));
         tasks.spawn(fleet::run_tick(fleet, stop.clone()));

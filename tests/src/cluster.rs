@@ -177,7 +177,7 @@ impl RabbitCluster {
     pub async fn close_connections(&self, vhost: &str) {
         let listed = self.management_get(&format!("/vhosts/{vhost}/connections")).await.unwrap_or_default();
         let index = (0..self.nodes.len()).find(|i| self.is_running(*i)).expect("a running node");
-        let client = reqwest::Client::new();
+        let client = crate::http_client().build().unwrap();
         for connection in listed.as_array().map(Vec::as_slice).unwrap_or_default() {
             let Some(name) = connection["name"].as_str() else { continue };
             let url = format!(

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 /// For quick commands (`docker ps`, `ip link`, `git commit`): generous on a loaded machine.
 pub const QUICK: Duration = Duration::from_secs(60);
 
+/// For `docker` commands that may load, build or remove images.
+pub const DOCKER: Duration = Duration::from_secs(300);
+
 /// Run `command` to its end with its standard input closed, or kill it and everything it
 /// started (its process group) once `deadline` has passed: its output, or an error that
 /// says which command ran out of time and what it had printed.

@@ -326,7 +326,8 @@ fn authenticate(inner: &Inner, bearer: &str, wants_jwt: bool) -> Result<&'static
 pub fn app_key_pair(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {
     let private = dir.join("app-key.pem");
     let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").args(args).output().expect("openssl runs");
+        let out = crate::command::output(std::process::Command::new("openssl").args(args), crate::command::QUICK)
+            .expect("openssl runs");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         out.stdout
     };

@@ -57,7 +57,8 @@ impl Engine {
 
     /// `docker ARGS` against this engine: its output, or what went wrong.
     pub fn docker(&self, args: &[&str]) -> Result<String, String> {
-        let out = self.command().args(args).output().map_err(|e| format!("docker {args:?}: {e}"))?;
+        let out = crate::command::output(self.command().args(args), crate::command::DOCKER)
+            .map_err(|e| format!("docker {args:?}: {e}"))?;
         if !out.status.success() {
             return Err(format!("docker {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
         }
@@ -275,7 +276,8 @@ impl Drop for TestHost {
 /// one rule accepting traffic from one host's link to another's (`dfr*`), made once.
 fn route_between_hosts() {
     let rule = ["DOCKER-USER", "-i", "dfr+", "-o", "dfr+", "-j", "ACCEPT"];
-    let present = Command::new("iptables").args(["-w", "10", "-C"]).args(rule).output();
+    let present =
+        crate::command::output(Command::new("iptables").args(["-w", "10", "-C"]).args(rule), crate::command::QUICK);
     if !present.is_ok_and(|o| o.status.success()) {
         run("iptables", &[&["-w", "10", "-I"][..], &rule[..]].concat());
     }
@@ -325,8 +327,8 @@ fn load_image(engine: &Engine, image: &str) {
 
 /// A /30 of 10.231.0.0/16 that no interface here uses: (root end, host end).
 fn free_link_addresses() -> (String, String) {
-    let used = String::from_utf8(Command::new("ip").args(["-o", "-4", "addr", "show"]).output().unwrap().stdout)
-        .unwrap_or_default();
+    let listed = crate::command::output(Command::new("ip").args(["-o", "-4", "addr", "show"]), crate::command::QUICK);
+    let used = String::from_utf8(listed.unwrap().stdout).unwrap_or_default();
     loop {
         let n = Uuid::new_v4().as_u128();
         let (third, fourth) = ((n % 256) as u8, ((n >> 8) % 64) as u8 * 4);
@@ -338,6 +340,7 @@ fn free_link_addresses() -> (String, String) {
 }
 
 pub(crate) fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    let out = crate::command::output(Command::new(program).args(args), crate::command::QUICK)
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }

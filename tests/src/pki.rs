@@ -76,11 +76,10 @@ impl TestPki {
 
 /// `openssl` with the words of `command`, then `args` as they are.
 fn openssl(dir: &Path, command: &str, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(command.split_whitespace())
-        .args(args)
-        .output()
-        .expect("openssl runs");
+    let out = crate::command::output(
+        Command::new("openssl").current_dir(dir).args(command.split_whitespace()).args(args),
+        crate::command::QUICK,
+    )
+    .expect("openssl runs");
     assert!(out.status.success(), "openssl {command} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }

@@ -412,7 +412,7 @@ impl PrivateNats {
     /// GET `path` of the server's monitoring endpoint.
     pub async fn monitor(&self, path: &str) -> Option<serde_json::Value> {
         let url = format!("http://127.0.0.1:{}{path}", self.monitor_port?);
-        reqwest::get(url).await.ok()?.json().await.ok()
+        crate::http_client().build().ok()?.get(url).send().await.ok()?.json().await.ok()
     }
 
     /// What the server logged, for failure messages.

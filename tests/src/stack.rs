@@ -181,9 +181,7 @@ pub fn remove_host_leftovers(host_id: &str) {
     {
         let filter = format!("label=run.demo.host={host_id}");
         let docker = |args: &[&str]| {
-            std::process::Command::new("docker")
-                .args(args)
-                .output()
+            crate::command::output(std::process::Command::new("docker").args(args), crate::command::DOCKER)
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         };
         let format = "{{.ID}} {{.Image}} {{.Networks}}";
@@ -510,6 +508,12 @@ impl Stack {
     /// GET a streamed answer (a live log): its body may take up to five minutes.
     pub async fn follow(&self, path: &str) -> reqwest::Response {
         self.http.get(self.url(path)).timeout(Duration::from_secs(300)).send().await.unwrap()
+    }
+
+    /// [`Stack::follow`], resuming after the event `last_event_id` as a browser does.
+    pub async fn follow_after(&self, path: &str, last_event_id: &str) -> reqwest::Response {
+        let request = self.http.get(self.url(path)).header("last-event-id", last_event_id);
+        request.timeout(Duration::from_secs(300)).send().await.unwrap()
     }
 
     /// PUT a repository's settings.

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
+use demofleet_tests::command;
 use demofleet_tests::fixtures::{self, FixtureRepo};
 use demofleet_tests::stack::{Stack, StackOptions};
 use uuid::Uuid;
@@ -15,7 +16,7 @@ use uuid::Uuid;
 const DEADLINE: Duration = Duration::from_secs(120);
 
 fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker runs");
+    let out = command::output(Command::new("docker").args(args), command::DOCKER).expect("docker runs");
     assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use demofleet_tests::fixtures::FixtureRepo;
 use demofleet_tests::stack::{Stack, StackOptions};
-use demofleet_tests::{fixtures, wait};
+use demofleet_tests::{command, fixtures, wait};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -37,10 +37,11 @@ async fn step(stack: &Stack, demo: &str, name: &str) -> Option<Value> {
 }
 
 fn containers_of(demo_id: &str) -> usize {
-    let output = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label=run.demo.id={demo_id}")])
-        .output()
-        .unwrap();
+    let output = command::output(
+        Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=run.demo.id={demo_id}")]),
+        command::DOCKER,
+    )
+    .unwrap();
     String::from_utf8_lossy(&output.stdout).lines().count()
 }
 

@@ -22,6 +22,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use demofleet_tests::cluster::{RabbitCluster, RabbitOptions};
+use demofleet_tests::command;
 use demofleet_tests::fake_github::{app_key_pair, FakeGitHub};
 use demofleet_tests::fixtures::{self, FixtureRepo};
 use demofleet_tests::services::{nats_prefix, PrivateNats, Services, TestDb};
@@ -444,7 +445,7 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
         env!("CARGO_BIN_EXE_fleet-controller"),
         &logs,
     );
-    let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let plain = demofleet_tests::http_client().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let ready = format!("http://{listen}/readyz");
     wait::until("the controller to be ready", Duration::from_secs(60), || async {
         controller.assert_running();
@@ -580,9 +581,13 @@ fn tls_files_and_settings(root: &Path, secrets: &Path, etc: &Path, host_id: &str
 
 /// `cert`, checked against `ca` (`openssl verify`), as `openssl x509 -text` prints it.
 fn certificate_text(ca: &Path, cert: &Path) -> String {
-    let verify = Command::new("openssl").arg("verify").arg("-CAfile").arg(ca).arg(cert).output().unwrap();
+    let verify =
+        command::output(Command::new("openssl").arg("verify").arg("-CAfile").arg(ca).arg(cert), command::QUICK)
+            .unwrap();
     assert!(verify.status.success(), "{} against {}: {verify:?}", cert.display(), ca.display());
-    let text = Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(cert).output().unwrap();
+    let text =
+        command::output(Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(cert), command::QUICK)
+            .unwrap();
     String::from_utf8_lossy(&text.stdout).into_owned()
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use uuid::Uuid;
 
+use demofleet_tests::command;
 use demofleet_tests::fixtures::{self, sign, FixtureRepo};
 use demofleet_tests::spy::Spy;
 use demofleet_tests::stack::{Stack, StackOptions};
@@ -142,14 +143,19 @@ async fn hostile_demo_configurations_are_refused_and_nothing_is_launched() {
         let error = demo["error"].as_str().unwrap_or_default();
         assert!(error.starts_with("build failed: .demofleet.toml") && error.contains(reason), "{name}: {error}");
         let id = demo["id"].as_str().unwrap();
-        let containers = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("label=run.demo.id={id}")])
-            .output()
-            .unwrap()
-            .stdout;
+        let containers = command::output(
+            Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=run.demo.id={id}")]),
+            command::DOCKER,
+        )
+        .unwrap()
+        .stdout;
         assert!(containers.is_empty(), "{name}: nothing launched");
-        let images =
-            Command::new("docker").args(["images", "-q", &format!("demofleet/{name}")]).output().unwrap().stdout;
+        let images = command::output(
+            Command::new("docker").args(["images", "-q", &format!("demofleet/{name}")]),
+            command::DOCKER,
+        )
+        .unwrap()
+        .stdout;
         assert!(images.is_empty(), "{name}: nothing built");
     }
     stack.stop().await;

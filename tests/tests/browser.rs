@@ -43,7 +43,15 @@ async fn start_driver() -> Driver {
     let url = format!("http://127.0.0.1:{port}");
     let status = format!("{url}/status");
     wait::until("chromedriver to listen", Duration::from_secs(30), || async {
-        reqwest::get(&status).await.ok().filter(|r| r.status().is_success()).map(drop)
+        demofleet_tests::http_client()
+            .build()
+            .unwrap()
+            .get(&status)
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(drop)
     })
     .await;
     Driver { child, url }
@@ -122,7 +130,9 @@ async fn an_admin_signs_in_opens_a_demo_and_stops_it_in_a_browser() {
     let demo = stack.wait_for_state(&name, "running", DEADLINE).await;
     let id = demo["id"].as_str().unwrap().to_string();
     let email = "browser@example.com";
-    let user = reqwest::Client::new()
+    let user = demofleet_tests::http_client()
+        .build()
+        .unwrap()
         .put(format!("{}/users/{email}", stack.services.oidc_issuer))
         .json(&json!({ "email": email, "name": "Browser Admin" }))
         .send()

@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use demofleet_tests::command;
 use demofleet_tests::fixtures::{self, FixtureRepo};
 use demofleet_tests::fleet::{Fleet, FleetHost};
 use demofleet_tests::oidc;
@@ -287,6 +288,6 @@ impl Drop for Internet {
 }
 
 fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    let out = command::output(Command::new(args[0]).args(&args[1..]), command::QUICK).unwrap();
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use uuid::Uuid;
 
+use demofleet_tests::command;
 use demofleet_tests::fixtures::{self, FixtureRepo};
 use demofleet_tests::stack::{Stack, StackOptions};
 use demofleet_tests::wait;
@@ -17,7 +18,7 @@ use demofleet_tests::wait;
 const DEADLINE: Duration = Duration::from_secs(180);
 
 fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker runs");
+    let out = command::output(Command::new("docker").args(args), command::DOCKER).expect("docker runs");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 

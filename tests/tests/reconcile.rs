@@ -5,6 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use demofleet_tests::command;
 use demofleet_tests::fixtures::{self, FixtureRepo};
 use demofleet_tests::stack::{Stack, StackOptions};
 use demofleet_tests::wait;
@@ -13,7 +14,7 @@ use uuid::Uuid;
 const DEADLINE: Duration = Duration::from_secs(120);
 
 fn docker(args: &[&str]) -> String {
-    let output = Command::new("docker").args(args).output().expect("docker runs");
+    let output = command::output(Command::new("docker").args(args), command::DOCKER).expect("docker runs");
     assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap().trim().to_string()
 }

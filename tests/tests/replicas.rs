@@ -107,7 +107,7 @@ async fn two_replicas_share_the_work_and_survive_losing_one() {
     .unwrap();
     assert_eq!(chains_twice, 0, "a generation got two deploy chains");
     one_lease_holder(&stack).await;
-    let rejoined = reqwest::get(replica.url("/readyz")).await.unwrap();
+    let rejoined = demofleet_tests::http_client().build().unwrap().get(replica.url("/readyz")).send().await.unwrap();
     assert_eq!(rejoined.status(), 200);
     drop(replica);
     stack.stop().await;

@@ -78,7 +78,16 @@ async fn traefik_configuration_and_the_edge_follow_the_demos() {
     let server = dynamic["http"]["services"][&name]["loadBalancer"]["servers"][0]["url"].as_str().unwrap().to_string();
     assert!(server.starts_with("http://127.0.0.1:"), "{server}");
     // The service URL is where the demo really answers.
-    let direct = reqwest::get(format!("{server}/")).await.unwrap().text().await.unwrap();
+    let direct = demofleet_tests::http_client()
+        .build()
+        .unwrap()
+        .get(format!("{server}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(direct.contains("routed"));
     // The file provider's copy is the same configuration.
     let written = wait::until("the Traefik file to list the demo", DEADLINE, || async {
@@ -240,7 +249,9 @@ async fn a_read_dropped_by_the_old_generation_is_asked_again_where_the_route_mov
             moved.await;
         });
         let before = answered.load(Ordering::SeqCst);
-        let response = reqwest::Client::new()
+        let response = demofleet_tests::http_client()
+            .build()
+            .unwrap()
             .request(method.clone(), format!("http://{}/", stack.edge_addr))
             .header("host", format!("{name}.localhost"))
             .send()

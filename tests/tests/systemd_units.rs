@@ -32,7 +32,11 @@ fn verify(name: &str, text: &str, program: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(name);
     std::fs::write(&path, text.replace(program, "/bin/true")).unwrap();
-    let output = Command::new("systemd-analyze").arg("verify").arg(&path).output().expect("systemd-analyze runs");
+    let output = demofleet_tests::command::output(
+        Command::new("systemd-analyze").arg("verify").arg(&path),
+        demofleet_tests::command::QUICK,
+    )
+    .expect("systemd-analyze runs");
     let complaints = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && complaints.trim().is_empty(), "{name}: {complaints}");
 }
@@ -83,6 +87,8 @@ fn the_firewall_unit_applies_the_policy_after_docker() {
         assert!(text.lines().any(|l| l == line), "{name}: {line}");
     }
     let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/firewall/demofleet-firewall");
-    let check = Command::new("bash").arg("-n").arg(&shipped).output().unwrap();
+    let check =
+        demofleet_tests::command::output(Command::new("bash").arg("-n").arg(&shipped), demofleet_tests::command::QUICK)
+            .unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
 }

@@ -33,7 +33,7 @@ async fn synchronize_switches_to_the_new_commit_with_no_failed_request() {
     let client = {
         let (running, edge, host) = (running.clone(), stack.edge_addr, host.clone());
         tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = demofleet_tests::http_client().build().unwrap();
             let mut seen: HashMap<String, usize> = HashMap::new();
             while running.load(Ordering::Relaxed) {
                 let answer = http.get(format!("http://{edge}/")).header("host", &host).send().await;

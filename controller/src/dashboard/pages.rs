@@ -163,7 +163,17 @@ struct DemoPage<'a> {
     host: String,
     url: String,
     chains: Vec<ChainView>,
+    /// The newest generation with kept log lines, and its last lines.
+    log_generation: Option<i64>,
+    log: Vec<crate::db::logs::LogLine>,
+    /// Older lines of that generation are not shown.
+    log_cut: bool,
+    /// The id the live log follows after.
+    log_after: i64,
 }
+
+/// Kept lines shown on the demo page (the whole log is a download away).
+const PAGE_LOG_LINES: i64 = 500;
 
 /// One attempt of a step, as the demo page lists it.
 struct AttemptRow {
@@ -199,7 +209,18 @@ async fn demo(State(app): State<AppState>, Extension(who): Extension<Principal>,
         let url = app.urls.url(&app.urls.hostname(&demo.name));
         let host = demo.host_id.clone().unwrap_or_else(|| "none".into());
         let title = demos::titles(&app.db, std::slice::from_ref(&demo)).await?.remove(&demo.id).unwrap_or_default();
-        render(&DemoPage { layout, demo, title, host, url, chains })
+        let log_generation = crate::db::logs::newest_generation(&app.db, id).await?;
+        let log = match log_generation {
+            Some(generation) => crate::db::logs::tail(&app.db, id, generation, PAGE_LOG_LINES).await?,
+            None => Vec::new(),
+        };
+        let log_after = sqlx::query_scalar::<_, Option<i64>>("select max(id) from demo_logs where demo_id = $1")
+            .bind(id)
+            .fetch_one(&app.db)
+            .await?
+            .unwrap_or(0);
+        let log_cut = log.len() as i64 >= PAGE_LOG_LINES;
+        render(&DemoPage { layout, demo, title, host, url, chains, log_generation, log, log_cut, log_after })
     })
     .await
 }

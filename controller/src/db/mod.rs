@@ -7,6 +7,7 @@ pub mod demos;
 pub mod enrolments;
 pub mod events;
 pub mod hosts;
+pub mod logs;
 pub mod outbox;
 pub mod settings;
 pub mod tokens;

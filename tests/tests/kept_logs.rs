@@ -1,0 +1,96 @@
+//! Logs that last: a failed build's output is kept in PostgreSQL with its generation and
+//! step, and is still there — on the demo page, replayed by `GET /api/demos/{id}/logs`,
+//! as a download — after the agent that built it was stopped. A reconnect with
+//! `Last-Event-ID` goes on after the last line seen, repeating none.
+
+use std::time::Duration;
+
+use demofleet_tests::fixtures::{self, FixtureRepo};
+use demofleet_tests::oidc::{self, get_with};
+use demofleet_tests::stack::{Stack, StackOptions};
+use uuid::Uuid;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// The `(id, data)` of the events in `response` until `until` is seen or `wait` passes
+/// without a chunk.
+async fn events(mut response: reqwest::Response, until: &str, wait: Duration) -> Vec<(String, String)> {
+    let mut received = String::new();
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout(wait, response.chunk()).await {
+        received.push_str(&String::from_utf8_lossy(&chunk));
+        if received.contains(until) && received.ends_with("\n\n") {
+            break;
+        }
+    }
+    let mut parsed = Vec::new();
+    for block in received.split("\n\n") {
+        let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).map(str::to_string);
+        if let (Some(id), Some(data)) = (field("id: "), field("data: ")) {
+            parsed.push((id, data));
+        }
+    }
+    parsed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_builds_output_outlives_its_agent() {
+    let options = StackOptions { controller_args: vec!["--retry-delays".into(), "100ms".into()], ..Default::default() };
+    let mut stack = Stack::start(options).await;
+    let repo_name = format!("kept-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let repo = FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &repo_name);
+    let marker = format!("kept-build-output-{repo_name}");
+    let dockerfile = format!(
+        "FROM {}\nRUN echo {marker}-one && sleep 0.3 && echo {marker}-two && sleep 0.3 && echo {marker}-three \\
+         && sleep 1 && exit 3\n",
+        stack.services.base_image
+    );
+    let sha = repo.commit("a build that fails", &[("Dockerfile", &dockerfile)]);
+    let (_, response) =
+        stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
+    assert_eq!(response.status(), 202);
+    let name = format!("{repo_name}-fixture-owner-pr-2");
+    let demo = stack.wait_for_state(&name, "failed", DEADLINE).await;
+    let id = demo["id"].as_str().unwrap().to_string();
+
+    // The agent that built it goes; nobody was watching the build.
+    stack.stop_agent(0).await;
+
+    // Replayed, in order (a failed build is tried again: the first attempt's lines first).
+    let path = format!("/api/demos/{id}/logs");
+    let replay = events(stack.follow(&path).await, "build failed", Duration::from_secs(5)).await;
+    let mine: Vec<&(String, String)> = replay.iter().filter(|(_, d)| d.starts_with(&marker)).collect();
+    let data: Vec<&str> = mine.iter().map(|(_, d)| d.as_str()).collect();
+    let expected = [format!("{marker}-one"), format!("{marker}-two"), format!("{marker}-three")];
+    assert!(data.len() >= 3, "{replay:?}");
+    assert_eq!(data[..3], expected.iter().map(String::as_str).collect::<Vec<_>>(), "{replay:?}");
+    assert!(replay.iter().any(|(_, d)| d.starts_with("build failed")), "the step's failure too: {replay:?}");
+    let ids: Vec<i64> = replay.iter().map(|(i, _)| i.parse().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+
+    // Resumed after the first of the three: what came after it, from the next line on,
+    // none lost and none repeated.
+    let first: i64 = mine[0].0.parse().unwrap();
+    let resumed = events(stack.follow_after(&path, &mine[0].0).await, "build failed", Duration::from_secs(5)).await;
+    let resumed_ids: Vec<i64> = resumed.iter().map(|(i, _)| i.parse().unwrap()).collect();
+    let after: Vec<i64> = ids.iter().copied().filter(|i| *i > first).collect();
+    let n = resumed_ids.len().min(after.len());
+    assert!(n >= 2, "{resumed:?}");
+    assert_eq!(resumed_ids[..n], after[..n], "{resumed:?}");
+    let data: Vec<&str> = resumed.iter().map(|(_, d)| d.as_str()).filter(|d| d.starts_with(&marker)).collect();
+    assert_eq!(data[..2], [expected[1].as_str(), expected[2].as_str()], "{resumed:?}");
+
+    // Kept per generation and step, and downloadable as text.
+    let text = stack.get(&format!("{path}?format=text&generation=1&step=build")).await;
+    assert_eq!(text.status(), 200);
+    assert!(text.headers()["content-disposition"].to_str().unwrap().contains(&format!("{name}-g1-build.log")));
+    let text = text.text().await.unwrap();
+    assert!(text.contains(&format!("[g1 build] {marker}-two")), "{text}");
+    assert!(!text.contains("[g1 checkout]"), "only the build step: {text}");
+
+    // The demo page shows it without anyone having watched.
+    let session = oidc::sign_in(&stack, "admin@example.com").await;
+    let page = get_with(&stack, &format!("/demos/{id}"), &session).await.text().await.unwrap();
+    assert!(page.contains(&format!("[build] {marker}-three")), "{page}");
+    assert!(page.contains("Kept output of generation 1") && !page.contains("Waiting for output"), "{page}");
+    stack.stop().await;
+}
