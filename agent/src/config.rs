@@ -60,6 +60,13 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_CHECKOUT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub checkout_timeout: Duration,
 
+    /// A file holding the key shared with the controller (its
+    /// `DEMOFLEET_SECRETS_TRANSPORT_KEY_FILE`): 32 random bytes, raw or as 64 hex digits. A
+    /// launch's repository secrets arrive sealed with it; read at each launch. Unset: a demo
+    /// whose repository has secrets is refused at launch.
+    #[arg(long, env = "DEMOFLEET_SECRETS_TRANSPORT_KEY_FILE")]
+    pub secrets_transport_key_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub build: BuildLimits,
 

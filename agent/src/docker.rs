@@ -16,6 +16,7 @@ use bollard::Docker;
 use futures::StreamExt;
 
 use demofleet_common::labels;
+use demofleet_common::secret::Secret;
 use demofleet_common::wire::{DemoSpec, InventoryItem};
 
 use crate::config::{BuildLimits, Config};
@@ -247,6 +248,7 @@ pub async fn launch(
     host_id: &str,
     spec: &DemoSpec,
     plan: &Plan,
+    secrets: &[Secret],
 ) -> Result<(String, u16), DockerError> {
     let name = container_name(spec);
     if docker.inspect_container(&name, None).await.is_err() {
@@ -259,6 +261,8 @@ pub async fn launch(
         let network = ensure_network(docker, config, spec).await?;
         let mut env = demo_env(spec, port);
         env.extend(plan.env.iter().cloned());
+        // The repository's secrets (set by an admin) win over what its files say.
+        env.extend(secrets.iter().map(|s| s.expose().to_string()));
         env.extend(config.demo_opts());
         let port_key = format!("{port}/tcp");
         let bindings = HashMap::from([(

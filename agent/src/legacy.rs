@@ -178,6 +178,7 @@ pub(crate) mod tests {
             generation: 3,
             legacy_run: false,
             closed_outbound: false,
+            env: None,
         }
     }
 

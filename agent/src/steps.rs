@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use demofleet_common::sealed;
 use demofleet_common::secret::Secret;
-use demofleet_common::wire::{DemoSpec, Step, StepOutcome, StepOutput};
+use demofleet_common::wire::{DemoEnv, DemoSpec, Step, StepOutcome, StepOutput};
 
 use crate::demo_config::{self, PlanError};
 use crate::{docker, git, legacy, AgentContext};
@@ -62,7 +63,8 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
             let (container, port) = if plan.legacy_run {
                 legacy::launch(ctx, spec, &dir).await?
             } else {
-                docker::launch(&ctx.docker, &ctx.config, &ctx.host_id, spec, &plan).await?
+                let secrets = demo_secrets(ctx, spec)?;
+                docker::launch(&ctx.docker, &ctx.config, &ctx.host_id, spec, &plan, &secrets).await?
             };
             ctx.log(
                 spec,
@@ -114,6 +116,31 @@ fn allowed(plan: demo_config::Plan, spec: &DemoSpec) -> Result<demo_config::Plan
         )));
     }
     Ok(plan)
+}
+
+/// The repository's variables a launch carries, opened with this agent's transport key, as
+/// `NAME=value` for the container. Errors name no value.
+fn demo_secrets(ctx: &AgentContext, spec: &DemoSpec) -> Result<Vec<Secret>, PlanError> {
+    let sealed = match &spec.env {
+        None => return Ok(Vec::new()),
+        Some(DemoEnv::Unavailable(why)) => return Err(PlanError::Refused(why.clone())),
+        Some(DemoEnv::Sealed(sealed)) => sealed,
+    };
+    let Some(path) = &ctx.config.secrets_transport_key_file else {
+        return Err(PlanError::Refused(
+            "the repository has secrets, and this agent has no DEMOFLEET_SECRETS_TRANSPORT_KEY_FILE to open them"
+                .into(),
+        ));
+    };
+    let key = sealed::Key::from_file(path).map_err(|err| PlanError::Refused(err.to_string()))?;
+    let vars = sealed::open_env(&key, &sealed::transport_aad(spec.id, spec.generation), sealed).map_err(|_| {
+        PlanError::Refused(
+            "the repository's secrets do not open with this agent's DEMOFLEET_SECRETS_TRANSPORT_KEY_FILE \
+             (not the controller's key)"
+                .into(),
+        )
+    })?;
+    Ok(vars.into_iter().map(|(name, value)| Secret::new(format!("{name}={value}"))).collect())
 }
 
 /// The token in `DEMOFLEET_GIT_TOKEN_FILE`, read now so a rotated one is used at once.

@@ -11,6 +11,7 @@
 //! - [`wire`]: step messages, step results and heartbeats (serde, versioned).
 //! - [`retry`]: back-off for reconnect loops.
 //! - [`secret`]: settings that never reach a log.
+//! - [`sealed`]: secrets sealed with an AEAD (XChaCha20-Poly1305) under a key read from a file.
 //! - [`signal`]: waiting for SIGINT or SIGTERM.
 //! - [`tls`]: TLS between hosts: its settings, the plain-text rule, the rustls client set-up.
 //! - [`topology`]: exchange, queue and subject names; declaring them on a channel.
@@ -28,6 +29,7 @@ pub mod messaging;
 pub mod names;
 #[cfg(feature = "runtime")]
 pub mod retry;
+pub mod sealed;
 pub mod secret;
 #[cfg(feature = "runtime")]
 pub mod signal;

@@ -45,6 +45,22 @@ pub struct DemoSpec {
     /// setting `closed_outbound`): the demo's network is one the host's firewall closes.
     #[serde(default)]
     pub closed_outbound: bool,
+    /// The repository's environment variables for the container (repository secrets), set
+    /// in launch steps only: sealed with the key controller and agents share, never in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<DemoEnv>,
+}
+
+/// A demo's environment variables as a step message carries them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DemoEnv {
+    /// `NAME`/value pairs sealed (hex) by [`crate::sealed::seal_env`] with the transport key, for
+    /// [`crate::sealed::transport_aad`] of the demo's id and generation.
+    Sealed(String),
+    /// The repository has variables the controller could not send; the launch fails saying
+    /// why (no values in it).
+    Unavailable(String),
 }
 
 /// The steps of a chain. Agent steps run on the demo's host; controller steps in the controller.

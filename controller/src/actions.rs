@@ -201,6 +201,71 @@ fn no_demo(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no demo {id}"))
 }
 
+/// Set `owner/repo`'s variable `name` to `value`, sealed; audited by name only.
+pub async fn set_secret(
+    app: &AppState,
+    owner: &str,
+    repo: &str,
+    name: &str,
+    value: &str,
+    actor: &str,
+) -> Result<(), ApiError> {
+    check_repo(owner, repo)?;
+    let sealed = app.scheduler.vault.seal(owner, repo, name, value).map_err(secret_refused)?;
+    let mut tx = app.db.begin().await?;
+    crate::db::secrets::put(&mut *tx, owner, repo, name, &sealed, actor).await?;
+    let detail = serde_json::json!({ "repo": format!("{owner}/{repo}"), "text": format!("set secret {name}") });
+    audit::record(&mut *tx, actor, "secret", None, detail).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Remove `owner/repo`'s variable `name`.
+pub async fn delete_secret(app: &AppState, owner: &str, repo: &str, name: &str, actor: &str) -> Result<(), ApiError> {
+    check_repo(owner, repo)?;
+    crate::secrets::check_name(name).map_err(secret_refused)?;
+    let mut tx = app.db.begin().await?;
+    if !crate::db::secrets::delete(&mut *tx, owner, repo, name).await? {
+        return Err(ApiError::NotFound(format!("{owner}/{repo} has no secret {name}")));
+    }
+    let detail = serde_json::json!({ "repo": format!("{owner}/{repo}"), "text": format!("deleted secret {name}") });
+    audit::record(&mut *tx, actor, "secret", None, detail).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Share `owner/repo`'s secrets with its forks' previews, or stop sharing them.
+pub async fn set_secrets_for_forks(
+    app: &AppState,
+    owner: &str,
+    repo: &str,
+    shared: bool,
+    actor: &str,
+) -> Result<(), ApiError> {
+    check_repo(owner, repo)?;
+    let mut tx = app.db.begin().await?;
+    let mut settings = crate::db::settings::get(&mut *tx, owner, repo).await?;
+    settings.secrets_for_forks = shared;
+    crate::db::settings::put(&mut *tx, owner, repo, &settings).await?;
+    let detail = serde_json::json!({ "repo": format!("{owner}/{repo}"), "secrets_for_forks": shared });
+    audit::record(&mut *tx, actor, "settings", None, detail).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+fn check_repo(owner: &str, repo: &str) -> Result<(), ApiError> {
+    demofleet_common::names::validate_owner(owner).map_err(ApiError::BadRequest)?;
+    demofleet_common::names::validate_repo(repo).map_err(ApiError::BadRequest)
+}
+
+fn secret_refused(err: crate::secrets::VaultError) -> ApiError {
+    use crate::secrets::VaultError;
+    match err {
+        VaultError::NoKey | VaultError::NoTransportKey => ApiError::Unavailable(err.to_string()),
+        VaultError::BadName(_) | VaultError::BadValue(_) => ApiError::BadRequest(err.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_pull_reference;

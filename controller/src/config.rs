@@ -240,6 +240,18 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_RETRY_DELAYS", default_value = "2s,4s,8s,16s", value_delimiter = ',', value_parser = parse_duration)]
     pub retry_delays: Vec<Duration>,
 
+    /// A file holding the key repository secrets are stored with in PostgreSQL: 32 random
+    /// bytes, raw or as 64 hex digits (`openssl rand -hex 32`); read at start. Unset: setting
+    /// a secret is refused.
+    #[arg(long, env = "DEMOFLEET_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<std::path::PathBuf>,
+
+    /// A file holding the key shared with the agents (the same file on each), with which
+    /// secrets travel sealed in launch steps' messages; as `DEMOFLEET_SECRETS_KEY_FILE`, and
+    /// needed with it.
+    #[arg(long, env = "DEMOFLEET_SECRETS_TRANSPORT_KEY_FILE")]
+    pub secrets_transport_key_file: Option<std::path::PathBuf>,
+
     /// Apply the database migrations and exit (as the `migrate` subcommand does).
     #[arg(long)]
     pub migrate_only: bool,

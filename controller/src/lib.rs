@@ -45,6 +45,7 @@ pub mod lease;
 pub mod reconcile;
 pub mod retention;
 pub mod scheduler;
+pub mod secrets;
 pub mod state;
 pub mod timings;
 pub mod traefik;
@@ -136,6 +137,16 @@ impl Controller {
             min_free_disk_bytes: config.min_free_disk_bytes(),
             permissions: Arc::new(scheduler::authorize::PermissionCache::new(config.permission_cache)),
             timings: timings.clone(),
+            vault: Arc::new(
+                secrets::Vault::load(
+                    config.secrets_key_file.as_deref(),
+                    config.secrets_transport_key_file.as_deref(),
+                    &config.git_url,
+                )
+                .context(
+                    "reading the secrets' keys (DEMOFLEET_SECRETS_KEY_FILE, DEMOFLEET_SECRETS_TRANSPORT_KEY_FILE)",
+                )?,
+            ),
         };
         let config = Arc::new(config);
         let broker = Arc::new(broker);

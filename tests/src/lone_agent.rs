@@ -92,6 +92,7 @@ impl LoneAgent {
             generation: 1,
             legacy_run: false,
             closed_outbound: false,
+            env: None,
         }
     }
 

@@ -516,6 +516,15 @@ impl Stack {
         request.timeout(Duration::from_secs(300)).send().await.unwrap()
     }
 
+    /// PUT `body` as JSON.
+    pub async fn put_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http.put(self.url(path)).json(body).send().await.unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.http.delete(self.url(path)).send().await.unwrap()
+    }
+
     /// PUT a repository's settings.
     pub async fn put_settings(&self, owner: &str, repo: &str, settings: &Value) -> reqwest::Response {
         self.http.put(self.url(&format!("/api/repos/{owner}/{repo}/settings"))).json(settings).send().await.unwrap()

@@ -54,5 +54,6 @@ pub fn spec(urls: &DemoUrls, demo: &Demo) -> DemoSpec {
         generation: demo.generation,
         legacy_run: demo.legacy_run,
         closed_outbound: demo.closed_outbound,
+        env: None,
     }
 }

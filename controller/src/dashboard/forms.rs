@@ -25,6 +25,9 @@ pub fn router() -> Router<AppState> {
         .route("/deliveries/{id}/redeliver", post(redeliver))
         .route("/tokens", post(make_token))
         .route("/tokens/{id}/revoke", post(revoke_token))
+        .route("/repos/{owner}/{repo}/env", post(set_secret))
+        .route("/repos/{owner}/{repo}/env/forks", post(secrets_for_forks))
+        .route("/repos/{owner}/{repo}/env/{name}/delete", post(delete_secret))
 }
 
 /// The fields every form has; `back` (a path) says where to go afterwards.
@@ -169,4 +172,53 @@ async fn revoke_token(
         Ok(())
     })
     .await
+}
+
+#[derive(Deserialize)]
+struct SecretForm {
+    csrf: String,
+    name: String,
+    value: String,
+}
+
+/// Set a repository's secret; back to its page, which lists names only.
+async fn set_secret(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((owner, repo)): Path<(String, String)>,
+    Form(form): Form<SecretForm>,
+) -> Result<Response, PageError> {
+    let to = format!("/repos/{owner}/{repo}/env");
+    let name = form.name.trim();
+    act(&who, &form.csrf, to, async |actor| actions::set_secret(&app, &owner, &repo, name, &form.value, actor).await)
+        .await
+}
+
+async fn delete_secret(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((owner, repo, name)): Path<(String, String, String)>,
+    Form(form): Form<Plain>,
+) -> Result<Response, PageError> {
+    let to = format!("/repos/{owner}/{repo}/env");
+    act(&who, &form.csrf, to, async |actor| actions::delete_secret(&app, &owner, &repo, &name, actor).await).await
+}
+
+#[derive(Deserialize)]
+struct ForksForm {
+    csrf: String,
+    /// A checkbox: present when ticked.
+    forks: Option<String>,
+}
+
+async fn secrets_for_forks(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((owner, repo)): Path<(String, String)>,
+    Form(form): Form<ForksForm>,
+) -> Result<Response, PageError> {
+    let to = format!("/repos/{owner}/{repo}/env");
+    let shared = form.forks.is_some();
+    act(&who, &form.csrf, to, async |actor| actions::set_secrets_for_forks(&app, &owner, &repo, shared, actor).await)
+        .await
 }

@@ -31,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/deliveries", get(deliveries))
         .route("/start", get(start))
         .route("/tokens", get(tokens))
+        .route("/repos/{owner}/{repo}/env", get(repo_env))
 }
 
 type Page = Result<Html<String>, PageError>;
@@ -484,6 +485,43 @@ async fn tokens(State(app): State<AppState>, Extension(who): Extension<Principal
     page(&who, async |layout| {
         let tokens = token_rows(&app.db).await?;
         render(&TokensPage { layout, tokens, created: None })
+    })
+    .await
+}
+
+pub struct SecretRow {
+    pub name: String,
+    pub updated_by: String,
+    pub age: String,
+}
+
+#[derive(Template)]
+#[template(path = "repo_env.html")]
+struct RepoEnvPage<'a> {
+    layout: &'a Layout,
+    owner: String,
+    repo: String,
+    /// Names only: a value is never shown back.
+    names: Vec<SecretRow>,
+    for_forks: bool,
+}
+
+/// A repository's secrets (their names) and the forms that set and remove them.
+async fn repo_env(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((owner, repo)): Path<(String, String)>,
+) -> Page {
+    page(&who, async |layout| {
+        demofleet_common::names::validate_owner(&owner).map_err(ApiError::BadRequest)?;
+        demofleet_common::names::validate_repo(&repo).map_err(ApiError::BadRequest)?;
+        let names = crate::db::secrets::names(&app.db, &owner, &repo)
+            .await?
+            .into_iter()
+            .map(|s| SecretRow { name: s.name, updated_by: s.updated_by, age: format!("{} ago", age(s.updated_at)) })
+            .collect();
+        let for_forks = crate::db::settings::get(&app.db, &owner, &repo).await?.secrets_for_forks;
+        render(&RepoEnvPage { layout, owner, repo, names, for_forks })
     })
     .await
 }

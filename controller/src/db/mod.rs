@@ -9,6 +9,7 @@ pub mod events;
 pub mod hosts;
 pub mod logs;
 pub mod outbox;
+pub mod secrets;
 pub mod settings;
 pub mod tokens;
 

@@ -31,6 +31,10 @@ pub struct RepoSettings {
     /// firewall closes their network's outbound traffic); default: open.
     #[serde(default)]
     pub closed_outbound: bool,
+    /// Previews of forks (head repository other than this one) get the repository's secrets
+    /// too; default: they get none.
+    #[serde(default)]
+    pub secrets_for_forks: bool,
 }
 
 fn keep() -> String {
@@ -47,6 +51,7 @@ impl Default for RepoSettings {
             gated: false,
             legacy_run: false,
             closed_outbound: false,
+            secrets_for_forks: false,
         }
     }
 }
@@ -72,7 +77,8 @@ impl RepoSettings {
 
 pub async fn get(db: impl PgExecutor<'_>, owner: &str, repo: &str) -> sqlx::Result<RepoSettings> {
     let found: Option<RepoSettings> = sqlx::query_as(
-        "select draft_policy, ttl_seconds, max_demos, idle_sleep_seconds, gated, legacy_run, closed_outbound
+        "select draft_policy, ttl_seconds, max_demos, idle_sleep_seconds, gated, legacy_run, closed_outbound,
+                secrets_for_forks
              from repo_settings
              where owner = $1 and repo = $2",
     )
@@ -88,12 +94,13 @@ pub async fn put(db: impl PgExecutor<'_>, owner: &str, repo: &str, settings: &Re
     sqlx::query(
         "with stored as (
              insert into repo_settings (owner, repo, draft_policy, ttl_seconds, max_demos, idle_sleep_seconds, gated,
-                                        legacy_run, closed_outbound)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                        legacy_run, closed_outbound, secrets_for_forks)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              on conflict (owner, repo) do update set draft_policy = excluded.draft_policy,
                  ttl_seconds = excluded.ttl_seconds, max_demos = excluded.max_demos,
                  idle_sleep_seconds = excluded.idle_sleep_seconds, gated = excluded.gated,
-                 legacy_run = excluded.legacy_run, closed_outbound = excluded.closed_outbound
+                 legacy_run = excluded.legacy_run, closed_outbound = excluded.closed_outbound,
+                 secrets_for_forks = excluded.secrets_for_forks
              returning owner, repo, legacy_run, closed_outbound
          )
          update demos d set legacy_run = stored.legacy_run, closed_outbound = stored.closed_outbound from stored
@@ -109,6 +116,7 @@ pub async fn put(db: impl PgExecutor<'_>, owner: &str, repo: &str, settings: &Re
     .bind(settings.gated)
     .bind(settings.legacy_run)
     .bind(settings.closed_outbound)
+    .bind(settings.secrets_for_forks)
     .execute(db)
     .await?;
     Ok(())

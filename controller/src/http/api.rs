@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::actions;
 use crate::auth::Principal;
-use crate::db::{audit, chains, demos, hosts, settings};
+use crate::db::{audit, chains, demos, hosts, secrets, settings};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::rejection::JsonRejection;
@@ -26,6 +26,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/demos/{id}", get(demo_detail))
         .route("/api/hosts", get(list_hosts).post(enrol_host))
         .route("/api/repos/{owner}/{repo}/settings", get(get_settings).put(put_settings))
+        .route("/api/repos/{owner}/{repo}/env", get(list_env))
+        .route("/api/repos/{owner}/{repo}/env/{name}", put(put_env).delete(delete_env))
         .route("/api/chains/{id}/retry", post(retry_chain))
 }
 
@@ -269,4 +271,45 @@ async fn put_settings(
     .await?;
     tx.commit().await?;
     Ok(Json(new))
+}
+
+/// The names of a repository's variables, never their values.
+async fn list_env(
+    State(app): State<AppState>,
+    Path((owner, repo)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let names = secrets::names(&app.db, &owner, &repo).await?;
+    Ok(Json(serde_json::json!({ "repo": format!("{owner}/{repo}"), "env": names })))
+}
+
+/// The body of `PUT /api/repos/{owner}/{repo}/env/{name}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvValue {
+    value: String,
+}
+
+/// Set a repository's variable; the answer names it, without its value.
+async fn put_env(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((owner, repo, name)): Path<(String, String, String)>,
+    body: Result<Json<EnvValue>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    names::validate_owner(&owner).map_err(ApiError::BadRequest)?;
+    names::validate_repo(&repo).map_err(ApiError::BadRequest)?;
+    // The rejection's text may quote the body: say only what was expected.
+    let Json(body) =
+        body.map_err(|_| ApiError::BadRequest("the body must be JSON: {\"value\": \"<the value>\"}".into()))?;
+    actions::set_secret(&app, &owner, &repo, &name, &body.value, &who.actor()).await?;
+    Ok(Json(serde_json::json!({ "repo": format!("{owner}/{repo}"), "name": name, "set": true })))
+}
+
+async fn delete_env(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((owner, repo, name)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    actions::delete_secret(&app, &owner, &repo, &name, &who.actor()).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -49,6 +49,8 @@ pub struct Scheduler {
     pub permissions: Arc<PermissionCache>,
     /// How long placement takes, for `/metrics`.
     pub timings: Arc<Timings>,
+    /// Repository secrets' keys: a launch's message carries its repository's variables.
+    pub vault: Arc<crate::secrets::Vault>,
 }
 
 impl Scheduler {

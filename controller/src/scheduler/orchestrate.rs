@@ -16,7 +16,7 @@ use crate::db::demos::{self, Demo};
 use crate::db::events::{self, Event, Recorded};
 use crate::db::outbox::{self, Outgoing};
 use crate::db::{audit, settings, Tx};
-use demofleet_common::wire::StepResult;
+use demofleet_common::wire::{Step, StepMessage, StepResult};
 
 /// Why an action on a chain or demo is refused.
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +207,15 @@ impl Scheduler {
         }
     }
 
+    /// A launch creates the container: its message carries the repository's variables,
+    /// sealed for the agent (read now, so a value set since the last push is used).
+    async fn with_env(&self, tx: &mut Tx<'_>, demo: &Demo, message: &mut StepMessage) -> sqlx::Result<()> {
+        if message.step == Step::Launch {
+            message.demo.env = self.vault.env_for(tx, demo).await?;
+        }
+        Ok(())
+    }
+
     /// Record and send `writes` about `target`, in order.
     async fn write(&self, tx: &mut Tx<'_>, target: &Target<'_>, writes: Vec<Write>) -> sqlx::Result<Effects> {
         let (demo, chain) = (target.demo, target.chain);
@@ -231,7 +240,8 @@ impl Scheduler {
                 Write::Host(host) => demos::set_host(&mut **tx, demo.id, host.as_deref()).await?,
                 Write::Port(port) => demos::set_host_port(&mut **tx, demo.id, port).await?,
                 Write::Park => chains::park(&mut **tx, chain, demo.id).await?,
-                Write::Queue { index, queue, message, state } => {
+                Write::Queue { index, queue, mut message, state } => {
+                    self.with_env(tx, demo, &mut message).await?;
                     let outgoing = Outgoing::step(queue, &message);
                     chains::queue_step(&mut **tx, &target.steps[index], &outgoing, state.map(|s| (demo.id, s))).await?;
                     effects.published = true;
@@ -239,7 +249,8 @@ impl Scheduler {
                 Write::Attempt { index, result } => {
                     chains::record_attempt(&mut **tx, chain, target.steps[index].position, &result).await?
                 }
-                Write::Retry { index, queue, delay, message, error } => {
+                Write::Retry { index, queue, delay, mut message, error } => {
+                    self.with_env(tx, demo, &mut message).await?;
                     let (step, attempt) = (message.step.as_str(), message.attempt - 1);
                     tracing::info!(demo = %demo.name, step, attempt, ?delay, %error, "step failed; retrying");
                     outbox::push(&mut **tx, &Outgoing::retry(queue, delay, &message)).await?;
