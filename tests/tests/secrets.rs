@@ -1,5 +1,6 @@
 //! Repository secrets (issue 20, point 3) on real parts: a secret set through the API
-//! reaches the demo's container as an environment variable (its page prints it), and appears
+//! (and one set through the dashboard's form) reaches the demo's container as an environment
+//! variable (its page prints it), and appears
 //! in no API answer, no dashboard page, no controller or agent log, and nowhere in the
 //! database in clear (a pg_dump of the test's database); a fork's preview gets none until the
 //! repository shares its secrets with forks; without a key, setting one is refused.
@@ -20,12 +21,18 @@ const DEADLINE: Duration = Duration::from_secs(180);
 /// A demo whose page prints its `API_TOKEN`, written at start by whatever user the agent
 /// runs the demo as.
 fn printing_site(base_image: &str) -> Vec<(&'static str, String)> {
-    let script = "#!/bin/sh\necho \"token=[$API_TOKEN]\" >/www/index.html\nexec httpd -f -p 8080 -h /www\n";
+    let script =
+        "#!/bin/sh\necho \"token=[$API_TOKEN] dash=[$DASH_TOKEN]\" >/www/index.html\nexec httpd -f -p 8080 -h /www\n";
     let dockerfile = format!(
         "FROM {base_image}\nCOPY start.sh /start.sh\nRUN mkdir -p /www && chmod 777 /www\nEXPOSE 8080\n\
          CMD [\"/bin/sh\", \"/start.sh\"]\n"
     );
     vec![("Dockerfile", dockerfile), ("start.sh", script.to_string())]
+}
+
+fn csrf_of(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").expect("a form with a CSRF token") + "name=\"csrf\" value=\"".len();
+    page[at..].split('"').next().unwrap().to_string()
 }
 
 fn key_file(dir: &Path, name: &str) -> String {
@@ -76,6 +83,15 @@ async fn a_secret_reaches_the_container_and_nothing_else() {
     }
     let listed = stack.get(&env_path).await.text().await.unwrap();
     assert!(listed.contains("API_TOKEN") && !listed.contains(&value), "{listed}");
+    // Another through the dashboard's form.
+    let dash = format!("dv-{}", Uuid::new_v4().simple());
+    let session = oidc::sign_in(&stack, "admin@example.com").await;
+    let env_page = format!("/repos/fixture-owner/{repo_name}/env");
+    let page = oidc::get_with(&stack, &env_page, &session).await.text().await.unwrap();
+    let csrf = csrf_of(&page);
+    let form = [("csrf", csrf.as_str()), ("name", "DASH_TOKEN"), ("value", dash.as_str())];
+    let posted = oidc::client().post(stack.url(&env_page)).header("cookie", &session).form(&form).send().await.unwrap();
+    assert_eq!(posted.status(), 303);
 
     // A pull request from the repository itself: its container has the secret.
     let body = fixtures::numbered_pull_request("pull_request.opened.json", &repo, &sha, 1);
@@ -84,7 +100,7 @@ async fn a_secret_reaches_the_container_and_nothing_else() {
     let demo = stack.wait_for_state(&name, "running", DEADLINE).await;
     let (status, page) = stack.edge_get(&format!("{name}.localhost"), "/").await;
     assert_eq!(status, 200);
-    assert!(page.contains(&format!("token=[{value}]")), "{page}");
+    assert!(page.contains(&format!("token=[{value}] dash=[{dash}]")), "{page}");
 
     // A fork's pull request: built from the fork, without the secret.
     let fork = FixtureRepo::create(&stack.repos_dir(), "fork-owner", &repo_name);
@@ -98,7 +114,7 @@ async fn a_secret_reaches_the_container_and_nothing_else() {
     let fork_name = format!("{repo_name}-fixture-owner-pr-2");
     let fork_demo = stack.wait_for_state(&fork_name, "running", DEADLINE).await;
     let (status, page) = stack.edge_get(&format!("{fork_name}.localhost"), "/").await;
-    assert_eq!((status, page.contains("token=[]")), (200, true), "the fork's page: {page}");
+    assert_eq!((status, page.contains("token=[] dash=[]")), (200, true), "the fork's page: {page}");
 
     // Shared with forks, the fork's next deploy has it.
     let shared = stack.put_settings("fixture-owner", &repo_name, &json!({ "secrets_for_forks": true })).await;
@@ -127,7 +143,6 @@ async fn a_secret_reaches_the_container_and_nothing_else() {
         assert_eq!(response.status(), 200, "{path}");
         answers.push((path, response.text().await.unwrap()));
     }
-    let session = oidc::sign_in(&stack, "admin@example.com").await;
     for path in [
         "/".to_string(),
         format!("/demos/{demo_id}"),
@@ -139,9 +154,9 @@ async fn a_secret_reaches_the_container_and_nothing_else() {
         answers.push((path, response.text().await.unwrap()));
     }
     let env_page = &answers.last().unwrap().1;
-    assert!(env_page.contains("API_TOKEN"), "the dashboard lists the name: {env_page}");
+    assert!(env_page.contains("API_TOKEN") && env_page.contains("DASH_TOKEN"), "names listed: {env_page}");
     for (path, text) in &answers {
-        assert!(!text.contains(&value), "{path} shows the secret: {text}");
+        assert!(!text.contains(&value) && !text.contains(&dash), "{path} shows a secret: {text}");
     }
     let audit: Vec<String> = sqlx::query_scalar("select detail::text from audit_events where action = 'secret'")
         .fetch_all(&stack.db)
@@ -156,12 +171,14 @@ async fn a_secret_reaches_the_container_and_nothing_else() {
     assert!(dump.status.success(), "pg_dump: {}", String::from_utf8_lossy(&dump.stderr));
     let dump = String::from_utf8_lossy(&dump.stdout);
     assert!(dump.contains("API_TOKEN"), "the dump holds the secret's row");
-    assert!(!dump.contains(&value), "the database holds the secret in clear");
+    assert!(!dump.contains(&value) && !dump.contains(&dash), "the database holds a secret in clear");
     let controller_log = std::fs::read_to_string(stack.scratch.path().join("controller.log")).unwrap();
     let agent_log = stack.agent_process_log(0);
     assert!(!agent_log.is_empty() && !controller_log.is_empty(), "both logged");
-    assert!(!controller_log.contains(&value), "the controller's log shows the secret");
-    assert!(!agent_log.contains(&value), "the agent's log shows the secret");
+    for secret in [&value, &dash] {
+        assert!(!controller_log.contains(secret.as_str()), "the controller's log shows a secret");
+        assert!(!agent_log.contains(secret.as_str()), "the agent's log shows a secret");
+    }
 
     // Removed, listed no more.
     assert_eq!(stack.delete(&format!("{env_path}/API_TOKEN")).await.status(), 204);
