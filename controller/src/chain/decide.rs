@@ -45,6 +45,10 @@ pub fn result(record: &Record, result: &StepResult, facts: &Facts) -> Decision {
     if chain.status != "running" || chain.generation != result.generation {
         return Decision::Ignore("a result for a finished or superseded chain");
     }
+    // An agent step is sent to the demo's host; a result from another host is not its answer.
+    if result.step.runs_on_agent() && demo.host_id.as_deref() != Some(result.host_id.as_str()) {
+        return Decision::Ignore("a result from a host the step was not sent to");
+    }
     if demo.generation != chain.generation {
         return Decision::Do(vec![Write::chain("superseded")]);
     }

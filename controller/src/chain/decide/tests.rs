@@ -102,7 +102,7 @@ fn outcome(record: &Record, step: Step, attempt: u32, outcome: StepOutcome) -> S
         generation: record.chain.generation,
         step,
         attempt,
-        host_id: "a".into(),
+        host_id: if step.runs_on_agent() { "a" } else { "controller" }.into(),
         duration_ms: 10,
         outcome,
     }
@@ -290,6 +290,32 @@ fn late_duplicate_and_superseded_results_change_nothing_but_the_superseded_chain
     assert_eq!(said(advance(&moved_on, &facts)), ["chain superseded"]);
     let finished = record(Kind::Deploy, "succeeded", demo("running"), &[]);
     assert_eq!(said(advance(&finished, &facts)), ["ignore: the chain is not under way"]);
+}
+
+#[test]
+fn a_result_from_another_host_than_the_demos_changes_nothing() {
+    let rules = rules(false);
+    let facts = facts(&rules, None, Placement::NotAsked);
+    let building = record(
+        Kind::Deploy,
+        "running",
+        on_host(demo("starting"), "a"),
+        &[("succeeded", 0), ("succeeded", 1), ("queued", 1)],
+    );
+    let mut forged = succeeded(&building, Step::Build, 1);
+    forged.host_id = "b".into();
+    assert_eq!(said(result(&building, &forged, &facts)), ["ignore: a result from a host the step was not sent to"]);
+    let unplaced = record(Kind::Deploy, "running", demo("starting"), &[("succeeded", 0), ("queued", 1)]);
+    assert_eq!(
+        said(result(&unplaced, &succeeded(&unplaced, Step::Checkout, 1), &facts)),
+        ["ignore: a result from a host the step was not sent to"],
+        "a demo without a host sent no agent step"
+    );
+    assert_eq!(
+        said(result(&building, &succeeded(&building, Step::Build, 1), &facts)),
+        ["attempt 1 of step 2", "step 2 succeeded", "queue step 3 launch #1 to demofleet.host.a"],
+        "its own host's result is taken"
+    );
 }
 
 #[test]
