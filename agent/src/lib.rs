@@ -27,7 +27,7 @@ pub mod heartbeat;
 pub mod legacy;
 pub mod steps;
 pub mod subnets;
-pub mod validate;
+pub use demofleet_common::validate;
 pub mod worker;
 
 use std::collections::HashMap;

@@ -15,6 +15,7 @@
 //! - [`signal`]: waiting for SIGINT or SIGTERM.
 //! - [`tls`]: TLS between hosts: its settings, the plain-text rule, the rustls client set-up.
 //! - [`topology`]: exchange, queue and subject names; declaring them on a channel.
+//! - [`validate`]: every field of a step message checked before an agent acts on it.
 //! - [`webhook`]: GitHub webhook signatures and payloads, read without I/O.
 //!
 //! `consume`, `messaging`, `retry`, `signal`, `tls` and `topology` need the default `runtime`
@@ -37,5 +38,6 @@ pub mod signal;
 pub mod tls;
 #[cfg(feature = "runtime")]
 pub mod topology;
+pub mod validate;
 pub mod webhook;
 pub mod wire;

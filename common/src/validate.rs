@@ -6,9 +6,9 @@
 
 use std::path::{Component, Path};
 
-use demofleet_common::names;
-use demofleet_common::webhook::event::is_commit_sha;
-use demofleet_common::wire::DemoSpec;
+use crate::names;
+use crate::webhook::event::is_commit_sha;
+use crate::wire::DemoSpec;
 
 /// A field of a step message that the agent will not act on.
 #[derive(Debug, thiserror::Error)]
@@ -145,9 +145,22 @@ mod tests {
     use super::*;
 
     fn good() -> DemoSpec {
-        let mut spec = crate::legacy::tests::spec("dependabot[bot]");
-        spec.repo = "site.com".into();
-        spec
+        DemoSpec {
+            id: uuid::Uuid::nil(),
+            name: "site-owner-pr-1".into(),
+            owner: "owner".into(),
+            repo: "site.com".into(),
+            pr: 1,
+            sha: "a".repeat(40),
+            clone_url: "https://github.com/owner/site.git".into(),
+            url: "http://site-owner-pr-1.demos.example".into(),
+            hostname: "site-owner-pr-1.demos.example".into(),
+            github_user: "dependabot[bot]".into(),
+            generation: 3,
+            legacy_run: false,
+            closed_outbound: false,
+            env: None,
+        }
     }
 
     #[test]
