@@ -113,6 +113,7 @@ pub async fn run_tick(app: Fleet, stop: CancellationToken) {
                     tracing::debug!(
                         chains = pruned.chains,
                         deliveries = pruned.deliveries,
+                        log_lines = pruned.log_lines,
                         "removed what outlived the retention"
                     )
                 }

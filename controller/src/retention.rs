@@ -1,5 +1,5 @@
 //! Retention: webhook deliveries and finished chains (with their steps and attempts) older
-//! than `DEMOFLEET_RETENTION` are removed, a bounded batch at a time, by the replica holding
+//! than `DEMOFLEET_RETENTION`, and the kept log lines of demos stopped for longer, are removed, a bounded batch at a time, by the replica holding
 //! the fleet lease (from its tick). Each batch is one short transaction over rows nothing
 //! else writes any more (`for update skip locked`), so the intake never waits for it.
 //!
@@ -16,9 +16,11 @@ use sqlx::PgPool;
 pub struct Pruned {
     pub chains: u64,
     pub deliveries: u64,
+    pub log_lines: u64,
 }
 
-/// Remove at most `batch` old chains, then at most `batch` old deliveries.
+/// Remove at most `batch` old chains, then at most `batch` old deliveries, then at most
+/// `batch` kept log lines of demos stopped before the retention period.
 pub async fn prune(db: &PgPool, retention: Duration, batch: i64) -> sqlx::Result<Pruned> {
     let seconds = retention.as_secs_f64();
     let mut tx = db.begin().await?;
@@ -77,5 +79,18 @@ pub async fn prune(db: &PgPool, retention: Duration, batch: i64) -> sqlx::Result
     .await?
     .rows_affected();
     tx.commit().await?;
-    Ok(Pruned { chains, deliveries })
+
+    let log_lines = sqlx::query(
+        "delete from demo_logs where id in (
+             select l.id from demos d join demo_logs l on l.demo_id = d.id
+             where d.state = 'stopped' and d.desired <> 'running'
+               and d.updated_at < now() - make_interval(secs => $1)
+             limit $2)",
+    )
+    .bind(seconds)
+    .bind(batch)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(Pruned { chains, deliveries, log_lines })
 }

@@ -1,7 +1,8 @@
 //! Retention: with `--retention 1h` and batches of two, the fleet's tick removes webhook
 //! deliveries and finished chains (with their steps and attempts) older than an hour, a few
 //! at a time, and keeps what is recent, every demo's newest chain however old, chains still
-//! running, and the deliveries those name. `/metrics` counts the same before and after: its
+//! running, and the deliveries those name. The kept log lines of a demo stopped long ago go
+//! too; those of a running demo stay. `/metrics` counts the same before and after: its
 //! counters never go down.
 
 use std::time::Duration;
@@ -37,6 +38,25 @@ async fn what_outlived_the_retention_goes_in_batches_and_the_counts_stay() {
     // Demo b: an old finished chain, then one still running since long ago.
     let old_b = chain(db, b, "failed", "5 days", None).await;
     let running_b = chain(db, b, "running", "4 days", None).await;
+    // Kept log lines: a demo stopped two days ago, and running demo a's (old too).
+    let stopped = demo(db, 3).await;
+    sqlx::query(
+        "update demos set desired = 'stopped', state = 'stopped', updated_at = now() - interval '2 days' where id = $1",
+    )
+    .bind(stopped)
+    .execute(db)
+    .await
+    .unwrap();
+    for demo in [stopped, stopped, stopped, a] {
+        sqlx::query(
+            "insert into demo_logs (demo_id, generation, step, line, at)
+             values ($1, 1, 'build', 'x', now() - interval '2 days')",
+        )
+        .bind(demo)
+        .execute(db)
+        .await
+        .unwrap();
+    }
     let before = counters(&stack).await;
     assert!(before.contains("demofleet_step_attempts_total{step=\"build\",outcome=\"failed\"} 10"), "{before}");
 
@@ -78,6 +98,16 @@ async fn what_outlived_the_retention_goes_in_batches_and_the_counts_stay() {
         .await
         .unwrap();
     assert_eq!(steps, 2, "the newest chain keeps its attempts");
+    wait::until_seen("the stopped demo's log lines to go", DEADLINE, || async {
+        let left: Vec<Uuid> =
+            sqlx::query_scalar("select demo_id from demo_logs").fetch_all(db).await.map_err(|e| e.to_string())?;
+        if left == [a] {
+            Ok(())
+        } else {
+            Err(format!("lines of {left:?}"))
+        }
+    })
+    .await;
     assert_eq!(counters(&stack).await, before, "the counters of /metrics never go down");
     stack.stop().await;
 }
