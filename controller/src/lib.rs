@@ -121,7 +121,7 @@ impl Controller {
         let github = github_client(&config)?;
         let (intake, intake_writer, starter) = intake::Intake::new();
         let routes = edge::RouteTable::new(config.idle_sleep_seconds());
-        let auth = Arc::new(auth::Auth::new(&config, auth::signing_key(&db, "gate").await?)?);
+        let auth = Arc::new(auth::Auth::new(&config, auth::signing_key(&db, "gate").await?, db.clone())?);
         let timings = Arc::new(timings::Timings::default());
         let scheduler = scheduler::Scheduler {
             db: db.clone(),

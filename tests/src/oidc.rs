@@ -1,6 +1,7 @@
 //! Signing in through the controller and the real OpenID provider the tests share
 //! (oidc-provider-mock): its users are made on the fly with `PUT /users/<sub>`, and its
-//! authorization form is answered with `sub`, as a person would fill it in.
+//! authorization form is answered with `sub`, as a person would fill it in. The client
+//! keeps no cookies: each hop carries the ones a browser would, so tests can leave one out.
 
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use reqwest::{Client, Response};
@@ -31,25 +32,44 @@ pub fn set_cookie(response: &Response, name: &str) -> (String, String) {
     (header.split(';').next().unwrap().to_string(), header)
 }
 
-/// At the provider: make `email` known (with the groups claim) and sign in as them at
-/// `authorize`; returns where the provider sends the browser back to.
+/// Begin signing in at `login` (a `/auth/login` URL): the provider's authorization URL, and
+/// the sign-in cookie (`name=value`) that binds the attempt to this browser.
+pub async fn begin(http: &Client, login: &str) -> (String, String) {
+    let response = http.get(login).send().await.unwrap();
+    (location(&response), set_cookie(&response, "demofleet_signin").0)
+}
+
+/// GET the provider's `callback` URL with the browser's sign-in cookie.
+pub async fn finish(http: &Client, callback: &str, signin_cookie: &str) -> Response {
+    http.get(callback).header(COOKIE, signin_cookie).send().await.unwrap()
+}
+
+/// At the provider: make `email` known (verified, with the groups claim) and sign in as
+/// them at `authorize`; returns where the provider sends the browser back to.
 pub async fn at_provider(http: &Client, issuer: &str, authorize: &str, email: &str) -> String {
-    let user = http
-        .put(format!("{issuer}/users/{email}"))
-        .json(&json!({ "email": email, "name": "Test Person", "groups": ["qa"] }))
-        .send()
-        .await
-        .unwrap();
+    let claims = json!({ "email": email, "email_verified": true, "name": "Test Person", "groups": ["qa"] });
+    at_provider_with(http, issuer, authorize, email, claims).await
+}
+
+/// At the provider: make `sub` known with `claims` and sign in as them at `authorize`.
+pub async fn at_provider_with(
+    http: &Client,
+    issuer: &str,
+    authorize: &str,
+    sub: &str,
+    claims: serde_json::Value,
+) -> String {
+    let user = http.put(format!("{issuer}/users/{sub}")).json(&claims).send().await.unwrap();
     assert_eq!(user.status(), 204);
-    location(&http.post(authorize).form(&[("sub", email)]).send().await.unwrap())
+    location(&http.post(authorize).form(&[("sub", sub)]).send().await.unwrap())
 }
 
 /// Sign `email` in to the dashboard; returns the session cookie (`name=value`).
 pub async fn sign_in(stack: &Stack, email: &str) -> String {
     let http = client();
-    let to_provider = location(&http.get(stack.url("/auth/login?next=/")).send().await.unwrap());
+    let (to_provider, signin) = begin(&http, &stack.url("/auth/login?next=/")).await;
     let callback = at_provider(&http, &stack.services.oidc_issuer, &to_provider, email).await;
-    let signed_in = http.get(&callback).send().await.unwrap();
+    let signed_in = finish(&http, &callback, &signin).await;
     assert_eq!(location(&signed_in), "/");
     set_cookie(&signed_in, "demofleet_session").0
 }
@@ -61,9 +81,9 @@ pub async fn through_gate(stack: &Stack, host: &str, email: &str) -> String {
     let http = client();
     let edge = format!("http://{}", stack.edge_addr);
     let to_login = location(&http.get(format!("{edge}/")).header("host", host).send().await.unwrap());
-    let to_provider = location(&http.get(&to_login).send().await.unwrap());
+    let (to_provider, signin) = begin(&http, &to_login).await;
     let callback = at_provider(&http, &stack.services.oidc_issuer, &to_provider, email).await;
-    let to_ticket = location(&http.get(&callback).send().await.unwrap());
+    let to_ticket = location(&finish(&http, &callback, &signin).await);
     let path = to_ticket.strip_prefix(&format!("http://{host}")).unwrap_or_else(|| panic!("{to_ticket}"));
     let traded = http.get(format!("{edge}{path}")).header("host", host).send().await.unwrap();
     set_cookie(&traded, "demofleet_gate").0

@@ -134,7 +134,7 @@ async fn an_admin_signs_in_opens_a_demo_and_stops_it_in_a_browser() {
         .build()
         .unwrap()
         .put(format!("{}/users/{email}", stack.services.oidc_issuer))
-        .json(&json!({ "email": email, "name": "Browser Admin" }))
+        .json(&json!({ "email": email, "email_verified": true, "name": "Browser Admin" }))
         .send()
         .await
         .unwrap();

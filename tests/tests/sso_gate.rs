@@ -55,14 +55,14 @@ async fn a_gated_preview_needs_sign_in_and_forward_auth_agrees() {
     assert_eq!(to_login, format!("{}?next={}", stack.url("/auth/login"), url_encode(&next)));
 
     // Sign-in at the provider: authorization code with PKCE, state and nonce.
-    let to_provider = location(&http.get(&to_login).send().await.unwrap());
+    let (to_provider, signin) = oidc::begin(&http, &to_login).await;
     assert!(to_provider.starts_with(&format!("{issuer}/oauth2/authorize?")), "{to_provider}");
     for part in ["code_challenge_method=S256", "code_challenge=", "state=", "nonce=", "response_type=code"] {
         assert!(to_provider.contains(part), "{part} in {to_provider}");
     }
     let callback = oidc::at_provider(&http, &issuer, &to_provider, "alice@example.com").await;
     assert!(callback.starts_with(&stack.url("/auth/callback?")), "{callback}");
-    let signed_in = http.get(&callback).send().await.unwrap();
+    let signed_in = oidc::finish(&http, &callback, &signin).await;
     if signed_in.status() != 302 {
         panic!("sign-in failed: {}", signed_in.text().await.unwrap());
     }
@@ -73,7 +73,7 @@ async fn a_gated_preview_needs_sign_in_and_forward_auth_agrees() {
     let ticket_prefix = format!("http://{host}/.demofleet/auth?ticket=");
     assert!(to_ticket.starts_with(&ticket_prefix), "{to_ticket}");
     // The answer cannot be used twice.
-    let replay = http.get(&callback).send().await.unwrap();
+    let replay = oidc::finish(&http, &callback, &signin).await;
     assert_eq!(replay.status(), 400);
     assert!(replay.text().await.unwrap().contains("unknown or expired sign-in"));
 
@@ -85,6 +85,11 @@ async fn a_gated_preview_needs_sign_in_and_forward_auth_agrees() {
     let page = on_edge("/", Some(&gate_cookie)).await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("behind the gate"));
+    // The ticket is good once: brought again, the edge refuses it and says why.
+    let replayed = on_edge(&to_ticket[format!("http://{host}").len()..], None).await.unwrap();
+    assert_eq!(replayed.status(), 403);
+    assert!(replayed.headers().get(SET_COOKIE).is_none());
+    assert!(replayed.text().await.unwrap().contains("sign-in ticket has been used already"));
     // The cookie is this host's alone, and a forged one gets nowhere.
     let elsewhere = http
         .get(format!("{edge}/"))
@@ -141,9 +146,9 @@ async fn a_gated_preview_needs_sign_in_and_forward_auth_agrees() {
     }
 
     // Off the allow-list: refused with a message that says so, and no session.
-    let to_provider = location(&http.get(&to_login).send().await.unwrap());
+    let (to_provider, signin) = oidc::begin(&http, &to_login).await;
     let callback = oidc::at_provider(&http, &issuer, &to_provider, "mallory@evil.test").await;
-    let refused = http.get(&callback).send().await.unwrap();
+    let refused = oidc::finish(&http, &callback, &signin).await;
     assert_eq!(refused.status(), 403);
     assert!(refused.headers().get(SET_COOKIE).is_none());
     assert!(refused.text().await.unwrap().contains("mallory@evil.test is not allowed"));
@@ -170,5 +175,8 @@ async fn a_gated_preview_needs_sign_in_and_forward_auth_agrees() {
     assert!(set_cookie(&out, "demofleet_session").1.contains("Max-Age=0"));
     let again = http.get(&to_login).header(COOKIE, &session).send().await.unwrap();
     assert!(location(&again).starts_with(&format!("{issuer}/oauth2/authorize?")), "signed out: to the provider");
+    // The preview's gate cookie ended with the session.
+    let after = on_edge("/", Some(&gate_cookie)).await.unwrap();
+    assert!(location(&after).starts_with(&stack.url("/auth/login?next=")), "signed out: the gate is shut");
     stack.stop().await;
 }

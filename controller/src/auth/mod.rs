@@ -41,10 +41,10 @@ pub struct Auth {
 
 impl Auth {
     /// `gate_key`: the key gate cookies are signed with, shared by every replica.
-    pub fn new(config: &Config, gate_key: Vec<u8>) -> anyhow::Result<Auth> {
+    pub fn new(config: &Config, gate_key: Vec<u8>, db: PgPool) -> anyhow::Result<Auth> {
         // Following redirects from the provider's endpoints would invite request forgery.
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
-        Ok(Auth { gate: gate::Gate::new(config, gate_key), provider: tokio::sync::OnceCell::new(), http })
+        Ok(Auth { gate: gate::Gate::new(config, gate_key, db), provider: tokio::sync::OnceCell::new(), http })
     }
 }
 
@@ -62,6 +62,8 @@ pub struct Identity {
 /// A signed-in person.
 #[derive(Debug, Clone, FromRow)]
 pub struct Session {
+    /// The SHA-256 of the session's token (the token itself is only in the cookie).
+    pub token_hash: Vec<u8>,
     pub subject: String,
     pub email: String,
     pub name: Option<String>,
@@ -122,10 +124,11 @@ pub async fn live_api_token(db: impl PgExecutor<'_>, token: &str) -> sqlx::Resul
 }
 
 /// True when the allow-list lets `who` in: an allowed email, an email in an allowed domain,
-/// or an allowed group. An email the provider says is unverified counts for nothing.
+/// or an allowed group. An email counts only when the provider says it is verified
+/// (`email_verified: true`); one it says nothing about is not.
 pub fn allowed(config: &Config, who: &Identity) -> bool {
     let email = who.email.trim().to_ascii_lowercase();
-    let by_email = who.email_verified != Some(false)
+    let by_email = who.email_verified == Some(true)
         && (config.allow_emails.iter().any(|e| e.trim().eq_ignore_ascii_case(&email))
             || email.rsplit_once('@').is_some_and(|(_, domain)| {
                 config.allow_domains.iter().any(|d| d.trim().trim_start_matches('@').eq_ignore_ascii_case(domain))
@@ -140,7 +143,7 @@ pub fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn token_hash(token: &str) -> Vec<u8> {
+pub fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
@@ -168,7 +171,8 @@ pub async fn create_session(db: &PgPool, who: &Identity, ttl: Duration) -> sqlx:
 pub async fn session(db: impl PgExecutor<'_>, headers: &HeaderMap) -> sqlx::Result<Option<Session>> {
     let Some(token) = cookie(headers, SESSION_COOKIE) else { return Ok(None) };
     sqlx::query_as(
-        "select subject, email, name, csrf, expires_at from sessions where token_hash = $1 and expires_at > now()",
+        "select token_hash, subject, email, name, csrf, expires_at from sessions
+         where token_hash = $1 and expires_at > now()",
     )
     .bind(token_hash(token))
     .fetch_optional(db)
@@ -224,14 +228,15 @@ mod tests {
             "demo-admins",
         ])
         .unwrap();
-        assert!(allowed(&config, &who("alice@example.com", None, &[])));
+        assert!(allowed(&config, &who("alice@example.com", Some(true), &[])));
         assert!(allowed(&config, &who("ALICE@EXAMPLE.COM", Some(true), &[])));
-        assert!(allowed(&config, &who("boss@elsewhere.org", None, &[])));
+        assert!(allowed(&config, &who("boss@elsewhere.org", Some(true), &[])));
         assert!(allowed(&config, &who("carol@contractor.net", None, &["demo-admins"])));
-        assert!(!allowed(&config, &who("mallory@evil.test", None, &["users"])));
-        assert!(!allowed(&config, &who("alice@example.com.evil.test", None, &[])));
+        assert!(!allowed(&config, &who("mallory@evil.test", Some(true), &["users"])));
+        assert!(!allowed(&config, &who("alice@example.com.evil.test", Some(true), &[])));
         assert!(!allowed(&config, &who("alice@example.com", Some(false), &[])), "unverified email");
+        assert!(!allowed(&config, &who("alice@example.com", None, &[])), "an email not stated verified");
         let nobody = Config::try_parse_from(["demofleet-controller", "--webhook-secret", "s"]).unwrap();
-        assert!(!allowed(&nobody, &who("alice@example.com", None, &[])), "empty lists let nobody in");
+        assert!(!allowed(&nobody, &who("alice@example.com", Some(true), &[])), "empty lists let nobody in");
     }
 }

@@ -5,6 +5,12 @@
 //! token, applies the allow-list and starts a session; `POST /auth/logout` ends it. `next` is
 //! a path of the controller's own or a preview URL under the base domain, nothing else, so
 //! sign-in never redirects anywhere a stranger chooses.
+//!
+//! A sign-in is bound to the browser that began it: `/auth/login` gives it a cookie with a
+//! random value whose hash is kept with the attempt, and the callback is refused without it,
+//! so nobody can sign a victim in to the attacker's account by sending them the attacker's
+//! callback URL (login CSRF). Under https the cookie is `__Host-` prefixed, so a preview on a
+//! sibling host cannot plant one.
 
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap};
@@ -20,13 +26,17 @@ use openidconnect::{
 };
 use serde::Deserialize;
 
-use super::cookies::{found, set_cookie};
-use super::{allowed, create_session, end_session, session, Identity, SESSION_COOKIE};
+use super::cookies::{cookie, found, same_site_path, set_cookie};
+use super::{allowed, create_session, end_session, random_token, session, token_hash, Identity, SESSION_COOKIE};
 use crate::error::ApiError;
 use crate::state::AppState;
 
 /// How long a sign-in may take at the provider.
 const ATTEMPT_MINUTES: i32 = 10;
+
+/// The cookie that binds a sign-in to its browser, and its name under https, where the
+/// `__Host-` prefix keeps other hosts of the domain from setting it.
+const SIGNIN_COOKIE: (&str, &str) = ("demofleet_signin", "__Host-demofleet_signin");
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -46,8 +56,8 @@ enum Next {
 
 impl Next {
     fn parse(app: &AppState, raw: &str) -> Option<Next> {
-        if raw.starts_with('/') && !raw.starts_with("//") && !raw.contains('\\') {
-            return Some(Next::Local(raw.to_string()));
+        if raw.starts_with('/') {
+            return same_site_path(raw).then(|| Next::Local(raw.to_string()));
         }
         let url = url::Url::parse(raw).ok()?;
         if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() || url.password().is_some() {
@@ -62,6 +72,9 @@ impl Next {
             Some(query) => format!("{}?{query}", url.path()),
             None => url.path().to_string(),
         };
+        if !same_site_path(&path) {
+            return None;
+        }
         Some(Next::Preview { scheme: url.scheme().into(), host, path })
     }
 
@@ -72,11 +85,12 @@ impl Next {
         }
     }
 
-    /// The URL to send `email` on to.
-    fn location(&self, app: &AppState, email: &str) -> String {
+    /// The URL to send `email`, signed in with the session whose token hashes to `session`,
+    /// on to.
+    fn location(&self, app: &AppState, email: &str, session: &[u8]) -> String {
         match self {
             Next::Local(path) => path.clone(),
-            Next::Preview { scheme, host, path } => app.auth.gate.ticket_url(scheme, host, email, path),
+            Next::Preview { scheme, host, path } => app.auth.gate.ticket_url(scheme, host, email, session, path),
         }
     }
 }
@@ -92,10 +106,14 @@ async fn login(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let next = Next::parse(&app, query.next.as_deref().unwrap_or("/")).ok_or_else(|| {
-        ApiError::BadRequest("`next` must be a path of this controller or a preview URL under the base domain".into())
+        ApiError::BadRequest(
+            "`next` must be a path of this controller (one leading `/`, no `\\`, no control characters, \
+             also once percent-decoded) or a preview URL under the base domain"
+                .into(),
+        )
     })?;
     if let Some(session) = session(&app.db, &headers).await? {
-        return Ok(found(&next.location(&app, &session.email)));
+        return Ok(found(&next.location(&app, &session.email, &session.token_hash)));
     }
     let client = client(&app, provider(&app).await?.clone())?;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -109,14 +127,20 @@ async fn login(
         .bind(ATTEMPT_MINUTES)
         .execute(&app.db)
         .await?;
-    sqlx::query("insert into login_attempts (state, nonce, verifier, next) values ($1, $2, $3, $4)")
+    let browser = random_token();
+    sqlx::query("insert into login_attempts (state, nonce, verifier, next, browser) values ($1, $2, $3, $4, $5)")
         .bind(state.secret())
         .bind(nonce.secret())
         .bind(verifier.secret())
         .bind(next.stored())
+        .bind(token_hash(&browser))
         .execute(&app.db)
         .await?;
-    Ok(found(url.as_str()))
+    let mut response = found(url.as_str());
+    let ttl = std::time::Duration::from_secs(ATTEMPT_MINUTES as u64 * 60);
+    let cookie = set_cookie(signin_cookie(&app), &browser, ttl, secure(&app));
+    response.headers_mut().insert(header::SET_COOKIE, cookie.parse().map_err(anyhow::Error::from)?);
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -127,7 +151,11 @@ struct CallbackQuery {
     error_description: Option<String>,
 }
 
-async fn callback(State(app): State<AppState>, Query(query): Query<CallbackQuery>) -> Result<Response, ApiError> {
+async fn callback(
+    State(app): State<AppState>,
+    Query(query): Query<CallbackQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if let Some(error) = &query.error {
         let detail = query.error_description.as_deref().unwrap_or_default();
         return Err(ApiError::Unauthorized(format!("the sign-in provider refused: {error} {detail}").trim().into()));
@@ -135,28 +163,46 @@ async fn callback(State(app): State<AppState>, Query(query): Query<CallbackQuery
     let (Some(code), Some(state)) = (query.code, query.state) else {
         return Err(ApiError::BadRequest("the provider's answer lacks `code` or `state`".into()));
     };
-    let attempt: Option<(String, String, String)> = sqlx::query_as(
+    let attempt: Option<(String, String, String, Option<Vec<u8>>)> = sqlx::query_as(
         "delete from login_attempts where state = $1 and created_at > now() - make_interval(mins => $2)
-         returning nonce, verifier, next",
+         returning nonce, verifier, next, browser",
     )
     .bind(&state)
     .bind(ATTEMPT_MINUTES)
     .fetch_optional(&app.db)
     .await?;
-    let Some((nonce, verifier, next)) = attempt else {
+    let Some((nonce, verifier, next, browser)) = attempt else {
         return Err(ApiError::BadRequest("unknown or expired sign-in (`state`); start again".into()));
     };
+    // The browser that began this sign-in, and no other, may finish it.
+    let brought = cookie(&headers, signin_cookie(&app)).map(token_hash);
+    if browser.is_none() || brought != browser {
+        tracing::warn!("a sign-in callback came without the cookie of the browser that began it");
+        return Err(ApiError::Forbidden(
+            "this sign-in was not begun in this browser (its sign-in cookie is missing or another's): \
+             start again from the sign-in page"
+                .into(),
+        ));
+    }
     let next = Next::parse(&app, &next).unwrap_or(Next::Local("/".into()));
     let who = identify(&app, code, nonce, verifier).await?;
     if !allowed(&app.config, &who) {
-        tracing::info!(email = %who.email, "sign-in refused by the allow-list");
-        return Err(ApiError::Forbidden(format!("{} is not allowed in: ask an administrator", who.email)));
+        tracing::info!(email = %who.email, verified = ?who.email_verified, "sign-in refused by the allow-list");
+        let why = match who.email_verified {
+            Some(true) => "ask an administrator".to_string(),
+            _ => "the sign-in provider does not say this address is verified (email_verified); \
+                  verify it there, or ask an administrator"
+                .to_string(),
+        };
+        return Err(ApiError::Forbidden(format!("{} is not allowed in: {why}", who.email)));
     }
     let token = create_session(&app.db, &who, app.config.session_ttl).await?;
     tracing::info!(email = %who.email, "signed in");
-    let mut response = found(&next.location(&app, &who.email));
+    let mut response = found(&next.location(&app, &who.email, &token_hash(&token)));
     let cookie = set_cookie(SESSION_COOKIE, &token, app.config.session_ttl, secure(&app));
     response.headers_mut().insert(header::SET_COOKIE, cookie.parse().map_err(anyhow::Error::from)?);
+    let done = set_cookie(signin_cookie(&app), "", std::time::Duration::ZERO, secure(&app));
+    response.headers_mut().append(header::SET_COOKIE, done.parse().map_err(anyhow::Error::from)?);
     Ok(response)
 }
 
@@ -185,6 +231,15 @@ async fn logout(
 
 fn secure(app: &AppState) -> bool {
     app.config.public_url().starts_with("https://")
+}
+
+/// The sign-in cookie's name: `__Host-` prefixed under https.
+fn signin_cookie(app: &AppState) -> &'static str {
+    if secure(app) {
+        SIGNIN_COOKIE.1
+    } else {
+        SIGNIN_COOKIE.0
+    }
 }
 
 /// The provider's metadata, found by discovery the first time it is needed.

@@ -33,6 +33,11 @@ pub fn redirect(location: &str, set_cookie: Option<&str>) -> Response<Bytes> {
     response
 }
 
+/// The gate refused the request with `status`, saying why in `message` (text of our own).
+pub fn refused(status: StatusCode, message: &str) -> Response<Bytes> {
+    page(status, "Not let in", message)
+}
+
 /// Seconds between reloads of the "waking up" page.
 const WAKE_REFRESH: u32 = 2;
 

@@ -121,9 +121,12 @@ impl Edge {
         // Gated previews: only people signed in, and the gate's cookie stays here.
         if visit.gated {
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            let decision = self.auth.gate.check(&self.urls.scheme, &host, path, req.headers());
-            if let gate::Decision::Redirect { location, set_cookie } = decision {
-                return page(pages::redirect(&location, set_cookie.as_deref()));
+            match self.auth.gate.check(&self.urls.scheme, &host, path, req.headers()).await {
+                gate::Decision::Pass { .. } => {}
+                gate::Decision::Redirect { location, set_cookie } => {
+                    return page(pages::redirect(&location, set_cookie.as_deref()));
+                }
+                gate::Decision::Refuse { status, message } => return page(pages::refused(status, &message)),
             }
             gate::strip_cookie(req.headers_mut());
         }

@@ -5,7 +5,9 @@ pub mod health;
 pub mod logs;
 pub mod metrics;
 
-use axum::middleware::from_fn_with_state;
+use axum::http::{header, HeaderValue};
+use axum::middleware::{from_fn_with_state, map_response};
+use axum::response::Response;
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
@@ -26,6 +28,23 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::traefik::router())
         .merge(crate::auth::oidc::router())
         .merge(crate::auth::forward::router())
+        .layer(map_response(no_framing))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// No page of the controller may be shown in another site's frame (clickjacking): every
+/// answer says so, the old way (`X-Frame-Options`) and the new (CSP `frame-ancestors`).
+async fn no_framing(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    let csp = match headers.get(header::CONTENT_SECURITY_POLICY).and_then(|v| v.to_str().ok()) {
+        Some(csp) if csp.contains("frame-ancestors") => None,
+        Some(csp) => HeaderValue::try_from(format!("{csp}; frame-ancestors 'none'")).ok(),
+        None => Some(HeaderValue::from_static("frame-ancestors 'none'")),
+    };
+    if let Some(csp) = csp {
+        headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    response
 }
