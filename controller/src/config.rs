@@ -100,6 +100,12 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_ALLOW_GROUPS", value_delimiter = ',')]
     pub allow_groups: Vec<String>,
 
+    /// Take an email the provider does not state verified (no `email_verified` claim) as
+    /// verified. Only for a provider that checks addresses itself and does not say so, such
+    /// as the local test provider `scripts/up` starts; one that says `false` is never taken.
+    #[arg(long, env = "DEMOFLEET_TRUST_UNSTATED_EMAILS")]
+    pub trust_unstated_emails: bool,
+
     /// How long a sign-in lasts.
     #[arg(long, env = "DEMOFLEET_SESSION_TTL", default_value = "12h", value_parser = parse_duration)]
     pub session_ttl: Duration,

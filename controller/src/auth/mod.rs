@@ -125,10 +125,15 @@ pub async fn live_api_token(db: impl PgExecutor<'_>, token: &str) -> sqlx::Resul
 
 /// True when the allow-list lets `who` in: an allowed email, an email in an allowed domain,
 /// or an allowed group. An email counts only when the provider says it is verified
-/// (`email_verified: true`); one it says nothing about is not.
+/// (`email_verified: true`); one it says nothing about is not, unless
+/// `DEMOFLEET_TRUST_UNSTATED_EMAILS` says so.
 pub fn allowed(config: &Config, who: &Identity) -> bool {
     let email = who.email.trim().to_ascii_lowercase();
-    let by_email = who.email_verified == Some(true)
+    let verified = match who.email_verified {
+        Some(stated) => stated,
+        None => config.trust_unstated_emails,
+    };
+    let by_email = verified
         && (config.allow_emails.iter().any(|e| e.trim().eq_ignore_ascii_case(&email))
             || email.rsplit_once('@').is_some_and(|(_, domain)| {
                 config.allow_domains.iter().any(|d| d.trim().trim_start_matches('@').eq_ignore_ascii_case(domain))
@@ -236,6 +241,9 @@ mod tests {
         assert!(!allowed(&config, &who("alice@example.com.evil.test", Some(true), &[])));
         assert!(!allowed(&config, &who("alice@example.com", Some(false), &[])), "unverified email");
         assert!(!allowed(&config, &who("alice@example.com", None, &[])), "an email not stated verified");
+        let trusting = Config { trust_unstated_emails: true, ..config.clone() };
+        assert!(allowed(&trusting, &who("alice@example.com", None, &[])), "unstated, trusted by setting");
+        assert!(!allowed(&trusting, &who("alice@example.com", Some(false), &[])), "stated unverified, never");
         let nobody = Config::try_parse_from(["demofleet-controller", "--webhook-secret", "s"]).unwrap();
         assert!(!allowed(&nobody, &who("alice@example.com", Some(true), &[])), "empty lists let nobody in");
     }
