@@ -112,6 +112,8 @@ start_rabbitmq() {
         printf 'listeners.tcp.default = 127.0.0.1:5672\nmanagement.tcp.ip = 127.0.0.1\n' \
             >"$RABBITMQ_DIR/rabbitmq.conf"
         if ss -Hltn 'sport = :4369' | awk '{print $4}' | grep -qv '^127\.0\.0\.1:'; then epmd -kill >/dev/null || true; fi
+        # Started here rather than by the node, which does not pass the address on to it.
+        ss -Hltn 'sport = :4369' | grep -q . || epmd -address 127.0.0.1 -daemon
         ERL_EPMD_ADDRESS=127.0.0.1 RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
             RABBITMQ_CONFIG_FILE="$RABBITMQ_DIR/rabbitmq.conf" \
             RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
