@@ -124,7 +124,7 @@ impl Gate {
             x,
             s: URL_SAFE_NO_PAD.encode(session),
             n: Some(next.into()),
-            j: Some(super::random_token()),
+            j: Some(super::tokens::random_token()),
         })
     }
 

@@ -15,19 +15,18 @@ pub mod forward;
 pub mod gate;
 pub mod guard;
 pub mod oidc;
+pub mod tokens;
 
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use sqlx::{FromRow, PgExecutor, PgPool};
 use time::OffsetDateTime;
 
 use crate::config::Config;
 use cookies::cookie;
+pub use tokens::{random_token, token_hash};
 
 /// The cookie that holds a session's token.
 pub const SESSION_COOKIE: &str = "demofleet_session";
@@ -139,17 +138,6 @@ pub fn allowed(config: &Config, who: &Identity) -> bool {
                 config.allow_domains.iter().any(|d| d.trim().trim_start_matches('@').eq_ignore_ascii_case(domain))
             }));
     by_email || who.groups.iter().any(|g| config.allow_groups.iter().any(|a| a.trim() == g))
-}
-
-/// 32 random bytes, URL-safe.
-pub fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-pub fn token_hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
 }
 
 /// Start a session for `who`; returns the token for the cookie.
