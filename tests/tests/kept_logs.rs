@@ -94,3 +94,89 @@ async fn a_failed_builds_output_outlives_its_agent() {
     assert!(page.contains("Kept output of generation 1") && !page.contains("Waiting for output"), "{page}");
     stack.stop().await;
 }
+
+/// The lines of a replay of `path` that start with `marker`, with their ids, once `done`
+/// holds of them (the keeper writes and trims a little after the demo's state changes).
+async fn kept(
+    stack: &Stack,
+    path: &str,
+    marker: &str,
+    done: impl Fn(&[(String, String)]) -> bool,
+) -> Vec<(String, String)> {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let replay = events(stack.follow(path).await, "\u{0}", Duration::from_secs(2)).await;
+        let mine: Vec<(String, String)> = replay.into_iter().filter(|(_, d)| d.starts_with(marker)).collect();
+        if done(&mine) {
+            return mine;
+        }
+        assert!(std::time::Instant::now() < deadline, "the kept lines never settled: {mine:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_logs_are_bounded_and_resume_across_a_controller_restart() {
+    const KEEP_BYTES: usize = 3000;
+    let flags = ["--retry-delays", "100ms", "--log-keep-bytes", "3000", "--log-keep-generations", "1"];
+    let options = StackOptions { controller_args: flags.iter().map(|f| f.to_string()).collect(), ..Default::default() };
+    let mut stack = Stack::start(options).await;
+    stack.run_controller_as_process(env!("CARGO_BIN_EXE_fleet-controller")).await;
+    let repo_name = format!("bounded-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let repo = FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &repo_name);
+    let marker = format!("bounded-{repo_name}");
+    // 300 lines of about 60 bytes: six times what a generation keeps.
+    let base_image = stack.services.base_image.clone();
+    let noisy = |generation: u32| {
+        format!(
+            "FROM {}\nRUN i=0; while [ $i -lt 300 ]; do echo {marker}-g{generation}-line-$i-padding-padding-padding; \
+             i=$((i+1)); done; exit 3\n",
+            base_image
+        )
+    };
+    let sha = repo.commit("a noisy build that fails", &[("Dockerfile", &noisy(1))]);
+    let (_, response) =
+        stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
+    assert_eq!(response.status(), 202);
+    let name = format!("{repo_name}-fixture-owner-pr-2");
+    let demo = stack.wait_for_state(&name, "failed", DEADLINE).await;
+    let id = demo["id"].as_str().unwrap().to_string();
+    let path = format!("/api/demos/{id}/logs");
+
+    // Bounded: the newest lines of the generation that fit in its bytes, the last one among them.
+    let last = format!("{marker}-g1-line-299-");
+    let first = format!("{marker}-g1-line-0-");
+    let g1 = kept(&stack, &path, &marker, |lines| {
+        lines.iter().any(|(_, d)| d.starts_with(&last)) && !lines.iter().any(|(_, d)| d.starts_with(&first))
+    })
+    .await;
+    let bytes: usize = g1.iter().map(|(_, d)| d.len() + 1).sum();
+    assert!(bytes <= KEEP_BYTES, "{bytes} bytes of build output kept: {g1:?}");
+    assert!(g1.len() >= 20, "the newest lines are kept: {g1:?}");
+
+    // The controller is killed and started again: a client resuming after a line it saw gets
+    // the lines after it, none lost and none repeated.
+    let middle = g1.len() / 2;
+    stack.kill_controller();
+    stack.start_controller().await;
+    let resumed = events(stack.follow_after(&path, &g1[middle].0).await, &last, Duration::from_secs(5)).await;
+    let resumed: Vec<&(String, String)> = resumed.iter().filter(|(_, d)| d.starts_with(&marker)).collect();
+    let expected: Vec<&(String, String)> = g1[middle + 1..].iter().collect();
+    assert_eq!(resumed, expected, "resumed after {:?}", g1[middle]);
+
+    // A new generation's log replaces the old one's (one generation kept).
+    let sha = repo.commit("another noisy build", &[("Dockerfile", &noisy(2))]);
+    let (_, response) =
+        stack.deliver("pull_request", &fixtures::pull_request("pull_request.synchronize.json", &repo, &sha)).await;
+    assert_eq!(response.status(), 202);
+    let last2 = format!("{marker}-g2-line-299-");
+    let g2 = kept(&stack, &path, &marker, |lines| {
+        lines.iter().any(|(_, d)| d.starts_with(&last2)) && !lines.iter().any(|(_, d)| d.contains("-g1-line-"))
+    })
+    .await;
+    let newest_g1: i64 = g1.last().unwrap().0.parse().unwrap();
+    assert!(g2.iter().all(|(i, _)| i.parse::<i64>().unwrap() > newest_g1), "{g2:?}");
+    let text = stack.get(&format!("{path}?format=text&generation=1")).await.text().await.unwrap();
+    assert!(!text.contains(&marker), "generation 1 is no longer kept: {text}");
+    stack.stop().await;
+}
