@@ -152,6 +152,21 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
 
+    /// Connections the API listener (webhook, API, dashboard) holds open at once; more wait
+    /// in the kernel's backlog until one closes.
+    #[arg(long, env = "DEMOFLEET_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: usize,
+
+    /// How long the API listener waits for a request's headers, from the moment a
+    /// connection waits for a request (an idle kept-alive connection is closed after this).
+    #[arg(long, env = "DEMOFLEET_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// How long the API listener waits for a request's body, once its headers are in;
+    /// a body not complete by then is answered 408.
+    #[arg(long, env = "DEMOFLEET_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_body_timeout: Duration,
+
     /// Address of the built-in edge proxy.
     #[arg(long, env = "DEMOFLEET_EDGE_LISTEN", default_value = "127.0.0.1:8080")]
     pub edge_listen: SocketAddr,
@@ -169,6 +184,12 @@ pub struct Config {
     /// Largest webhook body accepted, in bytes (GitHub caps payloads at 25 MB).
     #[arg(long, env = "DEMOFLEET_WEBHOOK_MAX_BYTES", default_value_t = 25 * 1024 * 1024)]
     pub webhook_max_bytes: usize,
+
+    /// Bytes of webhook bodies held in memory at once, all deliveries together: a delivery
+    /// whose declared length does not fit waits for room (at most DEMOFLEET_HTTP_BODY_TIMEOUT,
+    /// then 503) before a byte of it is read.
+    #[arg(long, env = "DEMOFLEET_WEBHOOK_BUFFER_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub webhook_buffer_bytes: usize,
 
     /// Bytes of log kept per demo generation (the newest lines; older ones are dropped).
     #[arg(long, env = "DEMOFLEET_LOG_KEEP_BYTES", default_value_t = 5 * 1024 * 1024)]

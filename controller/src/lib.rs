@@ -42,6 +42,7 @@ pub mod intake;
 pub mod jobs;
 pub mod keep_logs;
 pub mod lease;
+pub mod listener;
 pub mod reconcile;
 pub mod retention;
 pub mod scheduler;
@@ -58,11 +59,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::service::TowerToHyperService;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use config::Config;
 use state::AppState;
@@ -181,7 +186,7 @@ impl Controller {
         tasks.spawn(fleet::run_tick(fleet, stop.clone()));
         let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
         tasks.spawn(fleet::run_wakes(scheduler.clone(), wake_rx, stop.clone()));
-        let limits = edge::listener::Limits {
+        let limits = listener::Limits {
             max_connections: config.edge_max_connections,
             header_timeout: config.edge_header_timeout,
         };
@@ -208,15 +213,18 @@ impl Controller {
             stopping: stop.clone(),
         };
         let app = http::router(state.clone());
-        let http_stop = stop.clone();
-        tasks.spawn(async move {
-            let served = axum::serve(http_listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(http_stop.cancelled_owned())
-                .await;
-            if let Err(err) = served {
-                tracing::error!(error = %err, "HTTP server failed");
-            }
-        });
+        let http_limits = listener::Limits {
+            max_connections: state.config.http_max_connections,
+            header_timeout: state.config.http_header_timeout,
+        };
+        tasks.spawn(listener::serve(http_listener, http_limits, stop.clone(), move |peer| {
+            // What axum's ConnectInfo<SocketAddr> extractor reads.
+            let connected = ConnectInfo(peer);
+            TowerToHyperService::new(app.clone().map_request(move |mut req: axum::extract::Request<Incoming>| {
+                req.extensions_mut().insert(connected);
+                req
+            }))
+        }));
         tasks.close();
         tracing::info!(%http_addr, %edge_addr, "controller started");
         Ok(Controller { http_addr, edge_addr, state, stop, tasks })

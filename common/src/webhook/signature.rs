@@ -18,19 +18,31 @@ pub enum SignatureError {
 
 /// Check `header` (the value of `X-Hub-Signature-256`, if any) against `body`.
 pub fn verify(secret: &[u8], body: &[u8], header: Option<&[u8]>) -> Result<(), SignatureError> {
+    check(secret, body, &parse(header)?)
+}
+
+/// The digest a well-formed header claims, read before the body it signs is: a request
+/// without one can be refused before a byte of its body is read.
+pub fn parse(header: Option<&[u8]>) -> Result<Claimed, SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let hex_digest = header.strip_prefix(b"sha256=").ok_or(SignatureError::Malformed)?;
     let claimed = hex::decode(hex_digest).map_err(|_| SignatureError::Malformed)?;
-    if claimed.len() != 32 {
-        return Err(SignatureError::Malformed);
-    }
+    claimed.try_into().map(Claimed).map_err(|_| SignatureError::Malformed)
+}
+
+/// Whether `claimed` is the HMAC of `body` under `secret`, compared in constant time.
+pub fn check(secret: &[u8], body: &[u8], claimed: &Claimed) -> Result<(), SignatureError> {
     let expected = hmac_sha256(secret, body);
-    if bool::from(expected.ct_eq(&claimed)) {
+    if bool::from(expected.ct_eq(&claimed.0)) {
         Ok(())
     } else {
         Err(SignatureError::Mismatch)
     }
 }
+
+/// An HMAC-SHA256 digest a request claims for its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed([u8; 32]);
 
 /// The header value GitHub would send for `body`.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {

@@ -6,10 +6,8 @@
 //! - [`RouteTable`]: the routed and sleeping demos, reloaded from Postgres, with the time
 //!   of each one's last request; reloads asked for at once share one.
 //! - [`proxy`]: the hyper server that forwards requests.
-//! - [`listener`]: bounds on connections and on the wait for headers.
 //! - [`pages`]: the 404, 502 and "waking up" pages.
 
-pub mod listener;
 pub mod pages;
 pub mod proxy;
 

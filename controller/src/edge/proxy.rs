@@ -17,11 +17,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use super::listener::{self, BoundedListener, Limits};
 use super::{pages, RouteTable, Target};
 use crate::auth::{gate, Auth};
+use crate::listener::{self, Limits};
 use crate::urls::DemoUrls;
 
 /// Every response body the edge sends.
@@ -74,35 +73,15 @@ impl Edge {
 
     /// Accept connections on `listener` until `stop`, within the edge's [`Limits`].
     pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
-        let listener = BoundedListener::new(listener, self.limits.max_connections);
-        let connections = TaskTracker::new();
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = stop.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            let _ = stream.set_nodelay(true);
+        let limits = self.limits;
+        listener::serve(listener, limits, stop, move |peer| {
             let edge = self.clone();
-            let limits = self.limits;
-            let stop = stop.clone();
-            connections.spawn(async move {
-                let service = service_fn(move |req| {
-                    let edge = edge.clone();
-                    async move { Ok::<_, Infallible>(edge.handle(req, peer).await) }
-                });
-                let conn = listener::http1(&limits).serve_connection(TokioIo::new(stream), service).with_upgrades();
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = stop.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
-            });
-        }
-        connections.close();
-        connections.wait().await;
+            service_fn(move |req| {
+                let edge = edge.clone();
+                async move { Ok::<_, Infallible>(edge.handle(req, peer).await) }
+            })
+        })
+        .await
     }
 
     async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<EdgeBody> {

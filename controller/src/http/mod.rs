@@ -5,18 +5,23 @@ pub mod health;
 pub mod logs;
 pub mod metrics;
 
+use axum::body::Body;
+use axum::extract::Request;
 use axum::http::{header, HeaderValue};
-use axum::middleware::{from_fn_with_state, map_response};
+use axum::middleware::{from_fn_with_state, map_request, map_response};
 use axum::response::Response;
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::guard;
+use crate::listener::Deadline;
 use crate::state::AppState;
 
 /// Open: the webhook (signed), health, metrics, Traefik's provider, sign-in. Behind a
-/// principal: the JSON API. Behind a session: the dashboard.
+/// principal: the JSON API. Behind a session: the dashboard. Every request's body must be
+/// complete within DEMOFLEET_HTTP_BODY_TIMEOUT of its headers.
 pub fn router(state: AppState) -> Router {
+    let body_timeout = state.config.http_body_timeout;
     let api = api::router().merge(logs::router()).route_layer(from_fn_with_state(state.clone(), guard::api));
     let dashboard = crate::dashboard::router().route_layer(from_fn_with_state(state.clone(), guard::dashboard));
     Router::new()
@@ -29,6 +34,9 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::auth::oidc::router())
         .merge(crate::auth::forward::router())
         .layer(map_response(no_framing))
+        .layer(map_request(
+            move |req: Request| async move { req.map(|body| Body::new(Deadline::new(body, body_timeout))) },
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -4,16 +4,23 @@
 //! - [`signature`]: `X-Hub-Signature-256` checking.
 //! - [`event`]: the payload fields we read and what each action asks for.
 //! - [`delivery`]: content type, body and event header → the event.
+//! - [`body`]: reading a body only once its headers allow it, within bounds of size,
+//!   memory and time.
 //!
-//! All three are pure and live in `demofleet_common::webhook`, where the fuzz targets reach them.
+//! The first three are pure and live in `demofleet_common::webhook`, where the fuzz targets
+//! reach them.
+
+pub mod body;
 
 pub use demofleet_common::webhook::{delivery, event, signature};
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
 use delivery::{read, Delivery, DeliveryError};
@@ -29,19 +36,27 @@ use crate::scheduler::Effects;
 use crate::state::AppState;
 
 pub fn router(config: &Config) -> Router<AppState> {
-    Router::new().route("/webhook/github", post(receive)).layer(DefaultBodyLimit::max(config.webhook_max_bytes))
+    let bodies = Arc::new(body::Bodies::new(config));
+    Router::new().route("/webhook/github", post(receive)).layer(Extension(bodies))
 }
 
 type Answer = (StatusCode, Json<Value>);
 
 #[tracing::instrument(skip_all, fields(event, delivery, demo, generation))]
-async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Answer, ApiError> {
-    let signature = headers.get("x-hub-signature-256").map(|v| v.as_bytes());
-    signature::verify(app.config.webhook_secret.expose().as_bytes(), &body, signature)
-        .map_err(|err| ApiError::Unauthorized(err.to_string()))?;
-
+async fn receive(
+    State(app): State<AppState>,
+    Extension(bodies): Extension<Arc<body::Bodies>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Answer, ApiError> {
+    // What the headers can tell is checked before a byte of the body is read.
+    let unauthorized = |err: signature::SignatureError| ApiError::Unauthorized(err.to_string());
+    let claimed = signature::parse(headers.get("x-hub-signature-256").map(|v| v.as_bytes())).map_err(unauthorized)?;
     let event = required_header(&headers, "x-github-event")?;
     let delivery = required_header(&headers, "x-github-delivery")?;
+    let body = bodies.read(&headers, body).await?;
+    signature::check(app.config.webhook_secret.expose().as_bytes(), &body, &claimed).map_err(unauthorized)?;
+
     tracing::Span::current().record("event", event).record("delivery", delivery);
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
 

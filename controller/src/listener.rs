@@ -1,8 +1,10 @@
-//! Bounds on what a client can hold open: at most a number of connections at once, each
-//! given a deadline to send a request's headers (which also ends idle keep-alive
-//! connections, as the wait for the next request's headers). Nothing here knows the edge:
-//! any listener that serves hyper connections itself can use it.
+//! The controller's two listeners (the API's and the edge's) and what a client may hold
+//! open on them: at most a number of connections at once, each given a deadline to send a
+//! request's headers (which also ends idle keep-alive connections, as the wait for the next
+//! request's headers). Nothing here knows what is served.
 //!
+//! - [`serve`]: accept and serve HTTP/1 connections within [`Limits`] until told to stop.
+//! - [`Deadline`]: a request body that must be complete by a deadline.
 //! - [`BoundedListener`]: accepts a connection only while it has a free slot; the slot goes
 //!   with the socket ([`SlotStream`]), so an upgraded connection (a WebSocket) keeps it
 //!   until it closes. At the bound, new connections wait in the kernel's backlog until a
@@ -10,6 +12,7 @@
 //!   instead of at once.
 //! - [`http1`]: a hyper HTTP/1 server builder with the header deadline set.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,10 +20,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::TokioTimer;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long a failed accept waits before the next, at first and at most.
 const ACCEPT_PAUSE: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
@@ -113,12 +123,107 @@ impl AsyncWrite for SlotStream {
     }
 }
 
+/// Serve HTTP/1 on `listener` within `limits` until `stop`: each connection gets the service
+/// `service(peer)` makes. On stop, new connections are no longer accepted and open ones end
+/// once the request in hand is answered; this returns when all have ended.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    limits: Limits,
+    stop: CancellationToken,
+    service: impl Fn(SocketAddr) -> S,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let listener = BoundedListener::new(listener, limits.max_connections);
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        // Small requests and answers go out at once, not after Nagle's delay.
+        let _ = stream.set_nodelay(true);
+        let service = service(peer);
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let conn = http1(&limits).serve_connection(TokioIo::new(stream), service).with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
 /// A hyper HTTP/1 server whose connections are closed when a request's headers (or the
 /// next request on a kept-alive connection) take longer than `limits.header_timeout`.
 pub fn http1(limits: &Limits) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
     builder
+}
+
+/// A request body that must be complete within a time set when its headers were read; past
+/// it, reading fails with [`BodyTimeout`]. The deadline is the whole body's, not each read's,
+/// so a body trickling a byte at a time cannot hold its connection for longer.
+pub struct Deadline<B> {
+    body: B,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+}
+
+impl<B> Deadline<B> {
+    pub fn new(body: B, timeout: Duration) -> Deadline<B> {
+        Deadline { body, deadline: Box::pin(tokio::time::sleep(timeout)), timeout }
+    }
+}
+
+impl<B> Body for Deadline<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        let this = self.get_mut();
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout(this.timeout)))));
+        }
+        Pin::new(&mut this.body).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body was not complete in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+pub struct BodyTimeout(pub Duration);
+
+impl BodyTimeout {
+    /// True when `err`, or an error it was caused by, is a [`BodyTimeout`].
+    pub fn caused(err: &(dyn std::error::Error + 'static)) -> bool {
+        std::iter::successors(Some(err), |e| e.source()).any(|e| e.is::<BodyTimeout>())
+    }
 }
 
 /// Raise this process's soft limit of open files to its hard limit (as Go programs do at
