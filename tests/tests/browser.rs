@@ -1,6 +1,8 @@
 //! The dashboard in a real browser: headless Chromium, driven over WebDriver (chromedriver),
 //! signs in through the real OpenID provider's own form, finds the running demo on the
-//! overview, opens it, stops it from the keyboard, and sees it leave the overview. Every
+//! overview and opens it through the edge from its link there, opens its page, stops it
+//! from the keyboard, and sees it leave the overview; opens a failed demo's page, reads its
+//! kept build output there and downloads it through the page's link. Every
 //! page visited has one `h1` and a label for every field and button. Screenshots go to
 //! `DEMOFLEET_ARTIFACTS` (default `/var/tmp/demofleet-artifacts`)/browser.
 
@@ -119,7 +121,7 @@ async fn check_page(client: &Client, name: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_admin_signs_in_opens_a_demo_and_stops_it_in_a_browser() {
+async fn an_admin_signs_in_opens_demos_reads_a_failed_build_and_stops_one_in_a_browser() {
     let stack = Stack::start(StackOptions::default()).await;
     let repo_name = format!("web-{}", &Uuid::new_v4().simple().to_string()[..8]);
     let repo = FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &repo_name);
@@ -127,8 +129,19 @@ async fn an_admin_signs_in_opens_a_demo_and_stops_it_in_a_browser() {
     let sha = repo.commit("demo", &files.iter().map(|(p, c)| (*p, c.as_str())).collect::<Vec<_>>());
     stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
     let name = format!("{repo_name}-fixture-owner-pr-2");
+    // A second pull request whose build fails, nobody watching.
+    let broken_repo = FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &format!("broken-{repo_name}"));
+    let marker = format!("browser-build-output-{repo_name}");
+    let dockerfile =
+        format!("FROM {}\nRUN echo {marker}-one && echo {marker}-two && exit 3\n", stack.services.base_image);
+    let broken_sha = broken_repo.commit("a build that fails", &[("Dockerfile", &dockerfile)]);
+    stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &broken_repo, &broken_sha)).await;
     let demo = stack.wait_for_state(&name, "running", DEADLINE).await;
     let id = demo["id"].as_str().unwrap().to_string();
+    let demo_url = demo["url"].as_str().unwrap().to_string();
+    let broken_name = format!("broken-{repo_name}-fixture-owner-pr-2");
+    let broken = stack.wait_for_state(&broken_name, "failed", DEADLINE).await;
+    let broken_id = broken["id"].as_str().unwrap().to_string();
     let email = "browser@example.com";
     let user = demofleet_tests::http_client()
         .build()
@@ -155,6 +168,18 @@ async fn an_admin_signs_in_opens_a_demo_and_stops_it_in_a_browser() {
     let body = client.find(Locator::Css("body")).await.unwrap().text().await.unwrap();
     assert!(body.contains(email), "signed in as {email}");
     check_page(&client, "2-overview").await;
+
+    // The demo itself, opened from its link on the overview, through the edge.
+    let open = client.find(Locator::Css(&format!("a[href='{demo_url}']"))).await.unwrap();
+    open.click().await.unwrap();
+    wait::until("the demo's own page", DEADLINE, || async {
+        let body = client.find(Locator::Css("body")).await.ok()?.text().await.ok()?;
+        body.contains("seen in a browser").then_some(())
+    })
+    .await;
+    assert!(client.current_url().await.unwrap().as_str().starts_with(&demo_url));
+    client.goto(&stack.url("/")).await.unwrap();
+    wait_for_page(&client, &stack.url("/"), "Demos").await;
     let link = client.find(Locator::Css(&format!("a[href='/demos/{id}']"))).await.unwrap();
     link.click().await.unwrap();
 
@@ -185,6 +210,25 @@ async fn an_admin_signs_in_opens_a_demo_and_stops_it_in_a_browser() {
         .unwrap();
     assert_eq!(gone, json!(0));
     screenshot(&client, "4-overview-after-stop").await;
+    // The failed demo's page shows its kept build output, and the download link gives it whole.
+    client.goto(&stack.url(&format!("/demos/{broken_id}"))).await.unwrap();
+    wait_for_page(&client, &stack.url(&format!("/demos/{broken_id}")), &broken_name).await;
+    let page = client.find(Locator::Css("main")).await.unwrap().text().await.unwrap();
+    assert!(page.contains(&format!("[build] {marker}-two")), "{page}");
+    check_page(&client, "6-failed-demo").await;
+    let download = client.find(Locator::XPath("//a[normalize-space()='download generation 1']")).await.unwrap();
+    let href = download.attr("href").await.unwrap().expect("a link");
+    let text = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(arguments[0]).then(r => r.text()).then(done, e => done('failed: ' + e));",
+            vec![json!(href)],
+        )
+        .await
+        .unwrap();
+    let text = text.as_str().unwrap_or_default();
+    assert!(text.contains(&format!("[g1 build] {marker}-one")) && text.contains(&format!("{marker}-two")), "{text}");
+
     for path in ["/hosts", "/fleet", "/start", "/tokens", "/deliveries", "/approvals"] {
         client.goto(&stack.url(path)).await.unwrap();
         client.wait().for_element(Locator::Css("main h1")).await.unwrap();
