@@ -266,10 +266,27 @@ bench_controller() {
     BENCH_PID=$!
 }
 
+# bench_enrol DB VHOST PREFIX HOST...: enrol each HOST (unless it is) on a benchmark's
+# database DB (migrated first), vhost VHOST and NATS prefix PREFIX, as `hosts enroll` does:
+# the controller takes heartbeats only from enrolled hosts. The benchmark's agents log in
+# as the broker's own user, so no broker users are made.
+bench_enrol() {
+    local db=$1 vhost=$2 prefix=$3
+    shift 3
+    local -a settings=(env -u DEMOFLEET_AMQP_MANAGEMENT_URL DEMOFLEET_DATABASE_URL="$(pg_url "$db")"
+        DEMOFLEET_AMQP_URL="amqp://$AMQP_USER:$AMQP_PASSWORD@127.0.0.1:5672/$vhost" DEMOFLEET_NATS_PREFIX="$prefix")
+    "${settings[@]}" "$CARGO_TARGET_DIR/release/demofleet-controller" migrate 2>/dev/null
+    for host in "$@"; do
+        "${settings[@]}" "$CARGO_TARGET_DIR/release/demofleet-controller" hosts enroll --unless-enrolled "$host" \
+            >/dev/null 2>"$STATE_DIR/bench-enrol.log" ||
+            { cat "$STATE_DIR/bench-enrol.log" >&2; log "enrolling host $host on database $db failed"; return 1; }
+    done
+}
+
 # bench_agent LOG HOST DEMO_DIR CAPACITY VHOST PREFIX REPOS: a release agent for host HOST
-# with its demos in DEMO_DIR, on a benchmark's vhost and NATS prefix, fetching from the
-# repositories under REPOS (file:// URLs), warnings only; output to LOG. Started in the
-# background; its pid in BENCH_PID.
+# (enrolled first: bench_enrol) with its demos in DEMO_DIR, on a benchmark's vhost and NATS
+# prefix, fetching from the repositories under REPOS (file:// URLs), warnings only; output
+# to LOG. Started in the background; its pid in BENCH_PID.
 bench_agent() {
     DEMOFLEET_HOST_ID=$2 DEMOFLEET_DEMO_DIR=$3 DEMOFLEET_CAPACITY=$4 DEMOFLEET_GIT_LOCAL_ROOT=$7 \
     DEMOFLEET_AMQP_URL="amqp://$AMQP_USER:$AMQP_PASSWORD@127.0.0.1:5672/$5" \

@@ -16,7 +16,8 @@ use demofleet_common::wire::{Heartbeat, WIRE_VERSION};
 use crate::config::Config;
 use crate::db::demos::{self, DeployRequest};
 use crate::db::events::{Event, Kind};
-use crate::db::{chains, hosts, settings};
+use crate::db::{audit, chains, hosts, settings};
+use crate::refusals::Refusals;
 use crate::scheduler::Scheduler;
 use crate::traefik;
 
@@ -26,9 +27,55 @@ pub struct Fleet {
     /// Starts and advances chains; its pool is the state of record.
     pub scheduler: Scheduler,
     pub config: Arc<Config>,
+    /// Heartbeats refused, for `/metrics` and the audit log.
+    pub refusals: Arc<Refusals>,
 }
 
-/// Record every heartbeat until `stop`.
+/// Why a heartbeat changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not a heartbeat of any version.
+    Unreadable,
+    /// A heartbeat of another version of the wire format.
+    WrongVersion,
+    /// A heartbeat naming another host than its subject does.
+    WrongSubject,
+    /// From a host no enrolment names.
+    UnknownHost,
+    /// From a host whose enrolment is revoked.
+    RevokedHost,
+}
+
+impl Refused {
+    /// The `reason` label of `demofleet_channel_refused_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::Unreadable => "unreadable",
+            Refused::WrongVersion => "wrong_version",
+            Refused::WrongSubject => "wrong_subject",
+            Refused::UnknownHost => "unknown_host",
+            Refused::RevokedHost => "revoked_host",
+        }
+    }
+}
+
+/// The heartbeat in `payload`, received on `subject`, if it is one of this version sent on
+/// its own host's subject under `prefix`; else why not. Whether the host may send it is the
+/// state of record's to say.
+pub fn read_heartbeat(prefix: &str, subject: &str, payload: &[u8]) -> Result<Heartbeat, Refused> {
+    let beat: Heartbeat = serde_json::from_slice(payload).map_err(|_| Refused::Unreadable)?;
+    if beat.version != WIRE_VERSION {
+        return Err(Refused::WrongVersion);
+    }
+    if subject != topology::heartbeat_subject(prefix, &beat.host_id) {
+        return Err(Refused::WrongSubject);
+    }
+    Ok(beat)
+}
+
+/// Record every heartbeat from a host with a live enrolment until `stop`. Any other is
+/// refused: counted, and audited (and logged as a warning) the first time its host, or
+/// its subject when it names no host of its own, is refused for that reason.
 pub async fn run_heartbeats(app: Fleet, mut subscriber: async_nats::Subscriber, stop: CancellationToken) {
     loop {
         let message = tokio::select! {
@@ -40,22 +87,36 @@ pub async fn run_heartbeats(app: Fleet, mut subscriber: async_nats::Subscriber, 
             return;
         };
         let began = Instant::now();
-        let beat: Heartbeat = match serde_json::from_slice(&message.payload) {
-            Ok(b) => b,
-            Err(err) => {
-                tracing::warn!(subject = %message.subject, error = %err, "unreadable heartbeat dropped");
+        let subject = message.subject.as_str();
+        let beat = match read_heartbeat(&app.config.messaging.nats_prefix, subject, &message.payload) {
+            Ok(beat) => beat,
+            Err(why) => {
+                refuse(&app, why, subject, None).await;
                 continue;
             }
         };
-        let expected = topology::heartbeat_subject(&app.config.messaging.nats_prefix, &beat.host_id);
-        if beat.version != WIRE_VERSION || message.subject.as_str() != expected {
-            tracing::warn!(subject = %message.subject, host = %beat.host_id, "heartbeat of another version or subject dropped");
-            continue;
-        }
-        if let Err(err) = hosts::record_heartbeat(&app.scheduler.db, &beat).await {
-            tracing::warn!(host = %beat.host_id, error = %err, "recording a heartbeat failed");
+        match hosts::record_heartbeat(&app.scheduler.db, &beat).await {
+            Ok(hosts::Heard::Recorded) => {}
+            Ok(hosts::Heard::Unknown) => refuse(&app, Refused::UnknownHost, subject, Some(&beat.host_id)).await,
+            Ok(hosts::Heard::Revoked) => refuse(&app, Refused::RevokedHost, subject, Some(&beat.host_id)).await,
+            Err(err) => tracing::warn!(host = %beat.host_id, error = %err, "recording a heartbeat failed"),
         }
         app.scheduler.timings.heartbeat.observe(began.elapsed());
+    }
+}
+
+/// Count a refused heartbeat; audit it if its source is refused for the first time.
+async fn refuse(app: &Fleet, why: Refused, subject: &str, host: Option<&str>) {
+    app.refusals.count("heartbeat", why.reason());
+    let source = format!("heartbeat {} {}", why.reason(), host.unwrap_or(subject));
+    if !app.refusals.first(&source) {
+        tracing::debug!(subject, host, reason = why.reason(), "heartbeat refused");
+        return;
+    }
+    tracing::warn!(subject, host, reason = why.reason(), "heartbeat refused (warned once for its source)");
+    let detail = serde_json::json!({ "subject": subject, "host": host, "reason": why.reason() });
+    if let Err(err) = audit::record(&app.scheduler.db, "channel", "heartbeat_refused", None, detail).await {
+        tracing::warn!(subject, error = %err, "auditing a refused heartbeat failed");
     }
 }
 
@@ -233,4 +294,45 @@ async fn place_waiting(app: &Fleet) -> sqlx::Result<()> {
         scheduler.transact(async |tx| Ok::<_, sqlx::Error>(((), scheduler.advance(tx, chain).await?))).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(host: &str, version: u32) -> Vec<u8> {
+        let beat = Heartbeat {
+            version,
+            host_id: host.into(),
+            address: "10.0.0.2".into(),
+            capacity: 4,
+            agent_version: "1".into(),
+            inventory: Vec::new(),
+            disk: None,
+        };
+        serde_json::to_vec(&beat).unwrap()
+    }
+
+    #[test]
+    fn a_heartbeat_counts_only_on_its_own_hosts_subject_and_version() {
+        let own = topology::heartbeat_subject("fleet", "host-a");
+        assert_eq!(read_heartbeat("fleet", &own, &beat("host-a", WIRE_VERSION)).unwrap().host_id, "host-a");
+        assert_eq!(read_heartbeat("fleet", &own, &beat("host-b", WIRE_VERSION)), Err(Refused::WrongSubject));
+        let other_prefix = topology::heartbeat_subject("other", "host-a");
+        assert_eq!(read_heartbeat("fleet", &other_prefix, &beat("host-a", WIRE_VERSION)), Err(Refused::WrongSubject));
+        assert_eq!(read_heartbeat("fleet", &own, &beat("host-a", WIRE_VERSION + 1)), Err(Refused::WrongVersion));
+        for garbage in [&b""[..], b"null", b"{}", b"\xff\xfe", br#"{"version":1}"#] {
+            assert_eq!(read_heartbeat("fleet", &own, garbage), Err(Refused::Unreadable), "{garbage:?}");
+        }
+        let reasons: Vec<&str> = [
+            Refused::Unreadable,
+            Refused::WrongVersion,
+            Refused::WrongSubject,
+            Refused::UnknownHost,
+            Refused::RevokedHost,
+        ]
+        .map(Refused::reason)
+        .to_vec();
+        assert_eq!(reasons, ["unreadable", "wrong_version", "wrong_subject", "unknown_host", "revoked_host"]);
+    }
 }

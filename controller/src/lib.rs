@@ -22,7 +22,7 @@
 //!   next.
 //! - Below: [`db`] (queries, one module per table group), [`github`] (the GitHub client and
 //!   PR feedback), [`urls`] (demo hostnames and URLs), [`config`] (settings), [`timings`]
-//!   (latency histograms for `/metrics`).
+//!   (latency histograms for `/metrics`), [`refusals`] (what the channels refused, counted).
 
 pub mod actions;
 pub mod auth;
@@ -44,6 +44,7 @@ pub mod keep_logs;
 pub mod lease;
 pub mod listener;
 pub mod reconcile;
+pub mod refusals;
 pub mod retention;
 pub mod scheduler;
 pub mod secrets;
@@ -181,7 +182,8 @@ impl Controller {
             keep_generations: config.log_keep_generations,
         };
         tasks.spawn(keep_logs::run(keeper, log_lines, stop.clone()));
-        let fleet = fleet::Fleet { scheduler: scheduler.clone(), config: config.clone() };
+        let refusals = Arc::new(refusals::Refusals::default());
+        let fleet = fleet::Fleet { scheduler: scheduler.clone(), config: config.clone(), refusals: refusals.clone() };
         tasks.spawn(fleet::run_heartbeats(fleet.clone(), heartbeats, stop.clone()));
         tasks.spawn(fleet::run_tick(fleet, stop.clone()));
         let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -209,6 +211,7 @@ impl Controller {
             github,
             intake,
             timings,
+            refusals,
             scheduler,
             stopping: stop.clone(),
         };

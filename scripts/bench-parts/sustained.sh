@@ -37,6 +37,7 @@ bench_controller "$BENCH_DIR/sustained-controller.log" $SUSTAINED_DB $SUSTAINED_
 SUSTAINED_CONTROLLER=$BENCH_PID
 STARTED+=($SUSTAINED_CONTROLLER)
 wait_for "the sustained controller" 120 curl -fsS "$SUSTAINED_API/readyz"
+bench_enrol $SUSTAINED_DB $SUSTAINED_VHOST $SUSTAINED_PREFIX $(seq -f 'sim-%03g' 1 "$SUSTAINED_HOSTS")
 DEMOFLEET_LOG=warn "$CARGO_TARGET_DIR/release/fleet-sim" --agents "$SUSTAINED_HOSTS" --capacity 200 \
     --heartbeat-interval 5s --amqp-url "$SUSTAINED_AMQP" --nats-url "$DEMOFLEET_NATS_URL" \
     --nats-prefix $SUSTAINED_PREFIX --inventory "$BENCH_DIR/history-inventory.txt" >"$BENCH_DIR/sustained-sim.log" 2>&1 &

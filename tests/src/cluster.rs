@@ -520,6 +520,9 @@ impl ClusterFleet {
         let mut fleet = ClusterFleet { controller: Some(controller), agents: Vec::new(), machines: Vec::new(), github };
         for _ in 0..agents {
             let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
+            // Enrolled through this controller, which makes no broker users (it has no
+            // management API): the test makes the host's on the cluster.
+            stack.enrol(&host_id).await;
             let (user, password) = stack.vhost.create_agent_user(&host_id).await;
             let demo_dir = stack.scratch.path().join("demos").join(&host_id);
             let machine = TestHost::spawn(&stack.services.base_image).await;

@@ -293,10 +293,12 @@ impl Stack {
         let (http_addr, edge_addr) = (controller.http_addr, controller.edge_addr);
         let db = PgPool::connect(&test_db.url).await.unwrap();
         let api_token = demofleet_controller::auth::create_api_token(&db, "tests", "test harness").await.unwrap();
+        let http = api_client(&api_token);
 
         let mut agents = Vec::new();
         for _ in 0..options.agents {
             let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
+            enrol_at(&http, http_addr, &host_id).await;
             let demo_dir = scratch.path().join("demos").join(&host_id);
             let machine = if options.agents > 1 { Some(TestHost::spawn(&services.base_image).await) } else { None };
             let mut args = agent_argv(&host_id, &amqp_url, &nats_url, &prefix, &demo_dir, &repos, machine.as_ref());
@@ -326,7 +328,7 @@ impl Stack {
             scratch,
             nats_prefix: prefix,
             test_db,
-            http: api_client(&api_token),
+            http,
             plain: crate::http_client().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
             _time_limit: time_limit,
         };
@@ -488,6 +490,13 @@ impl Stack {
         format!("http://{}{path}", self.http_addr)
     }
 
+    /// Enrol host `host_id` through `POST /api/hosts`, as an operator does before starting
+    /// its agent (the controller takes heartbeats only from enrolled hosts): its agent's
+    /// settings, with a broker user of its own (`amqp_url`).
+    pub async fn enrol(&self, host_id: &str) -> Value {
+        enrol_at(&self.http, self.http_addr, host_id).await
+    }
+
     pub async fn get_json(&self, path: &str) -> Value {
         self.http.get(self.url(path)).send().await.unwrap().json().await.unwrap()
     }
@@ -628,6 +637,17 @@ async fn start_agent(args: &[String], extra: &[&str]) -> Agent {
 }
 
 /// A client that sends the stack's API token with every request and follows no redirects.
+/// Enrol host `host_id` at the controller at `addr` through `POST /api/hosts` with
+/// `client` (an API token's): the agent's settings it answers.
+async fn enrol_at(client: &reqwest::Client, addr: std::net::SocketAddr, host_id: &str) -> Value {
+    let response = client.post(format!("http://{addr}/api/hosts")).json(&serde_json::json!({ "id": host_id })).send();
+    let response = response.await.expect("POST /api/hosts");
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    assert_eq!(status, 201, "enrolling host {host_id}: {body}");
+    serde_json::from_str(&body).expect("the agent's settings")
+}
+
 fn api_client(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());

@@ -1,10 +1,15 @@
 //! Enrolment (issue 18, point 2): a host joins with credentials issued for it, and leaves
 //! when revoked. On the real RabbitMQ: the broker user an enrolment makes may touch only
 //! its host's queue; revoking deletes it (its connection closed), drains the host and
-//! takes it off the Hosts list.
+//! takes it off the Hosts list. On the real NATS: only an enrolled host's heartbeat counts;
+//! a stranger's, a revoked host's and a malformed one are refused, counted in `/metrics`
+//! and audited once per source.
 
 use std::time::Duration;
 
+use demofleet_common::topology;
+use demofleet_common::wire::{Heartbeat, WIRE_VERSION};
+use demofleet_tests::oidc::{self, get_with};
 use demofleet_tests::stack::{Stack, StackOptions};
 use demofleet_tests::wait;
 use lapin::options::QueueDeclareOptions;
@@ -100,5 +105,98 @@ async fn an_enrolled_host_gets_its_own_broker_user_and_loses_it_when_revoked() {
     let revoked = cli(&stack, &["hosts", "revoke", &host]);
     assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
     assert!(!stack.vhost.enrolled_users().await.contains(&user));
+    stack.stop().await;
+}
+
+/// A heartbeat as host `host` sends it.
+fn heartbeat(host: &str) -> Vec<u8> {
+    let beat = Heartbeat {
+        version: WIRE_VERSION,
+        host_id: host.to_string(),
+        address: "10.0.0.7".into(),
+        capacity: 4,
+        agent_version: "forged".into(),
+        inventory: Vec::new(),
+        disk: None,
+    };
+    serde_json::to_vec(&beat).unwrap()
+}
+
+/// The value of `demofleet_channel_refused_total` for `reason` (0 when absent).
+async fn refused(stack: &Stack, reason: &str) -> f64 {
+    let text = stack.get("/metrics").await.text().await.unwrap();
+    let series = format!("demofleet_channel_refused_total{{what=\"heartbeat\",reason=\"{reason}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&series)?.parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_enrolled_hosts_heartbeat_counts() {
+    let stack = Stack::start(StackOptions { agents: 0, ..StackOptions::default() }).await;
+    let id = || format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
+    let (stranger, revoked, enrolled) = (id(), id(), id());
+    stack.enrol(&revoked).await;
+    assert_eq!(stack.post(&format!("/api/hosts/{revoked}/revoke")).await.status(), 200);
+    stack.enrol(&enrolled).await;
+
+    // Anyone on NATS: a never-enrolled host's heartbeats, a revoked one's, one naming another
+    // host than its subject, bytes that are no heartbeat; then the enrolled host's, last,
+    // on the same connection (so the controller has handled the others once it shows).
+    let nats = async_nats::connect(&stack.services.nats_url).await.expect("NATS");
+    let subject = |host: &str| topology::heartbeat_subject(&stack.nats_prefix, host);
+    for _ in 0..5 {
+        nats.publish(subject(&stranger), heartbeat(&stranger).into()).await.unwrap();
+        nats.publish(subject(&revoked), heartbeat(&revoked).into()).await.unwrap();
+    }
+    nats.publish(subject(&stranger), heartbeat(&enrolled).into()).await.unwrap();
+    nats.publish(subject(&stranger), b"not a heartbeat"[..].into()).await.unwrap();
+    nats.publish(subject(&enrolled), heartbeat(&enrolled).into()).await.unwrap();
+    nats.flush().await.unwrap();
+
+    wait::until("the enrolled host alive in /api/hosts", Duration::from_secs(20), || async {
+        let hosts = stack.get_json("/api/hosts").await;
+        hosts.as_array()?.iter().any(|h| h["id"] == enrolled.as_str() && h["alive"] == true).then_some(())
+    })
+    .await;
+    wait::until("the refusals counted in /metrics", Duration::from_secs(20), || async {
+        let counts = [
+            refused(&stack, "unknown_host").await,
+            refused(&stack, "revoked_host").await,
+            refused(&stack, "wrong_subject").await,
+            refused(&stack, "unreadable").await,
+        ];
+        (counts == [5.0, 5.0, 1.0, 1.0]).then_some(())
+    })
+    .await;
+
+    let listed = stack.get_json("/api/hosts").await;
+    let ids: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|h| h["id"].as_str()).collect();
+    assert_eq!(ids, [enrolled.as_str()], "only the enrolled host is listed");
+    let session = oidc::sign_in(&stack, "admin@example.com").await;
+    let page = get_with(&stack, "/hosts", &session).await.text().await.unwrap();
+    assert!(page.contains(&enrolled), "the enrolled host is on the Hosts page");
+    assert!(!page.contains(&stranger) && !page.contains(&revoked), "no other host is on the Hosts page:\n{page}");
+    let recorded: i64 = sqlx::query_scalar("select count(*) from hosts where id = $1")
+        .bind(&stranger)
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 0, "nothing recorded for the stranger");
+
+    // Audited once per source, not once per heartbeat.
+    let audited: Vec<(String, String)> = sqlx::query_as(
+        "select detail->>'reason', coalesce(detail->>'host', detail->>'subject') from audit_events
+         where action = 'heartbeat_refused' order by 1, 2",
+    )
+    .fetch_all(&stack.db)
+    .await
+    .unwrap();
+    let mut wanted = vec![
+        ("revoked_host".to_string(), revoked.clone()),
+        ("unknown_host".to_string(), stranger.clone()),
+        ("unreadable".to_string(), subject(&stranger)),
+        ("wrong_subject".to_string(), subject(&stranger)),
+    ];
+    wanted.sort();
+    assert_eq!(audited, wanted);
     stack.stop().await;
 }

@@ -59,6 +59,10 @@ async fn simulated_agents_take_demos_through_their_chains_and_report_them() {
     };
     let stack = Stack::start(options).await;
     let prefix = format!("sim{}", &Uuid::new_v4().simple().to_string()[..6]);
+    // Enrolled as real hosts are, under the ids the simulator gives them.
+    for index in 1..=HOSTS {
+        stack.enrol(&format!("{prefix}-{index:03}")).await;
+    }
     let simulator = Simulator(
         Command::new(env!("CARGO_BIN_EXE_fleet-sim"))
             .args(["--agents", &HOSTS.to_string(), "--capacity", &CAPACITY.to_string()])

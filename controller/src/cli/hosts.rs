@@ -31,6 +31,10 @@ pub enum Hosts {
         /// The settings as one JSON object instead.
         #[arg(long)]
         json: bool,
+        /// Change nothing and print nothing if ID is enrolled already and not revoked: its
+        /// credentials stay as they are (for scripts run again, such as `scripts/up`).
+        #[arg(long)]
+        unless_enrolled: bool,
         #[command(flatten)]
         settings: HostSettings,
     },
@@ -53,8 +57,12 @@ pub enum Hosts {
 
 pub async fn run(command: Hosts) -> anyhow::Result<()> {
     match command {
-        Hosts::Enroll { id, json, settings } => {
+        Hosts::Enroll { id, json, unless_enrolled, settings } => {
             let enrolment = enrolment(&settings).await?;
+            if unless_enrolled && enrolments::get(&enrolment.db, &id).await?.is_some_and(|e| e.revoked_at.is_none()) {
+                eprintln!("host {id} is enrolled already: nothing changed");
+                return Ok(());
+            }
             let agent = enrolment.enrol(&id, &context::actor()).await?;
             if json {
                 println!("{}", serde_json::to_string(&agent)?);

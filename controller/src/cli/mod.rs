@@ -114,9 +114,12 @@ mod tests {
         let Some(Command::DeployLocal(args)) = cli.command else { panic!("deploy-local: {cli:?}") };
         assert_eq!((args.dir.to_str(), args.pr, args.owner.as_str()), (Some("examples/web-app"), 3, "local"));
         let cli = parse(&["hosts", "enroll", "host-a", "--json", "--agent-user-prefix", "f1-"]).unwrap();
-        let Some(Command::Hosts(hosts::Hosts::Enroll { id, json, settings })) = cli.command else {
+        let Some(Command::Hosts(hosts::Hosts::Enroll { id, json, unless_enrolled, settings })) = cli.command else {
             panic!("hosts enroll: {cli:?}")
         };
         assert_eq!((id.as_str(), json, settings.enrolment.agent_user_prefix.as_str()), ("host-a", true, "f1-"));
+        assert!(!unless_enrolled);
+        let cli = parse(&["hosts", "enroll", "--unless-enrolled", "host-a"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Hosts(hosts::Hosts::Enroll { unless_enrolled: true, .. }))));
     }
 }

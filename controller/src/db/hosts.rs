@@ -22,17 +22,31 @@ pub struct Host {
     pub disk_free_bytes: Option<i64>,
 }
 
-/// Record a heartbeat: the host exists, is alive now, and has this inventory. A revoked
-/// host's heartbeat changes nothing.
-pub async fn record_heartbeat(db: impl PgExecutor<'_>, beat: &Heartbeat) -> sqlx::Result<()> {
+/// What became of a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// The host is enrolled: it is alive now, with this inventory.
+    Recorded,
+    /// No enrolment names the host: nothing recorded.
+    Unknown,
+    /// The host's enrolment is revoked: nothing recorded.
+    Revoked,
+}
+
+/// Record a heartbeat of a host with a live enrolment: the host exists, is alive now, and
+/// has this inventory. Any other host's heartbeat changes nothing. One round trip.
+pub async fn record_heartbeat(db: impl PgExecutor<'_>, beat: &Heartbeat) -> sqlx::Result<Heard> {
     let capacity = i32::try_from(beat.capacity).unwrap_or(i32::MAX);
-    sqlx::query(
-        "insert into hosts (id, address, capacity, agent_version, inventory, disk_total_bytes, disk_free_bytes)
-         select $1, $2, $3, $4, $5, $6, $7
-         where not exists (select 1 from host_enrolments e where e.host_id = $1 and e.revoked_at is not null)
-         on conflict (id) do update set address = excluded.address, capacity = excluded.capacity,
-             agent_version = excluded.agent_version, inventory = excluded.inventory, last_seen = now(),
-             disk_total_bytes = excluded.disk_total_bytes, disk_free_bytes = excluded.disk_free_bytes",
+    let live: Option<bool> = sqlx::query_scalar(
+        "with enrolment as (select revoked_at is null as live from host_enrolments where host_id = $1),
+         recorded as (
+             insert into hosts (id, address, capacity, agent_version, inventory, disk_total_bytes, disk_free_bytes)
+             select $1, $2, $3, $4, $5, $6, $7 where exists (select 1 from enrolment where live)
+             on conflict (id) do update set address = excluded.address, capacity = excluded.capacity,
+                 agent_version = excluded.agent_version, inventory = excluded.inventory, last_seen = now(),
+                 disk_total_bytes = excluded.disk_total_bytes, disk_free_bytes = excluded.disk_free_bytes
+         )
+         select (select live from enrolment)",
     )
     .bind(&beat.host_id)
     .bind(&beat.address)
@@ -41,9 +55,13 @@ pub async fn record_heartbeat(db: impl PgExecutor<'_>, beat: &Heartbeat) -> sqlx
     .bind(serde_json::to_value(&beat.inventory).unwrap_or_default())
     .bind(beat.disk.map(|d| i64::try_from(d.total_bytes).unwrap_or(i64::MAX)))
     .bind(beat.disk.map(|d| i64::try_from(d.free_bytes).unwrap_or(i64::MAX)))
-    .execute(db)
+    .fetch_one(db)
     .await?;
-    Ok(())
+    Ok(match live {
+        Some(true) => Heard::Recorded,
+        Some(false) => Heard::Revoked,
+        None => Heard::Unknown,
+    })
 }
 
 /// Fold the noted changes of hosts' numbers of demos (migration 10) into the numbers, so

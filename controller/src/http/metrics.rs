@@ -83,6 +83,13 @@ async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiEr
         render_histogram(&mut out, name, &histogram.snapshot());
     }
 
+    // Counted by this process: each replica refuses what reaches it.
+    let name = "demofleet_channel_refused_total";
+    family(&mut out, name, "counter", "Messages refused on the control channel, by what and why.");
+    for ((what, reason), n) in app.refusals.counts() {
+        sample(&mut out, name, &[("what", what), ("reason", reason)], n as f64);
+    }
+
     let demos: Vec<(String, i64)> =
         sqlx::query_as("select state, count(*) from demos group by state order by 1").fetch_all(&app.db).await?;
     family(&mut out, "demofleet_demos", "gauge", "Demos by state.");
