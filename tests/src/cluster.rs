@@ -511,6 +511,10 @@ impl ClusterFleet {
             oidc_issuer: stack.services.oidc_issuer.clone(),
         }
         .argv([("--github-token", token)]);
+        // Enrolment makes hosts' broker users through the stack's management API, named
+        // after its vhost so that they go with it (as Stack::start has it).
+        args.extend(["--amqp-management-url".to_string(), stack.services.amqp_management_url.clone()]);
+        args.extend(["--agent-user-prefix".to_string(), stack.vhost.agent_user_prefix()]);
         args.extend(controller_args.iter().map(|s| s.to_string()));
         let config = demofleet_controller::config::Config::try_parse_from(&args).expect("controller flags");
         let controller = demofleet_controller::Controller::start(config).await.expect("controller starts");
@@ -520,10 +524,8 @@ impl ClusterFleet {
         let mut fleet = ClusterFleet { controller: Some(controller), agents: Vec::new(), machines: Vec::new(), github };
         for _ in 0..agents {
             let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
-            // Enrolled through this controller, which makes no broker users (it has no
-            // management API): the test makes the host's on the cluster.
-            stack.enrol(&host_id).await;
-            let (user, password) = stack.vhost.create_agent_user(&host_id).await;
+            // Enrolled through the controller, which makes the host's broker user.
+            let (user, password) = crate::stack::broker_credentials(&stack.enrol(&host_id).await);
             let demo_dir = stack.scratch.path().join("demos").join(&host_id);
             let machine = TestHost::spawn(&stack.services.base_image).await;
             stack.engines.push(machine.engine());

@@ -276,8 +276,7 @@ async fn spawn_machines(count: usize) -> Vec<TestHost> {
 /// controller), a demo folder and the agent's flags.
 async fn create_host(stack: &Stack, brokers: &Brokers, machine: TestHost, index: usize, capacity: u32) -> FleetHost {
     let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
-    let settings = stack.enrol(&host_id).await;
-    let (user, password) = credentials_of(settings["amqp_url"].as_str().expect("the agent's AMQP URL"));
+    let (user, password) = crate::stack::broker_credentials(&stack.enrol(&host_id).await);
     let demo_dir = stack.scratch.path().join("demos").join(&host_id);
     std::fs::create_dir_all(&demo_dir).unwrap();
     let log = stack.scratch.path().join(format!("{host_id}.log"));
@@ -304,12 +303,4 @@ async fn create_host(stack: &Stack, brokers: &Brokers, machine: TestHost, index:
 pub fn demo_containers(hosts: &[&FleetHost]) -> Vec<(String, String, bool)> {
     let engines: Vec<Engine> = hosts.iter().map(|h| h.machine.engine()).collect();
     engines.iter().flat_map(|e| e.demo_containers(&[])).map(|c| (c.demo_id, c.host_id, c.running)).collect()
-}
-
-/// The user and password of an enrolled host's AMQP URL.
-fn credentials_of(amqp_url: &str) -> (String, String) {
-    let url = reqwest::Url::parse(amqp_url.split(',').next().unwrap_or_default()).expect("an AMQP URL");
-    let password = url.password().expect("an enrolled host's URL carries its password");
-    assert!(!url.username().is_empty(), "an enrolled host's URL names its user: {url}");
-    (url.username().to_string(), password.to_string())
 }

@@ -637,6 +637,15 @@ async fn start_agent(args: &[String], extra: &[&str]) -> Agent {
 }
 
 /// A client that sends the stack's API token with every request and follows no redirects.
+/// The broker user and password in an enrolled host's settings (`amqp_url`).
+pub fn broker_credentials(settings: &Value) -> (String, String) {
+    let urls = settings["amqp_url"].as_str().expect("the agent's AMQP URL");
+    let url = reqwest::Url::parse(urls.split(',').next().unwrap_or_default()).expect("an AMQP URL");
+    let password = url.password().expect("an enrolled host's URL carries its password");
+    assert!(!url.username().is_empty(), "an enrolled host's URL names its user: {url}");
+    (url.username().to_string(), password.to_string())
+}
+
 /// Enrol host `host_id` at the controller at `addr` through `POST /api/hosts` with
 /// `client` (an API token's): the agent's settings it answers.
 async fn enrol_at(client: &reqwest::Client, addr: std::net::SocketAddr, host_id: &str) -> Value {
