@@ -18,6 +18,14 @@ pub struct Config {
     #[command(flatten)]
     pub messaging: Messaging,
 
+    /// The controller's broker user: a step or cleanup message is taken only when RabbitMQ
+    /// says that user sent it (its `user_id`), so another host, which may also publish on the
+    /// tasks exchange, cannot give this one work. Default: this agent's own user, for a fleet
+    /// whose agents share the controller's (one machine); enrolment gives each host its own
+    /// user and this setting.
+    #[arg(long, env = "DEMOFLEET_CONTROLLER_AMQP_USER")]
+    pub controller_amqp_user: Option<String>,
+
     /// The Docker Engine of this host: a Unix socket path (`unix://` optional). Default:
     /// Docker's own (`DOCKER_HOST`, else `/var/run/docker.sock`).
     #[arg(long, env = "DEMOFLEET_DOCKER_HOST")]
@@ -163,6 +171,11 @@ fn parse_user(raw: &str) -> Result<String, String> {
 }
 
 impl Config {
+    /// The broker user whose messages are the controller's.
+    pub fn controller_amqp_user(&self) -> String {
+        self.controller_amqp_user.clone().unwrap_or_else(|| self.messaging.amqp_user())
+    }
+
     /// Where Docker publishes demo ports.
     pub fn publish_address(&self) -> &str {
         self.publish_address.as_deref().unwrap_or(&self.host_address)

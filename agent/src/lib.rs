@@ -49,6 +49,9 @@ pub struct AgentContext {
     pub config: Config,
     /// This host's id.
     pub host_id: String,
+    /// The broker user this agent publishes as, and the one the controller's messages come from.
+    pub amqp_user: String,
+    pub controller_user: String,
     /// The local Docker Engine.
     pub docker: bollard::Docker,
     /// NATS, for heartbeats and logs.
@@ -115,9 +118,12 @@ impl Agent {
         tokio::fs::create_dir_all(&config.demo_dir)
             .await
             .with_context(|| format!("creating {}", config.demo_dir.display()))?;
+        let (amqp_user, controller_user) = (config.messaging.amqp_user(), config.controller_amqp_user());
         let context = Arc::new(AgentContext {
             config,
             host_id,
+            amqp_user,
+            controller_user,
             docker,
             nats,
             newest: NewestGenerations::default(),

@@ -76,6 +76,14 @@ async fn consume(
 }
 
 async fn handle(ctx: &AgentContext, results: &Channel, delivery: Delivery) -> anyhow::Result<()> {
+    // Only the controller gives work: any other publisher (another host's agent) is refused
+    // before a byte of its message is read.
+    let sender = delivery.properties.user_id().as_ref().map(|u| u.as_str());
+    if sender != Some(ctx.controller_user.as_str()) {
+        tracing::error!(sender, controller = %ctx.controller_user, "message not sent by the controller's broker user dropped");
+        delivery.ack(BasicAckOptions::default()).await?;
+        return Ok(());
+    }
     if delivery.properties.kind().as_ref().map(|k| k.as_str()) == Some(KIND_CLEANUP) {
         return clean_up(ctx, delivery).await;
     }
@@ -97,7 +105,12 @@ async fn handle(ctx: &AgentContext, results: &Channel, delivery: Delivery) -> an
     if let Err(refused) = crate::validate::spec(&message.demo, ctx.config.git_local_root.as_deref()) {
         tracing::error!(error = %refused, step = message.step.as_str(), "step message refused");
         let outcome = StepOutcome::Failed { error: refused.to_string(), retryable: false };
-        topology::publish_result(results, &StepResult::of(&message, &ctx.host_id, Default::default(), outcome)).await?;
+        topology::publish_result(
+            results,
+            &ctx.amqp_user,
+            &StepResult::of(&message, &ctx.host_id, Default::default(), outcome),
+        )
+        .await?;
         delivery.ack(BasicAckOptions::default()).await?;
         return Ok(());
     }
@@ -111,7 +124,7 @@ async fn handle(ctx: &AgentContext, results: &Channel, delivery: Delivery) -> an
     let started = std::time::Instant::now();
     let outcome = steps::run(ctx, message.step, &message.demo).await;
     let result = StepResult::of(&message, &ctx.host_id, started.elapsed(), outcome);
-    topology::publish_result(results, &result).await?;
+    topology::publish_result(results, &ctx.amqp_user, &result).await?;
     delivery.ack(BasicAckOptions::default()).await?;
     Ok(())
 }

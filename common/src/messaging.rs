@@ -46,6 +46,17 @@ impl Messaging {
         split_urls(&self.amqp_url)
     }
 
+    /// The broker user this process signs in as: the first node URL's (the nodes of a
+    /// cluster share their users), `guest` when it names none, as for the client. RabbitMQ
+    /// refuses a message whose `user_id` is not its publisher's, so the `user_id` of a
+    /// message received says who sent it.
+    pub fn amqp_user(&self) -> String {
+        self.amqp_urls()
+            .first()
+            .and_then(|url| url.parse::<AMQPUri>().ok())
+            .map_or_else(|| "guest".to_string(), |uri| uri.authority.userinfo.username)
+    }
+
     /// The NATS server URLs, in the order given.
     pub fn nats_urls(&self) -> Vec<&str> {
         split_urls(&self.nats_url)
@@ -262,6 +273,20 @@ mod tests {
         let server = without_credentials("tls://host-1:secret@broker.internal:4222").unwrap();
         assert_eq!((server.host(), server.port(), server.username()), ("broker.internal", 4222, None));
         assert!(server.tls_required());
+    }
+
+    #[test]
+    fn the_broker_user_is_the_first_urls() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Settings {
+            #[command(flatten)]
+            messaging: Messaging,
+        }
+        let user = |url: &str| Settings::parse_from(["x", "--amqp-url", url]).messaging.amqp_user();
+        assert_eq!(user("amqp://agent-h1:secret@10.0.0.1:5672/fleet"), "agent-h1");
+        assert_eq!(user("amqps://agent%2Dh1:s@a:5671/v,amqps://agent-h1:s@b:5671/v"), "agent-h1");
+        assert_eq!(user("amqp://10.0.0.1/fleet"), "guest", "the client's default");
     }
 
     #[test]

@@ -118,16 +118,18 @@ pub async fn declare_queue_as(channel: &Channel, queue: &str, kind: QueueType) -
     Ok(())
 }
 
-/// Publish a step's result to the controller's queue on `channel` (in confirm mode) and wait
-/// until RabbitMQ has it: an agent acknowledges the step only after this.
-pub async fn publish_result(channel: &Channel, result: &crate::wire::StepResult) -> anyhow::Result<()> {
+/// Publish a step's result to the controller's queue on `channel` (in confirm mode) as broker
+/// user `user` (RabbitMQ checks it is the channel's) and wait until RabbitMQ has it: an agent
+/// acknowledges the step only after this.
+pub async fn publish_result(channel: &Channel, user: &str, result: &crate::wire::StepResult) -> anyhow::Result<()> {
     use lapin::options::BasicPublishOptions;
     use lapin::BasicProperties;
     let body = serde_json::to_vec(result)?;
     let properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
-        .with_type(crate::wire::KIND_RESULT.into());
+        .with_type(crate::wire::KIND_RESULT.into())
+        .with_user_id(user.into());
     let confirmation = channel
         .basic_publish(
             EXCHANGE.into(),

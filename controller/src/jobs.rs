@@ -5,6 +5,10 @@
 //! Notifications and comment approvals call GitHub; when that fails they are retried
 //! through the same TTL queues as steps, and after the last delay kept in the dead-letter
 //! queue. They never touch the demo's chain: a failing notification never restarts a demo.
+//!
+//! Who sent a message is what RabbitMQ vouches for, its `user_id`: the controller's own
+//! broker user may send anything; an enrolled host's user only results of steps it was given
+//! ([`may_send`]). Anything else is dropped, counted and audited once per sender.
 
 use std::sync::Arc;
 
@@ -14,8 +18,9 @@ use demofleet_common::wire::{
 };
 
 use crate::db::outbox::{self, ApproveJob, NotifyJob, Outgoing, KIND_APPROVE, KIND_NOTIFY};
-use crate::db::{audit, chains, demos};
+use crate::db::{audit, chains, demos, enrolments};
 use crate::github::{feedback, GitHub};
+use crate::refusals::Refusals;
 use crate::scheduler::orchestrate::ActionError;
 use crate::scheduler::{Effects, Scheduler};
 
@@ -26,14 +31,86 @@ pub struct Jobs {
     pub scheduler: Scheduler,
     /// The GitHub API, when credentials are configured.
     pub github: Option<Arc<GitHub>>,
+    /// The controller's own broker user.
+    pub controller_user: String,
+    /// Messages refused, for `/metrics` and the audit log.
+    pub refusals: Arc<Refusals>,
 }
 
-/// Handle one message of the controller queue. An error means "not done, deliver again"
-/// (the database was unreachable, say); everything else is settled here.
-pub async fn handle(app: &Jobs, kind: &str, data: &[u8]) -> anyhow::Result<()> {
+/// Who sent a message on the controller's queue, by its broker user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sender {
+    /// The controller's own user (and, on one machine, agents sharing it).
+    Controller,
+    /// The user a live enrolment gave this host.
+    Host(String),
+    /// Any other user, or none named.
+    Unknown,
+}
+
+/// Whether `sender` may send a message of `kind` (a result's naming the step's `host`): the
+/// controller anything, a host only results of its own steps. Else the refusal's reason.
+pub fn may_send(sender: &Sender, kind: &str, host: Option<&str>) -> Result<(), &'static str> {
+    match sender {
+        Sender::Controller => Ok(()),
+        Sender::Host(own) if kind == KIND_RESULT => {
+            if host == Some(own.as_str()) {
+                Ok(())
+            } else {
+                Err("another_hosts_result")
+            }
+        }
+        Sender::Host(_) => Err("not_a_result"),
+        Sender::Unknown => Err("unknown_sender"),
+    }
+}
+
+impl Jobs {
+    /// Who the broker user `user` (a message's `user_id`) is.
+    async fn sender(&self, user: Option<&str>) -> sqlx::Result<Sender> {
+        let Some(user) = user else { return Ok(Sender::Unknown) };
+        if user == self.controller_user {
+            return Ok(Sender::Controller);
+        }
+        Ok(enrolments::host_of_amqp_user(&self.scheduler.db, user).await?.map_or(Sender::Unknown, Sender::Host))
+    }
+
+    /// Count a refused message; audit it the first time its sender is refused for `reason`.
+    async fn refuse(&self, kind: &str, user: Option<&str>, reason: &'static str, detail: serde_json::Value) {
+        self.refusals.count("message", reason);
+        let user = user.unwrap_or("(none)");
+        if !self.refusals.first(&format!("message {reason} {user}")) {
+            tracing::debug!(kind, user, reason, "message refused");
+            return;
+        }
+        tracing::warn!(kind, user, reason, "message refused (warned once for its sender)");
+        let detail = serde_json::json!({ "kind": kind, "user": user, "reason": reason, "message": detail });
+        if let Err(err) = audit::record(&self.scheduler.db, "channel", "message_refused", None, detail).await {
+            tracing::warn!(user, error = %err, "auditing a refused message failed");
+        }
+    }
+}
+
+/// Handle one message of the controller queue, sent by broker user `user`. An error means
+/// "not done, deliver again" (the database was unreachable, say); everything else is settled
+/// here.
+pub async fn handle(app: &Jobs, kind: &str, user: Option<&str>, data: &[u8]) -> anyhow::Result<()> {
+    let sender = app.sender(user).await?;
+    if kind != KIND_RESULT {
+        if let Err(reason) = may_send(&sender, kind, None) {
+            app.refuse(kind, user, reason, serde_json::Value::Null).await;
+            return Ok(());
+        }
+    }
     match kind {
         KIND_RESULT => {
             let Some(result) = parse::<StepResult>(kind, data, |r| r.version) else { return Ok(()) };
+            if let Err(reason) = may_send(&sender, kind, Some(&result.host_id)) {
+                let detail =
+                    serde_json::json!({ "host": result.host_id, "demo": result.demo_id, "step": result.step.as_str() });
+                app.refuse(kind, user, reason, detail).await;
+                return Ok(());
+            }
             record(app, &result).await
         }
         KIND_STEP => {
@@ -192,4 +269,26 @@ async fn retry_later(app: &Jobs, kind: &'static str, attempt: u32, data: &[u8], 
     outbox::push(&app.scheduler.db, &outgoing).await?;
     app.scheduler.apply(Effects::PUBLISHED).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use demofleet_common::wire::{KIND_RESULT, KIND_STEP};
+
+    use super::{may_send, Sender};
+    use crate::db::outbox::{KIND_APPROVE, KIND_NOTIFY};
+
+    #[test]
+    fn a_host_sends_only_results_of_its_own_steps_and_the_controller_anything() {
+        let host = Sender::Host("h1".into());
+        assert_eq!(may_send(&host, KIND_RESULT, Some("h1")), Ok(()));
+        assert_eq!(may_send(&host, KIND_RESULT, Some("h2")), Err("another_hosts_result"));
+        for kind in [KIND_STEP, KIND_NOTIFY, KIND_APPROVE, "anything"] {
+            assert_eq!(may_send(&host, kind, None), Err("not_a_result"), "{kind}");
+            assert_eq!(may_send(&Sender::Controller, kind, None), Ok(()), "{kind}");
+            assert_eq!(may_send(&Sender::Unknown, kind, None), Err("unknown_sender"), "{kind}");
+        }
+        assert_eq!(may_send(&Sender::Controller, KIND_RESULT, Some("h2")), Ok(()), "agents sharing its user");
+        assert_eq!(may_send(&Sender::Unknown, KIND_RESULT, Some("h1")), Err("unknown_sender"));
+    }
 }

@@ -172,7 +172,13 @@ impl Controller {
             config: config.clone(),
         };
         tasks.spawn(broker::publisher::run(publisher, stop.clone()));
-        let jobs = jobs::Jobs { scheduler: scheduler.clone(), github: github.clone() };
+        let refusals = Arc::new(refusals::Refusals::default());
+        let jobs = jobs::Jobs {
+            scheduler: scheduler.clone(),
+            github: github.clone(),
+            controller_user: config.messaging.amqp_user(),
+            refusals: refusals.clone(),
+        };
         let consumer =
             broker::consumer::Consumer { broker: broker.clone(), queue_type: config.messaging.queue_type(), jobs };
         tasks.spawn(broker::consumer::run(consumer, stop.clone()));
@@ -182,7 +188,6 @@ impl Controller {
             keep_generations: config.log_keep_generations,
         };
         tasks.spawn(keep_logs::run(keeper, log_lines, stop.clone()));
-        let refusals = Arc::new(refusals::Refusals::default());
         let fleet = fleet::Fleet { scheduler: scheduler.clone(), config: config.clone(), refusals: refusals.clone() };
         tasks.spawn(fleet::run_heartbeats(fleet.clone(), heartbeats, stop.clone()));
         tasks.spawn(fleet::run_tick(fleet, stop.clone()));

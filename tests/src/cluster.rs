@@ -525,7 +525,8 @@ impl ClusterFleet {
         for _ in 0..agents {
             let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
             // Enrolled through the controller, which makes the host's broker user.
-            let (user, password) = crate::stack::broker_credentials(&stack.enrol(&host_id).await);
+            let settings = stack.enrol(&host_id).await;
+            let (user, password) = crate::stack::broker_credentials(&settings);
             let demo_dir = stack.scratch.path().join("demos").join(&host_id);
             let machine = TestHost::spawn(&stack.services.base_image).await;
             stack.engines.push(machine.engine());
@@ -539,6 +540,9 @@ impl ClusterFleet {
                 Some(&machine),
             );
             fleet.machines.push(machine);
+            // Steps come from the controller's user, not the host's own.
+            let controller_user = settings["controller_amqp_user"].as_str().expect("the controller's broker user");
+            args.extend(["--controller-amqp-user".to_string(), controller_user.to_string()]);
             args.extend(agent_args.iter().map(|s| s.to_string()));
             let config = demofleet_agent::config::Config::try_parse_from(&args).expect("agent flags");
             let agent = demofleet_agent::Agent::start(config).await.expect("agent starts");

@@ -276,13 +276,17 @@ async fn spawn_machines(count: usize) -> Vec<TestHost> {
 /// controller), a demo folder and the agent's flags.
 async fn create_host(stack: &Stack, brokers: &Brokers, machine: TestHost, index: usize, capacity: u32) -> FleetHost {
     let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
-    let (user, password) = crate::stack::broker_credentials(&stack.enrol(&host_id).await);
+    let settings = stack.enrol(&host_id).await;
+    let (user, password) = crate::stack::broker_credentials(&settings);
+    let controller_user = settings["controller_amqp_user"].as_str().expect("the controller's broker user");
     let demo_dir = stack.scratch.path().join("demos").join(&host_id);
     std::fs::create_dir_all(&demo_dir).unwrap();
     let log = stack.scratch.path().join(format!("{host_id}.log"));
     let mut args = brokers.agent_flags(&stack.vhost.name, &host_id, (&user, &password), &machine.gateway);
     let own: Vec<String> = [
         ("--host-id", host_id.clone()),
+        // Steps come from the controller's user, not the host's own.
+        ("--controller-amqp-user", controller_user.to_string()),
         ("--nats-prefix", stack.nats_prefix.clone()),
         ("--demo-dir", demo_dir.to_str().unwrap().to_string()),
         ("--git-local-root", stack.repos_dir().to_str().unwrap().to_string()),

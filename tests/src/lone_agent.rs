@@ -96,8 +96,52 @@ impl LoneAgent {
         }
     }
 
-    /// Publish `step` for `spec` to the agent's queue and wait for its result.
+    /// The broker user the agent takes as the controller's (the vhost's, which it shares).
+    pub fn controller_user(&self) -> String {
+        self.vhost.user().to_string()
+    }
+
+    /// Publish `step` for `spec` to the agent's queue, as the controller does (with the
+    /// broker user it shares with the agent here), and wait for its result.
     pub async fn run(&mut self, step: Step, spec: &DemoSpec) -> StepResult {
+        let user = self.vhost.user().to_string();
+        let message = self.publish(&self.channel, step, spec, Some(&user)).await.expect("published");
+        self.result_of(&message, Duration::from_secs(120))
+            .await
+            .unwrap_or_else(|| panic!("no result for {} of {} within 120 s", step.as_str(), spec.name))
+    }
+
+    /// Publish `step` for `spec` to the agent's queue as another host of the fleet could: a
+    /// broker user of its own, allowed the tasks exchange, naming itself (`user_id`) or
+    /// claiming to be `claim`. The agent's result within `wait`, if any; an error when the
+    /// broker refuses the message.
+    pub async fn run_as_another_host(
+        &mut self,
+        step: Step,
+        spec: &DemoSpec,
+        claim: Option<&str>,
+        wait: Duration,
+    ) -> Result<Option<StepResult>, lapin::Error> {
+        let (user, password) = self.vhost.create_agent_user("intruder").await;
+        let mut url = reqwest::Url::parse(&self.vhost.amqp_url).expect("the vhost's URL");
+        url.set_username(&user).unwrap();
+        url.set_password(Some(&password)).unwrap();
+        let connection = Connection::connect(url.as_str(), ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await?;
+        let published = self.publish(&channel, step, spec, Some(claim.unwrap_or(&user))).await;
+        let _ = connection.close(200, "done".into()).await;
+        let message = published?;
+        Ok(self.result_of(&message, wait).await)
+    }
+
+    async fn publish(
+        &self,
+        channel: &Channel,
+        step: Step,
+        spec: &DemoSpec,
+        user: Option<&str>,
+    ) -> Result<StepMessage, lapin::Error> {
         let message = StepMessage {
             version: WIRE_VERSION,
             chain_id: Uuid::new_v4(),
@@ -106,8 +150,11 @@ impl LoneAgent {
             host_id: self.host_id.clone(),
             demo: spec.clone(),
         };
-        let properties = BasicProperties::default().with_delivery_mode(2).with_type(KIND_STEP.into());
-        self.channel
+        let mut properties = BasicProperties::default().with_delivery_mode(2).with_type(KIND_STEP.into());
+        if let Some(user) = user {
+            properties = properties.with_user_id(user.into());
+        }
+        let confirm = channel
             .basic_publish(
                 topology::EXCHANGE.into(),
                 topology::host_queue(&self.host_id).as_str().into(),
@@ -115,8 +162,14 @@ impl LoneAgent {
                 &serde_json::to_vec(&message).unwrap(),
                 properties,
             )
-            .await
-            .unwrap();
+            .await?;
+        // On a channel in confirm mode, wait for the broker's word (a refused user_id closes it).
+        confirm.await?;
+        Ok(message)
+    }
+
+    /// The result of `message`, if it comes within `wait` (other results are dropped).
+    async fn result_of(&mut self, message: &StepMessage, wait: Duration) -> Option<StepResult> {
         let waiting = async {
             while let Some(delivery) = self.results.next().await {
                 let delivery = delivery.unwrap();
@@ -128,9 +181,7 @@ impl LoneAgent {
             }
             panic!("the result consumer ended");
         };
-        tokio::time::timeout(Duration::from_secs(120), waiting)
-            .await
-            .unwrap_or_else(|_| panic!("no result for {} of {} within 120 s", step.as_str(), spec.name))
+        tokio::time::timeout(wait, waiting).await.ok()
     }
 
     pub async fn stop(mut self) {

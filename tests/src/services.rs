@@ -131,6 +131,11 @@ pub struct TestVhost {
 }
 
 impl TestVhost {
+    /// The broker user the vhost's URL signs in as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
     pub async fn create(services: &Services) -> TestVhost {
         let (user, password) = credentials(&services.amqp_url);
         let name = format!("test-{}", Uuid::new_v4().simple());

@@ -3,12 +3,13 @@
 //! its host's queue; revoking deletes it (its connection closed), drains the host and
 //! takes it off the Hosts list. On the real NATS: only an enrolled host's heartbeat counts;
 //! a stranger's, a revoked host's and a malformed one are refused, counted in `/metrics`
-//! and audited once per source.
+//! and audited once per source. On the controller's queue: a host's broker user may send only
+//! results of its own steps; RabbitMQ itself refuses a message naming another user.
 
 use std::time::Duration;
 
 use demofleet_common::topology;
-use demofleet_common::wire::{Heartbeat, WIRE_VERSION};
+use demofleet_common::wire::{Heartbeat, Step, StepOutcome, StepResult, KIND_RESULT, KIND_STEP, WIRE_VERSION};
 use demofleet_tests::oidc::{self, get_with};
 use demofleet_tests::stack::{Stack, StackOptions};
 use demofleet_tests::wait;
@@ -94,6 +95,7 @@ async fn an_enrolled_host_gets_its_own_broker_user_and_loses_it_when_revoked() {
     assert!(enrolled.status.success(), "{}", String::from_utf8_lossy(&enrolled.stderr));
     let env_file = String::from_utf8(enrolled.stdout).unwrap();
     assert!(env_file.contains(&format!("DEMOFLEET_HOST_ID={host}\n")), "{env_file}");
+    assert!(env_file.lines().any(|l| l.starts_with("DEMOFLEET_CONTROLLER_AMQP_USER=") && l.len() > 31), "{env_file}");
     let again = env_file.lines().find_map(|l| l.strip_prefix("DEMOFLEET_AMQP_URL=")).unwrap().to_string();
     assert_ne!(again, amqp_url, "a new password");
     let reconnected = lapin::Connection::connect(&again, Default::default()).await.expect("enrolled again");
@@ -122,10 +124,15 @@ fn heartbeat(host: &str) -> Vec<u8> {
     serde_json::to_vec(&beat).unwrap()
 }
 
-/// The value of `demofleet_channel_refused_total` for `reason` (0 when absent).
+/// The value of `demofleet_channel_refused_total` for heartbeats refused for `reason` (0 when absent).
 async fn refused(stack: &Stack, reason: &str) -> f64 {
+    refused_of(stack, "heartbeat", reason).await
+}
+
+/// The value of `demofleet_channel_refused_total` for `what` refused for `reason` (0 when absent).
+async fn refused_of(stack: &Stack, what: &str, reason: &str) -> f64 {
     let text = stack.get("/metrics").await.text().await.unwrap();
-    let series = format!("demofleet_channel_refused_total{{what=\"heartbeat\",reason=\"{reason}\"}} ");
+    let series = format!("demofleet_channel_refused_total{{what=\"{what}\",reason=\"{reason}\"}} ");
     text.lines().find_map(|l| l.strip_prefix(&series)?.parse().ok()).unwrap_or(0.0)
 }
 
@@ -198,5 +205,83 @@ async fn only_an_enrolled_hosts_heartbeat_counts() {
     ];
     wanted.sort();
     assert_eq!(audited, wanted);
+    stack.stop().await;
+}
+
+/// Publish `body` of `kind` to the controller's queue on `channel` (in confirm mode), naming
+/// `user` as its sender; an error when the broker refuses it.
+async fn publish(channel: &lapin::Channel, kind: &str, user: Option<&str>, body: &[u8]) -> Result<(), lapin::Error> {
+    let mut properties = lapin::BasicProperties::default().with_type(kind.into());
+    if let Some(user) = user {
+        properties = properties.with_user_id(user.into());
+    }
+    let confirm = channel
+        .basic_publish(
+            topology::EXCHANGE.into(),
+            topology::CONTROLLER_QUEUE.into(),
+            Default::default(),
+            body,
+            properties,
+        )
+        .await?;
+    confirm.await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_reports_only_its_own_steps_and_gives_the_controller_no_work() {
+    let stack = Stack::start(StackOptions { agents: 0, ..StackOptions::default() }).await;
+    let id = || format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
+    let (other, intruder) = (id(), id());
+    stack.enrol(&other).await;
+    let settings = stack.enrol(&intruder).await;
+    let user =
+        settings["amqp_url"].as_str().unwrap().split("://").nth(1).unwrap().split(':').next().unwrap().to_string();
+    let controller_user = settings["controller_amqp_user"].as_str().unwrap().to_string();
+    assert_ne!(user, controller_user);
+    let connection = lapin::Connection::connect(settings["amqp_url"].as_str().unwrap(), Default::default())
+        .await
+        .expect("the host's user connects");
+    let channel = connection.create_channel().await.unwrap();
+    channel.confirm_select(Default::default()).await.unwrap();
+    let result = |host: &str| {
+        serde_json::to_vec(&StepResult {
+            version: WIRE_VERSION,
+            chain_id: Uuid::new_v4(),
+            demo_id: Uuid::new_v4(),
+            generation: 1,
+            step: Step::Launch,
+            attempt: 1,
+            host_id: host.to_string(),
+            duration_ms: 1,
+            outcome: StepOutcome::Failed { error: "forged".into(), retryable: false },
+        })
+        .unwrap()
+    };
+
+    // A result for another host's step, work for the controller, a result naming no sender.
+    publish(&channel, KIND_RESULT, Some(&user), &result(&other)).await.expect("the broker takes it");
+    publish(&channel, KIND_STEP, Some(&user), b"{}").await.expect("the broker takes it");
+    publish(&channel, KIND_RESULT, None, &result(&intruder)).await.expect("the broker takes it");
+    wait::until("the refused messages counted in /metrics", Duration::from_secs(20), || async {
+        let counts = [
+            refused_of(&stack, "message", "another_hosts_result").await,
+            refused_of(&stack, "message", "not_a_result").await,
+            refused_of(&stack, "message", "unknown_sender").await,
+        ];
+        (counts == [1.0, 1.0, 1.0]).then_some(())
+    })
+    .await;
+    let audited: i64 =
+        sqlx::query_scalar("select count(*) from audit_events where action = 'message_refused' and actor = 'channel'")
+            .fetch_one(&stack.db)
+            .await
+            .unwrap();
+    assert_eq!(audited, 3, "each refusal audited once");
+
+    // Claiming to be the controller: RabbitMQ refuses the message itself.
+    let claimed = publish(&channel, KIND_STEP, Some(&controller_user), b"{}").await;
+    assert!(claimed.is_err(), "a message naming another broker user was taken");
+    let _ = connection.close(200, "done".into()).await;
     stack.stop().await;
 }

@@ -124,3 +124,32 @@ async fn a_checkout_runs_no_submodule_and_no_hook() {
     assert!(!by_hook.exists(), "the planted hook ran");
     agent.stop().await;
 }
+
+/// Another host of the fleet may publish on the tasks exchange (its results go through it),
+/// so it could route a step to this host's queue: the agent takes work only from the
+/// controller's broker user, which RabbitMQ vouches for, and the intruder cannot claim it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_takes_work_only_from_the_controllers_broker_user() {
+    let mut agent = LoneAgent::start(&[]).await;
+    let repo = FixtureRepo::create(&agent.repos_dir(), "fixture-owner", "site");
+    let sha = repo.commit("site", &[("index.html", "hello")]);
+    let spec = agent.spec(&repo, &sha, 1);
+    let clone = agent.demo_dir.join(&spec.name);
+
+    // As itself: dropped unanswered, nothing checked out.
+    let wait = std::time::Duration::from_secs(5);
+    let answered = agent.run_as_another_host(Step::Checkout, &spec, None, wait).await.expect("the broker takes it");
+    assert!(answered.is_none(), "the agent answered another host's step: {answered:?}");
+    assert!(!clone.exists(), "another host's step was carried out");
+
+    // Claiming the controller's user: RabbitMQ itself refuses the message.
+    let controller = agent.controller_user();
+    let forged = agent.run_as_another_host(Step::Checkout, &spec, Some(&controller), wait).await;
+    assert!(forged.is_err(), "a message claiming another broker user was taken: {forged:?}");
+
+    // The controller's own step is carried out.
+    let result = agent.run(Step::Checkout, &spec).await;
+    assert!(matches!(result.outcome, StepOutcome::Succeeded(_)), "{:?}", result.outcome);
+    assert!(clone.join("index.html").exists());
+    agent.stop().await;
+}

@@ -71,7 +71,8 @@ async fn consume_results(
         let jobs = app.jobs.clone();
         async move {
             let kind = delivery.properties.kind().as_ref().map_or(KIND_RESULT, |k| k.as_str()).to_string();
-            let settled = match jobs::handle(&jobs, &kind, &delivery.data).await {
+            let user = delivery.properties.user_id().as_ref().map(|u| u.to_string());
+            let settled = match jobs::handle(&jobs, &kind, user.as_deref(), &delivery.data).await {
                 Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(drop),
                 Err(err) => {
                     tracing::warn!(

@@ -74,6 +74,8 @@ async fn open_confirm_channel(app: &Publisher) -> lapin::Result<Channel> {
 /// Publish every outbox message in batches; each batch is deleted only after RabbitMQ
 /// confirmed all of it.
 async fn publish_pending(app: &Publisher, channel: &Channel, declared: &mut HashSet<String>) -> anyhow::Result<()> {
+    // Sent as the controller's user, which RabbitMQ checks: agents take work only from it.
+    let user = app.config.messaging.amqp_user();
     loop {
         let mut tx = app.db.begin().await?;
         let batch = outbox::take(&mut *tx, BATCH).await?;
@@ -89,7 +91,8 @@ async fn publish_pending(app: &Publisher, channel: &Channel, declared: &mut Hash
             let properties = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type("application/json".into())
-                .with_type(message.kind.as_str().into());
+                .with_type(message.kind.as_str().into())
+                .with_user_id(user.as_str().into());
             let confirm = channel
                 .basic_publish(
                     message.exchange.as_str().into(),

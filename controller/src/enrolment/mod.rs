@@ -37,14 +37,17 @@ pub struct AgentSettings {
     pub amqp_url: String,
     pub nats_url: String,
     pub nats_prefix: String,
+    /// The broker user whose messages the agent takes as the controller's.
+    pub controller_amqp_user: String,
 }
 
 impl AgentSettings {
     /// As an environment file (`KEY=value` lines) the agent's unit can read.
     pub fn env_file(&self) -> String {
         format!(
-            "DEMOFLEET_HOST_ID={}\nDEMOFLEET_AMQP_URL={}\nDEMOFLEET_NATS_URL={}\nDEMOFLEET_NATS_PREFIX={}\n",
-            self.host_id, self.amqp_url, self.nats_url, self.nats_prefix
+            "DEMOFLEET_HOST_ID={}\nDEMOFLEET_AMQP_URL={}\nDEMOFLEET_NATS_URL={}\nDEMOFLEET_NATS_PREFIX={}\n\
+             DEMOFLEET_CONTROLLER_AMQP_USER={}\n",
+            self.host_id, self.amqp_url, self.nats_url, self.nats_prefix, self.controller_amqp_user
         )
     }
 }
@@ -105,6 +108,7 @@ impl Enrolment {
                 self.agents_nats_url()
             },
             nats_prefix: self.messaging.nats_prefix.clone(),
+            controller_amqp_user: self.messaging.amqp_user(),
         })
     }
 

@@ -92,6 +92,8 @@ struct SimAgent {
     host_id: String,
     address: String,
     capacity: u32,
+    /// The broker user results are sent as.
+    amqp_user: String,
     /// Containers by demo: what the inventory reports.
     demos: Mutex<HashMap<Uuid, Vec<Container>>>,
     /// The newest generation seen per demo; older steps are dropped, as the agent does.
@@ -102,6 +104,7 @@ struct SimAgent {
 impl SimAgent {
     fn new(index: u32, args: &Args) -> SimAgent {
         SimAgent {
+            amqp_user: args.messaging.amqp_user(),
             index,
             host_id: format!("{}-{:03}", args.host_prefix, index + 1),
             address: format!("10.99.{}.{}", index / 250, index % 250 + 1),
@@ -414,7 +417,7 @@ async fn handle(agent: &SimAgent, results: &Channel, delivery: Delivery) -> anyh
     let started = Instant::now();
     let outcome = agent.run(message.step, &message.demo);
     let result = StepResult::of(&message, &agent.host_id, started.elapsed(), outcome);
-    topology::publish_result(results, &result).await?;
+    topology::publish_result(results, &agent.amqp_user, &result).await?;
     delivery.ack(BasicAckOptions::default()).await?;
     Ok(())
 }
