@@ -133,7 +133,20 @@ impl Bursts {
                 .fetch_all(&stack.db)
                 .await
                 .unwrap_or_default();
-                return Err(format!("chains under way (demo, kind, status): {chains:?}"));
+                // What placement sees: a chain waits for a live host with room.
+                let hosts: Vec<(String, f64, bool, i32, i64)> = sqlx::query_as(
+                    "select h.id, extract(epoch from now() - h.last_seen)::float8, h.draining, h.capacity,
+                            (select count(*) from demos d where d.host_id = h.id and d.state <> 'stopped')
+                     from hosts h order by 1",
+                )
+                .fetch_all(&stack.db)
+                .await
+                .unwrap_or_default();
+                let lease = demofleet_controller::lease::holders(&stack.db).await.unwrap_or(-1);
+                return Err(format!(
+                    "chains under way (demo, kind, status): {chains:?}; hosts (id, seconds since heard, draining, \
+                     capacity, demos): {hosts:?}; fleet lease holders: {lease}"
+                ));
             }
             let demos = stack.get_json("/api/demos").await;
             let demos: Vec<&Value> = demos
