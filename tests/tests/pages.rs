@@ -61,6 +61,23 @@ async fn the_pages_draw_the_fleet_its_hosts_and_each_chain() {
     let chart = svg_named(&detail, "deploy chain of generation 1: its steps along time");
     assert!(chart.contains(r#"class="bad""#) && chart.contains(">build<") && chart.contains("failed, "), "{chart}");
     assert!(chart.contains(r#"class="good""#) && chart.contains(">checkout<"), "{chart}");
+    // Its kept log: the newest generation's by default, any other kept one on asking. (A
+    // second generation's lines are written here as the keeper would.)
+    let failed_id = Uuid::parse_str(failed["id"].as_str().unwrap()).unwrap();
+    sqlx::query("insert into demo_logs (demo_id, generation, step, line) values ($1, 2, 'build', 'second try')")
+        .bind(failed_id)
+        .execute(&stack.db)
+        .await
+        .unwrap();
+    let newest = page(format!("/demos/{failed_id}")).await;
+    assert!(newest.contains("Kept output of generation 2") && newest.contains("[build] second try"), "{newest}");
+    assert!(newest.contains(&format!(r#"<a href="/demos/{failed_id}?generation=1">generation 1</a>"#)), "{newest}");
+    let first = page(format!("/demos/{failed_id}?generation=1")).await;
+    assert!(first.contains("Kept output of generation 1") && !first.contains("second try"), "{first}");
+    assert!(first.contains("[checkout] checking out"), "the first generation's own lines: {first}");
+    let missing = get_with(&stack, &format!("/demos/{failed_id}?generation=9"), &session).await;
+    assert_eq!(missing.status(), 404);
+
     let detail = page(format!("/demos/{}", running["id"].as_str().unwrap())).await;
     let chart = svg_named(&detail, "deploy chain of generation 1: its steps along time");
     assert!(!chart.contains(r#"class="bad""#) && chart.contains(">route<"), "{chart}");

@@ -164,13 +164,22 @@ struct DemoPage<'a> {
     host: String,
     url: String,
     chains: Vec<ChainView>,
-    /// The newest generation with kept log lines, and its last lines.
+    /// Every generation with kept log lines; the one shown (the newest unless asked), and
+    /// its last lines.
+    log_generations: Vec<i64>,
     log_generation: Option<i64>,
     log: Vec<crate::db::logs::LogLine>,
     /// Older lines of that generation are not shown.
     log_cut: bool,
     /// The id the live log follows after.
     log_after: i64,
+}
+
+impl DemoPage<'_> {
+    /// Whether the page shows generation `generation`'s kept log.
+    fn shows(&self, generation: &i64) -> bool {
+        self.log_generation == Some(*generation)
+    }
 }
 
 /// Kept lines shown on the demo page (the whole log is a download away).
@@ -203,14 +212,30 @@ fn attempts(history: &serde_json::Value) -> Vec<AttemptRow> {
         .unwrap_or_default()
 }
 
-async fn demo(State(app): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<Uuid>) -> Page {
+/// `/demos/{id}?generation=N`: the kept log of generation N instead of the newest.
+#[derive(Debug, Deserialize)]
+struct DemoQuery {
+    generation: Option<i64>,
+}
+
+async fn demo(
+    State(app): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<Uuid>,
+    Query(query): Query<DemoQuery>,
+) -> Page {
     page(&who, async |layout| {
         let demo = demos::get(&app.db, id).await?.ok_or_else(|| ApiError::NotFound(format!("no demo {id}")))?;
         let chains = crate::chain::shown(chains::timeline(&app.db, id).await?);
         let url = app.urls.url(&app.urls.hostname(&demo.name));
         let host = demo.host_id.clone().unwrap_or_else(|| "none".into());
         let title = demos::titles(&app.db, std::slice::from_ref(&demo)).await?.remove(&demo.id).unwrap_or_default();
-        let log_generation = crate::db::logs::newest_generation(&app.db, id).await?;
+        let log_generations = crate::db::logs::generations(&app.db, id).await?;
+        let log_generation = match query.generation {
+            Some(asked) if log_generations.contains(&asked) => Some(asked),
+            Some(asked) => return Err(ApiError::NotFound(format!("no kept log of generation {asked}"))),
+            None => log_generations.last().copied(),
+        };
         let log = match log_generation {
             Some(generation) => crate::db::logs::tail(&app.db, id, generation, PAGE_LOG_LINES).await?,
             None => Vec::new(),
@@ -221,7 +246,19 @@ async fn demo(State(app): State<AppState>, Extension(who): Extension<Principal>,
             .await?
             .unwrap_or(0);
         let log_cut = log.len() as i64 >= PAGE_LOG_LINES;
-        render(&DemoPage { layout, demo, title, host, url, chains, log_generation, log, log_cut, log_after })
+        render(&DemoPage {
+            layout,
+            demo,
+            title,
+            host,
+            url,
+            chains,
+            log_generations,
+            log_generation,
+            log,
+            log_cut,
+            log_after,
+        })
     })
     .await
 }

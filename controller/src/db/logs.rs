@@ -107,9 +107,12 @@ pub async fn read(db: impl PgExecutor<'_>, demo: Uuid, query: &Query) -> sqlx::R
     .await
 }
 
-/// The newest generation of `demo` with kept lines.
-pub async fn newest_generation(db: impl PgExecutor<'_>, demo: Uuid) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar("select max(generation) from demo_logs where demo_id = $1").bind(demo).fetch_one(db).await
+/// The generations of `demo` with kept lines, oldest first.
+pub async fn generations(db: impl PgExecutor<'_>, demo: Uuid) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar("select distinct generation from demo_logs where demo_id = $1 order by 1")
+        .bind(demo)
+        .fetch_all(db)
+        .await
 }
 
 /// The last `limit` kept lines of generation `generation` of `demo`, in their order.
