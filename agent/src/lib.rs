@@ -69,7 +69,7 @@ impl AgentContext {
 
     /// Send a line that `step` printed to the demo's log.
     pub fn log(&self, spec: &DemoSpec, step: &str, line: &str) {
-        let subject = topology::log_subject(&self.config.messaging.nats_prefix, &spec.id);
+        let subject = topology::log_subject(&self.config.messaging.nats_prefix, &self.host_id, &spec.id);
         publish_log(&self.nats, subject, spec.generation, step, line);
     }
 
@@ -77,7 +77,7 @@ impl AgentContext {
     /// seconds, 0: all of it), to the demo's live log in the background while it runs.
     pub fn follow_container(&self, spec: &DemoSpec, since: i32) {
         let (docker, nats, spec) = (self.docker.clone(), self.nats.clone(), spec.clone());
-        let subject = topology::log_subject(&self.config.messaging.nats_prefix, &spec.id);
+        let subject = topology::log_subject(&self.config.messaging.nats_prefix, &self.host_id, &spec.id);
         tokio::spawn(async move {
             let generation = spec.generation;
             docker::follow_logs(&docker, &spec, since, |line| {

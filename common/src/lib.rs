@@ -13,6 +13,7 @@
 //! - [`secret`]: settings that never reach a log.
 //! - [`sealed`]: secrets sealed with an AEAD (XChaCha20-Poly1305) under a key read from a file.
 //! - [`signal`]: waiting for SIGINT or SIGTERM.
+//! - [`subjects`]: NATS subjects of heartbeats and log lines, and reading them back.
 //! - [`tls`]: TLS between hosts: its settings, the plain-text rule, the rustls client set-up.
 //! - [`topology`]: exchange, queue and subject names; declaring them on a channel.
 //! - [`validate`]: every field of a step message checked before an agent acts on it.
@@ -34,6 +35,7 @@ pub mod sealed;
 pub mod secret;
 #[cfg(feature = "runtime")]
 pub mod signal;
+pub mod subjects;
 #[cfg(feature = "runtime")]
 pub mod tls;
 #[cfg(feature = "runtime")]

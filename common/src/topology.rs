@@ -1,4 +1,5 @@
-//! Names on the broker and on NATS, and declaring the RabbitMQ side of them.
+//! Names on the broker and on NATS (those of NATS from [`crate::subjects`]), and declaring the
+//! RabbitMQ side of them.
 //!
 //! Both sides declare what they use with the same arguments, so whichever starts first
 //! creates it and the other finds it.
@@ -8,6 +9,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
 pub use crate::messaging::QueueType;
+pub use crate::subjects::*;
 
 /// The direct exchange every task and result goes through.
 pub const EXCHANGE: &str = "demofleet.tasks";
@@ -26,32 +28,6 @@ pub fn retry_exchange(delay: std::time::Duration) -> String {
 /// The queue (and routing key) of one host's agent.
 pub fn host_queue(host_id: &str) -> String {
     format!("demofleet.host.{host_id}")
-}
-
-/// NATS subject of a host's heartbeats under `prefix` (default `demofleet`).
-pub fn heartbeat_subject(prefix: &str, host_id: &str) -> String {
-    format!("{prefix}.host.{host_id}.heartbeat")
-}
-
-/// NATS subject matching every host's heartbeats.
-pub fn all_heartbeats(prefix: &str) -> String {
-    format!("{prefix}.host.*.heartbeat")
-}
-
-/// NATS header of a log line: the generation of the demo it belongs to.
-pub const LOG_GENERATION_HEADER: &str = "Demofleet-Generation";
-/// NATS header of a log line: the step that printed it (`checkout`, `build`, …), or `run`
-/// for the running container's own output.
-pub const LOG_STEP_HEADER: &str = "Demofleet-Step";
-
-/// NATS subject matching every demo's log lines.
-pub fn all_logs(prefix: &str) -> String {
-    format!("{prefix}.demo.*.log")
-}
-
-/// NATS subject of a demo's build and run log lines.
-pub fn log_subject(prefix: &str, demo_id: &uuid::Uuid) -> String {
-    format!("{prefix}.demo.{demo_id}.log")
 }
 
 /// The arguments that make a queue of `kind`.

@@ -16,7 +16,7 @@ use demofleet_common::wire::{Heartbeat, WIRE_VERSION};
 use crate::config::Config;
 use crate::db::demos::{self, DeployRequest};
 use crate::db::events::{Event, Kind};
-use crate::db::{audit, chains, hosts, settings};
+use crate::db::{chains, hosts, settings};
 use crate::refusals::Refusals;
 use crate::scheduler::Scheduler;
 use crate::traefik;
@@ -105,19 +105,11 @@ pub async fn run_heartbeats(app: Fleet, mut subscriber: async_nats::Subscriber, 
     }
 }
 
-/// Count a refused heartbeat; audit it if its source is refused for the first time.
+/// Count a refused heartbeat; audit it if its source (its host, or its subject when it names
+/// no host of its own) is refused for that reason for the first time.
 async fn refuse(app: &Fleet, why: Refused, subject: &str, host: Option<&str>) {
-    app.refusals.count("heartbeat", why.reason());
-    let source = format!("heartbeat {} {}", why.reason(), host.unwrap_or(subject));
-    if !app.refusals.first(&source) {
-        tracing::debug!(subject, host, reason = why.reason(), "heartbeat refused");
-        return;
-    }
-    tracing::warn!(subject, host, reason = why.reason(), "heartbeat refused (warned once for its source)");
-    let detail = serde_json::json!({ "subject": subject, "host": host, "reason": why.reason() });
-    if let Err(err) = audit::record(&app.scheduler.db, "channel", "heartbeat_refused", None, detail).await {
-        tracing::warn!(subject, error = %err, "auditing a refused heartbeat failed");
-    }
+    let detail = serde_json::json!({ "subject": subject, "host": host });
+    app.refusals.refuse(&app.scheduler.db, "heartbeat", why.reason(), host.unwrap_or(subject), detail).await;
 }
 
 /// Every tick: reload the route table; and, on the replica holding the fleet lease,

@@ -77,17 +77,9 @@ impl Jobs {
 
     /// Count a refused message; audit it the first time its sender is refused for `reason`.
     async fn refuse(&self, kind: &str, user: Option<&str>, reason: &'static str, detail: serde_json::Value) {
-        self.refusals.count("message", reason);
         let user = user.unwrap_or("(none)");
-        if !self.refusals.first(&format!("message {reason} {user}")) {
-            tracing::debug!(kind, user, reason, "message refused");
-            return;
-        }
-        tracing::warn!(kind, user, reason, "message refused (warned once for its sender)");
-        let detail = serde_json::json!({ "kind": kind, "user": user, "reason": reason, "message": detail });
-        if let Err(err) = audit::record(&self.scheduler.db, "channel", "message_refused", None, detail).await {
-            tracing::warn!(user, error = %err, "auditing a refused message failed");
-        }
+        let detail = serde_json::json!({ "kind": kind, "user": user, "message": detail });
+        self.refusals.refuse(&self.scheduler.db, "message", reason, user, detail).await;
     }
 }
 
@@ -104,7 +96,7 @@ pub async fn handle(app: &Jobs, kind: &str, user: Option<&str>, data: &[u8]) -> 
     }
     match kind {
         KIND_RESULT => {
-            let Some(result) = parse::<StepResult>(kind, data, |r| r.version) else { return Ok(()) };
+            let Some(result) = parse::<StepResult>(app, kind, data, |r| r.version) else { return Ok(()) };
             if let Err(reason) = may_send(&sender, kind, Some(&result.host_id)) {
                 let detail =
                     serde_json::json!({ "host": result.host_id, "demo": result.demo_id, "step": result.step.as_str() });
@@ -114,7 +106,7 @@ pub async fn handle(app: &Jobs, kind: &str, user: Option<&str>, data: &[u8]) -> 
             record(app, &result).await
         }
         KIND_STEP => {
-            let Some(message) = parse::<StepMessage>(kind, data, |m| m.version) else { return Ok(()) };
+            let Some(message) = parse::<StepMessage>(app, kind, data, |m| m.version) else { return Ok(()) };
             if !chains::is_current(&app.scheduler.db, message.chain_id, message.demo.generation).await? {
                 tracing::debug!(chain = %message.chain_id, "step of a superseded chain dropped");
                 return Ok(());
@@ -125,7 +117,7 @@ pub async fn handle(app: &Jobs, kind: &str, user: Option<&str>, data: &[u8]) -> 
             record(app, &result).await
         }
         KIND_NOTIFY => {
-            let Some(job) = parse::<NotifyJob>(kind, data, |j| j.version) else { return Ok(()) };
+            let Some(job) = parse::<NotifyJob>(app, kind, data, |j| j.version) else { return Ok(()) };
             let Some(github) = &app.github else { return Ok(()) };
             match feedback::sync(&app.scheduler.db, &app.scheduler.rules.urls, github, job.demo_id).await {
                 Ok(()) => Ok(()),
@@ -136,7 +128,7 @@ pub async fn handle(app: &Jobs, kind: &str, user: Option<&str>, data: &[u8]) -> 
             }
         }
         KIND_APPROVE => {
-            let Some(job) = parse::<ApproveJob>(kind, data, |j| j.version) else { return Ok(()) };
+            let Some(job) = parse::<ApproveJob>(app, kind, data, |j| j.version) else { return Ok(()) };
             match approve_by_comment_now(app, &job).await {
                 Ok(()) => Ok(()),
                 Err(err) => {
@@ -152,20 +144,31 @@ pub async fn handle(app: &Jobs, kind: &str, user: Option<&str>, data: &[u8]) -> 
         }
         other => {
             tracing::error!(kind = other, "message of an unknown type on the controller queue dropped");
+            app.refusals.count("message", "unknown_type");
             Ok(())
         }
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(kind: &str, data: &[u8], version: impl Fn(&T) -> u32) -> Option<T> {
+/// The message of `kind` in `data`, if it reads and is of this version; else dropped, logged
+/// and counted (`demofleet_channel_refused_total{what="message"}`, `unreadable` or
+/// `wrong_version`).
+fn parse<T: serde::de::DeserializeOwned>(
+    app: &Jobs,
+    kind: &str,
+    data: &[u8],
+    version: impl Fn(&T) -> u32,
+) -> Option<T> {
     match serde_json::from_slice::<T>(data) {
         Ok(value) if version(&value) == WIRE_VERSION => Some(value),
         Ok(_) => {
             tracing::error!(kind, "message of an unknown version dropped");
+            app.refusals.count("message", "wrong_version");
             None
         }
         Err(err) => {
             tracing::error!(kind, error = %err, "unreadable message dropped");
+            app.refusals.count("message", "unreadable");
             None
         }
     }

@@ -95,6 +95,13 @@ impl Controller {
         MIGRATOR.run(&db).await.context("applying migrations")?;
         let broker =
             broker::Broker::connect(&config.messaging).await.context("connecting to RabbitMQ (DEMOFLEET_AMQP_URL)")?;
+        let enrolment = enrolment::Enrolment {
+            db: db.clone(),
+            settings: config.enrolment.clone(),
+            messaging: config.messaging.clone(),
+        };
+        // The NATS authorization file, before connecting: it holds this controller's own user.
+        enrolment.write_nats_file().await.context("writing the NATS authorization file (DEMOFLEET_NATS_AUTH_FILE)")?;
         let nats = config.messaging.connect_nats().await.context("connecting to NATS (DEMOFLEET_NATS_URL)")?;
         // A queue group of this fleet's replicas: each heartbeat is recorded by one of them,
         // and another fleet's controllers on the same NATS server (the same prefix) each get
@@ -186,6 +193,8 @@ impl Controller {
             db: db.clone(),
             keep_bytes: config.log_keep_bytes,
             keep_generations: config.log_keep_generations,
+            prefix: config.messaging.nats_prefix.clone(),
+            refusals: refusals.clone(),
         };
         tasks.spawn(keep_logs::run(keeper, log_lines, stop.clone()));
         let fleet = fleet::Fleet { scheduler: scheduler.clone(), config: config.clone(), refusals: refusals.clone() };
@@ -199,11 +208,6 @@ impl Controller {
         };
         let edge = Arc::new(edge::proxy::Edge::new(routes.clone(), urls.clone(), auth.clone(), wake_tx, limits));
         tasks.spawn(edge.serve(edge_listener, stop.clone()));
-        let enrolment = enrolment::Enrolment {
-            db: db.clone(),
-            settings: config.enrolment.clone(),
-            messaging: config.messaging.clone(),
-        };
         let state = AppState {
             enrolment,
             config,

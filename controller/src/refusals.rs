@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
+use crate::db::audit;
+
 /// How many sources [`Refusals::first`] remembers; past it, no new source is audited (the
 /// counts go on), so a flood of invented host ids costs bounded memory and audit rows.
 pub const REMEMBERED: usize = 1000;
@@ -19,7 +21,12 @@ pub struct Refusals {
 impl Refusals {
     /// Count one refusal of `what` (`heartbeat`) for `reason` (`unknown_host`).
     pub fn count(&self, what: &'static str, reason: &'static str) {
-        *self.counts.lock().unwrap_or_else(|e| e.into_inner()).entry((what, reason)).or_default() += 1;
+        self.count_by(what, reason, 1);
+    }
+
+    /// Count `n` refusals of `what` for `reason`.
+    pub fn count_by(&self, what: &'static str, reason: &'static str, n: u64) {
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner()).entry((what, reason)).or_default() += n;
     }
 
     /// Every count so far: `((what, reason), n)`, in order.
@@ -32,6 +39,46 @@ impl Refusals {
     /// [`REMEMBERED`] sources are remembered already.
     pub fn first(&self, source: &str) -> bool {
         self.audited.lock().unwrap_or_else(|e| e.into_inner()).first(source)
+    }
+
+    /// Refuse one `what` (`heartbeat`, `message`, `log`) from `source` (a host id, a broker
+    /// user, a subject) for `reason`: counted; the first time `source` is refused for
+    /// `reason` in this process, also logged as a warning and audited as `<what>_refused`
+    /// (actor `channel`) with `detail`; later ones only logged at debug.
+    pub async fn refuse(
+        &self,
+        db: &sqlx::PgPool,
+        what: &'static str,
+        reason: &'static str,
+        source: &str,
+        detail: serde_json::Value,
+    ) {
+        self.count(what, reason);
+        self.note(db, what, reason, source, detail).await;
+    }
+
+    /// What [`Refusals::refuse`] does but count: the warning and the audit row the first
+    /// time `source` is refused for `reason`, for refusals counted already.
+    pub async fn note(
+        &self,
+        db: &sqlx::PgPool,
+        what: &'static str,
+        reason: &'static str,
+        source: &str,
+        detail: serde_json::Value,
+    ) {
+        if !self.first(&format!("{what} {reason} {source}")) {
+            tracing::debug!(what, reason, source, %detail, "refused");
+            return;
+        }
+        tracing::warn!(what, reason, source, %detail, "refused (warned once for its source)");
+        let mut detail = detail;
+        if let Some(fields) = detail.as_object_mut() {
+            fields.insert("reason".into(), reason.into());
+        }
+        if let Err(err) = audit::record(db, "channel", &format!("{what}_refused"), None, detail).await {
+            tracing::warn!(what, source, error = %err, "auditing a refusal failed");
+        }
     }
 }
 

@@ -1,13 +1,15 @@
 //! What arrives over the control channel, from anyone who can publish on it: bytes read as
 //! each message the controller and the agents take (step messages, step results, cleanups,
-//! heartbeats) never panic; a message that reads writes back to the same message; and a step
+//! heartbeats) never panic; a message that reads writes back to the same message; a step
 //! message the agent's checks (`common/src/validate.rs`) accept has nothing in it that git,
-//! Docker or a path could take for something else.
+//! Docker or a path could take for something else; and a NATS subject read as a log subject
+//! names a host and a demo whose log subject it is, exactly.
 //!
-//! Input: the message's bytes (JSON, as on the wire).
+//! Input: the message's bytes (JSON, as on the wire); its first line is also read as a
+//! subject.
 #![no_main]
 
-use demofleet_common::validate;
+use demofleet_common::{subjects, validate};
 use demofleet_common::wire::{Cleanup, Heartbeat, StepMessage, StepResult};
 use libfuzzer_sys::fuzz_target;
 use serde::{de::DeserializeOwned, Serialize};
@@ -22,6 +24,12 @@ fn read<T: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug>(data: &[u
 }
 
 fuzz_target!(|data: &[u8]| {
+    if let Some(subject) = std::str::from_utf8(data).ok().and_then(|s| s.lines().next()) {
+        if let Some((host, demo)) = subjects::read_log_subject("demofleet", subject) {
+            assert!(!host.is_empty() && !host.contains('.'), "{subject:?}");
+            assert_eq!(subjects::log_subject("demofleet", host, &demo), subject);
+        }
+    }
     let _ = read::<StepResult>(data);
     let _ = read::<Heartbeat>(data);
     if let Some(cleanup) = read::<Cleanup>(data) {

@@ -146,3 +146,17 @@ pub fn urlencode(raw: &str) -> String {
         })
         .collect()
 }
+
+/// A heartbeat as host `host` sends it (forged: nobody's inventory, a made-up address).
+pub fn heartbeat(host: &str) -> Vec<u8> {
+    let beat = demofleet_common::wire::Heartbeat {
+        version: demofleet_common::wire::WIRE_VERSION,
+        host_id: host.to_string(),
+        address: "10.0.0.7".into(),
+        capacity: 4,
+        agent_version: "forged".into(),
+        inventory: Vec::new(),
+        disk: None,
+    };
+    serde_json::to_vec(&beat).unwrap()
+}

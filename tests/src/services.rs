@@ -299,6 +299,11 @@ pub struct NatsConfig {
     /// The monitoring endpoint's port, on 127.0.0.1 (`/connz` lists the clients).
     pub monitor_port: u16,
     pub tls: Option<NatsTls>,
+    /// A file the configuration `include`s (the controller's authorization file), by its
+    /// path relative to the configuration file's folder (NATS reads it so, even when absolute).
+    pub include: Option<PathBuf>,
+    /// Where the server writes its process id (for the controller's SIGHUP).
+    pub pid_file: Option<PathBuf>,
 }
 
 impl NatsConfig {
@@ -314,6 +319,12 @@ impl NatsConfig {
                 quoted(&tls.server.key),
                 quoted(&tls.ca)
             ));
+        }
+        if let Some(pid_file) = &self.pid_file {
+            text.push_str(&format!("pid_file: {}\n", quoted(pid_file)));
+        }
+        if let Some(include) = &self.include {
+            text.push_str(&format!("include {}\n", quoted(include)));
         }
         text
     }
@@ -346,16 +357,45 @@ impl PrivateNats {
 
     /// A server listening on `address`, speaking TLS only when `tls` is given.
     pub fn start_with(address: &str, tls: Option<NatsTls>) -> PrivateNats {
+        PrivateNats::start_config(address, tls, None)
+    }
+
+    /// A server on 127.0.0.1 whose users are those of the authorization file `auth` (its
+    /// text), at [`PrivateNats::auth_file`], which the controller rewrites
+    /// (`DEMOFLEET_NATS_AUTH_FILE`) and has the server read again by SIGHUP to the process
+    /// in [`PrivateNats::pid_file`] (`DEMOFLEET_NATS_PID_FILE`).
+    pub fn start_with_authorization(auth: &str) -> PrivateNats {
+        PrivateNats::start_config("127.0.0.1", None, Some(auth))
+    }
+
+    fn start_config(address: &str, tls: Option<NatsTls>, auth: Option<&str>) -> PrivateNats {
         let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let (port, monitor_port) = (free(), free());
-        let config = NatsConfig { listen: address.to_string(), port, monitor_port, tls };
         let dir = tempfile::Builder::new().prefix("demofleet-nats-").tempdir().unwrap();
+        let (include, pid_file) = match auth {
+            Some(text) => {
+                std::fs::write(dir.path().join("auth.conf"), text).unwrap();
+                (Some(PathBuf::from("auth.conf")), Some(dir.path().join("nats.pid")))
+            }
+            None => (None, None),
+        };
+        let config = NatsConfig { listen: address.to_string(), port, monitor_port, tls, include, pid_file };
         let file = dir.path().join("nats-server.conf");
         std::fs::write(&file, config.render()).unwrap();
         let tls = config.tls.is_some();
         let mut nats = PrivateNats { port, monitor_port: Some(monitor_port), tls, file, dir, child: None };
         nats.restart();
         nats
+    }
+
+    /// The authorization file of a server started with one.
+    pub fn auth_file(&self) -> PathBuf {
+        self.dir.path().join("auth.conf")
+    }
+
+    /// The file holding the server's process id, of a server started with authorization.
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.path().join("nats.pid")
     }
 
     /// A server run on a configuration file written elsewhere (by the ansible broker role),

@@ -51,6 +51,9 @@ pub struct StackOptions {
     /// Services of the test's own (a private PostgreSQL or RabbitMQ, for a test that stops
     /// or crashes them) instead of the machine's, which other tests share.
     pub services: Option<Services>,
+    /// A NATS subject prefix given, instead of one of the stack's own (two fleets sharing
+    /// one).
+    pub nats_prefix: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -64,6 +67,7 @@ impl Default for StackOptions {
             private_repos_token: None,
             broker_failover: false,
             services: None,
+            nats_prefix: None,
         }
     }
 }
@@ -242,7 +246,7 @@ impl Stack {
         }
         let test_db = TestDb::create(&services).await;
         let vhost = TestVhost::create(&services).await;
-        let prefix = nats_prefix();
+        let prefix = options.nats_prefix.clone().unwrap_or_else(nats_prefix);
         let scratch = tempfile::Builder::new().prefix("demofleet-test-").tempdir().unwrap();
         let secret = format!("secret-{}", Uuid::new_v4());
         let repos = scratch.path().join("repos");
@@ -508,6 +512,14 @@ impl Stack {
     /// POST `body` as JSON.
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
         self.http.post(self.url(path)).json(body).send().await.unwrap()
+    }
+
+    /// The value of `demofleet_channel_refused_total` for `what` (`heartbeat`, `message`,
+    /// `log`) refused for `reason`, on `/metrics` (0 when absent).
+    pub async fn refused(&self, what: &str, reason: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        let series = format!("demofleet_channel_refused_total{{what=\"{what}\",reason=\"{reason}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&series)?.parse().ok()).unwrap_or(0.0)
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {

@@ -4,7 +4,8 @@
 //! the test's own whose `conf.d` is the role's and whose `rabbitmqctl` the role runs), set up
 //! the vhost and users, make a private CA, the broker's certificate and the controller's and
 //! agent's client certificates (TLS between hosts, issue 18), write RabbitMQ's TLS listener,
-//! NATS's configuration with its `tls` block, the binaries' environment files, secrets and
+//! NATS's configuration with its `tls` block and its users (the controller's, and the agent's
+//! allowed only its own subjects), the binaries' environment files, secrets and
 //! systemd units, and change nothing when applied again; the agent's broker user has exactly
 //! one host's permissions. With RabbitMQ restarted on the role's configuration (it then has
 //! no plain-text listener) and NATS started on the role's file, the binaries, started the way
@@ -289,6 +290,7 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
         "broker_nats_config_file": root_path.join("etc/nats-server.conf"),
         "broker_nats_listen": "127.0.0.1",
         "broker_nats_port": nats_port,
+        "broker_nats_prefix": prefix,
         "broker_tls_names": ["127.0.0.1"],
         "broker_rabbitmq_tls_listen": amqp_address,
         "broker_rabbitmq_plain_listen": "",
@@ -370,6 +372,22 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
     assert!(demo_dir.is_dir());
     let nats = std::fs::read_to_string(root_path.join("etc/nats-server.conf")).unwrap();
     assert!(nats.contains(&format!("listen: \"127.0.0.1:{nats_port}\"")), "{nats}");
+    // NATS users: the controller's, and the agent's allowed only its own subjects.
+    assert_eq!(mode(&root_path.join("etc/nats-server.conf")), 0o640, "it holds passwords");
+    let secret = |name: &str| {
+        let text = std::fs::read_to_string(secrets.join(name)).unwrap();
+        text.split_whitespace().next().unwrap().to_string()
+    };
+    let (agent_nats_password, controller_nats_password) =
+        (secret(&format!("nats-agent-{host_id}")), secret("nats-demofleet"));
+    let own_subjects = format!(
+        "permissions: {{publish: {{allow: [\"{prefix}.host.{host_id}.>\"]}}, subscribe: {{allow: [\"_INBOX.>\"]}}}}"
+    );
+    assert!(
+        nats.contains(&format!("{{user: \"agent-{host_id}\", password: \"{agent_nats_password}\", {own_subjects}}}")),
+        "{nats}"
+    );
+    assert!(nats.contains(&format!("{{user: \"demofleet\", password: \"{controller_nats_password}\"}}")), "{nats}");
     let controller_env = environment_file(&etc.join("controller.env"));
     assert_eq!(controller_env["DEMOFLEET_WEBHOOK_SECRET"], webhook_secret, "read from its file, escaped");
     assert_eq!(controller_env["DEMOFLEET_GITHUB_APP_KEY_FILE"], etc.join("github-app-key.pem").to_str().unwrap());
@@ -387,6 +405,15 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
         agent_env["DEMOFLEET_AMQP_URL"],
         format!("amqps://{agent_user}:{agent_password}@{amqp_address}/{vhost}"),
         "the agent logs in as its own user, over TLS"
+    );
+    assert_eq!(
+        agent_env["DEMOFLEET_NATS_URL"],
+        format!("tls://agent-{host_id}:{agent_nats_password}@127.0.0.1:{nats_port}"),
+        "the agent's NATS user"
+    );
+    assert_eq!(
+        controller_env["DEMOFLEET_NATS_URL"],
+        format!("tls://demofleet:{controller_nats_password}@127.0.0.1:{nats_port}")
     );
     tls_files_and_settings(&root_path, &secrets, &etc, &host_id);
     let unit = std::fs::read_to_string(units.join("demofleet-agent.service")).unwrap();

@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use demofleet_common::topology;
-use demofleet_common::wire::{Heartbeat, Step, StepOutcome, StepResult, KIND_RESULT, KIND_STEP, WIRE_VERSION};
+use demofleet_common::wire::{Step, StepOutcome, StepResult, KIND_RESULT, KIND_STEP, WIRE_VERSION};
+use demofleet_tests::fixtures::heartbeat;
 use demofleet_tests::oidc::{self, get_with};
 use demofleet_tests::stack::{Stack, StackOptions};
 use demofleet_tests::wait;
@@ -110,30 +111,9 @@ async fn an_enrolled_host_gets_its_own_broker_user_and_loses_it_when_revoked() {
     stack.stop().await;
 }
 
-/// A heartbeat as host `host` sends it.
-fn heartbeat(host: &str) -> Vec<u8> {
-    let beat = Heartbeat {
-        version: WIRE_VERSION,
-        host_id: host.to_string(),
-        address: "10.0.0.7".into(),
-        capacity: 4,
-        agent_version: "forged".into(),
-        inventory: Vec::new(),
-        disk: None,
-    };
-    serde_json::to_vec(&beat).unwrap()
-}
-
 /// The value of `demofleet_channel_refused_total` for heartbeats refused for `reason` (0 when absent).
 async fn refused(stack: &Stack, reason: &str) -> f64 {
-    refused_of(stack, "heartbeat", reason).await
-}
-
-/// The value of `demofleet_channel_refused_total` for `what` refused for `reason` (0 when absent).
-async fn refused_of(stack: &Stack, what: &str, reason: &str) -> f64 {
-    let text = stack.get("/metrics").await.text().await.unwrap();
-    let series = format!("demofleet_channel_refused_total{{what=\"{what}\",reason=\"{reason}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&series)?.parse().ok()).unwrap_or(0.0)
+    stack.refused("heartbeat", reason).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,9 +245,9 @@ async fn a_host_reports_only_its_own_steps_and_gives_the_controller_no_work() {
     publish(&channel, KIND_RESULT, None, &result(&intruder)).await.expect("the broker takes it");
     wait::until("the refused messages counted in /metrics", Duration::from_secs(20), || async {
         let counts = [
-            refused_of(&stack, "message", "another_hosts_result").await,
-            refused_of(&stack, "message", "not_a_result").await,
-            refused_of(&stack, "message", "unknown_sender").await,
+            stack.refused("message", "another_hosts_result").await,
+            stack.refused("message", "not_a_result").await,
+            stack.refused("message", "unknown_sender").await,
         ];
         (counts == [1.0, 1.0, 1.0]).then_some(())
     })
@@ -278,6 +258,33 @@ async fn a_host_reports_only_its_own_steps_and_gives_the_controller_no_work() {
             .await
             .unwrap();
     assert_eq!(audited, 3, "each refusal audited once");
+
+    // Garbage: bytes that are no result, a result of another wire version, a kind the
+    // controller does not know; each dropped and counted, nothing recorded, nothing stuck.
+    let mut old_version: serde_json::Value = serde_json::from_slice(&result(&intruder)).unwrap();
+    old_version["version"] = json!(WIRE_VERSION + 1);
+    let old_version = serde_json::to_vec(&old_version).unwrap();
+    for (kind, body) in [
+        (KIND_RESULT, &b"\xff\xfe not json"[..]),
+        (KIND_RESULT, &b""[..]),
+        (KIND_RESULT, &b"{\"version\": 1, \"chain_id\": 7}"[..]),
+        (KIND_RESULT, &old_version[..]),
+        ("launch-the-missiles", &result(&intruder)[..]),
+    ] {
+        publish(&channel, kind, Some(&user), body).await.expect("the broker takes it");
+    }
+    wait::until("the garbage counted in /metrics", Duration::from_secs(20), || async {
+        let counts = [
+            stack.refused("message", "unreadable").await,
+            stack.refused("message", "wrong_version").await,
+            stack.refused("message", "not_a_result").await,
+        ];
+        (counts == [3.0, 1.0, 2.0]).then_some(())
+    })
+    .await;
+    assert_eq!(stack.vhost.messages(topology::CONTROLLER_QUEUE).await, 0, "nothing left on the controller's queue");
+    let attempts: i64 = sqlx::query_scalar("select count(*) from step_attempts").fetch_one(&stack.db).await.unwrap();
+    assert_eq!(attempts, 0, "no result recorded");
 
     // Claiming to be the controller: RabbitMQ refuses the message itself.
     let claimed = publish(&channel, KIND_STEP, Some(&controller_user), b"{}").await;

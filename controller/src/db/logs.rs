@@ -7,12 +7,49 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// One line as the agent published it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewLine {
     pub demo_id: Uuid,
     pub generation: i64,
     pub step: String,
     pub line: String,
+}
+
+/// What the state of record says of a host sending a demo's log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// The host is enrolled (not revoked) and the demo placed on it, or served from it
+    /// while it moves.
+    PlacedHere,
+    /// The host is enrolled, the demo (if it exists) is not on it.
+    NotPlacedHere,
+    /// No live enrolment names the host.
+    NotEnrolled,
+}
+
+/// For each `(host, demo)` of `pairs`, in order, whether that host may send that demo's
+/// lines.
+pub async fn senders(db: impl PgExecutor<'_>, pairs: &[(String, Uuid)]) -> sqlx::Result<Vec<Sender>> {
+    let hosts: Vec<&str> = pairs.iter().map(|(h, _)| h.as_str()).collect();
+    let demos: Vec<Uuid> = pairs.iter().map(|(_, d)| *d).collect();
+    let rows: Vec<(bool, bool)> = sqlx::query_as(
+        "select exists (select 1 from host_enrolments e where e.host_id = p.host and e.revoked_at is null),
+                exists (select 1 from demos d where d.id = p.demo and p.host in (d.host_id, d.serving_host))
+         from unnest($1::text[], $2::uuid[]) with ordinality as p (host, demo, n)
+         order by p.n",
+    )
+    .bind(hosts)
+    .bind(demos)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(enrolled, placed)| match (enrolled, placed) {
+            (false, _) => Sender::NotEnrolled,
+            (true, true) => Sender::PlacedHere,
+            (true, false) => Sender::NotPlacedHere,
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, FromRow, Serialize)]

@@ -134,14 +134,32 @@ impl Enrolment {
     }
 
     /// Write the NATS authorization file from the live enrolments and have NATS reload it,
-    /// when the settings ask for one.
+    /// when the settings ask for one: at each enrolment and revocation, and as the
+    /// controller starts (before it connects to NATS, so a first start writes the user it
+    /// connects as).
     pub async fn write_nats_file(&self) -> anyhow::Result<()> {
         let Some(path) = &self.settings.nats_auth_file else { return Ok(()) };
         let hosts = enrolments::list(&self.db).await?;
-        let controller = demofleet_common::messaging::nats_user(&self.messaging.nats_urls())?;
+        let previous = std::fs::read_to_string(path).ok();
+        let controller = match demofleet_common::messaging::nats_user(&self.messaging.nats_urls())? {
+            Some((user, password)) => {
+                let kept = previous.as_deref().and_then(|text| nats::kept_hash(text, &user, &password));
+                let hash = match kept {
+                    Some(hash) => hash,
+                    None => nats::hash(&password)?,
+                };
+                Some((user, hash))
+            }
+            None => None,
+        };
         let text = nats::authorization(&self.messaging.nats_prefix, controller, &hosts)?;
+        // Unchanged (a controller starting again, another replica): NATS is left alone.
+        if previous.as_deref() == Some(text.as_str()) {
+            return Ok(());
+        }
         nats::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
-        if let Some(pid_file) = &self.settings.nats_pid_file {
+        // No pid file: NATS is not running, and reads the file when it starts.
+        if let Some(pid_file) = self.settings.nats_pid_file.as_ref().filter(|p| p.exists()) {
             nats::reload(pid_file)?;
         }
         Ok(())

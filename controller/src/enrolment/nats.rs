@@ -10,8 +10,9 @@ use anyhow::{bail, Context};
 
 use crate::db::enrolments::HostEnrolment;
 
-/// The file's text: an `authorization` block. The controller's user (from its NATS URL) may
-/// publish and subscribe anywhere; a host's user may publish only on its own subjects.
+/// The file's text: an `authorization` block. The controller's user (from its NATS URL; its
+/// name and the bcrypt hash of its password) may publish and subscribe anywhere; a host's
+/// user may publish only on its own subjects.
 pub fn authorization(
     prefix: &str,
     controller: Option<(String, String)>,
@@ -21,8 +22,7 @@ pub fn authorization(
         "# Written by demofleet-controller (DEMOFLEET_NATS_AUTH_FILE) at each enrolment and revocation.\n\
          authorization {\n  users = [\n",
     );
-    if let Some((user, password)) = controller {
-        let hash = hash(&password)?;
+    if let Some((user, hash)) = controller {
         writeln!(out, "    {{user: {}, password: {}}}", quote(&user), quote(&hash))?;
     }
     for host in hosts.iter().filter(|h| h.is_live()) {
@@ -46,6 +46,17 @@ const COST: u32 = 10;
 pub fn hash(password: &str) -> anyhow::Result<String> {
     let hashed = bcrypt::hash_with_result(password, COST).context("hashing a NATS password")?;
     Ok(hashed.format_for_version(bcrypt::Version::TwoA))
+}
+
+/// The hash of `user`'s password in the authorization file `text`, if the file names that
+/// user and `password` is still the one hashed: kept, so that the file's text changes only
+/// when its users do.
+pub fn kept_hash(text: &str, user: &str, password: &str) -> Option<String> {
+    let start = format!("{{user: {}, password: ", quote(user));
+    let line = text.lines().map(str::trim).find(|l| l.starts_with(&start))?;
+    let quoted = line[start.len()..].split([',', '}']).next()?.trim();
+    let hash: String = serde_json::from_str(quoted).ok()?;
+    bcrypt::verify(password, &hash).ok()?.then_some(hash)
 }
 
 /// Replace the file at `path` with `text` atomically, readable by its owner and group only.
@@ -95,10 +106,21 @@ mod tests {
             revoked_at: Some(time::OffsetDateTime::now_utc()),
             ..live.clone()
         };
-        let text = authorization("demofleet", Some(("ctl".into(), "pw".into())), &[live, revoked]).unwrap();
+        let controller = Some(("ctl".into(), hash("pw").unwrap()));
+        let text = authorization("demofleet", controller, &[live, revoked]).unwrap();
         assert!(text.contains(r#"{user: "agent-host-a", password: "$2a$04$abc", permissions: {publish: {allow: ["demofleet.host.host-a.>"]}"#), "{text}");
         assert!(!text.contains("host-b"), "a revoked host is left out: {text}");
         assert!(text.contains(r#"{user: "ctl", password: "$2a$"#), "{text}");
         assert!(!text.contains("pw\""), "no password in clear: {text}");
+    }
+
+    #[test]
+    fn the_controllers_hash_is_kept_while_its_password_is_the_same() {
+        let hashed = hash("pw").unwrap();
+        let text = authorization("demofleet", Some(("ctl".into(), hashed.clone())), &[]).unwrap();
+        assert_eq!(kept_hash(&text, "ctl", "pw"), Some(hashed));
+        assert_eq!(kept_hash(&text, "ctl", "another"), None, "a new password is hashed anew");
+        assert_eq!(kept_hash(&text, "someone", "pw"), None);
+        assert_eq!(kept_hash("garbage {user: \"ctl\", password: nope}", "ctl", "pw"), None);
     }
 }
