@@ -110,7 +110,7 @@ pub enum Brokers {
     /// (listening on the hosts' links too), in plain text: the links are this machine's.
     Plain(PrivateNats),
     /// A RabbitMQ node and a NATS server of the fleet's own that speak TLS only.
-    Tls(TlsBrokers),
+    Tls(Box<TlsBrokers>),
 }
 
 /// Brokers over TLS: a RabbitMQ node and a NATS server listening on the hosts' gateways too,
@@ -122,22 +122,53 @@ pub struct TlsBrokers {
     pub pki: TestPki,
     /// The brokers' certificate and key (both brokers read the same files).
     pub server: CertFiles,
+    /// The controller's NATS user and password.
+    pub nats_user: (String, String),
+}
+
+/// The fleet's NATS server, listening on the hosts' links too, whose users are those of the
+/// controller's authorization file; `options` get the controller's URL (with its user) and
+/// the file's and pid file's flags. Also the controller's user and password.
+fn authorized_nats(tls: Option<NatsTls>, options: &mut StackOptions) -> (PrivateNats, (String, String)) {
+    use demofleet_controller::enrolment::nats::{authorization, hash};
+    let (user, password) = ("controller", Uuid::new_v4().simple().to_string());
+    let first = authorization("unused", Some((user.to_string(), hash(&password).unwrap())), &[]).unwrap();
+    let nats = PrivateNats::start_authorized("0.0.0.0", tls, &first);
+    options.nats_url = Some(nats.url_as("127.0.0.1", user, &password));
+    let path = |p: std::path::PathBuf| p.to_str().expect("a UTF-8 path").to_string();
+    options.controller_args.extend([
+        "--nats-auth-file".to_string(),
+        path(nats.auth_file()),
+        "--nats-pid-file".to_string(),
+        path(nats.pid_file()),
+    ]);
+    (nats, (user.to_string(), password))
 }
 
 impl Brokers {
-    /// Host `host_id`'s broker flags: its URLs at `gateway`, as broker user `user`, and how
-    /// they are reached.
-    fn agent_flags(&self, vhost: &str, host_id: &str, (user, password): (&str, &str), gateway: &str) -> Vec<String> {
+    pub fn nats(&self) -> &PrivateNats {
+        match self {
+            Brokers::Plain(nats) => nats,
+            Brokers::Tls(tls) => &tls.nats,
+        }
+    }
+
+    /// Host `host_id`'s broker flags: its URLs at `gateway`, as the broker user and NATS user
+    /// its enrolment gave it, and how they are reached.
+    fn agent_flags(&self, vhost: &str, host_id: &str, settings: &serde_json::Value, gateway: &str) -> Vec<String> {
+        let (user, password) = crate::stack::broker_credentials(settings);
+        let (nats_user, nats_password) = crate::stack::nats_credentials(settings);
+        let nats_url = self.nats().url_as(gateway, &nats_user, &nats_password);
         let flags = match self {
-            Brokers::Plain(nats) => vec![
+            Brokers::Plain(_) => vec![
                 ("--amqp-url", format!("amqp://{user}:{password}@{gateway}:5672/{vhost}")),
-                ("--nats-url", nats.url_at(gateway)),
+                ("--nats-url", nats_url),
             ],
             Brokers::Tls(tls) => {
                 let port = tls.rabbit.nodes[0].amqp_port;
                 let mut flags = vec![
                     ("--amqp-url", format!("amqps://{user}:{password}@{gateway}:{port}/{vhost}")),
-                    ("--nats-url", tls.nats.url_at(gateway)),
+                    ("--nats-url", nats_url),
                 ];
                 flags.extend(tls_flags(&tls.pki, host_id));
                 flags
@@ -173,8 +204,7 @@ impl Fleet {
     /// wait until every host has been heard from.
     pub async fn start(agent_binary: &str, capacities: &[u32], mut options: StackOptions) -> Fleet {
         let machines = spawn_machines(capacities.len()).await;
-        let nats = PrivateNats::start_on("0.0.0.0");
-        options.nats_url = Some(nats.url());
+        let (nats, _) = authorized_nats(None, &mut options);
         let rabbitmq: SocketAddr = "127.0.0.1:5672".parse().unwrap();
         let broker_links = machines
             .iter()
@@ -199,12 +229,11 @@ impl Fleet {
         let rabbit_options = RabbitOptions { tls: Some(tls), ..Default::default() };
         let rabbit = tokio::task::spawn_blocking(move || RabbitCluster::start_with(1, &rabbit_options)).await.unwrap();
         options.services = Some(rabbit.services(0));
-        let nats = PrivateNats::start_with("0.0.0.0", Some(NatsTls { ca: pki.ca.clone(), server }));
-        options.nats_url = Some(nats.url());
+        let (nats, nats_user) = authorized_nats(Some(NatsTls { ca: pki.ca.clone(), server }), &mut options);
         for (flag, value) in tls_flags(&pki, "controller") {
             options.controller_args.extend([flag.to_string(), value]);
         }
-        let brokers = Brokers::Tls(TlsBrokers { rabbit, nats, pki, server: server_files });
+        let brokers = Brokers::Tls(Box::new(TlsBrokers { rabbit, nats, pki, server: server_files, nats_user }));
         Fleet::launch(agent_binary, capacities, options, machines, brokers).await
     }
 
@@ -240,10 +269,7 @@ impl Fleet {
 
     /// The port of the fleet's NATS server, on every host's link.
     pub fn nats_port(&self) -> u16 {
-        match &self.brokers {
-            Brokers::Plain(nats) => nats.port,
-            Brokers::Tls(tls) => tls.nats.port,
-        }
+        self.brokers.nats().port
     }
 
     pub fn host(&self, id: &str) -> &FleetHost {
@@ -276,13 +302,18 @@ async fn spawn_machines(count: usize) -> Vec<TestHost> {
 /// controller), a demo folder and the agent's flags.
 async fn create_host(stack: &Stack, brokers: &Brokers, machine: TestHost, index: usize, capacity: u32) -> FleetHost {
     let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
+    // Enrolled: NATS is told to read its users again; the agent starts once it has.
+    let reloads = brokers.nats().reloads();
     let settings = stack.enrol(&host_id).await;
-    let (user, password) = crate::stack::broker_credentials(&settings);
+    wait::until("NATS reading the host's user", Duration::from_secs(10), || async {
+        (brokers.nats().reloads() > reloads).then_some(())
+    })
+    .await;
     let controller_user = settings["controller_amqp_user"].as_str().expect("the controller's broker user");
     let demo_dir = stack.scratch.path().join("demos").join(&host_id);
     std::fs::create_dir_all(&demo_dir).unwrap();
     let log = stack.scratch.path().join(format!("{host_id}.log"));
-    let mut args = brokers.agent_flags(&stack.vhost.name, &host_id, (&user, &password), &machine.gateway);
+    let mut args = brokers.agent_flags(&stack.vhost.name, &host_id, &settings, &machine.gateway);
     let own: Vec<String> = [
         ("--host-id", host_id.clone()),
         // Steps come from the controller's user, not the host's own.

@@ -368,6 +368,12 @@ impl PrivateNats {
         PrivateNats::start_config("127.0.0.1", None, Some(auth))
     }
 
+    /// [`PrivateNats::start_with_authorization`] listening on `address`, speaking TLS only
+    /// when `tls` is given.
+    pub fn start_authorized(address: &str, tls: Option<NatsTls>, auth: &str) -> PrivateNats {
+        PrivateNats::start_config(address, tls, Some(auth))
+    }
+
     fn start_config(address: &str, tls: Option<NatsTls>, auth: Option<&str>) -> PrivateNats {
         let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let (port, monitor_port) = (free(), free());
@@ -417,6 +423,17 @@ impl PrivateNats {
     pub fn url_at(&self, address: &str) -> String {
         let scheme = if self.tls { "tls" } else { "nats" };
         format!("{scheme}://{address}:{}", self.port)
+    }
+
+    /// Its URL at `address` as `user` with `password`.
+    pub fn url_as(&self, address: &str, user: &str, password: &str) -> String {
+        let scheme = if self.tls { "tls" } else { "nats" };
+        format!("{scheme}://{user}:{password}@{address}:{}", self.port)
+    }
+
+    /// How many times the server has read its configuration again (SIGHUP) so far.
+    pub fn reloads(&self) -> usize {
+        self.log().matches("Reloaded server configuration").count()
     }
 
     /// Stop the server (SIGKILL, like a crash).

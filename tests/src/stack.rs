@@ -648,13 +648,22 @@ async fn start_agent(args: &[String], extra: &[&str]) -> Agent {
     Agent::start(config).await.expect("agent starts")
 }
 
-/// A client that sends the stack's API token with every request and follows no redirects.
 /// The broker user and password in an enrolled host's settings (`amqp_url`).
 pub fn broker_credentials(settings: &Value) -> (String, String) {
-    let urls = settings["amqp_url"].as_str().expect("the agent's AMQP URL");
-    let url = reqwest::Url::parse(urls.split(',').next().unwrap_or_default()).expect("an AMQP URL");
-    let password = url.password().expect("an enrolled host's URL carries its password");
-    assert!(!url.username().is_empty(), "an enrolled host's URL names its user: {url}");
+    credentials_in(settings, "amqp_url")
+}
+
+/// The NATS user and password in an enrolled host's settings (`nats_url`; with the
+/// controller's DEMOFLEET_NATS_AUTH_FILE only).
+pub fn nats_credentials(settings: &Value) -> (String, String) {
+    credentials_in(settings, "nats_url")
+}
+
+fn credentials_in(settings: &Value, key: &str) -> (String, String) {
+    let urls = settings[key].as_str().unwrap_or_else(|| panic!("no {key} in {settings}"));
+    let url = reqwest::Url::parse(urls.split(',').next().unwrap_or_default()).expect("a URL");
+    let password = url.password().unwrap_or_else(|| panic!("an enrolled host's {key} carries its password: {url}"));
+    assert!(!url.username().is_empty(), "an enrolled host's {key} names its user: {url}");
     (url.username().to_string(), password.to_string())
 }
 
@@ -669,6 +678,7 @@ async fn enrol_at(client: &reqwest::Client, addr: std::net::SocketAddr, host_id:
     serde_json::from_str(&body).expect("the agent's settings")
 }
 
+/// A client that sends the stack's API token with every request and follows no redirects.
 fn api_client(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());

@@ -268,7 +268,7 @@ fn broker_client(tls: &TlsBrokers, vhost: &str, host: &str, ca: Option<PathBuf>,
     Messaging {
         amqp_url: format!("amqps://{RABBITMQ_USER}:demofleet@{host}:{port}/{vhost}"),
         amqp_quorum_queues: false,
-        nats_url: tls.nats.url_at(host),
+        nats_url: tls.nats.url_as(host, &tls.nats_user.0, &tls.nats_user.1),
         nats_prefix: "unused".into(),
         tls: TlsSettings {
             tls_ca_file: ca,
