@@ -20,7 +20,7 @@ use crate::host::{DemoContainer, Engine, TestHost};
 use crate::pki::{CertFiles, TestPki, Usage};
 use crate::relay::Relay;
 use crate::services::{NatsTls, PrivateNats};
-use crate::stack::{Stack, StackOptions};
+use crate::stack::{authorized_nats, Stack, StackOptions};
 use crate::wait;
 
 /// One simulated machine: its namespace, link, addresses, engine and agent.
@@ -126,25 +126,6 @@ pub struct TlsBrokers {
     pub nats_user: (String, String),
 }
 
-/// The fleet's NATS server, listening on the hosts' links too, whose users are those of the
-/// controller's authorization file; `options` get the controller's URL (with its user) and
-/// the file's and pid file's flags. Also the controller's user and password.
-fn authorized_nats(tls: Option<NatsTls>, options: &mut StackOptions) -> (PrivateNats, (String, String)) {
-    use demofleet_controller::enrolment::nats::{authorization, hash};
-    let (user, password) = ("controller", Uuid::new_v4().simple().to_string());
-    let first = authorization("unused", Some((user.to_string(), hash(&password).unwrap())), &[]).unwrap();
-    let nats = PrivateNats::start_authorized("0.0.0.0", tls, &first);
-    options.nats_url = Some(nats.url_as("127.0.0.1", user, &password));
-    let path = |p: std::path::PathBuf| p.to_str().expect("a UTF-8 path").to_string();
-    options.controller_args.extend([
-        "--nats-auth-file".to_string(),
-        path(nats.auth_file()),
-        "--nats-pid-file".to_string(),
-        path(nats.pid_file()),
-    ]);
-    (nats, (user.to_string(), password))
-}
-
 impl Brokers {
     pub fn nats(&self) -> &PrivateNats {
         match self {
@@ -204,7 +185,7 @@ impl Fleet {
     /// wait until every host has been heard from.
     pub async fn start(agent_binary: &str, capacities: &[u32], mut options: StackOptions) -> Fleet {
         let machines = spawn_machines(capacities.len()).await;
-        let (nats, _) = authorized_nats(None, &mut options);
+        let (nats, _) = authorized_nats("0.0.0.0", None, &mut options);
         let rabbitmq: SocketAddr = "127.0.0.1:5672".parse().unwrap();
         let broker_links = machines
             .iter()
@@ -229,7 +210,7 @@ impl Fleet {
         let rabbit_options = RabbitOptions { tls: Some(tls), ..Default::default() };
         let rabbit = tokio::task::spawn_blocking(move || RabbitCluster::start_with(1, &rabbit_options)).await.unwrap();
         options.services = Some(rabbit.services(0));
-        let (nats, nats_user) = authorized_nats(Some(NatsTls { ca: pki.ca.clone(), server }), &mut options);
+        let (nats, nats_user) = authorized_nats("0.0.0.0", Some(NatsTls { ca: pki.ca.clone(), server }), &mut options);
         for (flag, value) in tls_flags(&pki, "controller") {
             options.controller_args.extend([flag.to_string(), value]);
         }
@@ -305,10 +286,7 @@ async fn create_host(stack: &Stack, brokers: &Brokers, machine: TestHost, index:
     // Enrolled: NATS is told to read its users again; the agent starts once it has.
     let reloads = brokers.nats().reloads();
     let settings = stack.enrol(&host_id).await;
-    wait::until("NATS reading the host's user", Duration::from_secs(10), || async {
-        (brokers.nats().reloads() > reloads).then_some(())
-    })
-    .await;
+    crate::stack::nats_reloaded(Some(brokers.nats()), reloads).await;
     let controller_user = settings["controller_amqp_user"].as_str().expect("the controller's broker user");
     let demo_dir = stack.scratch.path().join("demos").join(&host_id);
     std::fs::create_dir_all(&demo_dir).unwrap();

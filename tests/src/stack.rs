@@ -234,12 +234,17 @@ pub struct Stack {
     plain: reqwest::Client,
     /// The test's time limit, from the stack's start to its end.
     _time_limit: crate::time_limit::TimeLimit,
+    /// The NATS server of a stack with several hosts, stopped with the stack.
+    _own_nats: Option<crate::services::PrivateNats>,
 }
 
 impl Stack {
-    pub async fn start(options: StackOptions) -> Stack {
+    pub async fn start(mut options: StackOptions) -> Stack {
         let time_limit = crate::time_limit::start();
         crate::init_tracing();
+        // Several hosts: a NATS server of the stack's own that lets in only enrolled hosts.
+        let own_nats = (options.agents > 1 && options.nats_url.is_none())
+            .then(|| authorized_nats("127.0.0.1", None, &mut options).0);
         let mut services = options.services.clone().unwrap_or_else(Services::from_env);
         if let Some(url) = &options.nats_url {
             services.nats_url = url.clone();
@@ -302,10 +307,17 @@ impl Stack {
         let mut agents = Vec::new();
         for _ in 0..options.agents {
             let host_id = format!("host-{}", &Uuid::new_v4().simple().to_string()[..10]);
-            enrol_at(&http, http_addr, &host_id).await;
+            let reloads = own_nats.as_ref().map_or(0, |n| n.reloads());
+            let settings = enrol_at(&http, http_addr, &host_id).await;
+            nats_reloaded(own_nats.as_ref(), reloads).await;
             let demo_dir = scratch.path().join("demos").join(&host_id);
             let machine = if options.agents > 1 { Some(TestHost::spawn(&services.base_image).await) } else { None };
+            // The host's own broker (and NATS) user from its enrolment; steps come from the
+            // controller's user.
+            let url = |key: &str| settings[key].as_str().unwrap_or_else(|| panic!("{key} in {settings}")).to_string();
+            let (amqp_url, nats_url) = (url("amqp_url"), url("nats_url"));
             let mut args = agent_argv(&host_id, &amqp_url, &nats_url, &prefix, &demo_dir, &repos, machine.as_ref());
+            args.extend(["--controller-amqp-user".to_string(), url("controller_amqp_user")]);
             args.extend(options.agent_args.iter().cloned());
             let agent = start_agent(&args, &[]).await;
             agents.push(TestAgent { host_id, demo_dir, machine, args, agent: Some(agent), process: None });
@@ -335,6 +347,7 @@ impl Stack {
             http,
             plain: crate::http_client().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
             _time_limit: time_limit,
+            _own_nats: own_nats,
         };
         for agent in &stack.agents {
             let id = agent.host_id.clone();
@@ -646,6 +659,40 @@ async fn start_agent(args: &[String], extra: &[&str]) -> Agent {
     let args = args.iter().cloned().chain(extra.iter().map(|s| s.to_string()));
     let config = demofleet_agent::config::Config::try_parse_from(args).expect("agent flags");
     Agent::start(config).await.expect("agent starts")
+}
+
+/// A NATS server of a stack's own on `address` (`0.0.0.0`: also on test hosts' links),
+/// speaking TLS when `tls` is given, whose users are those of the controller's authorization
+/// file: `options` get the controller's URL (with its user) and the file's and pid file's
+/// flags. Also the controller's user and password.
+pub fn authorized_nats(
+    address: &str,
+    tls: Option<crate::services::NatsTls>,
+    options: &mut StackOptions,
+) -> (crate::services::PrivateNats, (String, String)) {
+    use demofleet_controller::enrolment::nats::{authorization, hash};
+    let (user, password) = ("controller", Uuid::new_v4().simple().to_string());
+    let first = authorization("unused", Some((user.to_string(), hash(&password).unwrap())), &[]).unwrap();
+    let nats = crate::services::PrivateNats::start_authorized(address, tls, &first);
+    options.nats_url = Some(nats.url_as("127.0.0.1", user, &password));
+    let path = |p: PathBuf| p.to_str().expect("a UTF-8 path").to_string();
+    options.controller_args.extend([
+        "--nats-auth-file".to_string(),
+        path(nats.auth_file()),
+        "--nats-pid-file".to_string(),
+        path(nats.pid_file()),
+    ]);
+    (nats, (user.to_string(), password))
+}
+
+/// Wait until `nats` (when the stack has a server of its own) has read its users again, so
+/// that a host enrolled before the call may connect.
+pub async fn nats_reloaded(nats: Option<&crate::services::PrivateNats>, before: usize) {
+    let Some(nats) = nats else { return };
+    wait::until("NATS reading the host's user", Duration::from_secs(10), || async {
+        (nats.reloads() > before).then_some(())
+    })
+    .await;
 }
 
 /// The broker user and password in an enrolled host's settings (`amqp_url`).
