@@ -136,6 +136,7 @@ impl Controller {
         let routes = edge::RouteTable::new(config.idle_sleep_seconds());
         let auth = Arc::new(auth::Auth::new(&config, auth::signing_key(&db, "gate").await?, db.clone())?);
         let timings = Arc::new(timings::Timings::default());
+        let refusals = Arc::new(refusals::Refusals::default());
         let scheduler = scheduler::Scheduler {
             db: db.clone(),
             routes: routes.clone(),
@@ -150,6 +151,7 @@ impl Controller {
             min_free_disk_bytes: config.min_free_disk_bytes(),
             permissions: Arc::new(scheduler::authorize::PermissionCache::new(config.permission_cache)),
             timings: timings.clone(),
+            refusals: refusals.clone(),
             vault: Arc::new(
                 secrets::Vault::load(
                     config.secrets_key_file.as_deref(),
@@ -179,7 +181,6 @@ impl Controller {
             config: config.clone(),
         };
         tasks.spawn(broker::publisher::run(publisher, stop.clone()));
-        let refusals = Arc::new(refusals::Refusals::default());
         let jobs = jobs::Jobs {
             scheduler: scheduler.clone(),
             github: github.clone(),

@@ -167,6 +167,13 @@ pub struct TestAgent {
     process: Option<std::process::Child>,
 }
 
+impl TestAgent {
+    /// The value of flag `name` (`--amqp-url`) it was started with.
+    pub fn flag(&self, name: &str) -> Option<&str> {
+        self.args.iter().position(|a| a == name).and_then(|i| self.args.get(i + 1)).map(String::as_str)
+    }
+}
+
 impl Drop for TestAgent {
     fn drop(&mut self) {
         if let Some(mut process) = self.process.take() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use demofleet_common::topology;
 use demofleet_common::wire::{Step, StepOutcome, StepResult, KIND_RESULT, KIND_STEP, WIRE_VERSION};
-use demofleet_tests::fixtures::heartbeat;
+use demofleet_tests::fixtures::{self, heartbeat, FixtureRepo};
 use demofleet_tests::oidc::{self, get_with};
 use demofleet_tests::stack::{Stack, StackOptions};
 use demofleet_tests::wait;
@@ -289,6 +289,71 @@ async fn a_host_reports_only_its_own_steps_and_gives_the_controller_no_work() {
     // Claiming to be the controller: RabbitMQ refuses the message itself.
     let claimed = publish(&channel, KIND_STEP, Some(&controller_user), b"{}").await;
     assert!(claimed.is_err(), "a message naming another broker user was taken");
+    let _ = connection.close(200, "done".into()).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_result_changes_nothing() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let repo_name = format!("replay-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let repo = FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &repo_name);
+    let files = fixtures::static_site(&stack.services.base_image, "replayed");
+    let sha = repo.commit("a demo", &files.iter().map(|(p, c)| (*p, c.as_str())).collect::<Vec<_>>());
+    let (_, response) =
+        stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
+    assert_eq!(response.status(), 202);
+    let name = format!("{repo_name}-fixture-owner-pr-2");
+    let demo = stack.wait_for_state(&name, "running", Duration::from_secs(120)).await;
+
+    // The launch's answer, sent again by the host that gave it, as it would be after a
+    // redelivery or by someone replaying a captured message; this time saying it failed.
+    let (chain_id, demo_id, generation, attempt): (Uuid, Uuid, i64, i32) = sqlx::query_as(
+        "select c.id, c.demo_id, c.generation, s.attempts from chains c join chain_steps s on s.chain_id = c.id
+         where s.name = 'launch' and c.kind = 'deploy'",
+    )
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+    let before: i64 = sqlx::query_scalar("select count(*) from step_attempts").fetch_one(&stack.db).await.unwrap();
+    let agent = &stack.agents[0];
+    let connection = lapin::Connection::connect(agent.flag("--amqp-url").unwrap(), Default::default())
+        .await
+        .expect("the host's user connects");
+    let channel = connection.create_channel().await.unwrap();
+    channel.confirm_select(Default::default()).await.unwrap();
+    let replayed = StepResult {
+        version: WIRE_VERSION,
+        chain_id,
+        demo_id,
+        generation,
+        step: Step::Launch,
+        attempt: attempt as u32,
+        host_id: agent.host_id.clone(),
+        duration_ms: 1,
+        outcome: StepOutcome::Failed { error: "replayed".into(), retryable: false },
+    };
+    let user = reqwest::Url::parse(agent.flag("--amqp-url").unwrap()).unwrap().username().to_string();
+    for _ in 0..2 {
+        let bytes = serde_json::to_vec(&replayed).unwrap();
+        publish(&channel, KIND_RESULT, Some(&user), &bytes).await.expect("the broker takes it");
+    }
+    wait::until("the replays counted in /metrics", Duration::from_secs(20), || async {
+        // Its chain has finished: so says the reason (a replay while the chain still runs
+        // is a `duplicate`, decided the same way; see chain/decide/tests.rs).
+        (stack.refused("result", "finished_chain").await == 2.0).then_some(())
+    })
+    .await;
+    let after: i64 = sqlx::query_scalar("select count(*) from step_attempts").fetch_one(&stack.db).await.unwrap();
+    assert_eq!(after, before, "no attempt recorded for a replay");
+    let now = stack.get_json(&format!("/api/demos/{}", demo["id"].as_str().unwrap())).await;
+    assert_eq!(now["state"], "running", "{now}");
+    let status: String = sqlx::query_scalar("select status from chains where id = $1")
+        .bind(chain_id)
+        .fetch_one(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(status, "succeeded");
     let _ = connection.close(200, "done".into()).await;
     stack.stop().await;
 }

@@ -39,15 +39,23 @@ pub fn advance(record: &Record, facts: &Facts) -> Decision {
     go_on(record, facts, writes)
 }
 
+/// Why [`result`] ignores a result: its chain is finished or superseded.
+pub const FINISHED_CHAIN: &str = "a result for a finished or superseded chain";
+/// Why [`result`] ignores a result: the step was sent to another host.
+pub const OTHER_HOST: &str = "a result from a host the step was not sent to";
+/// Why [`result`] ignores a result: its step is not waiting for that attempt's answer (a
+/// replay, a redelivered duplicate, one that arrived late).
+pub const DUPLICATE: &str = "a duplicate or out-of-order result";
+
 /// A step's result arrived for the chain.
 pub fn result(record: &Record, result: &StepResult, facts: &Facts) -> Decision {
     let (chain, demo, rules) = (&record.chain, &record.demo, facts.rules);
     if chain.status != "running" || chain.generation != result.generation {
-        return Decision::Ignore("a result for a finished or superseded chain");
+        return Decision::Ignore(FINISHED_CHAIN);
     }
     // An agent step is sent to the demo's host; a result from another host is not its answer.
     if result.step.runs_on_agent() && demo.host_id.as_deref() != Some(result.host_id.as_str()) {
-        return Decision::Ignore("a result from a host the step was not sent to");
+        return Decision::Ignore(OTHER_HOST);
     }
     if demo.generation != chain.generation {
         return Decision::Do(vec![Write::chain("superseded")]);
@@ -57,7 +65,7 @@ pub fn result(record: &Record, result: &StepResult, facts: &Facts) -> Decision {
         let s = &record.steps[*i];
         s.status == "queued" && s.name == result.step.as_str() && i64::from(s.attempts) == i64::from(result.attempt)
     }) else {
-        return Decision::Ignore("a duplicate or out-of-order result");
+        return Decision::Ignore(DUPLICATE);
     };
     let step = &record.steps[index];
     let mut writes = vec![Write::Attempt { index, result: result.clone() }];

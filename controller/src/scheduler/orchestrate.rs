@@ -72,9 +72,14 @@ impl Scheduler {
     pub async fn record_result(&self, tx: &mut Tx<'_>, result: &StepResult) -> sqlx::Result<Effects> {
         let Some(record) = self.read(tx, result.chain_id).await? else {
             tracing::warn!(chain = %result.chain_id, "result for an unknown chain dropped");
+            self.refusals.count("result", "unknown_chain");
             return Ok(Effects::default());
         };
         let decision = self.decide(tx, &record, |facts| decide::result(&record, result, facts)).await?;
+        if let Decision::Ignore(why) = &decision {
+            tracing::info!(chain = %result.chain_id, step = result.step.as_str(), attempt = result.attempt, host = %result.host_id, why, "step result ignored");
+            self.refusals.count("result", ignored_reason(why));
+        }
         self.carry_out(tx, &record, decision).await
     }
 
@@ -273,5 +278,15 @@ impl Scheduler {
             }
         }
         Ok(effects)
+    }
+}
+
+/// The `reason` label of a step result [`decide::result`] ignored for `why`.
+fn ignored_reason(why: &str) -> &'static str {
+    match why {
+        decide::DUPLICATE => "duplicate",
+        decide::FINISHED_CHAIN => "finished_chain",
+        decide::OTHER_HOST => "other_host",
+        _ => "ignored",
     }
 }
