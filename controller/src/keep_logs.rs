@@ -96,9 +96,13 @@ pub async fn run(keeper: Keeper, mut messages: async_nats::Subscriber, stop: Can
                             batch.push(heard);
                         }
                         None => {
+                            // Audited once per host its subject names, however many subjects.
                             let subject = message.subject.as_str();
+                            let host = subject.strip_prefix(&format!("{}.host.", keeper.prefix))
+                                .and_then(|rest| rest.split('.').next())
+                                .unwrap_or(subject);
                             let detail = serde_json::json!({ "subject": subject });
-                            keeper.refusals.refuse(&keeper.db, "log", "unreadable", subject, detail).await;
+                            keeper.refusals.refuse(&keeper.db, "log", "unreadable", host, detail).await;
                         }
                     }
                     if lines < BATCH {
