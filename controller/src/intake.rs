@@ -143,15 +143,15 @@ impl Writer {
             Err(err) if batch.len() > 1 => {
                 tracing::debug!(error = %err, size = batch.len(), "batch failed; recording its events one by one");
                 for pending in batch {
-                    let answer = record(db, std::slice::from_ref(&pending.event))
-                        .await
-                        .and_then(|mut answers| answers.pop().expect("one answer per event"));
+                    let answer = record_alone(db, &pending.event).await;
                     self.answer(pending, answer);
                 }
             }
             Err(err) => {
                 if let Some(pending) = batch.into_iter().next() {
-                    self.answer(pending, Err(err));
+                    let answer =
+                        if is_unique_violation(&err) { record_alone(db, &pending.event).await } else { Err(err) };
+                    self.answer(pending, answer);
                 }
             }
         }
@@ -165,6 +165,30 @@ impl Writer {
         // The handler may have gone (the client hung up); the event is recorded anyway.
         let _ = pending.answer.send(answer);
     }
+}
+
+/// Record `event` alone, trying once more after a unique violation: the other writer may
+/// have been creating the same demo at the same moment (its insert's `on conflict` covers
+/// `(owner, repo, pr)`, not the name index a concurrent insert of the same demo trips
+/// first), and the second try finds the demo it made. A name another repository holds fails
+/// both tries.
+async fn record_alone(db: &PgPool, event: &Event) -> sqlx::Result<Recorded> {
+    let once = || async {
+        record(db, std::slice::from_ref(event))
+            .await
+            .and_then(|mut answers| answers.pop().expect("one answer per event"))
+    };
+    match once().await {
+        Err(err) if is_unique_violation(&err) => {
+            tracing::debug!(error = %err, "event refused by a unique index; trying it once more");
+            once().await
+        }
+        answer => answer,
+    }
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 /// Starts the chains the intake created: for each demo only its newest, since an older one

@@ -104,12 +104,16 @@ async fn kept(
     done: impl Fn(&[(String, String)]) -> bool,
 ) -> Vec<(String, String)> {
     let deadline = std::time::Instant::now() + DEADLINE;
+    let mut previous = None;
     loop {
         let replay = events(stack.follow(path).await, "\u{0}", Duration::from_secs(2)).await;
         let mine: Vec<(String, String)> = replay.into_iter().filter(|(_, d)| d.starts_with(marker)).collect();
-        if done(&mine) {
+        // Settled: done, and the same twice (the step's failure, which quotes the last
+        // lines, may be kept a moment after them).
+        if done(&mine) && previous.as_ref() == Some(&mine) {
             return mine;
         }
+        previous = Some(mine.clone());
         assert!(std::time::Instant::now() < deadline, "the kept lines never settled: {mine:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
