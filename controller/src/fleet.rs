@@ -17,7 +17,6 @@ use crate::config::Config;
 use crate::db::demos::{self, DeployRequest};
 use crate::db::events::{Event, Kind};
 use crate::db::{chains, hosts, settings};
-use crate::refusals::Refusals;
 use crate::scheduler::Scheduler;
 use crate::traefik;
 
@@ -27,8 +26,6 @@ pub struct Fleet {
     /// Starts and advances chains; its pool is the state of record.
     pub scheduler: Scheduler,
     pub config: Arc<Config>,
-    /// Heartbeats refused, for `/metrics` and the audit log.
-    pub refusals: Arc<Refusals>,
 }
 
 /// Why a heartbeat changed nothing.
@@ -109,7 +106,7 @@ pub async fn run_heartbeats(app: Fleet, mut subscriber: async_nats::Subscriber, 
 /// no host of its own) is refused for that reason for the first time.
 async fn refuse(app: &Fleet, why: Refused, subject: &str, host: Option<&str>) {
     let detail = serde_json::json!({ "subject": subject, "host": host });
-    app.refusals.refuse(&app.scheduler.db, "heartbeat", why.reason(), host.unwrap_or(subject), detail).await;
+    app.scheduler.refusals.refuse(&app.scheduler.db, "heartbeat", why.reason(), host.unwrap_or(subject), detail).await;
 }
 
 /// Every tick: reload the route table; and, on the replica holding the fleet lease,

@@ -20,7 +20,6 @@ use demofleet_common::wire::{
 use crate::db::outbox::{self, ApproveJob, NotifyJob, Outgoing, KIND_APPROVE, KIND_NOTIFY};
 use crate::db::{audit, chains, demos, enrolments};
 use crate::github::{feedback, GitHub};
-use crate::refusals::Refusals;
 use crate::scheduler::orchestrate::ActionError;
 use crate::scheduler::{Effects, Scheduler};
 
@@ -33,8 +32,6 @@ pub struct Jobs {
     pub github: Option<Arc<GitHub>>,
     /// The controller's own broker user.
     pub controller_user: String,
-    /// Messages refused, for `/metrics` and the audit log.
-    pub refusals: Arc<Refusals>,
 }
 
 /// Who sent a message on the controller's queue, by its broker user.
@@ -79,7 +76,7 @@ impl Jobs {
     async fn refuse(&self, kind: &str, user: Option<&str>, reason: &'static str, detail: serde_json::Value) {
         let user = user.unwrap_or("(none)");
         let detail = serde_json::json!({ "kind": kind, "user": user, "message": detail });
-        self.refusals.refuse(&self.scheduler.db, "message", reason, user, detail).await;
+        self.scheduler.refusals.refuse(&self.scheduler.db, "message", reason, user, detail).await;
     }
 }
 
@@ -144,7 +141,7 @@ pub async fn handle(app: &Jobs, kind: &str, user: Option<&str>, data: &[u8]) -> 
         }
         other => {
             tracing::error!(kind = other, "message of an unknown type on the controller queue dropped");
-            app.refusals.count("message", "unknown_type");
+            app.scheduler.refusals.count("message", "unknown_type");
             Ok(())
         }
     }
@@ -163,12 +160,12 @@ fn parse<T: serde::de::DeserializeOwned>(
         Ok(value) if version(&value) == WIRE_VERSION => Some(value),
         Ok(_) => {
             tracing::error!(kind, "message of an unknown version dropped");
-            app.refusals.count("message", "wrong_version");
+            app.scheduler.refusals.count("message", "wrong_version");
             None
         }
         Err(err) => {
             tracing::error!(kind, error = %err, "unreadable message dropped");
-            app.refusals.count("message", "unreadable");
+            app.scheduler.refusals.count("message", "unreadable");
             None
         }
     }

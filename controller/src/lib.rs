@@ -185,7 +185,6 @@ impl Controller {
             scheduler: scheduler.clone(),
             github: github.clone(),
             controller_user: config.messaging.amqp_user(),
-            refusals: refusals.clone(),
         };
         let consumer =
             broker::consumer::Consumer { broker: broker.clone(), queue_type: config.messaging.queue_type(), jobs };
@@ -198,7 +197,7 @@ impl Controller {
             refusals: refusals.clone(),
         };
         tasks.spawn(keep_logs::run(keeper, log_lines, stop.clone()));
-        let fleet = fleet::Fleet { scheduler: scheduler.clone(), config: config.clone(), refusals: refusals.clone() };
+        let fleet = fleet::Fleet { scheduler: scheduler.clone(), config: config.clone() };
         tasks.spawn(fleet::run_heartbeats(fleet.clone(), heartbeats, stop.clone()));
         tasks.spawn(fleet::run_tick(fleet, stop.clone()));
         let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -221,7 +220,6 @@ impl Controller {
             github,
             intake,
             timings,
-            refusals,
             scheduler,
             stopping: stop.clone(),
         };

@@ -34,8 +34,6 @@ pub struct AppState {
     pub intake: crate::intake::Intake,
     /// How long placement and heartbeat handling take, for `/metrics`.
     pub timings: Arc<crate::timings::Timings>,
-    /// What the channels refused (heartbeats of hosts not enrolled…), for `/metrics`.
-    pub refusals: Arc<crate::refusals::Refusals>,
     /// Starts and advances chains, and applies what commits ask for.
     pub scheduler: Scheduler,
     /// Enrols and revokes hosts.

@@ -86,7 +86,7 @@ async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiEr
     // Counted by this process: each replica refuses what reaches it.
     let name = "demofleet_channel_refused_total";
     family(&mut out, name, "counter", "Messages refused on the control channel, by what and why.");
-    for ((what, reason), n) in app.refusals.counts() {
+    for ((what, reason), n) in app.scheduler.refusals.counts() {
         sample(&mut out, name, &[("what", what), ("reason", reason)], n as f64);
     }
 

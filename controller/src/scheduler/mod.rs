@@ -51,8 +51,8 @@ pub struct Scheduler {
     pub timings: Arc<Timings>,
     /// Repository secrets' keys: a launch's message carries its repository's variables.
     pub vault: Arc<crate::secrets::Vault>,
-    /// Step results that changed nothing (a replay, a late duplicate, one for a finished
-    /// chain), counted for `/metrics` with what the channels refused (`what="result"`).
+    /// What the channels refused (heartbeats, messages, log lines, step results that
+    /// changed nothing), counted for `/metrics` and audited once per source.
     pub refusals: Arc<crate::refusals::Refusals>,
 }
 
