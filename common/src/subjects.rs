@@ -30,11 +30,15 @@ pub fn log_subject(prefix: &str, host_id: &str, demo_id: &uuid::Uuid) -> String 
     format!("{prefix}.host.{host_id}.demo.{demo_id}.log")
 }
 
+/// The host whose subjects (`<prefix>.host.<id>.…`) `subject` is among, and the rest of it.
+pub fn host_of<'s>(prefix: &str, subject: &'s str) -> Option<(&'s str, &'s str)> {
+    subject.strip_prefix(prefix)?.strip_prefix(".host.")?.split_once('.')
+}
+
 /// The host and the demo that the log subject `subject` under `prefix` names, if it is
 /// exactly one [`log_subject`] makes.
 pub fn read_log_subject<'s>(prefix: &str, subject: &'s str) -> Option<(&'s str, uuid::Uuid)> {
-    let rest = subject.strip_prefix(prefix)?.strip_prefix(".host.")?;
-    let (host, rest) = rest.split_once('.')?;
+    let (host, rest) = host_of(prefix, subject)?;
     let demo = rest.strip_prefix("demo.")?.strip_suffix(".log")?;
     let demo_id = uuid::Uuid::parse_str(demo).ok()?;
     // Only the form log_subject writes (hyphenated, lowercase), so one demo has one subject.
@@ -57,6 +61,9 @@ mod tests {
         assert_eq!(read_log_subject("demofleet", &simple), None);
         let upper = format!("demofleet.host.host-a.demo.{}.log", demo.to_string().to_uppercase());
         assert_eq!(read_log_subject("demofleet", &upper), None);
+        let rest = format!("demo.{demo}.log");
+        assert_eq!(host_of("demofleet", &subject), Some(("host-a", rest.as_str())));
+        assert_eq!(host_of("demofleet", "demofleet.host.host-a"), None);
         for bad in ["demofleet.host..demo.x.log", "demofleet.host.host-a.heartbeat", "demofleet.demo.x.log", ""] {
             assert_eq!(read_log_subject("demofleet", bad), None, "{bad}");
         }

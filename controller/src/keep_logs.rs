@@ -42,11 +42,12 @@ pub struct Keeper {
     pub refusals: Arc<Refusals>,
 }
 
-/// A log message as heard: the host whose subject it came on, and its lines (a chunk of
-/// several lines is kept as one row per line).
+/// A log message as heard: the host whose subject it came on, the demo it names, and its
+/// lines (a chunk of several lines is kept as one row per line).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Heard {
     pub host: String,
+    pub demo_id: Uuid,
     pub lines: Vec<NewLine>,
 }
 
@@ -71,7 +72,7 @@ pub fn read(
         .split('\n')
         .map(|line| NewLine { demo_id, generation, step: step.to_string(), line: line.to_string() })
         .collect();
-    Some(Heard { host: host.to_string(), lines })
+    Some(Heard { host: host.to_string(), demo_id, lines })
 }
 
 fn read_message(prefix: &str, message: &async_nats::Message) -> Option<Heard> {
@@ -98,9 +99,7 @@ pub async fn run(keeper: Keeper, mut messages: async_nats::Subscriber, stop: Can
                         None => {
                             // Audited once per host its subject names, however many subjects.
                             let subject = message.subject.as_str();
-                            let host = subject.strip_prefix(&format!("{}.host.", keeper.prefix))
-                                .and_then(|rest| rest.split('.').next())
-                                .unwrap_or(subject);
+                            let host = topology::host_of(&keeper.prefix, subject).map_or(subject, |(host, _)| host);
                             let detail = serde_json::json!({ "subject": subject });
                             keeper.refusals.refuse(&keeper.db, "log", "unreadable", host, detail).await;
                         }
@@ -132,19 +131,14 @@ pub async fn run(keeper: Keeper, mut messages: async_nats::Subscriber, stop: Can
 
 /// The lines of `batch` whose host may write them; the others refused.
 async fn admitted(keeper: &Keeper, batch: &mut Vec<Heard>) -> sqlx::Result<Vec<NewLine>> {
-    let pairs: Vec<(String, Uuid)> = batch
-        .iter()
-        .filter_map(|h| Some((h.host.clone(), h.lines.first()?.demo_id)))
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
+    let pairs: Vec<(String, Uuid)> =
+        batch.iter().map(|h| (h.host.clone(), h.demo_id)).collect::<HashSet<_>>().into_iter().collect();
     let senders: HashMap<(String, Uuid), Sender> =
         pairs.iter().cloned().zip(logs::senders(&keeper.db, &pairs).await?).collect();
     let mut kept = Vec::new();
     let mut refused: HashMap<(String, Uuid), (&'static str, usize)> = HashMap::new();
     for heard in batch.drain(..) {
-        let Some(demo) = heard.lines.first().map(|l| l.demo_id) else { continue };
-        let reason = match senders.get(&(heard.host.clone(), demo)) {
+        let reason = match senders.get(&(heard.host.clone(), heard.demo_id)) {
             Some(Sender::PlacedHere) => {
                 kept.extend(heard.lines);
                 continue;
@@ -152,7 +146,7 @@ async fn admitted(keeper: &Keeper, batch: &mut Vec<Heard>) -> sqlx::Result<Vec<N
             Some(Sender::NotEnrolled) | None => "unknown_host",
             Some(Sender::NotPlacedHere) => "not_its_demo",
         };
-        let entry = refused.entry((heard.host, demo)).or_insert((reason, 0));
+        let entry = refused.entry((heard.host, heard.demo_id)).or_insert((reason, 0));
         entry.1 += heard.lines.len();
     }
     for ((host, demo), (reason, n)) in refused {
