@@ -149,8 +149,9 @@ impl Writer {
             }
             Err(err) => {
                 if let Some(pending) = batch.into_iter().next() {
+                    // Tried alone already: a unique violation gets its one more try here.
                     let answer =
-                        if is_unique_violation(&err) { record_alone(db, &pending.event).await } else { Err(err) };
+                        if is_unique_violation(&err) { record_once(db, &pending.event).await } else { Err(err) };
                     self.answer(pending, answer);
                 }
             }
@@ -173,18 +174,18 @@ impl Writer {
 /// first), and the second try finds the demo it made. A name another repository holds fails
 /// both tries.
 async fn record_alone(db: &PgPool, event: &Event) -> sqlx::Result<Recorded> {
-    let once = || async {
-        record(db, std::slice::from_ref(event))
-            .await
-            .and_then(|mut answers| answers.pop().expect("one answer per event"))
-    };
-    match once().await {
+    match record_once(db, event).await {
         Err(err) if is_unique_violation(&err) => {
             tracing::debug!(error = %err, "event refused by a unique index; trying it once more");
-            once().await
+            record_once(db, event).await
         }
         answer => answer,
     }
+}
+
+/// Record `event` in a batch of its own.
+async fn record_once(db: &PgPool, event: &Event) -> sqlx::Result<Recorded> {
+    record(db, std::slice::from_ref(event)).await.and_then(|mut answers| answers.pop().expect("one answer per event"))
 }
 
 fn is_unique_violation(err: &sqlx::Error) -> bool {
