@@ -25,6 +25,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::compose::{self, ComposePlan};
 use crate::config::Config;
 
 pub const FILE: &str = ".demofleet.toml";
@@ -42,6 +43,24 @@ pub struct DemoConfig {
     pub env: HashMap<String, String>,
     #[serde(default)]
     pub limits: Limits,
+    /// Compose mode: the compose file, relative to the repository root.
+    pub compose: Option<String>,
+    /// Compose mode: the service the demo's address routes to.
+    pub service: Option<String>,
+    /// Compose mode: `"on_push"` starts each generation's volumes empty; `"never"` (default)
+    /// keeps them.
+    pub reset: Option<String>,
+    /// Compose mode: a command run once the data is new.
+    pub seed: Option<SeedConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedConfig {
+    pub service: String,
+    pub command: String,
+    /// `"on_create"` (default): when the demo's data is new; `"always"`: at every launch.
+    pub when: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -69,11 +88,13 @@ pub struct Plan {
     pub memory_mb: u32,
     pub cpus: f64,
     pub pids: u32,
+    /// Compose mode: the services to build and run instead of `context`/`dockerfile`.
+    pub compose: Option<ComposePlan>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("the repository has no .demofleet.toml, Dockerfile or ./run; demofleet cannot build it")]
+    #[error("the repository has no .demofleet.toml, compose file, Dockerfile or ./run; demofleet cannot build it")]
     NothingToBuild,
     #[error(".demofleet.toml: {0}")]
     Invalid(String),
@@ -94,25 +115,41 @@ pub fn plan(dir: &Path, config: &Config) -> Result<Plan, PlanError> {
     let root = dir.canonicalize()?;
     let demo: DemoConfig = if let Some(file) = existing(&root, &root, FILE)?.filter(|f| f.is_file()) {
         toml::from_str(&read_small(&file, FILE)?).map_err(|e| PlanError::Invalid(e.message().to_string()))?
+    } else if let Some((name, compose)) = root_compose(&root)? {
+        // A root compose file with exactly one published service, and no .demofleet.toml.
+        let settings = compose::Settings { keep_data: true, ..Default::default() };
+        let plan = compose::plan(&root, &root, &name, compose, settings)?;
+        return limited(&root, &DemoConfig::default(), config, Some(plan));
     } else if existing(&root, &root, "Dockerfile")?.is_some_and(|f| f.is_file()) {
         DemoConfig::default()
     } else if is_executable(&dir.join("run")) {
-        return Ok(Plan {
-            legacy_run: true,
-            context: root,
-            dockerfile: String::new(),
-            build_args: HashMap::new(),
-            port: None,
-            health_path: "/".into(),
-            env: Vec::new(),
-            memory_mb: config.demo_memory_mb,
-            cpus: config.demo_cpus,
-            pids: config.demo_pids,
-        });
+        let mut plan = limited(&root, &DemoConfig::default(), config, None)?;
+        plan.legacy_run = true;
+        return Ok(plan);
     } else {
         return Err(PlanError::NothingToBuild);
     };
     let invalid = |m: String| PlanError::Invalid(m);
+    if let Some(file) = &demo.compose {
+        for (key, set) in [
+            ("dockerfile", demo.dockerfile.is_some()),
+            ("context", demo.context.is_some()),
+            ("build_args", !demo.build_args.is_empty()),
+        ] {
+            if set {
+                return Err(invalid(format!("`{key}` has no meaning with `compose`: each service's `build` says it")));
+            }
+        }
+        let compose = compose_plan(&root, &demo, file)?;
+        return limited(&root, &demo, config, Some(compose));
+    }
+    for (key, set) in
+        [("service", demo.service.is_some()), ("reset", demo.reset.is_some()), ("seed", demo.seed.is_some())]
+    {
+        if set {
+            return Err(invalid(format!("`{key}` is for compose mode: name the compose file with `compose`")));
+        }
+    }
     let context_name = demo.context.as_deref().unwrap_or(".");
     if !is_relative_inside(context_name) {
         return Err(invalid(format!("`context` {context_name:?} must be a relative path inside the repository")));
@@ -129,6 +166,73 @@ pub fn plan(dir: &Path, config: &Config) -> Result<Plan, PlanError> {
         .ok_or_else(|| invalid(format!("`dockerfile` {dockerfile:?} does not exist in the build context")))?;
     crate::dockerfile::check(&read_small(&dockerfile_path, &dockerfile)?)
         .map_err(|e| PlanError::Refused(format!("{dockerfile}: {e}")))?;
+    for key in demo.build_args.keys() {
+        if !is_variable_name(key) {
+            return Err(invalid(format!("{key:?} is not a variable name")));
+        }
+    }
+    let mut plan = limited(&context, &demo, config, None)?;
+    plan.dockerfile = dockerfile;
+    plan.build_args = demo.build_args;
+    Ok(plan)
+}
+
+/// The compose file `file` that `.demofleet.toml` names, read under its settings.
+fn compose_plan(root: &Path, demo: &DemoConfig, file: &str) -> Result<ComposePlan, PlanError> {
+    let invalid = |m: String| PlanError::Invalid(m);
+    if !is_relative_inside(file) {
+        return Err(invalid(format!("`compose` {file:?} must be a relative path inside the repository")));
+    }
+    let path = existing(root, root, file)?
+        .filter(|p| p.is_file())
+        .ok_or_else(|| invalid(format!("`compose` {file:?} is not a file of the repository")))?;
+    let parsed = compose::parse(&read_small(&path, file)?).map_err(|e| invalid(format!("{file}: {e}")))?;
+    let keep_data = match demo.reset.as_deref() {
+        None | Some("never") => true,
+        Some("on_push") => false,
+        Some(other) => return Err(invalid(format!("`reset` {other:?} must be \"never\" or \"on_push\""))),
+    };
+    let seed = match &demo.seed {
+        None => None,
+        Some(seed) => {
+            let always = match seed.when.as_deref() {
+                None | Some("on_create") => false,
+                Some("always") => true,
+                Some(other) => {
+                    return Err(invalid(format!("`seed.when` {other:?} must be \"on_create\" or \"always\"")))
+                }
+            };
+            if seed.command.trim().is_empty() {
+                return Err(invalid("`seed.command` is empty".into()));
+            }
+            Some(compose::Seed { service: seed.service.clone(), command: seed.command.clone(), always })
+        }
+    };
+    let base = path.parent().unwrap_or(root);
+    let settings = compose::Settings { routed: demo.service.as_deref(), seed, keep_data };
+    compose::plan(root, base, file, parsed, settings)
+}
+
+/// A compose file at the root that Docker Compose would pick, when it parses and exactly
+/// one of its services publishes a port.
+fn root_compose(root: &Path) -> Result<Option<(String, docker_compose_types::Compose)>, PlanError> {
+    for name in compose::ROOT_FILES {
+        let Some(path) = existing(root, root, name)?.filter(|p| p.is_file()) else { continue };
+        let Ok(parsed) = compose::parse(&read_small(&path, name)?) else { return Ok(None) };
+        return Ok((compose::publishing(&parsed).len() == 1).then(|| (name.to_string(), parsed)));
+    }
+    Ok(None)
+}
+
+/// The plan's common part: health path, port, environment and limits from `demo`, checked
+/// against the host's policy; build context `context`, Dockerfile `Dockerfile`.
+fn limited(
+    context: &Path,
+    demo: &DemoConfig,
+    config: &Config,
+    compose: Option<ComposePlan>,
+) -> Result<Plan, PlanError> {
+    let invalid = |m: String| PlanError::Invalid(m);
     let health_path = demo.health_path.clone().unwrap_or_else(|| "/".into());
     if !health_path.starts_with('/') || health_path.contains(char::is_whitespace) {
         return Err(invalid(format!("`health_path` {health_path:?} must be a path starting with /")));
@@ -136,13 +240,8 @@ pub fn plan(dir: &Path, config: &Config) -> Result<Plan, PlanError> {
     if demo.port == Some(0) {
         return Err(invalid("`port` must be 1-65535".into()));
     }
-    for key in demo.env.keys().chain(demo.build_args.keys()) {
-        let ok = !key.is_empty()
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && !key.as_bytes()[0].is_ascii_digit();
-        if !ok {
-            return Err(invalid(format!("{key:?} is not a variable name")));
-        }
+    if let Some(key) = demo.env.keys().find(|k| !is_variable_name(k)) {
+        return Err(invalid(format!("{key:?} is not a variable name")));
     }
     let limits = demo.limits;
     let over = |what: &str, asked: String, cap: String| {
@@ -164,16 +263,24 @@ pub fn plan(dir: &Path, config: &Config) -> Result<Plan, PlanError> {
     env.sort();
     Ok(Plan {
         legacy_run: false,
-        context,
-        dockerfile,
-        build_args: demo.build_args,
+        context: context.to_path_buf(),
+        dockerfile: "Dockerfile".into(),
+        build_args: HashMap::new(),
         port: demo.port,
         health_path,
         env,
         memory_mb,
         cpus,
         pids,
+        compose,
     })
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`.
+pub(crate) fn is_variable_name(key: &str) -> bool {
+    !key.is_empty()
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !key.as_bytes()[0].is_ascii_digit()
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -182,7 +289,7 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// A path made only of names (no `/` at the start, no `..`).
-fn is_relative_inside(relative: &str) -> bool {
+pub(crate) fn is_relative_inside(relative: &str) -> bool {
     let path = Path::new(relative);
     path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
@@ -190,7 +297,7 @@ fn is_relative_inside(relative: &str) -> bool {
 /// `base/relative` with every symlink resolved, if anything is there. The deepest part of
 /// the path that exists (a link too) must resolve inside `root`, the clone's real folder:
 /// a link out of it is refused even where what it points at is missing.
-fn existing(root: &Path, base: &Path, relative: &str) -> Result<Option<PathBuf>, PlanError> {
+pub(crate) fn existing(root: &Path, base: &Path, relative: &str) -> Result<Option<PathBuf>, PlanError> {
     let path = base.join(relative);
     let found = path.ancestors().find(|p| std::fs::symlink_metadata(p).is_ok()).unwrap_or(base);
     match found.canonicalize() {
@@ -202,7 +309,7 @@ fn existing(root: &Path, base: &Path, relative: &str) -> Result<Option<PathBuf>,
 }
 
 /// A file of the repository that demofleet reads itself, refused past [`MAX_FILE_BYTES`].
-fn read_small(path: &Path, name: &str) -> Result<String, PlanError> {
+pub(crate) fn read_small(path: &Path, name: &str) -> Result<String, PlanError> {
     if std::fs::metadata(path)?.len() > MAX_FILE_BYTES {
         return Err(PlanError::Refused(format!("{name:?} is over {MAX_FILE_BYTES} bytes")));
     }

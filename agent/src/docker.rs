@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use bollard::models::{
-    ContainerCreateBody, HostConfig, Ipam, IpamConfig, NetworkCreateRequest, PortBinding, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, EndpointSettings, HostConfig, Ipam, IpamConfig, NetworkCreateRequest, NetworkingConfig,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
+    ListVolumesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -45,6 +46,9 @@ pub enum DockerError {
     Refused(String),
     #[error("no image of generation {0} of this demo: it must be built again")]
     NoImage(i64),
+    /// A service of a compose demo that did not come up, or its seed that failed.
+    #[error("{0}")]
+    Service(String),
 }
 
 /// The image repository of a demo's generations, `demofleet/<name>`.
@@ -52,12 +56,22 @@ fn image_repository(name: &str) -> String {
     format!("demofleet/{name}")
 }
 
-/// A new image tag for a build of one generation, `demofleet/<name>:g<generation>-<token>`.
-/// The token is random, so no Dockerfile can name another demo's image (`FROM`,
-/// `COPY --from=`): the tag is known only to this agent, which finds it through the Docker
-/// API, out of demos' reach.
-pub fn new_image_tag(spec: &DemoSpec) -> String {
-    format!("{}:g{}-{}", image_repository(&spec.name), spec.generation, uuid::Uuid::new_v4().simple())
+/// A new image tag for a build of one generation, `demofleet/<name>:g<generation>-<token>`,
+/// and `…-<token>.<service>` for a service of a compose demo. The token is random, so no
+/// Dockerfile can name another demo's image (`FROM`, `COPY --from=`): the tag is known only
+/// to this agent, which finds it through the Docker API, out of demos' reach.
+pub fn new_image_tag(spec: &DemoSpec, service: Option<&str>) -> String {
+    let tag = format!("{}:g{}-{}", image_repository(&spec.name), spec.generation, uuid::Uuid::new_v4().simple());
+    match service {
+        Some(service) => format!("{tag}.{service}"),
+        None => tag,
+    }
+}
+
+/// The compose service an image tag of the demo is for (`None`: a single-container demo's).
+fn service_of_tag<'t>(name: &str, tag: &'t str) -> Option<&'t str> {
+    let rest = tag.strip_prefix(&image_repository(name))?.strip_prefix(":g")?;
+    rest.split_once('.').map(|(_, service)| service)
 }
 
 /// The container name of one generation of a demo.
@@ -111,15 +125,37 @@ async fn image_tags(docker: &Docker, name: &str) -> Result<Vec<(String, i64)>, D
     Ok(tags.filter_map(|tag| generation_of_tag(name, &tag).map(|g| (tag, g))).collect())
 }
 
-/// The tag of the image built for `spec`'s generation.
-async fn built_image(docker: &Docker, spec: &DemoSpec) -> Result<String, DockerError> {
+/// The tag of the image built for `spec`'s generation (of a compose demo's `service`).
+pub(crate) async fn built_image(
+    docker: &Docker,
+    spec: &DemoSpec,
+    service: Option<&str>,
+) -> Result<String, DockerError> {
     let tags = image_tags(docker, &spec.name).await?;
-    let mut ours = tags.into_iter().filter(|(_, g)| *g == spec.generation).map(|(tag, _)| tag);
+    let mut ours = tags
+        .into_iter()
+        .filter(|(tag, g)| *g == spec.generation && service_of_tag(&spec.name, tag) == service)
+        .map(|(tag, _)| tag);
     ours.next().ok_or(DockerError::NoImage(spec.generation))
 }
 
-/// Build the demo's image as `plan` says, within the host's build limits, its steps on the
-/// demo's `network`; build output lines go to `log`.
+/// What one image is built from: a context folder inside the clone and a Dockerfile in it.
+pub struct BuildSource<'a> {
+    pub context: &'a Path,
+    pub dockerfile: &'a str,
+    pub args: &'a HashMap<String, String>,
+    pub target: Option<&'a str>,
+}
+
+impl<'a> BuildSource<'a> {
+    /// A single-container demo's image.
+    pub fn of_plan(plan: &'a Plan) -> Self {
+        BuildSource { context: &plan.context, dockerfile: &plan.dockerfile, args: &plan.build_args, target: None }
+    }
+}
+
+/// Build the demo's image (of a compose demo's `service`) from `source`, within the host's
+/// build limits, its steps on the demo's `network`; build output lines go to `log`.
 ///
 /// The image carries no labels of ours: with Docker's classic builder each build label is
 /// one more step that commits a layer (3 s of a 5.5 s build of the fixture demo). Images
@@ -128,11 +164,12 @@ pub async fn build(
     docker: &Docker,
     limits: &BuildLimits,
     spec: &DemoSpec,
-    plan: &Plan,
+    source: &BuildSource<'_>,
+    service: Option<&str>,
     network: &str,
     log: impl Fn(&str),
 ) -> Result<String, DockerError> {
-    let context_dir = plan.context.clone();
+    let context_dir = source.context.to_path_buf();
     let max_bytes = limits.context_mb.saturating_mul(1024 * 1024);
     let context = tokio::task::spawn_blocking(move || pack_context(&context_dir, max_bytes))
         .await
@@ -144,13 +181,14 @@ pub async fn build(
             )),
             _ => DockerError::Context(err),
         })?;
-    let tag = new_image_tag(spec);
+    let tag = new_image_tag(spec, service);
     // i32 bytes is the API client's limit; the setting is bounded below it.
     let memory = i32::try_from(u64::from(limits.memory_mb) * 1024 * 1024).unwrap_or(i32::MAX);
     let period = 100_000;
     let options = BuildImageOptionsBuilder::default()
-        .dockerfile(&plan.dockerfile)
-        .buildargs(&plan.build_args)
+        .dockerfile(source.dockerfile)
+        .buildargs(source.args)
+        .target(source.target.unwrap_or_default())
         .t(&tag)
         .rm(true)
         .forcerm(true)
@@ -190,10 +228,9 @@ pub async fn build(
             )))
         }
     }
-    // A build run again (a redelivered step) leaves one image per generation.
-    for (other, _) in
-        image_tags(docker, &spec.name).await?.into_iter().filter(|(t, g)| *g == spec.generation && *t != tag)
-    {
+    // A build run again (a redelivered step) leaves one image per generation and service.
+    let again = |t: &str, g: i64| g == spec.generation && t != tag && service_of_tag(&spec.name, t) == service;
+    for (other, _) in image_tags(docker, &spec.name).await?.into_iter().filter(|(t, g)| again(t, *g)) {
         remove_tag(docker, &other).await?;
     }
     Ok(tag)
@@ -252,7 +289,7 @@ pub async fn launch(
 ) -> Result<(String, u16), DockerError> {
     let name = container_name(spec);
     if docker.inspect_container(&name, None).await.is_err() {
-        let image = built_image(docker, spec).await?;
+        let image = built_image(docker, spec, None).await?;
         let image_config = docker.inspect_image(&image).await?.config.unwrap_or_default();
         let port = match plan.port {
             Some(port) => port,
@@ -264,71 +301,145 @@ pub async fn launch(
         // The repository's secrets (set by an admin) win over what its files say.
         env.extend(secrets.iter().map(|s| s.expose().to_string()));
         env.extend(config.demo_opts());
-        let port_key = format!("{port}/tcp");
-        let bindings = HashMap::from([(
-            port_key.clone(),
-            Some(vec![PortBinding {
-                host_ip: Some(config.publish_address().to_string()),
-                host_port: Some(String::new()),
-            }]),
-        )]);
-        let mut host_config = HostConfig {
-            port_bindings: Some(bindings),
-            network_mode: Some(network),
-            memory: Some(i64::from(plan.memory_mb) * 1024 * 1024),
-            nano_cpus: Some((plan.cpus * 1e9) as i64),
-            pids_limit: Some(i64::from(plan.pids)),
-            restart_policy: Some(RestartPolicy {
-                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                maximum_retry_count: None,
-            }),
-            ..Default::default()
-        };
-        let remapped = confine::engine_remaps_users(docker).await;
-        let user = confine::choose(image_config.user.as_deref().unwrap_or_default(), remapped, config);
-        confine::apply(&mut host_config, config, &user);
-        let mut body = ContainerCreateBody {
+        let body = ContainerCreateBody {
             image: Some(image),
-            user: Some(user.spec.clone()),
             labels: Some(labels::demo_labels(spec, host_id, port)),
             env: Some(env),
-            exposed_ports: Some(vec![port_key]),
-            host_config: Some(host_config),
-            ..Default::default()
+            ..published(config, port)
         };
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        docker.create_container(Some(options.clone()), body.clone()).await?;
-        // A user the image names is root if its /etc/passwd says uid 0: then ours instead.
-        if user.named && confine::uid_in_image(docker, &name, &user.spec).await.is_none_or(|uid| uid == 0) {
-            remove_container(docker, &name).await?;
-            body.user = Some(confine::fallback(config).spec);
-            docker.create_container(Some(options), body).await?;
+        let image_user = image_config.user.unwrap_or_default();
+        create_confined(
+            docker,
+            config,
+            plan,
+            Placement { name: &name, network: &network, aliases: Vec::new() },
+            &image_user,
+            body,
+        )
+        .await?;
+    }
+    start_published(docker, &name).await
+}
+
+/// Start the container `name` (running already: fine) and find the port it is published on.
+pub(crate) async fn start_published(docker: &Docker, name: &str) -> Result<(String, u16), DockerError> {
+    docker.start_container(name, None).await.or_else(already_started)?;
+    let inspected = docker.inspect_container(name, None).await?;
+    let host_port = host_port_of(&inspected).ok_or_else(|| DockerError::NoPort(name.to_string()))?;
+    Ok((inspected.id.unwrap_or_else(|| name.to_string()), host_port))
+}
+
+/// A container body that publishes `port` on the host's publish address, on a port Docker picks.
+pub(crate) fn published(config: &Config, port: u16) -> ContainerCreateBody {
+    let port_key = format!("{port}/tcp");
+    let bindings = HashMap::from([(
+        port_key.clone(),
+        Some(vec![PortBinding { host_ip: Some(config.publish_address().to_string()), host_port: Some(String::new()) }]),
+    )]);
+    ContainerCreateBody {
+        exposed_ports: Some(vec![port_key]),
+        host_config: Some(HostConfig { port_bindings: Some(bindings), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// Where a new container goes: its name, the demo network it joins, and the names it is
+/// known by there (a compose service's).
+pub(crate) struct Placement<'a> {
+    pub name: &'a str,
+    pub network: &'a str,
+    pub aliases: Vec<String>,
+}
+
+/// Create a demo container from `body`: on its demo network, within the limits of `plan`,
+/// restarted unless stopped (unless `body` says otherwise), and confined ([`confine`]):
+/// as `image_user` (the image's `USER`, or a compose service's `user`) unless that is root.
+pub(crate) async fn create_confined(
+    docker: &Docker,
+    config: &Config,
+    plan: &Plan,
+    placement: Placement<'_>,
+    image_user: &str,
+    mut body: ContainerCreateBody,
+) -> Result<(), DockerError> {
+    let mut host_config = body.host_config.take().unwrap_or_default();
+    host_config.network_mode = Some(placement.network.to_string());
+    host_config.memory = Some(i64::from(plan.memory_mb) * 1024 * 1024);
+    host_config.nano_cpus = Some((plan.cpus * 1e9) as i64);
+    host_config.pids_limit = Some(i64::from(plan.pids));
+    host_config
+        .restart_policy
+        .get_or_insert(RestartPolicy { name: Some(RestartPolicyNameEnum::UNLESS_STOPPED), maximum_retry_count: None });
+    let remapped = confine::engine_remaps_users(docker).await;
+    let user = confine::choose(image_user, remapped, config);
+    confine::apply(&mut host_config, config, &user);
+    body.user = Some(user.spec.clone());
+    body.host_config = Some(host_config);
+    if !placement.aliases.is_empty() {
+        let endpoint = EndpointSettings { aliases: Some(placement.aliases), ..Default::default() };
+        body.networking_config = Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(placement.network.to_string(), endpoint)])),
+        });
+    }
+    let name = placement.name;
+    let options = CreateContainerOptionsBuilder::default().name(name).build();
+    docker.create_container(Some(options.clone()), body.clone()).await?;
+    // A user the image names is root if its /etc/passwd says uid 0: then ours instead.
+    if user.named && confine::uid_in_image(docker, name, &user.spec).await.is_none_or(|uid| uid == 0) {
+        remove_container(docker, name).await?;
+        body.user = Some(confine::fallback(config).spec);
+        docker.create_container(Some(options), body).await?;
+    }
+    Ok(())
+}
+
+/// Stop the demo's containers and keep them, with their images and volumes: an idle demo
+/// goes to sleep, every service of a compose demo with it. Stopped or gone already:
+/// nothing to do.
+pub async fn sleep(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<(), DockerError> {
+    let options = StopContainerOptionsBuilder::default().t(10).build();
+    // The routed one first: the others serve it.
+    let routed = container_name(spec);
+    let others = demo_set(docker, host_id, spec).await?.into_iter().filter(|n| *n != routed);
+    let names: Vec<String> = std::iter::once(routed.clone()).chain(others).collect();
+    for name in names {
+        match docker.stop_container(&name, Some(options.clone())).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 304 | 404, .. }) => {}
+            Err(err) => return Err(err.into()),
         }
     }
-    docker.start_container(&name, None).await.or_else(already_started)?;
-    let inspected = docker.inspect_container(&name, None).await?;
-    let host_port = host_port_of(&inspected).ok_or_else(|| DockerError::NoPort(name.clone()))?;
-    Ok((inspected.id.unwrap_or(name), host_port))
+    Ok(())
 }
 
-/// Stop one generation's container and keep it, with its image: an idle demo goes to
-/// sleep. Stopped or gone already: nothing to do.
-pub async fn sleep(docker: &Docker, spec: &DemoSpec) -> Result<(), DockerError> {
-    let options = StopContainerOptionsBuilder::default().t(10).build();
-    match docker.stop_container(&container_name(spec), Some(options)).await {
-        Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 304 | 404, .. }) => Ok(()),
-        Err(err) => Err(err.into()),
-    }
-}
-
-/// Start a sleeping generation's container again. Its port may differ from before.
-pub async fn wake(docker: &Docker, spec: &DemoSpec) -> Result<(), DockerError> {
+/// Start a sleeping demo's containers again, the routed one last. Its port may differ from
+/// before. Returns the other services' containers it started.
+pub async fn wake(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<Vec<String>, DockerError> {
     let name = container_name(spec);
+    let others: Vec<String> = demo_set(docker, host_id, spec).await?.into_iter().filter(|n| *n != name).collect();
+    for other in &others {
+        docker.start_container(other, None).await.or_else(already_started)?;
+    }
     match docker.start_container(&name, None).await.or_else(already_started) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(others),
         Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Err(DockerError::Gone(name)),
         Err(err) => Err(err.into()),
     }
+}
+
+/// The names of the containers that serve `spec`'s generation on this host: its own, and
+/// a compose demo's kept ones.
+async fn demo_set(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<Vec<String>, DockerError> {
+    let filter = vec![format!("{}={}", labels::ID, spec.id), format!("{}={host_id}", labels::HOST)];
+    let generation = spec.generation.to_string();
+    Ok(containers_of(docker, filter)
+        .await?
+        .into_iter()
+        .filter(|c| {
+            let labels = c.labels.clone().unwrap_or_default();
+            labels.get(labels::GENERATION) == Some(&generation) || labels.get(labels::KEPT).is_some_and(|k| k == "true")
+        })
+        .filter_map(|c| Some(c.names?.first()?.trim_start_matches('/').to_string()))
+        .collect())
 }
 
 /// The demo's own bridge network, `demofleet-<name>`: demos do not share a network.
@@ -399,7 +510,7 @@ pub(crate) fn already_started(err: bollard::errors::Error) -> Result<(), bollard
 }
 
 /// The first TCP port the image exposes, else [`DEFAULT_PORT`].
-fn exposed_port(image: &bollard::models::ImageConfig) -> u16 {
+pub(crate) fn exposed_port(image: &bollard::models::ImageConfig) -> u16 {
     let exposed = image.exposed_ports.clone().unwrap_or_default();
     let mut ports: Vec<u16> = exposed
         .iter()
@@ -433,11 +544,11 @@ pub(crate) fn host_port_of(inspected: &bollard::models::ContainerInspectResponse
     ports.values().flatten().flatten().find_map(|b| b.host_port.as_deref()?.parse().ok())
 }
 
-/// Follow one generation's container output, line by line, from `since` (Unix seconds;
-/// 0: from its creation) until the container stops.
-pub async fn follow_logs(docker: &Docker, spec: &DemoSpec, since: i32, mut on_line: impl FnMut(&str)) {
+/// Follow a demo container's output, line by line, from `since` (Unix seconds; 0: from its
+/// creation) until the container stops.
+pub async fn follow_logs(docker: &Docker, container: &str, since: i32, mut on_line: impl FnMut(&str)) {
     let options = LogsOptionsBuilder::default().stdout(true).stderr(true).follow(true).since(since).build();
-    let mut stream = docker.logs(&container_name(spec), Some(options));
+    let mut stream = docker.logs(container, Some(options));
     let mut pending = String::new();
     while let Some(Ok(chunk)) = stream.next().await {
         pending.push_str(&chunk.to_string());
@@ -451,10 +562,10 @@ pub async fn follow_logs(docker: &Docker, spec: &DemoSpec, since: i32, mut on_li
     }
 }
 
-/// The last `lines` lines of the container's output, for error messages.
-pub async fn log_tail(docker: &Docker, spec: &DemoSpec, lines: usize) -> String {
+/// The last `lines` lines of a container's output, for error messages.
+pub async fn log_tail(docker: &Docker, container: &str, lines: usize) -> String {
     let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&lines.to_string()).build();
-    let mut stream = docker.logs(&container_name(spec), Some(options));
+    let mut stream = docker.logs(container, Some(options));
     let mut out = String::new();
     while let Some(Ok(chunk)) = stream.next().await {
         out.push_str(&chunk.to_string());
@@ -463,7 +574,7 @@ pub async fn log_tail(docker: &Docker, spec: &DemoSpec, lines: usize) -> String 
 }
 
 /// Containers carrying every label of `label_filters` (`key=value`), running or not.
-async fn containers_of(
+pub(crate) async fn containers_of(
     docker: &Docker,
     label_filters: Vec<String>,
 ) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
@@ -472,7 +583,7 @@ async fn containers_of(
     Ok(docker.list_containers(Some(options)).await?)
 }
 
-async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> {
+pub(crate) async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> {
     let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
     match docker.remove_container(id, Some(options)).await {
         Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
@@ -480,38 +591,46 @@ async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> 
     }
 }
 
-/// Remove every container of the demo on this host, and its images. Other demos' and
-/// foreign ones are untouched.
+/// Remove every container, image, network and volume of the demo on this host. Other
+/// demos' and foreign ones are untouched.
 pub async fn remove_demo(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<(), DockerError> {
-    remove_generations(docker, host_id, spec, None).await
+    remove_generations(docker, host_id, spec, None, false).await
 }
 
-/// Remove the containers and images of the demo's generations other than the current one:
-/// after an update has switched the route to the new one.
-pub async fn retire_older(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<(), DockerError> {
-    remove_generations(docker, host_id, spec, Some(spec.generation)).await
+/// Remove the containers, images and volumes of the demo's generations other than the
+/// current one: after an update has switched the route to the new one. With `keep_data`
+/// (a compose demo that keeps its data), kept data services and volumes stay.
+pub async fn retire_older(docker: &Docker, host_id: &str, spec: &DemoSpec, keep_data: bool) -> Result<(), DockerError> {
+    remove_generations(docker, host_id, spec, Some(spec.generation), keep_data).await
 }
 
 /// Remove the demo's containers, then its images, of the step's generation and older ones,
 /// except those of generation `keep`. A newer generation's are left alone: a step of an
 /// older chain may still run after a newer chain built its image (a pull request closed and
 /// opened again). Only containers labelled with this host's id are this agent's (see
-/// [`inventory`]).
+/// [`inventory`]). With `keep` and `keep_data`, what is labelled kept stays too.
 async fn remove_generations(
     docker: &Docker,
     host_id: &str,
     spec: &DemoSpec,
     keep: Option<i64>,
+    keep_data: bool,
 ) -> Result<(), DockerError> {
     let filter = vec![format!("{}={}", labels::ID, spec.id), format!("{}={host_id}", labels::HOST)];
     let spared = |generation: i64| Some(generation) == keep || generation > spec.generation;
     let kept = |labels: Option<&HashMap<String, String>>| {
         let generation = labels.and_then(|l| l.get(labels::GENERATION)).and_then(|g| g.parse::<i64>().ok());
-        generation.is_some_and(spared)
+        let kept_data = labels.and_then(|l| l.get(labels::KEPT)).is_some_and(|k| k == "true");
+        generation.is_some_and(spared) || (keep.is_some() && keep_data && kept_data)
     };
-    for container in containers_of(docker, filter).await? {
+    for container in containers_of(docker, filter.clone()).await? {
         if !kept(container.labels.as_ref()) {
             remove_container(docker, container.id.as_deref().unwrap_or_default()).await?;
+        }
+    }
+    for volume in volumes_of(docker, filter).await? {
+        if !kept(Some(&volume.labels)) {
+            remove_volume(docker, &volume.name).await?;
         }
     }
     // By tag, not by image id: generations built from the same commit share one image, and
@@ -535,6 +654,28 @@ async fn remove_generations(
     Ok(())
 }
 
+/// The volumes carrying every label of `label_filters` (`key=value`).
+pub(crate) async fn volumes_of(
+    docker: &Docker,
+    label_filters: Vec<String>,
+) -> Result<Vec<bollard::models::Volume>, DockerError> {
+    let filters = HashMap::from([("label", label_filters)]);
+    let options = ListVolumesOptionsBuilder::default().filters(&filters).build();
+    Ok(docker.list_volumes(Some(options)).await?.volumes.unwrap_or_default())
+}
+
+/// Remove a volume; one still in use (by a container of a newer generation) is kept.
+async fn remove_volume(docker: &Docker, name: &str) -> Result<(), DockerError> {
+    match docker.remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
+        Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, message }) => {
+            tracing::debug!(volume = %name, %message, "volume in use; kept");
+            Ok(())
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// Remove one image tag; the image goes with its last tag.
 async fn remove_tag(docker: &Docker, tag: &str) -> Result<(), DockerError> {
     match docker.remove_image(tag, Some(RemoveImageOptionsBuilder::default().build()), None).await {
@@ -552,30 +693,55 @@ async fn remove_tag(docker: &Docker, tag: &str) -> Result<(), DockerError> {
 /// Every demo container of this host, from Docker's labels: those labelled with its host id.
 /// An engine may also run another fleet's demos (a second fleet tried out on the same
 /// machine, under other host ids); those are that fleet's agent's, never this one's.
+/// A compose demo's kept container serves the demo's newest generation on this host, and
+/// is listed as that generation's.
 pub async fn inventory(docker: &Docker, host_id: &str) -> Result<Vec<InventoryItem>, DockerError> {
-    Ok(demo_containers(docker, host_id)
+    let mut items: Vec<(InventoryItem, bool)> = demo_containers(docker, host_id)
         .await?
         .into_iter()
         .filter_map(|c| {
             let labels = c.labels?;
-            Some(InventoryItem {
+            let item = InventoryItem {
                 demo_id: labels.get(labels::ID)?.parse().ok()?,
                 generation: labels.get(labels::GENERATION)?.parse().ok()?,
                 container_id: c.id?,
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
-            })
+            };
+            Some((item, labels.get(labels::KEPT).is_some_and(|k| k == "true")))
         })
-        .collect())
+        .collect();
+    let mut newest: HashMap<uuid::Uuid, i64> = HashMap::new();
+    for (item, _) in &items {
+        let generation = newest.entry(item.demo_id).or_insert(item.generation);
+        *generation = (*generation).max(item.generation);
+    }
+    for (item, kept) in &mut items {
+        if *kept {
+            item.generation = newest[&item.demo_id];
+        }
+    }
+    Ok(items.into_iter().map(|(item, _)| item).collect())
 }
 
 /// Remove the containers `ids` that are demo containers of this host; any other id is
 /// left alone. Returns how many were removed.
+/// A demo left with no container here loses its volumes too: it has moved or gone.
 pub async fn remove_orphans(docker: &Docker, host_id: &str, ids: &[String]) -> Result<usize, DockerError> {
     let mut removed = 0;
+    let mut demos = Vec::new();
     for container in demo_containers(docker, host_id).await? {
         let Some(id) = container.id.filter(|id| ids.contains(id)) else { continue };
         remove_container(docker, &id).await?;
         removed += 1;
+        demos.extend(container.labels.and_then(|mut l| l.remove(labels::ID)));
+    }
+    let left: Vec<String> =
+        demo_containers(docker, host_id).await?.into_iter().filter_map(|c| c.labels?.remove(labels::ID)).collect();
+    for demo in demos.iter().filter(|d| !left.contains(d)) {
+        let filter = vec![format!("{}={demo}", labels::ID), format!("{}={host_id}", labels::HOST)];
+        for volume in volumes_of(docker, filter).await? {
+            remove_volume(docker, &volume.name).await?;
+        }
     }
     Ok(removed)
 }
@@ -607,10 +773,13 @@ mod tests {
         assert_eq!(generation_of_tag("site-o-pr-1", "demofleet/site-o-pr-1:g12"), Some(12));
         assert_eq!(generation_of_tag("site-o-pr-1", "demofleet/site-o-pr-1:g12-0a1b2c"), Some(12));
         let spec = crate::legacy::tests::spec("alice");
-        let (one, two) = (new_image_tag(&spec), new_image_tag(&spec));
+        let (one, two) = (new_image_tag(&spec, None), new_image_tag(&spec, None));
         assert_ne!(one, two, "a random token per build");
         assert_eq!(generation_of_tag(&spec.name, &one), Some(spec.generation));
         assert_eq!(generation_of_tag("site-o-pr-1", "demofleet/site-o-pr-10:g1"), None, "another demo");
         assert_eq!(generation_of_tag("site-o-pr-1", "demofleet/site-o-pr-1:latest"), None);
+        let web = new_image_tag(&spec, Some("web"));
+        assert_eq!(generation_of_tag(&spec.name, &web), Some(spec.generation), "a compose service's");
+        assert_eq!((service_of_tag(&spec.name, &web), service_of_tag(&spec.name, &one)), (Some("web"), None));
     }
 }

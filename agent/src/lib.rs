@@ -9,6 +9,8 @@
 //! - [`steps`]: what each step does.
 //! - [`git`]: checking out the head commit.
 //! - [`demo_config`]: `.demofleet.toml` and what the agent builds and runs.
+//! - [`compose`]: compose mode: a repository's compose file read as a plan of services.
+//! - [`services`]: running a compose plan's services, volumes and seed on Docker.
 //! - [`confine`]: what a demo container may not do: capabilities, user, log size.
 //! - [`docker`]: build, run, inspect and remove demo containers and images.
 //! - [`dockerfile`]: refusing Dockerfiles that name demo images.
@@ -17,6 +19,7 @@
 //! - [`heartbeat`]: the periodic heartbeat with inventory.
 //! - [`validate`]: every field of a step message checked before the agent acts on it.
 
+pub mod compose;
 pub mod config;
 pub mod confine;
 pub mod demo_config;
@@ -25,6 +28,7 @@ pub mod dockerfile;
 pub mod git;
 pub mod heartbeat;
 pub mod legacy;
+pub mod services;
 pub mod steps;
 pub mod subnets;
 pub use demofleet_common::validate;
@@ -76,12 +80,22 @@ impl AgentContext {
     /// Relay the output of the container `spec` just launched or woke, from `since` (Unix
     /// seconds, 0: all of it), to the demo's live log in the background while it runs.
     pub fn follow_container(&self, spec: &DemoSpec, since: i32) {
-        let (docker, nats, spec) = (self.docker.clone(), self.nats.clone(), spec.clone());
+        self.follow(spec, docker::container_name(spec), None, since);
+    }
+
+    /// The same for the container `container` of a compose demo's other service `service`:
+    /// its lines start with `<service> | `.
+    pub fn follow_service(&self, spec: &DemoSpec, container: String, service: &str, since: i32) {
+        self.follow(spec, container, Some(format!("{service} | ")), since);
+    }
+
+    fn follow(&self, spec: &DemoSpec, container: String, prefix: Option<String>, since: i32) {
+        let (docker, nats, generation) = (self.docker.clone(), self.nats.clone(), spec.generation);
         let subject = topology::log_subject(&self.config.messaging.nats_prefix, &self.host_id, &spec.id);
         tokio::spawn(async move {
-            let generation = spec.generation;
-            docker::follow_logs(&docker, &spec, since, |line| {
-                publish_log(&nats, subject.clone(), generation, "run", line)
+            docker::follow_logs(&docker, &container, since, |line| match &prefix {
+                Some(prefix) => publish_log(&nats, subject.clone(), generation, "run", &format!("{prefix}{line}")),
+                None => publish_log(&nats, subject.clone(), generation, "run", line),
             })
             .await;
         });

@@ -8,7 +8,7 @@ use demofleet_common::secret::Secret;
 use demofleet_common::wire::{DemoEnv, DemoSpec, Step, StepOutcome, StepOutput};
 
 use crate::demo_config::{self, PlanError};
-use crate::{docker, git, legacy, AgentContext};
+use crate::{docker, git, legacy, services, AgentContext};
 
 /// Run `step` for `spec` and say how it went.
 #[tracing::instrument(skip_all, fields(demo = %spec.name, step = step.as_str(), generation = spec.generation))]
@@ -52,10 +52,15 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
             // The build's steps run on the demo's own network, fenced like the demo itself
             // (the host's firewall policy matches its bridge), not on Docker's default one.
             let network = docker::ensure_network(&ctx.docker, &ctx.config, spec).await?;
-            let image = docker::build(&ctx.docker, &ctx.config.build, spec, &plan, &network, |line| {
-                ctx.log(spec, step.as_str(), line)
-            });
-            output.image = Some(image.await?);
+            let log = |line: &str| ctx.log(spec, step.as_str(), line);
+            let image = match &plan.compose {
+                Some(compose) => services::build(ctx, spec, compose, &network, log).await?,
+                None => {
+                    let source = docker::BuildSource::of_plan(&plan);
+                    docker::build(&ctx.docker, &ctx.config.build, spec, &source, None, &network, log).await?
+                }
+            };
+            output.image = Some(image);
         }
         Step::Launch => {
             // Beside the running generation, if any: it keeps serving until this one is healthy.
@@ -64,7 +69,10 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
                 legacy::launch(ctx, spec, &dir).await?
             } else {
                 let secrets = demo_secrets(ctx, spec)?;
-                docker::launch(&ctx.docker, &ctx.config, &ctx.host_id, spec, &plan, &secrets).await?
+                match &plan.compose {
+                    Some(compose) => services::launch(ctx, spec, &plan, compose, &secrets).await?,
+                    None => docker::launch(&ctx.docker, &ctx.config, &ctx.host_id, spec, &plan, &secrets).await?,
+                }
             };
             ctx.log(
                 spec,
@@ -81,7 +89,13 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
             wait_healthy(ctx, spec, port, &plan.health_path).await?;
             output.host_port = Some(port);
         }
-        Step::Retire => docker::retire_older(&ctx.docker, &ctx.host_id, spec).await?,
+        Step::Retire => {
+            // A compose demo that keeps its data keeps its data services; when its plan
+            // cannot be read, the data stays too (the teardown removes it).
+            let keep_data =
+                demo_config::plan(&dir, &ctx.config).map_or(true, |p| p.compose.is_some_and(|c| c.keep_data));
+            docker::retire_older(&ctx.docker, &ctx.host_id, spec, keep_data).await?
+        }
         Step::Stop => {
             docker::remove_demo(&ctx.docker, &ctx.host_id, spec).await?;
             match tokio::fs::remove_dir_all(&dir).await {
@@ -90,15 +104,20 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
             }
         }
         Step::Sleep => {
-            docker::sleep(&ctx.docker, spec).await?;
-            ctx.log(spec, step.as_str(), "no requests for a while: the container sleeps until the next visit");
+            docker::sleep(&ctx.docker, &ctx.host_id, spec).await?;
+            ctx.log(spec, step.as_str(), "no requests for a while: the demo sleeps until the next visit");
         }
         Step::Wake => {
             // Its output from now on: what it printed before it slept was sent then.
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            docker::wake(&ctx.docker, spec).await?;
-            ctx.log(spec, step.as_str(), "a visit woke the container");
-            ctx.follow_container(spec, i32::try_from(now.as_secs()).unwrap_or(0));
+            let others = docker::wake(&ctx.docker, &ctx.host_id, spec).await?;
+            ctx.log(spec, step.as_str(), "a visit woke the demo");
+            let since = i32::try_from(now.as_secs()).unwrap_or(0);
+            ctx.follow_container(spec, since);
+            for container in others {
+                let service = container.rsplit("--").next().unwrap_or_default().to_string();
+                ctx.follow_service(spec, container, &service, since);
+            }
         }
         Step::Authorize | Step::Route | Step::Unroute => anyhow::bail!("{} is a controller step", step.as_str()),
     }
@@ -207,7 +226,7 @@ async fn wait_healthy(ctx: &AgentContext, spec: &DemoSpec, port: u16, path: &str
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(250));
     }
-    let logs = docker::log_tail(&ctx.docker, spec, 20).await;
+    let logs = docker::log_tail(&ctx.docker, &docker::container_name(spec), 20).await;
     anyhow::bail!(
         "no 2xx/3xx answer on {url} within {:?} (last: {last}); container output:\n{logs}",
         ctx.config.health_timeout

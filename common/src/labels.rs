@@ -16,6 +16,12 @@ pub const ID: &str = "run.demo.id";
 pub const HOST: &str = "run.demo.host";
 pub const SHA: &str = "run.demo.sha";
 pub const GENERATION: &str = "run.demo.generation";
+/// A compose demo's service, on each of its containers.
+pub const SERVICE: &str = "run.demo.service";
+/// `true` on a compose demo's data service container and volumes that outlive a generation.
+pub const KEPT: &str = "run.demo.kept";
+/// A digest of what a kept container was created from: another one is made when it changes.
+pub const CONFIG: &str = "run.demo.config";
 
 /// Every label a demo's container carries. `port` is the port inside the container.
 pub fn demo_labels(spec: &DemoSpec, host_id: &str, port: u16) -> HashMap<String, String> {
@@ -41,6 +47,14 @@ pub fn demo_labels(spec: &DemoSpec, host_id: &str, port: u16) -> HashMap<String,
         (format!("traefik.http.services.{name}.loadbalancer.server.port"), port.to_string()),
     ];
     labels.extend(traefik);
+    labels
+}
+
+/// A compose demo's labels on a service the demo's address does not route to: the same,
+/// without the Traefik routes, which belong to the routed service only.
+pub fn unrouted(mut labels: HashMap<String, String>) -> HashMap<String, String> {
+    labels.retain(|key, _| !key.starts_with("traefik."));
+    labels.insert("traefik.enable".to_string(), "false".to_string());
     labels
 }
 
