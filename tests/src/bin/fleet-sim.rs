@@ -121,7 +121,7 @@ impl SimAgent {
         let mut output = StepOutput::default();
         match step {
             Step::Checkout => {}
-            Step::Build => output.image = Some(demofleet_agent::docker::new_image_tag(spec)),
+            Step::Build => output.image = Some(demofleet_agent::docker::new_image_tag(spec, None)),
             Step::Launch => {
                 let containers = demos.entry(spec.id).or_default();
                 // Launching again (a redelivered step) finds the container it made.
