@@ -88,6 +88,11 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
 
+    /// How long the older generations of a demo keep running after the route moved to the
+    /// new one, so that requests already sent to them finish, before they are removed.
+    #[arg(long, env = "DEMOFLEET_RETIRE_DRAIN", default_value = "2s", value_parser = parse_duration)]
+    pub retire_drain: Duration,
+
     /// How long a new demo may take to answer its health check.
     #[arg(long, env = "DEMOFLEET_HEALTH_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub health_timeout: Duration,

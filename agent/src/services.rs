@@ -261,7 +261,7 @@ impl Launch<'_> {
         let routed = service.name == self.compose.routed;
         let (mut body, image_user, port) = self.body(service).await?;
         let kept = self.compose.is_kept(service);
-        let digest = hex::encode(sha2::Sha256::digest(serde_json::to_vec(&body).unwrap_or_default()));
+        let digest = digest(&body);
         let labels = body.labels.get_or_insert_with(HashMap::new);
         labels.insert(labels::CONFIG.to_string(), digest.clone());
         if kept {
@@ -430,6 +430,45 @@ impl Launch<'_> {
             ))),
         }
     }
+}
+
+/// A digest of what a container runs (labels aside), the same for the same settings whatever
+/// the order of its maps and environment.
+fn digest(body: &ContainerCreateBody) -> String {
+    fn canonical(value: &serde_json::Value, out: &mut String) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for key in keys {
+                    out.push_str(&serde_json::Value::String(key.clone()).to_string());
+                    out.push(':');
+                    canonical(&map[key], out);
+                    out.push(',');
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(items) => {
+                out.push('[');
+                for item in items {
+                    canonical(item, out);
+                    out.push(',');
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut body = body.clone();
+    // Labels name the generation and commit, which change with every push.
+    body.labels = None;
+    if let Some(env) = body.env.as_mut() {
+        env.sort();
+    }
+    let mut text = String::new();
+    canonical(&serde_json::to_value(&body).unwrap_or_default(), &mut text);
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
 fn never_restart() -> RestartPolicy {

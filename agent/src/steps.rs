@@ -90,6 +90,8 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
             output.host_port = Some(port);
         }
         Step::Retire => {
+            // Requests the edge sent to an older generation before the route moved finish first.
+            tokio::time::sleep(ctx.config.retire_drain).await;
             // A compose demo that keeps its data keeps its data services; when its plan
             // cannot be read, the data stays too (the teardown removes it).
             let keep_data =
