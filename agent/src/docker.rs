@@ -295,7 +295,7 @@ pub async fn launch(
             Some(port) => port,
             None => exposed_port(&image_config),
         };
-        let network = ensure_network(docker, config, spec).await?;
+        let network = ensure_network(docker, config, host_id, spec).await?;
         let mut env = demo_env(spec, port);
         env.extend(plan.env.iter().cloned());
         // The repository's secrets (set by an admin) win over what its files say.
@@ -444,7 +444,12 @@ async fn demo_set(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<Vec
 
 /// The demo's own bridge network, `demofleet-<name>`: demos do not share a network.
 /// With a pool (`DEMOFLEET_DEMO_SUBNETS`) its subnet is the pool's first free /28.
-pub(crate) async fn ensure_network(docker: &Docker, config: &Config, spec: &DemoSpec) -> Result<String, DockerError> {
+pub(crate) async fn ensure_network(
+    docker: &Docker,
+    config: &Config,
+    host_id: &str,
+    spec: &DemoSpec,
+) -> Result<String, DockerError> {
     let name = network_name(spec);
     if docker.inspect_network(&name, None).await.is_ok() {
         return Ok(name);
@@ -469,6 +474,7 @@ pub(crate) async fn ensure_network(docker: &Docker, config: &Config, spec: &Demo
             labels: Some(HashMap::from([
                 (labels::DEMO.to_string(), "true".to_string()),
                 (labels::ID.to_string(), spec.id.to_string()),
+                (labels::HOST.to_string(), host_id.to_string()),
             ])),
             ipam: subnet.map(|s| Ipam {
                 config: Some(vec![IpamConfig { subnet: Some(s.to_string()), ..Default::default() }]),

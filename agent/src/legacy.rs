@@ -65,7 +65,7 @@ pub async fn launch(ctx: &AgentContext, spec: &DemoSpec, dir: &Path) -> anyhow::
     let name = container_name(spec);
     if ctx.docker.inspect_container(&name, None).await.is_err() {
         let port = free_port(ctx.config.publish_address())?;
-        let network = docker::ensure_network(&ctx.docker, &ctx.config, spec).await?;
+        let network = docker::ensure_network(&ctx.docker, &ctx.config, &ctx.host_id, spec).await?;
         let opts = docker_opts(&ctx.config, &ctx.host_id, spec, port, &network)?;
         ctx.log(spec, "launch", &format!("./run serve --detach --port {port}"));
         run_script(ctx, spec, dir, port, &opts).await?;

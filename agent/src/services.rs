@@ -97,7 +97,7 @@ pub async fn launch(
     compose: &ComposePlan,
     secrets: &[Secret],
 ) -> Result<(String, u16), DockerError> {
-    let network = docker::ensure_network(&ctx.docker, &ctx.config, spec).await?;
+    let network = docker::ensure_network(&ctx.docker, &ctx.config, &ctx.host_id, spec).await?;
     for volume in &compose.volumes {
         ensure_volume(&ctx.docker, &ctx.host_id, spec, compose, &volume_name(spec, compose, volume)).await?;
     }

@@ -51,7 +51,7 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
             }
             // The build's steps run on the demo's own network, fenced like the demo itself
             // (the host's firewall policy matches its bridge), not on Docker's default one.
-            let network = docker::ensure_network(&ctx.docker, &ctx.config, spec).await?;
+            let network = docker::ensure_network(&ctx.docker, &ctx.config, &ctx.host_id, spec).await?;
             let log = |line: &str| ctx.log(spec, step.as_str(), line);
             let image = match &plan.compose {
                 Some(compose) => services::build(ctx, spec, compose, &network, log).await?,

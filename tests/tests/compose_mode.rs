@@ -297,14 +297,12 @@ fn inspect(kind: &str, object: &str, template: &str) -> Option<String> {
 
 /// Assert that `object` (a `container`, `volume` or `network`) exists, labelled with the
 /// demo's id and, when given, its host.
-fn assert_labelled(kind: &str, object: &str, demo_id: &str, host_id: Option<&str>) -> Value {
+fn assert_labelled(kind: &str, object: &str, demo_id: &str, host_id: &str) -> Value {
     let template = if kind == "container" { "{{json .Config.Labels}}" } else { "{{json .Labels}}" };
     let labels = inspect(kind, object, template).unwrap_or_else(|| panic!("no {kind} {object}"));
     let labels: Value = serde_json::from_str(&labels).unwrap_or(Value::Null);
     assert_eq!(labels["run.demo.id"], demo_id, "{kind} {object}: {labels}");
-    if let Some(host_id) = host_id {
-        assert_eq!(labels["run.demo.host"], host_id, "{kind} {object}: {labels}");
-    }
+    assert_eq!(labels["run.demo.host"], host_id, "{kind} {object}: {labels}");
     labels
 }
 
@@ -519,12 +517,12 @@ async fn a_compose_demo_keeps_its_data_seeds_once_and_leaves_nothing_behind() {
     // Its objects: the routed service under the demo's usual name, the database kept apart
     // from generations, with its volume, on the demo's network.
     let (web1, db) = (format!("demofleet-{name}-g1"), format!("demofleet-{name}--db"));
-    assert_labelled("container", &web1, &id, Some(&host_id));
-    let db_labels = assert_labelled("container", &db, &id, Some(&host_id));
+    assert_labelled("container", &web1, &id, &host_id);
+    let db_labels = assert_labelled("container", &db, &id, &host_id);
     assert_eq!(db_labels["run.demo.kept"], "true", "the database is kept across generations: {db_labels}");
     assert_eq!((state_of(&web1).as_deref(), state_of(&db).as_deref()), (Some("running"), Some("running")));
-    assert_labelled("volume", &format!("demofleet-{name}--data"), &id, Some(&host_id));
-    assert_labelled("network", &format!("demofleet-{name}"), &id, None);
+    assert_labelled("volume", &format!("demofleet-{name}--data"), &id, &host_id);
+    assert_labelled("network", &format!("demofleet-{name}"), &id, &host_id);
     let mut volumes = mounted_volumes(&id);
 
     // 2. A push changing the web page: generation 2 runs on the same data, not seeded again,
@@ -539,7 +537,7 @@ async fn a_compose_demo_keeps_its_data_seeds_once_and_leaves_nothing_behind() {
     assert_eq!(notes(&stack, &host).await, format!("seeded {sha1}"), "the data kept, not seeded again");
     let g2_seed = seen.get(&stack, &format!("/api/demos/{id}/logs?format=text&generation=2&step=seed")).await;
     assert_eq!(g2_seed, "", "no seed in generation 2");
-    assert_labelled("container", &format!("demofleet-{name}-g2"), &id, Some(&host_id));
+    assert_labelled("container", &format!("demofleet-{name}-g2"), &id, &host_id);
     assert_eq!(state_of(&db).as_deref(), Some("running"), "the kept database");
     volumes.extend(mounted_volumes(&id));
     wait::until_seen("generation 1's web container to be retired", DEADLINE, || async {
@@ -559,9 +557,9 @@ async fn a_compose_demo_keeps_its_data_seeds_once_and_leaves_nothing_behind() {
     assert_eq!(notes(&stack, &host).await, format!("seeded {sha3}"), "fresh data, seeded for the third commit");
     let expected = [format!("[g3 seed] seed done for {sha3}")];
     seed_log(&stack, &id, 3, &expected, &mut seen).await;
-    assert_labelled("container", &format!("demofleet-{name}-g3"), &id, Some(&host_id));
-    assert_labelled("container", &format!("demofleet-{name}-g3--db"), &id, Some(&host_id));
-    assert_labelled("volume", &format!("demofleet-{name}-g3--data"), &id, Some(&host_id));
+    assert_labelled("container", &format!("demofleet-{name}-g3"), &id, &host_id);
+    assert_labelled("container", &format!("demofleet-{name}-g3--db"), &id, &host_id);
+    assert_labelled("volume", &format!("demofleet-{name}-g3--data"), &id, &host_id);
     volumes.extend(mounted_volumes(&id));
     for path in [format!("/api/demos/{id}"), "/api/demos".to_string(), format!("/api/demos/{id}/logs?format=text")] {
         seen.get(&stack, &path).await;
