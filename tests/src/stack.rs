@@ -440,6 +440,31 @@ impl Stack {
         &self.controller.as_ref().expect("the controller runs in this process").state
     }
 
+    /// A stack that keeps repository secrets (its keys made in `keys`), its controller and
+    /// first agent run as processes (`controller`, `agent`: a test's `CARGO_BIN_EXE_…`)
+    /// whose logs, with our crates' debug lines, a test can search for a secret; the agent
+    /// opens secrets with the controllers' transport key.
+    pub async fn start_keeping_secrets(keys: &Path, controller: &str, agent: &str) -> Stack {
+        let key_file = |name: &str| {
+            let path = keys.join(name);
+            let key: String = (0..2).map(|_| Uuid::new_v4().simple().to_string()).collect();
+            std::fs::write(&path, format!("{key}\n")).unwrap();
+            path.to_str().unwrap().to_string()
+        };
+        let transport = key_file("transport.key");
+        let controller_args = vec![
+            "--secrets-key-file".into(),
+            key_file("secrets.key"),
+            "--secrets-transport-key-file".into(),
+            transport.clone(),
+        ];
+        let mut stack = Stack::start(StackOptions { controller_args, ..Default::default() }).await;
+        std::env::set_var("DEMOFLEET_LOG", "info,demofleet_controller=debug,demofleet_agent=debug");
+        stack.run_controller_as_process(controller).await;
+        stack.start_agent_process(0, agent, &["--secrets-transport-key-file", &transport]).await;
+        stack
+    }
+
     /// Stop the in-process controller and run it as process `binary` (a test's
     /// `CARGO_BIN_EXE_fleet-controller`) with the same flags and addresses, so that it can
     /// be killed.

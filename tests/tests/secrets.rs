@@ -5,7 +5,6 @@
 //! database in clear (a pg_dump of the test's database); a fork's preview gets none until the
 //! repository shares its secrets with forks; without a key, setting one is refused.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
@@ -35,34 +34,15 @@ fn csrf_of(page: &str) -> String {
     page[at..].split('"').next().unwrap().to_string()
 }
 
-fn key_file(dir: &Path, name: &str) -> String {
-    let path = dir.join(name);
-    let key: String = (0..2).map(|_| Uuid::new_v4().simple().to_string()).collect();
-    std::fs::write(&path, format!("{key}\n")).unwrap();
-    path.to_str().unwrap().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_reaches_the_container_and_nothing_else() {
     let keys = tempfile::tempdir().unwrap();
-    let at_rest = key_file(keys.path(), "secrets.key");
-    let transport = key_file(keys.path(), "transport.key");
-    let options = StackOptions {
-        controller_args: vec![
-            "--secrets-key-file".into(),
-            at_rest,
-            "--secrets-transport-key-file".into(),
-            transport.clone(),
-        ],
-        ..Default::default()
-    };
-    let mut stack = Stack::start(options).await;
-    // Both as processes, their logs in files, with the debug lines of our crates.
-    std::env::set_var("DEMOFLEET_LOG", "info,demofleet_controller=debug,demofleet_agent=debug");
-    stack.run_controller_as_process(env!("CARGO_BIN_EXE_fleet-controller")).await;
-    stack
-        .start_agent_process(0, env!("CARGO_BIN_EXE_fleet-agent"), &["--secrets-transport-key-file", &transport])
-        .await;
+    let stack = Stack::start_keeping_secrets(
+        keys.path(),
+        env!("CARGO_BIN_EXE_fleet-controller"),
+        env!("CARGO_BIN_EXE_fleet-agent"),
+    )
+    .await;
 
     let repo_name = format!("sec-{}", &Uuid::new_v4().simple().to_string()[..8]);
     let repo = FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &repo_name);
