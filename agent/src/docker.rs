@@ -450,7 +450,40 @@ pub(crate) async fn ensure_network(
     host_id: &str,
     spec: &DemoSpec,
 ) -> Result<String, DockerError> {
-    let name = network_name(spec);
+    create_network(docker, config, host_id, spec, None).await
+}
+
+/// A compose demo generation's own network, `demofleet-<name>-g<generation>` (or
+/// `demofleet-<name>-closed-g<generation>`): its services find each other there by their
+/// service names, apart from another generation's services of the same names. It goes
+/// with its generation; the demo's kept services join each generation's.
+pub(crate) async fn ensure_generation_network(
+    docker: &Docker,
+    config: &Config,
+    host_id: &str,
+    spec: &DemoSpec,
+) -> Result<String, DockerError> {
+    create_network(docker, config, host_id, spec, Some(spec.generation)).await
+}
+
+/// The demo's network, or its `generation`'s, made unless it exists.
+async fn create_network(
+    docker: &Docker,
+    config: &Config,
+    host_id: &str,
+    spec: &DemoSpec,
+    generation: Option<i64>,
+) -> Result<String, DockerError> {
+    let name = match generation {
+        Some(generation) => format!("{}-g{generation}", network_name(spec)),
+        None => network_name(spec),
+    };
+    let mut labels = HashMap::from([
+        (labels::DEMO.to_string(), "true".to_string()),
+        (labels::ID.to_string(), spec.id.to_string()),
+        (labels::HOST.to_string(), host_id.to_string()),
+    ]);
+    labels.extend(generation.map(|g| (labels::GENERATION.to_string(), g.to_string())));
     if docker.inspect_network(&name, None).await.is_ok() {
         return Ok(name);
     }
@@ -471,11 +504,7 @@ pub(crate) async fn ensure_network(
                 "com.docker.network.bridge.name".to_string(),
                 demo_bridge(&name, spec.closed_outbound),
             )])),
-            labels: Some(HashMap::from([
-                (labels::DEMO.to_string(), "true".to_string()),
-                (labels::ID.to_string(), spec.id.to_string()),
-                (labels::HOST.to_string(), host_id.to_string()),
-            ])),
+            labels: Some(labels.clone()),
             ipam: subnet.map(|s| Ipam {
                 config: Some(vec![IpamConfig { subnet: Some(s.to_string()), ..Default::default() }]),
                 ..Default::default()
@@ -634,7 +663,7 @@ async fn remove_generations(
             remove_container(docker, container.id.as_deref().unwrap_or_default()).await?;
         }
     }
-    for volume in volumes_of(docker, filter).await? {
+    for volume in volumes_of(docker, filter.clone()).await? {
         if !kept(Some(&volume.labels)) {
             remove_volume(docker, &volume.name).await?;
         }
@@ -657,7 +686,47 @@ async fn remove_generations(
             Err(err) => return Err(err.into()),
         }
     }
+    // A compose demo's generation networks: those of the generations that go, once the kept
+    // services that joined them have left.
+    for network in generation_networks(docker, filter).await? {
+        if !kept(network.labels.as_ref()) {
+            remove_generation_network(docker, &network).await?;
+        }
+    }
     Ok(())
+}
+
+/// The demo's generation networks (labelled with a generation) of this host.
+async fn generation_networks(
+    docker: &Docker,
+    label_filters: Vec<String>,
+) -> Result<Vec<bollard::models::Network>, DockerError> {
+    let filters = HashMap::from([("label".to_string(), label_filters)]);
+    let options = bollard::query_parameters::ListNetworksOptions { filters: Some(filters) };
+    let networks = docker.list_networks(Some(options)).await?;
+    Ok(networks.into_iter().filter(|n| n.labels.as_ref().is_some_and(|l| l.contains_key(labels::GENERATION))).collect())
+}
+
+/// Remove a generation network, disconnecting the containers still on it first (kept
+/// services, which stay on the newer generations' networks).
+async fn remove_generation_network(docker: &Docker, network: &bollard::models::Network) -> Result<(), DockerError> {
+    let name = network.name.clone().unwrap_or_default();
+    let joined = match docker.inspect_network(&name, None).await {
+        Ok(inspected) => inspected.containers.unwrap_or_default(),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(()),
+        Err(err) => return Err(err.into()),
+    };
+    for container in joined.into_keys() {
+        let request = bollard::models::NetworkDisconnectRequest { container, force: Some(true) };
+        match docker.disconnect_network(&name, request).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    match docker.remove_network(&name).await {
+        Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// The volumes carrying every label of `label_filters` (`key=value`).
@@ -731,7 +800,8 @@ pub async fn inventory(docker: &Docker, host_id: &str) -> Result<Vec<InventoryIt
 
 /// Remove the containers `ids` that are demo containers of this host; any other id is
 /// left alone. Returns how many were removed.
-/// A demo left with no container here loses its volumes too: it has moved or gone.
+/// A demo left with no container here loses its volumes and generation networks too: it
+/// has moved or gone.
 pub async fn remove_orphans(docker: &Docker, host_id: &str, ids: &[String]) -> Result<usize, DockerError> {
     let mut removed = 0;
     let mut demos = Vec::new();
@@ -745,8 +815,11 @@ pub async fn remove_orphans(docker: &Docker, host_id: &str, ids: &[String]) -> R
         demo_containers(docker, host_id).await?.into_iter().filter_map(|c| c.labels?.remove(labels::ID)).collect();
     for demo in demos.iter().filter(|d| !left.contains(d)) {
         let filter = vec![format!("{}={demo}", labels::ID), format!("{}={host_id}", labels::HOST)];
-        for volume in volumes_of(docker, filter).await? {
+        for volume in volumes_of(docker, filter.clone()).await? {
             remove_volume(docker, &volume.name).await?;
+        }
+        for network in generation_networks(docker, filter).await? {
+            remove_generation_network(docker, &network).await?;
         }
     }
     Ok(removed)

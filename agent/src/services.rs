@@ -10,7 +10,10 @@
 //!   generation's other services beside the old ones and keeps this one, made again only
 //!   when what it runs changes (its image's content, command, environment, volumes);
 //! - volumes: `demofleet-<name>--<volume>` kept, or `demofleet-<name>-g<generation>--<volume>`
-//!   with `reset = "on_push"`; beside them `….seeded` once the seed has run on that data.
+//!   with `reset = "on_push"`; beside them `….seeded` once the seed has run on that data;
+//! - a network per generation, `demofleet-<name>-g<generation>`, where its services (and the
+//!   kept ones, which join each) find each other by service name: two generations running
+//!   side by side during an update never reach each other's services.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -97,7 +100,7 @@ pub async fn launch(
     compose: &ComposePlan,
     secrets: &[Secret],
 ) -> Result<(String, u16), DockerError> {
-    let network = docker::ensure_network(&ctx.docker, &ctx.config, &ctx.host_id, spec).await?;
+    let network = docker::ensure_generation_network(&ctx.docker, &ctx.config, &ctx.host_id, spec).await?;
     for volume in &compose.volumes {
         ensure_volume(&ctx.docker, &ctx.host_id, spec, compose, &volume_name(spec, compose, volume)).await?;
     }
@@ -271,6 +274,9 @@ impl Launch<'_> {
             Ok(existing) => {
                 let same = existing.config.and_then(|c| c.labels).and_then(|l| l.get(labels::CONFIG).cloned());
                 if !kept || same.as_deref() == Some(digest.as_str()) {
+                    if kept {
+                        self.join(&name, service, existing.network_settings.and_then(|n| n.networks)).await?;
+                    }
                     return self.run(service, &name, routed).await;
                 }
                 self.ctx.log(
@@ -292,6 +298,25 @@ impl Launch<'_> {
         let placement = Placement { name: &name, network: &self.network, aliases: vec![service.name.clone()] };
         docker::create_confined(self.docker(), &self.ctx.config, self.plan, placement, &image_user, body).await?;
         self.run(service, &name, routed).await
+    }
+
+    /// Put the kept container `name` of `service` on this generation's network, under its
+    /// service name, unless it is there (`networks`: those it is on).
+    async fn join(
+        &self,
+        name: &str,
+        service: &Service,
+        networks: Option<HashMap<String, bollard::models::EndpointSettings>>,
+    ) -> Result<(), DockerError> {
+        if networks.is_some_and(|n| n.contains_key(&self.network)) {
+            return Ok(());
+        }
+        let endpoint =
+            bollard::models::EndpointSettings { aliases: Some(vec![service.name.clone()]), ..Default::default() };
+        let request =
+            bollard::models::NetworkConnectRequest { container: name.to_string(), endpoint_config: Some(endpoint) };
+        self.docker().connect_network(&self.network, request).await?;
+        Ok(())
     }
 
     /// Start the container `name` of `service` (the routed one is started and followed by

@@ -72,25 +72,10 @@ fn docker(args: &[&str]) -> String {
     try_docker(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A key file for the controller's and agent's secrets flags.
-fn key_file(dir: &Path, name: &str) -> String {
-    let path = dir.join(name);
-    let key: String = (0..2).map(|_| Uuid::new_v4().simple().to_string()).collect();
-    std::fs::write(&path, format!("{key}\n")).unwrap();
-    path.to_str().unwrap().to_string()
-}
-
-/// A stack that keeps repository secrets (keys in `keys`): its options, and the transport
-/// key an agent run as a process needs too.
-fn secrets_options(keys: &Path) -> (StackOptions, String) {
-    let transport = key_file(keys, "transport.key");
-    let controller_args = vec![
-        "--secrets-key-file".into(),
-        key_file(keys, "secrets.key"),
-        "--secrets-transport-key-file".into(),
-        transport.clone(),
-    ];
-    (StackOptions { controller_args, ..Default::default() }, transport)
+/// A stack that keeps repository secrets, its controller and agent run as processes.
+async fn start_keeping_secrets(keys: &Path) -> Stack {
+    let (controller, agent) = (env!("CARGO_BIN_EXE_fleet-controller"), env!("CARGO_BIN_EXE_fleet-agent"));
+    Stack::start_keeping_secrets(keys, controller, agent).await
 }
 
 fn files(list: &[(String, String)]) -> Vec<(&str, &str)> {
@@ -485,14 +470,7 @@ async fn a_compose_demo_keeps_its_data_seeds_once_and_leaves_nothing_behind() {
     let _time_limit = demofleet_tests::time_limit::start();
     ensure_postgres_image();
     let keys = tempfile::tempdir().unwrap();
-    let (options, transport) = secrets_options(keys.path());
-    let mut stack = Stack::start(options).await;
-    // Both as processes, their logs in files, with the debug lines of our crates.
-    std::env::set_var("DEMOFLEET_LOG", "info,demofleet_controller=debug,demofleet_agent=debug");
-    stack.run_controller_as_process(env!("CARGO_BIN_EXE_fleet-controller")).await;
-    stack
-        .start_agent_process(0, env!("CARGO_BIN_EXE_fleet-agent"), &["--secrets-transport-key-file", &transport])
-        .await;
+    let stack = start_keeping_secrets(keys.path()).await;
     let host_id = stack.agents[0].host_id.clone();
     let base = stack.services.base_image.clone();
     let mut seen = Answers::default();
@@ -544,6 +522,20 @@ async fn a_compose_demo_keeps_its_data_seeds_once_and_leaves_nothing_behind() {
         state_of(&web1).map_or(Ok(()), Err)
     })
     .await;
+    // Each generation's services meet on a network of the generation's own (so that `db`
+    // never names another generation's database); the kept database joins each, and the
+    // old one goes with its generation.
+    assert_labelled("network", &format!("demofleet-{name}-g2"), &id, &host_id);
+    wait::until_seen("generation 1's network to go", DEADLINE, || async {
+        inspect("network", &format!("demofleet-{name}-g1"), "{{.Name}}").map_or(Ok(()), Err)
+    })
+    .await;
+    let db_networks = inspect("container", &db, "{{range $n, $_ := .NetworkSettings.Networks}}{{$n}} {{end}}");
+    assert_eq!(
+        db_networks.as_deref().map(str::trim),
+        Some(format!("demofleet-{name}-g2").as_str()),
+        "the kept database"
+    );
     let answers = reader.stop().await;
     let expected = format!("seeded {sha1}");
     assert!(answers.get(&expected).copied().unwrap_or(0) > 0, "the reader read the notes: {answers:?}");
@@ -676,9 +668,7 @@ async fn an_idle_compose_demo_sleeps_and_wakes_whole() {
     let _time_limit = demofleet_tests::time_limit::start();
     ensure_postgres_image();
     let keys = tempfile::tempdir().unwrap();
-    let (mut options, transport) = secrets_options(keys.path());
-    options.agent_args = vec!["--secrets-transport-key-file".into(), transport];
-    let stack = Stack::start(options).await;
+    let stack = start_keeping_secrets(keys.path()).await;
     let base = stack.services.base_image.clone();
     let mut seen = Answers::default();
     let repo = new_repo(&stack, "sleepy");
