@@ -255,15 +255,20 @@ impl Answers {
     }
 }
 
-/// Wait until the kept log of the demo's `generation`, step `seed`, holds every line of
-/// `expected`; the log as `?format=text` gives it.
-async fn seed_log(stack: &Stack, id: &str, generation: u32, expected: &[String], seen: &mut Answers) -> String {
-    let path = format!("/api/demos/{id}/logs?format=text&generation={generation}&step=seed");
-    let log = wait::until_seen(&format!("the seed's output in the log of generation {generation}"), DEADLINE, || {
+/// Wait until the kept log of the demo's `generation`, step `step`, has a line starting with
+/// each of `expected`; the log as `?format=text` gives it.
+async fn kept_log(
+    stack: &Stack,
+    (id, generation, step): (&str, u32, &str),
+    expected: &[String],
+    seen: &mut Answers,
+) -> String {
+    let path = format!("/api/demos/{id}/logs?format=text&generation={generation}&step={step}");
+    let log = wait::until_seen(&format!("{expected:?} in the {step} log of generation {generation}"), DEADLINE, || {
         let path = path.clone();
         async move {
             let text = stack.get(&path).await.text().await.unwrap_or_default();
-            if expected.iter().all(|line| text.lines().any(|l| l == line)) {
+            if expected.iter().all(|line| text.lines().any(|l| l.starts_with(line.as_str()))) {
                 Ok(text)
             } else {
                 Err(text)
@@ -490,7 +495,9 @@ async fn a_compose_demo_keeps_its_data_seeds_once_and_leaves_nothing_behind() {
     assert_eq!(demo["generation"], 1);
     assert_eq!(notes(&stack, &host).await, format!("seeded {sha1}"), "the seeded note");
     let expected = ["INSERT 0 1".to_string(), format!("seed done for {sha1}")].map(|l| format!("[g1 seed] {l}"));
-    seed_log(&stack, &id, 1, &expected, &mut seen).await;
+    kept_log(&stack, (&id, 1, "seed"), &expected, &mut seen).await;
+    // The other services' output is in the live log too, each line naming its service.
+    kept_log(&stack, (&id, 1, "run"), &["[g1 run] db | ".to_string()], &mut seen).await;
 
     // Its objects: the routed service under the demo's usual name, the database kept apart
     // from generations, with its volume, on the demo's network.
@@ -548,7 +555,7 @@ async fn a_compose_demo_keeps_its_data_seeds_once_and_leaves_nothing_behind() {
     assert_eq!(demo["generation"], 3);
     assert_eq!(notes(&stack, &host).await, format!("seeded {sha3}"), "fresh data, seeded for the third commit");
     let expected = [format!("[g3 seed] seed done for {sha3}")];
-    seed_log(&stack, &id, 3, &expected, &mut seen).await;
+    kept_log(&stack, (&id, 3, "seed"), &expected, &mut seen).await;
     assert_labelled("container", &format!("demofleet-{name}-g3"), &id, &host_id);
     assert_labelled("container", &format!("demofleet-{name}-g3--db"), &id, &host_id);
     assert_labelled("volume", &format!("demofleet-{name}-g3--data"), &id, &host_id);
