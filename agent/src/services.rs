@@ -119,22 +119,24 @@ pub async fn launch(
     docker::start_published(&ctx.docker, &docker::container_name(spec)).await
 }
 
-/// A demo volume's name: the demo's, or its generation's when each starts empty.
-fn volume_name(spec: &DemoSpec, compose: &ComposePlan, volume: &str) -> String {
+/// What the names of the demo's data begin with: the demo's, or its generation's when each
+/// starts empty.
+fn data_prefix(spec: &DemoSpec, compose: &ComposePlan) -> String {
     if compose.keep_data {
-        format!("demofleet-{}--{volume}", spec.name)
+        format!("demofleet-{}", spec.name)
     } else {
-        format!("demofleet-{}-g{}--{volume}", spec.name, spec.generation)
+        format!("demofleet-{}-g{}", spec.name, spec.generation)
     }
 }
 
-/// The volume that says the seed has run on the demo's data (or its generation's).
+/// A demo volume's name.
+fn volume_name(spec: &DemoSpec, compose: &ComposePlan, volume: &str) -> String {
+    format!("{}--{volume}", data_prefix(spec, compose))
+}
+
+/// The volume that says the seed has run on the demo's data.
 fn seed_marker(spec: &DemoSpec, compose: &ComposePlan) -> String {
-    if compose.keep_data {
-        format!("demofleet-{}.seeded", spec.name)
-    } else {
-        format!("demofleet-{}-g{}.seeded", spec.name, spec.generation)
-    }
+    format!("{}.seeded", data_prefix(spec, compose))
 }
 
 /// A service's container name (see the module's documentation).
@@ -319,18 +321,17 @@ impl Launch<'_> {
         Ok(())
     }
 
-    /// Start the container `name` of `service` (the routed one is started and followed by
-    /// the launch step itself).
+    /// Start the container `name` of `service` and relay its output, unless it runs (the
+    /// routed one's output is relayed by the launch step itself).
     async fn run(&self, service: &Service, name: &str, routed: bool) -> Result<(), DockerError> {
-        if routed {
-            return Ok(());
-        }
         let info = self.docker().inspect_container(name, None).await?;
         if info.state.and_then(|s| s.running).unwrap_or(false) {
             return Ok(());
         }
         self.docker().start_container(name, None).await.or_else(docker::already_started)?;
-        self.ctx.follow_service(self.spec, name.to_string(), &service.name, 0);
+        if !routed {
+            self.ctx.follow_service(self.spec, name.to_string(), &service.name, 0);
+        }
         Ok(())
     }
 

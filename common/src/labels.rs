@@ -66,3 +66,21 @@ fn generation_labels(spec: &DemoSpec) -> HashMap<String, String> {
         (GENERATION.to_string(), spec.generation.to_string()),
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_routed_service_keeps_the_routes() {
+        let labels = HashMap::from([
+            ("traefik.enable".to_string(), "true".to_string()),
+            ("traefik.http.routers.site-o-pr-1.rule".to_string(), "Host(`site-o-pr-1.example`)".to_string()),
+            ("traefik.port".to_string(), "8080".to_string()),
+            (ID.to_string(), "a-demo".to_string()),
+        ]);
+        let unrouted = unrouted(labels);
+        assert_eq!(unrouted.len(), 2, "{unrouted:?}");
+        assert_eq!((unrouted["traefik.enable"].as_str(), unrouted[ID].as_str()), ("false", "a-demo"));
+    }
+}
