@@ -62,7 +62,13 @@ pub async fn build(
                 docker::build(&ctx.docker, &ctx.config.build, spec, &source, Some(&service.name), network, &log).await?
             }
             (None, Some(image)) => {
-                ensure_image(&ctx.docker, image, &log).await?;
+                let pull = ensure_image(&ctx.docker, image, &log);
+                tokio::time::timeout(ctx.config.build.timeout, pull).await.map_err(|_| {
+                    DockerError::Refused(format!(
+                        "pulling the image {image} took longer than {:?} (DEMOFLEET_BUILD_TIMEOUT) and was stopped",
+                        ctx.config.build.timeout
+                    ))
+                })??;
                 image.clone()
             }
             (None, None) => unreachable!("compose::plan refuses a service with neither build nor image"),
