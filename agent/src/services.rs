@@ -219,6 +219,8 @@ impl Launch<'_> {
             let other = self.compose.service(dependency).expect("compose::plan checked dependencies");
             let name = self.name_of(other);
             let deadline = tokio::time::Instant::now() + self.ctx.config.health_timeout;
+            // Most services are ready within a second or two: ask again soon, then less often.
+            let mut pause = Duration::from_millis(20);
             loop {
                 let state = self.docker().inspect_container(&name, None).await?.state.unwrap_or_default();
                 let running = state.running.unwrap_or(false);
@@ -253,7 +255,8 @@ impl Launch<'_> {
                     );
                     return Err(self.failed(&name, &what).await);
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
             }
         }
         Ok(())
