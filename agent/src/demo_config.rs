@@ -349,6 +349,50 @@ mod tests {
     }
 
     #[test]
+    fn a_root_compose_file_with_one_published_service_comes_before_the_dockerfile() {
+        let one = "services:\n  web:\n    build: .\n    ports: ['80:8080']\n  db:\n    image: x\n";
+        let dir = repo(&[("compose.yaml", one), ("Dockerfile", "FROM x")]);
+        let compose = plan(dir.path(), &config()).unwrap().compose.expect("compose mode");
+        assert_eq!((compose.routed.as_str(), compose.keep_data, compose.services.len()), ("web", true, 2));
+        // Two published services, or a file that does not parse: the Dockerfile as before.
+        let two = "services:\n  a:\n    image: x\n    ports: ['80']\n  b:\n    image: x\n    ports: ['81']\n";
+        for text in [two, "services: [not, a, map]"] {
+            let dir = repo(&[("docker-compose.yml", text), ("Dockerfile", "FROM x")]);
+            assert!(plan(dir.path(), &config()).unwrap().compose.is_none(), "{text}");
+        }
+        // A picked-up file is checked as any compose file.
+        let hostile = "services:\n  web:\n    image: x\n    ports: ['80']\n    privileged: true\n";
+        let err = plan(repo(&[("compose.yml", hostile)]).path(), &config()).unwrap_err().to_string();
+        assert!(err.contains("`privileged` is refused"), "{err}");
+    }
+
+    #[test]
+    fn compose_settings_are_read_and_checked() {
+        let compose = "services:\n  web:\n    image: x\n  db:\n    image: y\n";
+        let toml = "compose = \"deploy/compose.yaml\"\nservice = \"web\"\nreset = \"on_push\"\n\
+                    [seed]\nservice = \"web\"\ncommand = \"./seed\"\nwhen = \"always\"\n";
+        let dir = repo(&[(".demofleet.toml", toml), ("deploy/compose.yaml", compose)]);
+        let read = plan(dir.path(), &config()).unwrap().compose.unwrap();
+        assert_eq!((read.routed.as_str(), read.keep_data), ("web", false));
+        assert_eq!(
+            read.seed,
+            Some(crate::compose::Seed { service: "web".into(), command: "./seed".into(), always: true })
+        );
+        for (toml, expect) in [
+            ("compose = \"c.yaml\"\ndockerfile = \"D\"", "`dockerfile` has no meaning with `compose`"),
+            ("compose = \"c.yaml\"\nreset = \"sometimes\"", "`reset` \"sometimes\" must be"),
+            ("compose = \"../c.yaml\"", "must be a relative path inside"),
+            ("compose = \"c.yaml\"\nservice = \"nope\"", "\"nope\" is not one of its services"),
+            ("compose = \"c.yaml\"\n[seed]\nservice = \"web\"\ncommand = \" \"", "`seed.command` is empty"),
+            ("service = \"web\"", "`service` is for compose mode"),
+        ] {
+            let dir = repo(&[(".demofleet.toml", toml), ("c.yaml", compose), ("Dockerfile", "FROM x")]);
+            let err = plan(dir.path(), &config()).unwrap_err().to_string();
+            assert!(err.contains(expect), "{toml}: {err}");
+        }
+    }
+
+    #[test]
     fn first_match_wins_and_defaults_fill_in() {
         let plain = repo(&[("Dockerfile", "FROM x")]);
         let p = plan(plain.path(), &config()).unwrap();
