@@ -1,6 +1,6 @@
 # The compose mode of scripts/bench-e2e (`--compose`), sourced by it once its controller
 # and agent run and its helpers are defined: webhook → first 200 of the page that reads
-# the database, for the two-service fixture of tests/tests/compose_mode.rs (web: busybox's
+# the database, for the two-service example examples/compose-notes (web: busybox's
 # httpd and a CGI script running psql, FROM demofleet/postgres:15; db: PostgreSQL as user
 # postgres, its data in a named volume; a seed run once), against Debian's docker-compose.
 # Rounds alternate, each a new commit (a front page of its own; the seeded row names the
@@ -31,82 +31,20 @@ WARM=demofleet-bench-compose-warm
 log "images: $POSTGRES_IMAGE (scripts/images --only-postgres), docker-compose"
 "$ROOT/scripts/images" --only-postgres
 
-# The fixture, as in tests/tests/compose_mode.rs, with the database's password in the
-# compose file. The seed is the test's: the table and one row naming the commit.
+# The fixture: examples/compose-notes (as tests/tests/compose_mode.rs runs it), with web
+# published on 127.0.0.1 for the baseline and the database's password in the compose file
+# instead of repository secrets. The seed is the example's: the table and one row naming
+# the commit.
 PASSWORD=bench-$RANDOM$RANDOM
-SEED=$(cat <<'SH'
-psql -v ON_ERROR_STOP=1 -c "create table if not exists notes(note text); insert into notes values ('seeded $DEMO_SHA')" && echo "seed done for $DEMO_SHA"
-SH
-)
-mkdir -p "$WORK/db" "$WORK/web/www/cgi-bin"
-cat >"$WORK/compose.yaml" <<YAML
-services:
-  web:
-    build: ./web
-    ports: ["127.0.0.1::8080"]
-    depends_on:
-      db:
-        condition: service_healthy
-    environment:
-      PGHOST: db
-      PGUSER: demo
-      PGDATABASE: demo
-      PGPASSWORD: $PASSWORD
-  db:
-    build: ./db
-    environment:
-      POSTGRES_PASSWORD: $PASSWORD
-    volumes:
-      - data:/var/lib/postgresql/data
-    healthcheck:
-      test: ["CMD", "pg_isready", "-q", "-h", "127.0.0.1", "-U", "demo", "-d", "demo"]
-      interval: 1s
-      timeout: 5s
-      retries: 120
-volumes:
-  data: {}
-YAML
-printf 'compose = "compose.yaml"\nservice = "web"\nhealth_path = "/"\n\n[seed]\nservice = "web"\ncommand = '"'''%s'''"'\n' \
-    "$SEED" >"$WORK/.demofleet.toml"
-cat >"$WORK/db/Dockerfile" <<'DOCKERFILE'
-FROM demofleet/postgres:15
-COPY start.sh /usr/local/bin/demo-postgres
-RUN chmod 755 /usr/local/bin/demo-postgres
-ENV POSTGRES_USER=demo POSTGRES_DB=demo
-USER postgres
-ENTRYPOINT ["/usr/local/bin/demo-postgres"]
-CMD []
-DOCKERFILE
-cat >"$WORK/db/start.sh" <<'SH'
-#!/bin/sh
-# PostgreSQL as user postgres, with no capabilities: the first start (an empty $PGDATA, the
-# volume Docker filled from the image) makes the cluster, the role and database demo (its
-# password from POSTGRES_PASSWORD, through the environment only) and lets it log in over TCP.
-set -eu
-if [ ! -s "$PGDATA/PG_VERSION" ]; then
-    : "${POSTGRES_PASSWORD:?the first start needs POSTGRES_PASSWORD}"
-    initdb -D "$PGDATA" -U postgres -E UTF8 --locale=C.UTF-8 --auth-local=peer --auth-host=scram-sha-256 >/dev/null
-    pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
-    psql -v ON_ERROR_STOP=1 -q -d postgres <<'SQL'
-\getenv password POSTGRES_PASSWORD
-create role demo login password :'password';
-create database demo owner demo;
-SQL
-    pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
-    echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
-fi
-unset POSTGRES_PASSWORD
-exec postgres -D "$PGDATA" -c listen_addresses='*'
-SH
-printf '%s\n' "FROM $POSTGRES_IMAGE" "COPY --from=$BASE_IMAGE /bin/busybox /bin/busybox" "COPY www /www" \
-    'RUN chmod -R a+rX /www && chmod 755 /www/cgi-bin/notes' 'HEALTHCHECK NONE' 'EXPOSE 8080' 'ENTRYPOINT []' \
-    'CMD ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]' >"$WORK/web/Dockerfile"
-cat >"$WORK/web/www/cgi-bin/notes" <<'SH'
-#!/bin/sh
-echo 'Content-Type: text/plain'
-echo
-exec psql -At -c 'select note from notes order by note' 2>&1
-SH
+cp -a "$ROOT/examples/compose-notes/." "$WORK/"
+SEED=$(sed -n "s/^command = '''\(.*\)'''\$/\1/p" "$WORK/.demofleet.toml")
+[ -n "$SEED" ] || { echo "no seed command in examples/compose-notes/.demofleet.toml" >&2; exit 1; }
+sed -i -e 's|ports: \["8080"\]|ports: ["127.0.0.1::8080"]|' \
+    -e "s|^\(      PGDATABASE: demo\)\$|\1\n      PGPASSWORD: $PASSWORD|" \
+    -e "s|^\(    build: ./db\)\$|\1\n    environment:\n      POSTGRES_PASSWORD: $PASSWORD|" "$WORK/compose.yaml"
+grep -q '127.0.0.1::8080' "$WORK/compose.yaml" && [ "$(grep -c "$PASSWORD" "$WORK/compose.yaml")" = 2 ] ||
+    { echo "examples/compose-notes/compose.yaml is not shaped as this benchmark edits it" >&2; exit 1; }
+sed -i "s|demofleet/base:busybox|$BASE_IMAGE|" "$WORK/web/Dockerfile"
 # commit MARKER: a commit whose front page shows MARKER, pushed; prints its id.
 commit() {
     echo "<!doctype html><title>notes</title><h1>$1</h1>" >"$WORK/web/www/index.html"

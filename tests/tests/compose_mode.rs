@@ -87,108 +87,37 @@ fn new_repo(stack: &Stack, prefix: &str) -> FixtureRepo {
     FixtureRepo::create(&stack.repos_dir(), "fixture-owner", &name)
 }
 
-// The fixture: a web service whose CGI script lists the notes PostgreSQL holds.
+// The fixture: examples/compose-notes, a web service whose CGI script lists the notes
+// PostgreSQL holds, a seed writing the first note.
 
-/// PostgreSQL as the image's user `postgres`, with no capabilities (demos never run as root):
-/// the first start makes the cluster and the role and database `demo`.
-const DB_DOCKERFILE: &str = "FROM demofleet/postgres:15
-COPY start.sh /usr/local/bin/demo-postgres
-RUN chmod 755 /usr/local/bin/demo-postgres
-ENV POSTGRES_USER=demo POSTGRES_DB=demo
-USER postgres
-ENTRYPOINT [\"/usr/local/bin/demo-postgres\"]
-CMD []
-";
-
-const DB_START: &str = r#"#!/bin/sh
-# PostgreSQL as user postgres, with no capabilities: the first start (an empty $PGDATA, the
-# volume Docker filled from the image) makes the cluster, the role and database demo (its
-# password from POSTGRES_PASSWORD, through the environment only) and lets it log in over TCP.
-set -eu
-if [ ! -s "$PGDATA/PG_VERSION" ]; then
-    : "${POSTGRES_PASSWORD:?the first start needs POSTGRES_PASSWORD}"
-    initdb -D "$PGDATA" -U postgres -E UTF8 --locale=C.UTF-8 --auth-local=peer --auth-host=scram-sha-256 >/dev/null
-    pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
-    psql -v ON_ERROR_STOP=1 -q -d postgres <<'SQL'
-\getenv password POSTGRES_PASSWORD
-create role demo login password :'password';
-create database demo owner demo;
-SQL
-    pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
-    echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
-fi
-unset POSTGRES_PASSWORD
-exec postgres -D "$PGDATA" -c listen_addresses='*'
-"#;
-
-/// busybox's httpd in front of `psql` (from the PostgreSQL image); the image's own entry
-/// point and health check (PostgreSQL's) are not the web service's.
-fn web_dockerfile(base_image: &str) -> String {
-    format!(
-        "FROM {POSTGRES_IMAGE}\nCOPY --from={base_image} /bin/busybox /bin/busybox\nCOPY www /www\n\
-         RUN chmod -R a+rX /www && chmod 755 /www/cgi-bin/notes\nHEALTHCHECK NONE\nEXPOSE 8080\nENTRYPOINT []\n\
-         CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
-    )
+/// A file of examples/compose-notes.
+fn example(path: &str) -> String {
+    let file = workspace().join("examples/compose-notes").join(path);
+    std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
 }
 
-/// The notes, one a line, read with PGHOST, PGUSER, PGDATABASE and PGPASSWORD from the
-/// environment (psql's errors too, for a failing test to show).
-const NOTES_CGI: &str = "#!/bin/sh
-echo 'Content-Type: text/plain'
-echo
-exec psql -At -c 'select note from notes order by note' 2>&1
-";
-
-const COMPOSE: &str = r#"services:
-  web:
-    build: ./web
-    ports: ["8080"]
-    depends_on:
-      db:
-        condition: service_healthy
-    environment:
-      PGHOST: db
-      PGUSER: demo
-      PGDATABASE: demo
-  db:
-    build: ./db
-    volumes:
-      - data:/var/lib/postgresql/data
-    healthcheck:
-      test: ["CMD", "pg_isready", "-q", "-h", "127.0.0.1", "-U", "demo", "-d", "demo"]
-      interval: 1s
-      timeout: 5s
-      retries: 120
-volumes:
-  data: {}
-"#;
-
-/// The seed: the table and one note naming the commit, then a line of its own for the log.
-const SEED: &str = r#"psql -v ON_ERROR_STOP=1 -c "create table if not exists notes(note text); insert into notes values ('seeded $DEMO_SHA')" && echo "seed done for $DEMO_SHA""#;
-
+/// The example's `.demofleet.toml`, with `reset = "on_push"` if asked.
 fn demofleet_toml(reset_on_push: bool) -> String {
-    let reset = if reset_on_push { "reset = \"on_push\"\n" } else { "" };
-    format!(
-        "compose = \"compose.yaml\"\nservice = \"web\"\nhealth_path = \"/\"\n{reset}\n[seed]\nservice = \"web\"\n\
-         command = '''{SEED}'''\n"
-    )
+    let toml = example(".demofleet.toml");
+    if !reset_on_push {
+        return toml;
+    }
+    let with_reset = toml.replacen("health_path = \"/\"\n", "health_path = \"/\"\nreset = \"on_push\"\n", 1);
+    assert_ne!(with_reset, toml, "the example's .demofleet.toml names its health path");
+    with_reset
 }
 
-/// The repository's files: the web service (its front page saying `page`), the database,
-/// the compose file and `.demofleet.toml`.
+/// The repository's files: the example's, web's busybox from `base_image`, its front page
+/// saying `page`.
 fn notes_app(base_image: &str, page: &str, reset_on_push: bool) -> Vec<(String, String)> {
-    [
-        ("compose.yaml", COMPOSE.to_string()),
-        (".demofleet.toml", demofleet_toml(reset_on_push)),
-        ("db/Dockerfile", DB_DOCKERFILE.to_string()),
-        ("db/start.sh", DB_START.to_string()),
-        ("web/Dockerfile", web_dockerfile(base_image)),
-        ("web/www/index.html", format!("<!doctype html><title>notes</title><h1>{page}</h1>\n")),
-        ("web/www/cgi-bin/notes", NOTES_CGI.to_string()),
-    ]
-    .into_iter()
-    .map(|(path, content)| (path.to_string(), content))
-    .collect()
+    let mut files: Vec<(String, String)> = ["compose.yaml", "db/Dockerfile", "db/start.sh", "web/www/cgi-bin/notes"]
+        .into_iter()
+        .map(|path| (path.to_string(), example(path)))
+        .collect();
+    files.push((".demofleet.toml".into(), demofleet_toml(reset_on_push)));
+    files.push(("web/Dockerfile".into(), example("web/Dockerfile").replace("demofleet/base:busybox", base_image)));
+    files.push(("web/www/index.html".into(), format!("<!doctype html><title>notes</title><h1>{page}</h1>\n")));
+    files
 }
 
 /// Set repository secret `name` through the API; the answer names it and does not show it.
@@ -504,6 +433,9 @@ async fn a_compose_demo_keeps_its_data_seeds_once_and_leaves_nothing_behind() {
     let (web1, db) = (format!("demofleet-{name}-g1"), format!("demofleet-{name}--db"));
     assert_labelled("container", &web1, &id, &host_id);
     let db_labels = assert_labelled("container", &db, &id, &host_id);
+    // The secrets reach the services, over the example's own [env] password.
+    let db_env = inspect("container", &db, "{{json .Config.Env}}").unwrap_or_default();
+    assert!(db_env.contains(&format!("\"POSTGRES_PASSWORD={password}\"")), "the secret in the database's environment");
     assert_eq!(db_labels["run.demo.kept"], "true", "the database is kept across generations: {db_labels}");
     assert_eq!((state_of(&web1).as_deref(), state_of(&db).as_deref()), (Some("running"), Some("running")));
     assert_labelled("volume", &format!("demofleet-{name}--data"), &id, &host_id);
