@@ -696,6 +696,16 @@ async fn remove_generations(
     Ok(())
 }
 
+/// The names of the demo's generation networks on this host.
+pub(crate) async fn generation_networks_of(
+    docker: &Docker,
+    host_id: &str,
+    spec: &DemoSpec,
+) -> Result<Vec<String>, DockerError> {
+    let filter = vec![format!("{}={}", labels::ID, spec.id), format!("{}={host_id}", labels::HOST)];
+    Ok(generation_networks(docker, filter).await?.into_iter().filter_map(|n| n.name).collect())
+}
+
 /// The demo's generation networks (labelled with a generation) of this host.
 async fn generation_networks(
     docker: &Docker,

@@ -8,7 +8,8 @@
 //! - a kept data service (it mounts a named volume and the demo keeps its data):
 //!   `demofleet-<name>--<service>`, which outlives generations: an update starts the new
 //!   generation's other services beside the old ones and keeps this one, made again only
-//!   when what it runs changes (its image's content, command, environment, volumes);
+//!   when what it runs changes (the files its image is built from, or the image it names;
+//!   its command, environment, volumes);
 //! - volumes: `demofleet-<name>--<volume>` kept, or `demofleet-<name>-g<generation>--<volume>`
 //!   with `reset = "on_push"`; beside them `….seeded` once the seed has run on that data;
 //! - a network per generation, `demofleet-<name>-g<generation>`, where its services (and the
@@ -275,7 +276,13 @@ impl Launch<'_> {
         let routed = service.name == self.compose.routed;
         let (mut body, image_user, port) = self.body(service).await?;
         let kept = self.compose.is_kept(service);
-        let digest = digest(&body);
+        // A built image is known by what it is built from: two builds of the same files at
+        // once can give two images, and the kept service must not be made again for that.
+        let source = match &service.build {
+            Some(build) if kept => Some(context_digest(build).await?),
+            _ => None,
+        };
+        let digest = digest(&body, source);
         let labels = body.labels.get_or_insert_with(HashMap::new);
         labels.insert(labels::CONFIG.to_string(), digest.clone());
         if kept {
@@ -308,6 +315,14 @@ impl Launch<'_> {
         }
         let placement = Placement { name: &name, network: &self.network, aliases: vec![service.name.clone()] };
         docker::create_confined(self.docker(), &self.ctx.config, self.plan, placement, &image_user, body).await?;
+        if kept {
+            // Made again: the older generations still serving find it on their networks too.
+            for network in docker::generation_networks_of(self.docker(), &self.ctx.host_id, self.spec).await? {
+                if network != self.network {
+                    self.connect(&name, service, &network).await?;
+                }
+            }
+        }
         self.run(service, &name, routed).await
     }
 
@@ -322,11 +337,16 @@ impl Launch<'_> {
         if networks.is_some_and(|n| n.contains_key(&self.network)) {
             return Ok(());
         }
+        self.connect(name, service, &self.network).await
+    }
+
+    /// Put the container `name` of `service` on `network`, under its service name.
+    async fn connect(&self, name: &str, service: &Service, network: &str) -> Result<(), DockerError> {
         let endpoint =
             bollard::models::EndpointSettings { aliases: Some(vec![service.name.clone()]), ..Default::default() };
         let request =
             bollard::models::NetworkConnectRequest { container: name.to_string(), endpoint_config: Some(endpoint) };
-        self.docker().connect_network(&self.network, request).await?;
+        self.docker().connect_network(network, request).await?;
         Ok(())
     }
 
@@ -467,9 +487,9 @@ impl Launch<'_> {
     }
 }
 
-/// A digest of what a container runs (labels aside), the same for the same settings whatever
-/// the order of its maps and environment.
-fn digest(body: &ContainerCreateBody) -> String {
+/// A digest of what a container runs (labels aside; the image as `source` says, when given),
+/// the same for the same settings whatever the order of its maps and environment.
+fn digest(body: &ContainerCreateBody, source: Option<String>) -> String {
     fn canonical(value: &serde_json::Value, out: &mut String) {
         match value {
             serde_json::Value::Object(map) => {
@@ -498,6 +518,9 @@ fn digest(body: &ContainerCreateBody) -> String {
     let mut body = body.clone();
     // Labels name the generation and commit, which change with every push.
     body.labels = None;
+    if source.is_some() {
+        body.image = source;
+    }
     if let Some(env) = body.env.as_mut() {
         env.sort();
     }
@@ -506,10 +529,86 @@ fn digest(body: &ContainerCreateBody) -> String {
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
+/// A digest of a build's files: every path of its context (without `.git`), with its mode
+/// and content or link target, and the Dockerfile, arguments and target it is built with.
+async fn context_digest(build: &crate::compose::Build) -> Result<String, DockerError> {
+    fn walk(dir: &std::path::Path, base: &std::path::Path, hash: &mut sha2::Sha256) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            if dir == base && entry.file_name() == ".git" {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path)?;
+            let relative = path.strip_prefix(base).unwrap_or(&path);
+            hash.update(format!("{}\0{:o}\0", relative.display(), meta.permissions().mode()).as_bytes());
+            if meta.file_type().is_symlink() {
+                hash.update(std::fs::read_link(&path)?.as_os_str().as_encoded_bytes());
+            } else if meta.is_dir() {
+                walk(&path, base, hash)?;
+            } else {
+                hash.update(std::fs::read(&path)?);
+            }
+            hash.update(b"\0");
+        }
+        Ok(())
+    }
+    let build = build.clone();
+    let digest = tokio::task::spawn_blocking(move || {
+        let mut hash = sha2::Sha256::new();
+        let mut args: Vec<_> = build.args.iter().collect();
+        args.sort();
+        hash.update(format!("{}\0{args:?}\0{:?}\0", build.dockerfile, build.target).as_bytes());
+        walk(&build.context, &build.context, &mut hash).map(|()| hex::encode(hash.finalize()))
+    });
+    let digest = digest.await.map_err(|e| DockerError::Service(format!("reading the build context: {e}")))?;
+    Ok(format!("context:{}", digest?))
+}
+
 fn never_restart() -> RestartPolicy {
     RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }
 }
 
 fn nanos(duration: Duration) -> i64 {
     i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build_of(files: &[(&str, &str)]) -> (tempfile::TempDir, crate::compose::Build) {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let build = crate::compose::Build {
+            context: dir.path().to_path_buf(),
+            dockerfile: "Dockerfile".into(),
+            args: HashMap::new(),
+            target: None,
+        };
+        (dir, build)
+    }
+
+    #[tokio::test]
+    async fn a_build_is_known_by_its_files_not_by_when_they_were_written() {
+        let files = [("Dockerfile", "FROM x\nCOPY start.sh /\n"), ("start.sh", "exec db\n")];
+        let (_one, first) = build_of(&files);
+        let (_two, again) = build_of(&files);
+        let digest = context_digest(&first).await.unwrap();
+        assert_eq!(digest, context_digest(&again).await.unwrap(), "the same files, written anew");
+        std::fs::create_dir(again.context.join(".git")).unwrap();
+        std::fs::write(again.context.join(".git/HEAD"), "ref").unwrap();
+        assert_eq!(digest, context_digest(&again).await.unwrap(), ".git is not part of it");
+        std::fs::write(again.context.join("start.sh"), "exec db -c fsync=off\n").unwrap();
+        assert_ne!(digest, context_digest(&again).await.unwrap(), "a changed file");
+        let (_three, mut argued) = build_of(&files);
+        argued.args.insert("VERSION".into(), "2".into());
+        assert_ne!(digest, context_digest(&argued).await.unwrap(), "another build argument");
+    }
 }

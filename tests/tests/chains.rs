@@ -95,7 +95,10 @@ async fn a_repository_with_nothing_to_build_fails_at_once_saying_so() {
         stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
     assert_eq!(response.status(), 202);
     let demo = stack.wait_for_state(&name, "failed", DEADLINE).await;
-    assert!(demo["error"].as_str().unwrap().contains("has no .demofleet.toml, Dockerfile or ./run"), "{demo}");
+    assert!(
+        demo["error"].as_str().unwrap().contains("has no .demofleet.toml, compose file, Dockerfile or ./run"),
+        "{demo}"
+    );
     let detail = stack.get_json(&format!("/api/demos/{}", demo["id"].as_str().unwrap())).await;
     let build = step(&detail["chains"][0], "build");
     assert_eq!(build["attempts"], 1, "a permanent failure is not retried");
