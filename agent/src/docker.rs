@@ -400,7 +400,7 @@ pub async fn sleep(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<()
     let options = StopContainerOptionsBuilder::default().t(10).build();
     // The routed one first: the others serve it.
     let routed = container_name(spec);
-    let others = demo_set(docker, host_id, spec).await?.into_iter().filter(|n| *n != routed);
+    let others = demo_set(docker, host_id, spec).await?.into_iter().map(|(n, _)| n).filter(|n| *n != routed);
     let names: Vec<String> = std::iter::once(routed.clone()).chain(others).collect();
     for name in names {
         match docker.stop_container(&name, Some(options.clone())).await {
@@ -412,11 +412,16 @@ pub async fn sleep(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<()
 }
 
 /// Start a sleeping demo's containers again, the routed one last. Its port may differ from
-/// before. Returns the other services' containers it started.
-pub async fn wake(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<Vec<String>, DockerError> {
+/// before. Returns the other containers it started, with their compose services.
+pub async fn wake(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<Vec<(String, String)>, DockerError> {
     let name = container_name(spec);
-    let others: Vec<String> = demo_set(docker, host_id, spec).await?.into_iter().filter(|n| *n != name).collect();
-    for other in &others {
+    let others: Vec<(String, String)> = demo_set(docker, host_id, spec)
+        .await?
+        .into_iter()
+        .filter(|(n, _)| *n != name)
+        .map(|(n, service)| (n, service.unwrap_or_default()))
+        .collect();
+    for (other, _) in &others {
         docker.start_container(other, None).await.or_else(already_started)?;
     }
     match docker.start_container(&name, None).await.or_else(already_started) {
@@ -426,19 +431,28 @@ pub async fn wake(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<Vec
     }
 }
 
-/// The names of the containers that serve `spec`'s generation on this host: its own, and
-/// a compose demo's kept ones.
-async fn demo_set(docker: &Docker, host_id: &str, spec: &DemoSpec) -> Result<Vec<String>, DockerError> {
-    let filter = vec![format!("{}={}", labels::ID, spec.id), format!("{}={host_id}", labels::HOST)];
+/// The labels that filter what is the demo's on this host.
+fn of_demo(demo: impl std::fmt::Display, host_id: &str) -> Vec<String> {
+    vec![format!("{}={demo}", labels::ID), format!("{}={host_id}", labels::HOST)]
+}
+
+/// The containers that serve `spec`'s generation on this host (its own, and a compose
+/// demo's kept ones): their names, and their compose services.
+async fn demo_set(
+    docker: &Docker,
+    host_id: &str,
+    spec: &DemoSpec,
+) -> Result<Vec<(String, Option<String>)>, DockerError> {
     let generation = spec.generation.to_string();
-    Ok(containers_of(docker, filter)
+    Ok(containers_of(docker, of_demo(spec.id, host_id))
         .await?
         .into_iter()
-        .filter(|c| {
-            let labels = c.labels.clone().unwrap_or_default();
-            labels.get(labels::GENERATION) == Some(&generation) || labels.get(labels::KEPT).is_some_and(|k| k == "true")
+        .filter_map(|c| {
+            let labels = c.labels.unwrap_or_default();
+            let serves = labels.get(labels::GENERATION) == Some(&generation) || labels::is_kept(&labels);
+            let name = c.names?.first()?.trim_start_matches('/').to_string();
+            serves.then(|| (name, labels.get(labels::SERVICE).cloned()))
         })
-        .filter_map(|c| Some(c.names?.first()?.trim_start_matches('/').to_string()))
         .collect())
 }
 
@@ -450,7 +464,7 @@ pub(crate) async fn ensure_network(
     host_id: &str,
     spec: &DemoSpec,
 ) -> Result<String, DockerError> {
-    create_network(docker, config, host_id, spec, None).await
+    create_network(docker, config, host_id, spec, false).await
 }
 
 /// A compose demo generation's own network, `demofleet-<name>-g<generation>` (or
@@ -463,27 +477,25 @@ pub(crate) async fn ensure_generation_network(
     host_id: &str,
     spec: &DemoSpec,
 ) -> Result<String, DockerError> {
-    create_network(docker, config, host_id, spec, Some(spec.generation)).await
+    create_network(docker, config, host_id, spec, true).await
 }
 
-/// The demo's network, or its `generation`'s, made unless it exists.
+/// The demo's network, or (`of_generation`) its generation's, made unless it exists.
 async fn create_network(
     docker: &Docker,
     config: &Config,
     host_id: &str,
     spec: &DemoSpec,
-    generation: Option<i64>,
+    of_generation: bool,
 ) -> Result<String, DockerError> {
-    let name = match generation {
-        Some(generation) => format!("{}-g{generation}", network_name(spec)),
-        None => network_name(spec),
+    let mut labels = labels::owned_by(spec, host_id);
+    let name = if of_generation {
+        format!("{}-g{}", network_name(spec), spec.generation)
+    } else {
+        // The demo's network outlives its generations; only theirs carry one.
+        labels.remove(labels::GENERATION);
+        network_name(spec)
     };
-    let mut labels = HashMap::from([
-        (labels::DEMO.to_string(), "true".to_string()),
-        (labels::ID.to_string(), spec.id.to_string()),
-        (labels::HOST.to_string(), host_id.to_string()),
-    ]);
-    labels.extend(generation.map(|g| (labels::GENERATION.to_string(), g.to_string())));
     if docker.inspect_network(&name, None).await.is_ok() {
         return Ok(name);
     }
@@ -651,11 +663,11 @@ async fn remove_generations(
     keep: Option<i64>,
     keep_data: bool,
 ) -> Result<(), DockerError> {
-    let filter = vec![format!("{}={}", labels::ID, spec.id), format!("{}={host_id}", labels::HOST)];
+    let filter = of_demo(spec.id, host_id);
     let spared = |generation: i64| Some(generation) == keep || generation > spec.generation;
     let kept = |labels: Option<&HashMap<String, String>>| {
         let generation = labels.and_then(|l| l.get(labels::GENERATION)).and_then(|g| g.parse::<i64>().ok());
-        let kept_data = labels.and_then(|l| l.get(labels::KEPT)).is_some_and(|k| k == "true");
+        let kept_data = labels.is_some_and(labels::is_kept);
         generation.is_some_and(spared) || (keep.is_some() && keep_data && kept_data)
     };
     for container in containers_of(docker, filter.clone()).await? {
@@ -702,8 +714,7 @@ pub(crate) async fn generation_networks_of(
     host_id: &str,
     spec: &DemoSpec,
 ) -> Result<Vec<String>, DockerError> {
-    let filter = vec![format!("{}={}", labels::ID, spec.id), format!("{}={host_id}", labels::HOST)];
-    Ok(generation_networks(docker, filter).await?.into_iter().filter_map(|n| n.name).collect())
+    Ok(generation_networks(docker, of_demo(spec.id, host_id)).await?.into_iter().filter_map(|n| n.name).collect())
 }
 
 /// The demo's generation networks (labelled with a generation) of this host.
@@ -792,7 +803,7 @@ pub async fn inventory(docker: &Docker, host_id: &str) -> Result<Vec<InventoryIt
                 container_id: c.id?,
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
             };
-            Some((item, labels.get(labels::KEPT).is_some_and(|k| k == "true")))
+            Some((item, labels::is_kept(&labels)))
         })
         .collect();
     let mut newest: HashMap<uuid::Uuid, i64> = HashMap::new();
@@ -810,6 +821,7 @@ pub async fn inventory(docker: &Docker, host_id: &str) -> Result<Vec<InventoryIt
 
 /// Remove the containers `ids` that are demo containers of this host; any other id is
 /// left alone. Returns how many were removed.
+///
 /// A demo left with no container here loses its volumes and generation networks too: it
 /// has moved or gone.
 pub async fn remove_orphans(docker: &Docker, host_id: &str, ids: &[String]) -> Result<usize, DockerError> {
@@ -824,7 +836,7 @@ pub async fn remove_orphans(docker: &Docker, host_id: &str, ids: &[String]) -> R
     let left: Vec<String> =
         demo_containers(docker, host_id).await?.into_iter().filter_map(|c| c.labels?.remove(labels::ID)).collect();
     for demo in demos.iter().filter(|d| !left.contains(d)) {
-        let filter = vec![format!("{}={demo}", labels::ID), format!("{}={host_id}", labels::HOST)];
+        let filter = of_demo(demo, host_id);
         for volume in volumes_of(docker, filter.clone()).await? {
             remove_volume(docker, &volume.name).await?;
         }

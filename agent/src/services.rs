@@ -175,14 +175,9 @@ async fn ensure_volume(
     if volume_exists(docker, name).await? {
         return Ok(());
     }
-    let mut labels = HashMap::from([
-        (labels::DEMO.to_string(), "true".to_string()),
-        (labels::ID.to_string(), spec.id.to_string()),
-        (labels::HOST.to_string(), host_id.to_string()),
-        (labels::GENERATION.to_string(), spec.generation.to_string()),
-    ]);
+    let mut labels = labels::owned_by(spec, host_id);
     if compose.keep_data {
-        labels.insert(labels::KEPT.to_string(), "true".to_string());
+        labels::mark_kept(&mut labels);
     }
     let request = bollard::models::VolumeCreateRequest {
         name: Some(name.to_string()),
@@ -286,7 +281,7 @@ impl Launch<'_> {
         let labels = body.labels.get_or_insert_with(HashMap::new);
         labels.insert(labels::CONFIG.to_string(), digest.clone());
         if kept {
-            labels.insert(labels::KEPT.to_string(), "true".to_string());
+            labels::mark_kept(labels);
         }
         match self.docker().inspect_container(&name, None).await {
             Ok(existing) => {

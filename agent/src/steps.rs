@@ -116,8 +116,7 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
             ctx.log(spec, step.as_str(), "a visit woke the demo");
             let since = i32::try_from(now.as_secs()).unwrap_or(0);
             ctx.follow_container(spec, since);
-            for container in others {
-                let service = container.rsplit("--").next().unwrap_or_default().to_string();
+            for (container, service) in others {
                 ctx.follow_service(spec, container, &service, since);
             }
         }

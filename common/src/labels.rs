@@ -26,14 +26,13 @@ pub const CONFIG: &str = "run.demo.config";
 /// Every label a demo's container carries. `port` is the port inside the container.
 pub fn demo_labels(spec: &DemoSpec, host_id: &str, port: u16) -> HashMap<String, String> {
     let name = &spec.name;
-    let mut labels = generation_labels(spec);
+    let mut labels = owned_by(spec, host_id);
     for (key, value) in [
         (URL, spec.hostname.clone()),
         (URL_FULL, spec.url.clone()),
         (GITHUB_USER, spec.owner.clone()),
         (GITHUB_REPO, spec.repo.clone()),
         (GITHUB_PR, spec.pr.to_string()),
-        (HOST, host_id.to_string()),
         (SHA, spec.sha.clone()),
     ] {
         labels.insert(key.to_string(), value);
@@ -58,13 +57,25 @@ pub fn unrouted(mut labels: HashMap<String, String>) -> HashMap<String, String> 
     labels
 }
 
-/// The labels that identify a demo's generation.
-fn generation_labels(spec: &DemoSpec) -> HashMap<String, String> {
+/// The labels that say whose a demo's container, volume or network is: the demo's, its
+/// generation's, this host's.
+pub fn owned_by(spec: &DemoSpec, host_id: &str) -> HashMap<String, String> {
     HashMap::from([
         (DEMO.to_string(), "true".to_string()),
         (ID.to_string(), spec.id.to_string()),
         (GENERATION.to_string(), spec.generation.to_string()),
+        (HOST.to_string(), host_id.to_string()),
     ])
+}
+
+/// Mark a compose demo's data service container or volume as outliving its generation.
+pub fn mark_kept(labels: &mut HashMap<String, String>) {
+    labels.insert(KEPT.to_string(), "true".to_string());
+}
+
+/// Whether `labels` mark what outlives its generation ([`mark_kept`]).
+pub fn is_kept(labels: &HashMap<String, String>) -> bool {
+    labels.get(KEPT).is_some_and(|k| k == "true")
 }
 
 #[cfg(test)]
