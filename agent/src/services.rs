@@ -219,26 +219,11 @@ impl Launch<'_> {
             let mut pause = Duration::from_millis(20);
             loop {
                 let state = self.docker().inspect_container(&name, None).await?.state.unwrap_or_default();
-                let running = state.running.unwrap_or(false);
-                let met = match condition {
-                    Condition::Started => running,
-                    // A service without a healthcheck counts as healthy once it runs.
-                    Condition::Healthy => match state.health.and_then(|h| h.status) {
-                        Some(HealthStatusEnum::HEALTHY) => true,
-                        Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY) | None => running,
-                        _ => false,
-                    },
-                    Condition::CompletedSuccessfully => {
-                        let exited = !running && state.finished_at.as_deref().is_some_and(|f| !f.starts_with("0001"));
-                        match (exited, state.exit_code) {
-                            (true, Some(0)) => true,
-                            (true, Some(code)) => {
-                                return Err(self
-                                    .failed(&name, &format!("service {dependency} exited with {code}"))
-                                    .await)
-                            }
-                            _ => false,
-                        }
+                let met = match condition_met(*condition, &state) {
+                    Ok(met) => met,
+                    Err(code) => {
+                        let what = format!("service {dependency} exited with {code}");
+                        return Err(self.failed(&name, &what).await);
                     }
                 };
                 if met {
@@ -482,6 +467,29 @@ impl Launch<'_> {
     }
 }
 
+/// Whether a container in `state` meets `condition`; `Err(code)`: it exited with `code`
+/// where it had to complete successfully.
+fn condition_met(condition: Condition, state: &bollard::models::ContainerState) -> Result<bool, i64> {
+    let running = state.running.unwrap_or(false);
+    Ok(match condition {
+        Condition::Started => running,
+        // A service without a healthcheck counts as healthy once it runs.
+        Condition::Healthy => match state.health.as_ref().and_then(|h| h.status) {
+            Some(HealthStatusEnum::HEALTHY) => true,
+            Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY) | None => running,
+            _ => false,
+        },
+        Condition::CompletedSuccessfully => {
+            let exited = !running && state.finished_at.as_deref().is_some_and(|f| !f.starts_with("0001"));
+            match (exited, state.exit_code) {
+                (true, Some(0)) => true,
+                (true, Some(code)) => return Err(code),
+                _ => false,
+            }
+        }
+    })
+}
+
 /// A digest of what a container runs (labels aside; the image as `source` says, when given),
 /// the same for the same settings whatever the order of its maps and environment.
 fn digest(body: &ContainerCreateBody, source: Option<String>) -> String {
@@ -588,6 +596,31 @@ mod tests {
             target: None,
         };
         (dir, build)
+    }
+
+    #[test]
+    fn dependency_conditions_read_the_container_state() {
+        use bollard::models::{ContainerState, Health};
+        let running = ContainerState { running: Some(true), ..Default::default() };
+        let health = |status| ContainerState {
+            health: Some(Health { status: Some(status), ..Default::default() }),
+            ..running.clone()
+        };
+        let exited = |code| ContainerState {
+            running: Some(false),
+            exit_code: Some(code),
+            finished_at: Some("2026-12-04T23:00:00Z".into()),
+            ..Default::default()
+        };
+        assert_eq!(condition_met(Condition::Started, &running), Ok(true));
+        assert_eq!(condition_met(Condition::Healthy, &running), Ok(true), "no healthcheck: running is enough");
+        assert_eq!(condition_met(Condition::Healthy, &health(HealthStatusEnum::STARTING)), Ok(false));
+        assert_eq!(condition_met(Condition::Healthy, &health(HealthStatusEnum::HEALTHY)), Ok(true));
+        assert_eq!(condition_met(Condition::CompletedSuccessfully, &running), Ok(false));
+        assert_eq!(condition_met(Condition::CompletedSuccessfully, &exited(0)), Ok(true));
+        assert_eq!(condition_met(Condition::CompletedSuccessfully, &exited(3)), Err(3));
+        let never_started = ContainerState { finished_at: Some("0001-01-01T00:00:00Z".into()), ..exited(0) };
+        assert_eq!(condition_met(Condition::CompletedSuccessfully, &never_started), Ok(false));
     }
 
     #[tokio::test]
