@@ -87,6 +87,11 @@ pub fn clone_url(raw: &str, local_root: Option<&Path>) -> Result<(), Refused> {
     };
     match url.scheme() {
         "https" | "http" => {
+            // Written out as `scheme://host…`: the URL parser also reads `https:host/…`,
+            // which git would not take the same way.
+            if !raw.starts_with(&format!("{}://", url.scheme())) {
+                return bad(format!("{raw:?} must start with {}://", url.scheme()));
+            }
             if url.host_str().is_none_or(|h| h.is_empty() || h.starts_with('-')) {
                 return bad(format!("{raw:?} names no host"));
             }
@@ -190,6 +195,7 @@ mod tests {
             ("url", Box::new(|s| s.url = "https://site-owner-pr-1.demos.example@evil.example".into())),
             ("clone_url", Box::new(|s| s.clone_url = "--upload-pack=touch /tmp/x".into())),
             ("clone_url", Box::new(|s| s.clone_url = "ext::sh -c touch% /tmp/x".into())),
+            ("clone_url", Box::new(|s| s.clone_url = "https:5/gith5b.com/owner/site.git".into())),
             ("clone_url", Box::new(|s| s.clone_url = "ext::sh".into())),
             ("clone_url", Box::new(|s| s.clone_url = "fd::3".into())),
             ("clone_url", Box::new(|s| s.clone_url = "ssh://-oProxyCommand=x/r".into())),
