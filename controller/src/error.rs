@@ -1,7 +1,7 @@
 //! The controller's HTTP error: bad input gets a specific 4xx and a message saying what is
 //! wrong; internal errors are logged with their cause and the client learns only that.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -94,6 +94,13 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::debug!(%status, message = %self, "request refused"),
         }
-        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        let unread = matches!(self, ApiError::PayloadTooLarge(_) | ApiError::LengthRequired(_));
+        let mut response = (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response();
+        if unread {
+            // The body was refused unread: the connection closes after this answer and says
+            // so, or a client would send its next request on it and find it gone.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }

@@ -171,8 +171,9 @@ impl Writer {
 /// Record `event` alone, trying once more after a unique violation: the other writer may
 /// have been creating the same demo at the same moment (its insert's `on conflict` covers
 /// `(owner, repo, pr)`, not the name index a concurrent insert of the same demo trips
-/// first), and the second try finds the demo it made. A name another repository holds fails
-/// both tries.
+/// first), or recording the same delivery (a redelivery that came while the first was being
+/// recorded), and the second try finds the demo it made or the delivery it recorded. A name
+/// another repository holds fails both tries.
 async fn record_alone(db: &PgPool, event: &Event) -> sqlx::Result<Recorded> {
     match record_once(db, event).await {
         Err(err) if is_unique_violation(&err) => {

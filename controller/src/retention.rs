@@ -61,7 +61,7 @@ pub async fn prune(db: &PgPool, retention: Duration, batch: i64) -> sqlx::Result
         "with old as (
              select w.delivery_id, w.event, w.outcome from webhook_deliveries w
              where w.received_at < now() - make_interval(secs => $1)
-               and not exists (select 1 from chains c where c.delivery_id = w.delivery_id)
+               and not exists (select 1 from chains c where c.id = w.chain_id)
              order by w.received_at
              limit $2
              for update of w skip locked
@@ -83,8 +83,7 @@ pub async fn prune(db: &PgPool, retention: Duration, batch: i64) -> sqlx::Result
     let log_lines = sqlx::query(
         "delete from demo_logs where id in (
              select l.id from demos d join demo_logs l on l.demo_id = d.id
-             where d.state = 'stopped' and d.desired <> 'running'
-               and d.updated_at < now() - make_interval(secs => $1)
+             where d.stopped_at < now() - make_interval(secs => $1) and d.desired <> 'running'
              limit $2)",
     )
     .bind(seconds)

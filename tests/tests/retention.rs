@@ -158,6 +158,13 @@ async fn chain(db: &sqlx::PgPool, demo: Uuid, status: &str, age: &str, delivery:
     .execute(db)
     .await
     .unwrap();
+    // The delivery names the chain it started, as the intake records it.
+    sqlx::query("update webhook_deliveries set chain_id = $1 where delivery_id = $2")
+        .bind(id)
+        .bind(delivery)
+        .execute(db)
+        .await
+        .unwrap();
     sqlx::query("insert into chain_steps (chain_id, position, name, status) values ($1, 2, 'build', 'failed')")
         .bind(id)
         .execute(db)

@@ -6,9 +6,11 @@
 //! - [`RouteTable`]: the routed and sleeping demos, reloaded from Postgres, with the time
 //!   of each one's last request; reloads asked for at once share one.
 //! - [`proxy`]: the hyper server that forwards requests.
+//! - [`pool`]: the connections to demos kept open between requests.
 //! - [`pages`]: the 404, 502 and "waking up" pages.
 
 pub mod pages;
+pub mod pool;
 pub mod proxy;
 
 use std::collections::HashMap;
@@ -25,8 +27,8 @@ use crate::db::demos;
 /// Where a request for a demo goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// To its container at `address:port`.
-    Up(String),
+    /// To its container at `address:port` (shared: each request takes a copy).
+    Up(Arc<str>),
     /// Nowhere yet: the demo sleeps (or is waking up); the request wakes it.
     Asleep(Uuid),
 }
@@ -137,7 +139,7 @@ impl RouteTable {
 /// Where a listed demo's requests go.
 fn target(route: &demos::Route) -> Target {
     match route.host_port.filter(|_| route.routed) {
-        Some(port) => Target::Up(format!("{}:{port}", route.address)),
+        Some(port) => Target::Up(format!("{}:{port}", route.address).into()),
         None => Target::Asleep(route.id),
     }
 }

@@ -1,4 +1,5 @@
-//! Forwarding: hyper server in, hyper-util client out, bodies streamed both ways.
+//! Forwarding: hyper server in, hyper client out over the [`Pool`]'s connections, bodies
+//! streamed both ways.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -7,17 +8,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::pool::{Pool, Unanswered};
 use super::{pages, RouteTable, Target};
 use crate::auth::{gate, Auth};
 use crate::listener::{self, Limits};
@@ -25,9 +26,6 @@ use crate::urls::DemoUrls;
 
 /// Every response body the edge sends.
 pub type EdgeBody = BoxBody<Bytes, hyper::Error>;
-
-/// What the edge sends a demo: the visitor's body, or nothing when it asks again.
-type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
 /// How long a demo may take to start answering a request.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -47,7 +45,7 @@ pub struct Edge {
     routes: RouteTable,
     urls: Arc<DemoUrls>,
     auth: Arc<Auth>,
-    client: Client<HttpConnector, UpstreamBody>,
+    pool: Arc<Pool>,
     /// Sleeping demos that a request asked for.
     wake: tokio::sync::mpsc::UnboundedSender<uuid::Uuid>,
     limits: Limits,
@@ -61,14 +59,10 @@ impl Edge {
         wake: tokio::sync::mpsc::UnboundedSender<uuid::Uuid>,
         limits: Limits,
     ) -> Edge {
-        // Small requests and answers go out at once, not after Nagle's delay.
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
         // A visitor's connection and the one to its demo: two descriptors each, and some
         // for everything else.
         listener::raise_open_files_limit(2 * limits.max_connections as u64 + 1024);
-        Edge { routes, urls, auth, client, wake, limits }
+        Edge { routes, urls, auth, pool: Arc::default(), wake, limits }
     }
 
     /// Accept connections on `listener` until `stop`, within the edge's [`Limits`].
@@ -116,10 +110,11 @@ impl Edge {
                 return page(pages::waking_up());
             }
         };
-        let Some(uri) = upstream_uri(&upstream, req.uri().path_and_query()) else {
-            return page(pages::bad_gateway());
-        };
-        *req.uri_mut() = uri;
+        // Sent as origin-form (`/path?query`), whatever form the visitor used.
+        if req.uri().scheme().is_some() {
+            let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(path);
+        }
         // A protocol upgrade (WebSocket) keeps its Upgrade and Connection headers and, once
         // the demo agrees, becomes a byte pipe between the two connections.
         let upgrade = upgrade_protocol(req.headers());
@@ -130,31 +125,45 @@ impl Edge {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
         }
+        if !headers.contains_key(header::HOST) {
+            if let Ok(value) = HeaderValue::from_str(&host) {
+                headers.insert(header::HOST, value);
+            }
+        }
         let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prior) => format!("{prior}, {}", peer.ip()),
             None => peer.ip().to_string(),
         };
-        for (name, value) in
-            [("x-forwarded-for", forwarded_for.as_str()), ("x-forwarded-proto", "http"), ("x-forwarded-host", &host)]
-        {
-            if let Ok(value) = HeaderValue::from_str(value) {
-                headers.insert(HeaderName::from_static(name), value);
-            }
+        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+        }
+        headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+        // The Host header as the visitor sent it (it is there now, from the visitor or above).
+        if let Some(value) = headers.get(header::HOST).cloned() {
+            headers.insert(HeaderName::from_static("x-forwarded-host"), value);
         }
         // A request without a body that only reads can be sent again, unchanged.
         let replay = (upgrade.is_none() && is_safe(req.method()) && req.body().is_end_stream())
-            .then(|| (req.method().clone(), req.uri().path_and_query().cloned(), req.headers().clone()));
-        let mut sent = tokio::time::timeout(UPSTREAM_TIMEOUT, self.client.request(req.map(Either::Left))).await;
-        // The route moved while the request was on its way (an update switched to the new
-        // generation and the old one is being removed): ask the new one.
-        if let (Ok(Err(err)), Some((method, path, headers))) = (&sent, replay) {
-            if let Some(Target::Up(now)) = self.routes.target(name).filter(|t| *t != Target::Up(upstream.clone())) {
-                tracing::debug!(from = %upstream, to = %now, error = %err, "the demo moved; asking its new address");
-                if let Some(uri) = upstream_uri(&now, path.as_ref()) {
-                    let mut again = Request::new(Either::Right(Empty::new()));
-                    (*again.method_mut(), *again.uri_mut(), *again.headers_mut()) = (method, uri, headers);
-                    sent = tokio::time::timeout(UPSTREAM_TIMEOUT, self.client.request(again)).await;
-                }
+            .then(|| (req.method().clone(), req.uri().clone(), req.headers().clone()));
+        let upgrading = upgrade.is_some();
+        let sending = self.pool.send(&upstream, req.map(Either::Left), upgrading);
+        let mut sent = tokio::time::timeout(UPSTREAM_TIMEOUT, sending).await;
+        // Sent and not answered. A request that can be sent again is, on a new connection:
+        // when it went over a kept one (the demo may have closed it as the request left), or
+        // when the route moved while it was on its way (an update switched to the new
+        // generation and the old one is being removed), to the new address.
+        if let (Ok(Err(unanswered)), Some((method, uri, headers))) = (&sent, replay) {
+            let moved = match self.routes.target(name) {
+                Some(Target::Up(now)) if now != upstream => Some(now),
+                _ => None,
+            };
+            if moved.is_some() || unanswered.reused {
+                let to = moved.unwrap_or_else(|| upstream.clone());
+                tracing::debug!(from = %upstream, %to, error = %unanswered.error, "asking the demo again");
+                let mut again = Request::new(Either::Right(Empty::new()));
+                (*again.method_mut(), *again.uri_mut(), *again.headers_mut()) = (method, uri, headers);
+                let resent = tokio::time::timeout(UPSTREAM_TIMEOUT, self.pool.send_new(&to, again, false)).await;
+                sent = resent.map(|answer| answer.map_err(|error| Unanswered { error, reused: false }));
             }
         }
         match sent {
@@ -169,8 +178,8 @@ impl Edge {
                 strip_hop_by_hop(response.headers_mut());
                 response.map(|body| body.boxed())
             }
-            Ok(Err(err)) => {
-                tracing::debug!(%upstream, error = %err, "demo did not answer");
+            Ok(Err(unanswered)) => {
+                tracing::debug!(%upstream, error = %unanswered.error, "demo did not answer");
                 page(pages::bad_gateway())
             }
             Err(_) => page(pages::bad_gateway()),
@@ -181,12 +190,6 @@ impl Edge {
 /// One of the edge's own pages, as the edge sends it.
 fn page(page: Response<Bytes>) -> Response<EdgeBody> {
     page.map(|html| Full::new(html).map_err(|never| match never {}).boxed())
-}
-
-/// The address of `path` (`/` when absent) on the demo at `upstream` (`address:port`).
-fn upstream_uri(upstream: &str, path: Option<&http::uri::PathAndQuery>) -> Option<Uri> {
-    let path = path.map_or("/", |p| p.as_str());
-    format!("http://{upstream}{path}").parse().ok()
 }
 
 /// Methods that only read (RFC 9110 §9.2.1): asking again changes nothing.

@@ -151,9 +151,9 @@ from h_demo d";
 
 /// The deliveries that caused chains, each with the event it carried (as the intake keeps it).
 const INSERT_CHAIN_DELIVERIES: &str = "
-insert into webhook_deliveries (delivery_id, event, action, received_at, outcome, demo_id, item)
+insert into webhook_deliveries (delivery_id, event, action, received_at, outcome, demo_id, chain_id, item)
 select c.delivery_id, 'pull_request', c.action, c.created_at - interval '40 ms',
-       case c.kind when 'teardown' then 'teardown_queued' else 'deploy_queued' end, c.demo_id,
+       case c.kind when 'teardown' then 'teardown_queued' else 'deploy_queued' end, c.demo_id, c.id,
        jsonb_build_object('kind', c.kind, 'delivery', c.delivery_id, 'event', 'pull_request', 'action', c.action,
                           'owner', d.owner, 'repo', d.repo, 'pr', d.n, 'name', d.repo || '-' || d.owner || '-pr-' || d.n,
                           'sha', md5(d.n || '-' || c.generation) || left(md5(d.n::text), 8),
