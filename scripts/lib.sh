@@ -90,18 +90,6 @@ start_postgres() {
         version=$(ls /usr/lib/postgresql | sort -n | tail -1); cluster=main
         pg_createcluster "$version" "$cluster" >/dev/null
     fi
-    # demofleet's settings, as the ansible controller role installs them; a change applies
-    # at the next start, a restart here when the cluster runs.
-    local settings=$ROOT/ansible/roles/controller/files/postgresql-demofleet.conf
-    local installed=/etc/postgresql/$version/$cluster/conf.d/demofleet.conf
-    if ! cmp -s "$settings" "$installed"; then
-        mkdir -p "$(dirname "$installed")"
-        cp "$settings" "$installed"
-        if pg_lsclusters -h | awk -v c="$cluster" '$2==c {print $4}' | grep -q online; then
-            log "restarting PostgreSQL $version/$cluster for demofleet's settings"
-            pg_ctlcluster "$version" "$cluster" restart
-        fi
-    fi
     if ! pg_lsclusters -h | awk -v c="$cluster" '$2==c {print $4}' | grep -q online; then
         log "starting PostgreSQL $version/$cluster"
         pg_ctlcluster "$version" "$cluster" start

@@ -170,7 +170,9 @@ impl Body for Returning {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let frame = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(None) = frame {
+        // The server stops reading at the end it was told of (a Content-Length), so the end
+        // is the last frame as often as it is the `None` after it.
+        if matches!(frame, Poll::Ready(None)) || self.body.is_end_stream() {
             self.give_back();
         }
         frame
@@ -182,5 +184,85 @@ impl Body for Returning {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A demo on loopback answering `hello` (with a Content-Length), or an empty body at
+    /// `/empty`, counting the connections it accepted.
+    async fn demo() -> (Arc<str>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address: Arc<str> = listener.local_addr().unwrap().to_string().into();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let answer = service_fn(|req: Request<Incoming>| async move {
+                        let body = if req.uri().path() == "/empty" { Bytes::new() } else { Bytes::from("hello") };
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(body)))
+                    });
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), answer).await;
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    fn get(address: &str, path: &str) -> Request<UpstreamBody> {
+        Request::get(path).header("host", address).body(Either::Right(Empty::new())).unwrap()
+    }
+
+    /// Read an answer as the edge's server does: frames until the body says it has ended,
+    /// not on to the `None` after the end. The bytes read.
+    async fn read_as_the_server_does(response: Response<Returning>) -> usize {
+        let mut body = response.into_body();
+        let mut read = 0;
+        while !body.is_end_stream() {
+            match body.frame().await {
+                Some(frame) => read += frame.unwrap().into_data().map_or(0, |data| data.len()),
+                None => break,
+            }
+        }
+        read
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_its_end_is_used_again() {
+        let (address, accepted) = demo().await;
+        let pool = Arc::new(Pool::default());
+        for path in ["/", "/empty", "/", "/empty", "/"] {
+            let response = pool.send(&address, get(&address, path), false).await.ok().expect("an answer");
+            assert_eq!(read_as_the_server_does(response).await, if path == "/" { 5 } else { 0 });
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "five requests in turn took more than one connection");
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_answer_is_left_unread_or_upgraded_is_not_used_again() {
+        let (address, accepted) = demo().await;
+        let pool = Arc::new(Pool::default());
+        let unread = pool.send(&address, get(&address, "/"), false).await.ok().expect("an answer");
+        let upgraded = pool.send(&address, get(&address, "/empty"), true).await.ok().expect("an answer");
+        let read = pool.send(&address, get(&address, "/"), false).await.ok().expect("an answer");
+        read_as_the_server_does(read).await;
+        drop((unread, upgraded));
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        // Only the one read to its end is there for the next request.
+        let again = pool.send(&address, get(&address, "/"), false).await.ok().expect("an answer");
+        read_as_the_server_does(again).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 }
