@@ -6,15 +6,17 @@
 //! round trip and one commit for the whole batch. The handler answers 202 once that commit
 //! is done, so a 202 still means durable. New chains are created `waiting`; the
 //! [`Starter`] then advances them outside the request, newest generation of each demo
-//! only, and the periodic tick starts any that a crash left waiting.
+//! only and at most once per [`START_INTERVAL`], and the periodic tick starts any that a
+//! crash left waiting.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -193,33 +195,38 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+/// A demo's chains start at most once per this long. A burst of events for one pull request
+/// (pushes in quick succession) starts its first chain at once, then only the newest of
+/// those that came within the interval, when it ends: each older one would have been
+/// superseded as soon as it began.
+pub const START_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Starts the chains the intake created: for each demo only its newest, since an older one
-/// is superseded already.
+/// is superseded already, and no sooner than [`START_INTERVAL`] after its last start.
+/// Chains not started yet stay `waiting`, so the tick starts them if this task does not.
 pub struct Starter {
     chains: mpsc::UnboundedReceiver<(Uuid, Uuid)>,
 }
 
 impl Starter {
     pub async fn run(mut self, scheduler: Scheduler, stop: CancellationToken) {
-        let mut newest: Vec<(Uuid, Uuid)> = Vec::new();
+        let mut throttle = Throttle::default();
         loop {
-            let first = tokio::select! {
-                started = self.chains.recv() => match started {
-                    Some(started) => started,
+            let wake = throttle.next_start();
+            let received = tokio::select! {
+                received = self.chains.recv() => match received {
+                    Some(received) => Some(received),
                     None => return,
                 },
+                () = until(wake) => None,
                 () = stop.cancelled() => return,
             };
-            newest.clear();
-            newest.push(first);
-            while let Ok((demo, chain)) = self.chains.try_recv() {
-                match newest.iter_mut().find(|(d, _)| *d == demo) {
-                    Some(entry) => entry.1 = chain,
-                    None => newest.push((demo, chain)),
-                }
+            let now = Instant::now();
+            for (demo, chain) in received.into_iter().chain(std::iter::from_fn(|| self.chains.try_recv().ok())) {
+                throttle.offer(demo, chain, now);
             }
-            for (_, chain) in &newest {
-                if let Err(err) = scheduler.start(*chain).await {
+            for chain in throttle.due(now) {
+                if let Err(err) = scheduler.start(chain).await {
                     tracing::warn!(%chain, error = %err, "starting a chain failed; the tick retries");
                 }
             }
@@ -227,15 +234,83 @@ impl Starter {
     }
 }
 
+/// Wait until `at`, or for ever.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Which chains to start when: each demo's newest, at most once per [`START_INTERVAL`].
+#[derive(Default)]
+struct Throttle {
+    /// Demo → when its last chain started.
+    started: HashMap<Uuid, Instant>,
+    /// Demo → its newest chain not started yet, and when it may start.
+    waiting: HashMap<Uuid, (Instant, Uuid)>,
+}
+
+impl Throttle {
+    /// `chain`, demo `demo`'s newest, came at `now`.
+    fn offer(&mut self, demo: Uuid, chain: Uuid, now: Instant) {
+        let at = self.started.get(&demo).map_or(now, |last| (*last + START_INTERVAL).max(now));
+        self.waiting.insert(demo, (at, chain));
+    }
+
+    /// When the next waiting chain may start.
+    fn next_start(&self) -> Option<Instant> {
+        self.waiting.values().map(|(at, _)| *at).min()
+    }
+
+    /// The chains to start at `now`, noted as started.
+    fn due(&mut self, now: Instant) -> Vec<Uuid> {
+        let demos: Vec<Uuid> = self.waiting.iter().filter(|(_, (at, _))| *at <= now).map(|(demo, _)| *demo).collect();
+        let chains = demos
+            .into_iter()
+            .filter_map(|demo| {
+                self.started.insert(demo, now);
+                self.waiting.remove(&demo).map(|(_, chain)| chain)
+            })
+            .collect();
+        // A start longer ago than the interval holds nothing back.
+        self.started.retain(|_, last| now.duration_since(*last) < START_INTERVAL);
+        chains
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn pending(delivery: &str) -> Pending {
         let (answer, _) = oneshot::channel();
         Pending { event: Event::record(delivery, "ping", None, "ping", None), answer }
+    }
+
+    #[test]
+    fn a_demo_starts_its_first_chain_at_once_and_then_its_newest_once_per_interval() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let chains: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        let t0 = Instant::now();
+        let mut throttle = Throttle::default();
+        throttle.offer(a, chains[0], t0);
+        assert_eq!(throttle.due(t0), [chains[0]], "the first chain starts at once");
+        // Two more for demo a within the interval: only the newer, at the interval's end.
+        let soon = t0 + START_INTERVAL / 5;
+        throttle.offer(a, chains[1], soon);
+        throttle.offer(a, chains[2], soon);
+        // Demo b is held back by nothing.
+        throttle.offer(b, chains[3], soon);
+        assert_eq!(throttle.due(soon), [chains[3]]);
+        assert_eq!(throttle.next_start(), Some(t0 + START_INTERVAL));
+        assert_eq!(throttle.due(t0 + START_INTERVAL - Duration::from_millis(1)), Vec::<Uuid>::new());
+        assert_eq!(throttle.due(t0 + START_INTERVAL), [chains[2]]);
+        assert_eq!(throttle.next_start(), None);
+        // Long after its last start, a demo's chain starts at once again.
+        let later = t0 + 10 * START_INTERVAL;
+        throttle.offer(a, chains[4], later);
+        assert_eq!(throttle.due(later), [chains[4]]);
     }
 
     #[tokio::test]
