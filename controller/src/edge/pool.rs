@@ -114,7 +114,7 @@ impl Pool {
         let mut idle = self.idle.lock().expect("pool lock");
         let senders = idle.by_address.get_mut(upstream)?;
         while let Some((since, sender)) = senders.pop() {
-            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+            if usable(since, &sender) {
                 return Some(sender);
             }
         }
@@ -129,7 +129,7 @@ impl Pool {
         if idle.by_address.len() > idle.sweep_at {
             // Demos come and go: forget the addresses whose connections all closed or expired.
             idle.by_address.retain(|_, senders| {
-                senders.retain(|(since, sender)| !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+                senders.retain(|(since, sender)| usable(*since, sender));
                 !senders.is_empty()
             });
             idle.sweep_at = 2 * idle.by_address.len().max(64);
@@ -139,6 +139,11 @@ impl Pool {
             senders.push((Instant::now(), sender));
         }
     }
+}
+
+/// Whether an idle connection, kept since `since`, may still serve a request.
+fn usable(since: Instant, sender: &Sender) -> bool {
+    !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT
 }
 
 /// A demo's answer body that gives its connection back to the pool once read to its end.
