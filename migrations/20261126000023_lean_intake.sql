@@ -15,8 +15,8 @@ alter table demos set (fillfactor = 80);
 
 -- 2. A chain named its delivery through a foreign key with its own index: each new chain
 --    wrote that index and locked its delivery row. The delivery names its chain instead,
---    written with its outcome (below); retention keeps a delivery while its chain lives by
---    the chain's primary key.
+--    written with its outcome (below; a teardown's, rare, just after its outcome); retention
+--    keeps a delivery while its chain lives by the chain's primary key.
 alter table webhook_deliveries add column chain_id uuid;
 update webhook_deliveries w set chain_id = c.id from chains c where c.delivery_id = w.delivery_id;
 alter table chains drop constraint chains_delivery_id_fkey;
@@ -36,6 +36,7 @@ declare
     v_item    jsonb;
     v_n       bigint;
     v_e       demofleet_event;
+    v_answer  jsonb;
 begin
     -- Every event, and whether it is new: redeliveries change nothing. Deploys: each demo's
     -- new generation, unless it already applied a newer event (the conflicting row is locked
@@ -111,76 +112,17 @@ begin
             -- snapshot that sees a demo another batch created meanwhile.
             v_answers := v_answers || jsonb_build_array(demofleet_intake_stale(v_e));
         elsif v_e.kind in ('teardown', 'draft') then
-            v_answers := v_answers || jsonb_build_array(demofleet_intake_teardown(v_item));
+            v_answer := demofleet_intake_teardown(v_item);
+            -- demofleet_intake_teardown (migration 0003) records the outcome; the chain it
+            -- made is noted here.
+            if v_answer ? 'chain' then
+                update webhook_deliveries set chain_id = (v_answer->>'chain')::uuid where delivery_id = v_e.delivery;
+            end if;
+            v_answers := v_answers || jsonb_build_array(v_answer);
         else
             raise exception 'demofleet_intake: unknown kind %', v_e.kind;
         end if;
     end loop;
     return v_answers;
-end
-$$;
-
--- demofleet_intake_teardown as in 20261126000003_intake.sql, also noting the delivery's chain.
-create or replace function demofleet_intake_teardown(item jsonb) returns jsonb
-language plpgsql as $$
-declare
-    v_delivery text := item->>'delivery';
-    v_event_at timestamptz := (item->>'event_at')::timestamptz;
-    d          demos;
-    v_chain    uuid;
-begin
-    if item->>'kind' = 'draft' then
-        if coalesce((select draft_policy from repo_settings
-                     where owner = item->>'owner' and repo = item->>'repo'), 'keep') = 'keep' then
-            update webhook_deliveries set outcome = 'ignored', detail = 'draft policy: keep running'
-            where delivery_id = v_delivery;
-            return jsonb_build_object('outcome', 'ignored', 'detail', 'draft policy: keep running');
-        end if;
-    end if;
-
-    select * into d from demos
-    where owner = item->>'owner' and repo = item->>'repo' and pr = (item->>'pr')::bigint for update;
-    if not found then
-        -- Closed before any other event arrived: remember it stopped, so those events,
-        -- being older, change nothing when they come.
-        insert into demos (id, owner, repo, pr, name, desired, state, generation, sha, clone_url,
-                           github_user, event_at)
-        values (gen_random_uuid(), item->>'owner', item->>'repo', (item->>'pr')::bigint, item->>'name',
-                'stopped', 'stopped', 1, item->>'sha', item->>'clone_url', item->>'github_user', v_event_at)
-        on conflict (owner, repo, pr) do nothing;
-        if found then
-            update webhook_deliveries set outcome = 'ignored', detail = 'no demo for this pull request'
-            where delivery_id = v_delivery;
-            return jsonb_build_object('outcome', 'ignored', 'detail', 'no demo for this pull request');
-        end if;
-        -- Another event created the demo meanwhile: tear that down (or find this one stale).
-        select * into d from demos
-        where owner = item->>'owner' and repo = item->>'repo' and pr = (item->>'pr')::bigint for update;
-    end if;
-    if d.event_at is not null and v_event_at is not null and v_event_at < d.event_at then
-        d := null;
-    else
-        update demos set desired = 'stopped', state = 'stopping', generation = generation + 1, error = null,
-                         event_at = greatest(demos.event_at, v_event_at), updated_at = now()
-        where id = d.id
-        returning * into d;
-    end if;
-
-    if d.id is null then
-        return demofleet_intake_stale(jsonb_populate_record(null::demofleet_event, item));
-    end if;
-
-    update chains set status = 'superseded', finished_at = now()
-    where demo_id = d.id and status in ('waiting', 'running', 'awaiting_approval');
-    v_chain := gen_random_uuid();
-    insert into chains (id, demo_id, generation, kind, status, delivery_id)
-    values (v_chain, d.id, d.generation, 'teardown', 'waiting', v_delivery);
-    insert into audit_events (actor, action, demo_id, detail)
-    values (item->>'actor', 'stop', d.id,
-            jsonb_build_object('generation', d.generation, 'sha', d.sha, 'delivery', v_delivery));
-    update webhook_deliveries set outcome = 'teardown_queued', demo_id = d.id, chain_id = v_chain
-    where delivery_id = v_delivery;
-    return jsonb_build_object('outcome', 'teardown_queued', 'chain', v_chain,
-                              'demo', jsonb_build_object('id', d.id, 'name', d.name, 'generation', d.generation));
 end
 $$;
