@@ -96,8 +96,19 @@ async fn pull_request_demo_lives_and_dies_with_the_pull_request() {
 
     // closed: container, image and clone go; the hostname becomes a clear 404.
     let closed = fixtures::pull_request("pull_request.closed.json", &repo, &sha);
-    let (_, response) = stack.deliver("pull_request", &closed).await;
+    let (closing, response) = stack.deliver("pull_request", &closed).await;
     assert_eq!(response.status(), 202);
+    // Each delivery names the chain it started (retention keeps it while that chain lives).
+    for (delivery, kind) in [(&delivery, "deploy"), (&closing, "teardown")] {
+        let named: Option<String> = sqlx::query_scalar(
+            "select c.kind from webhook_deliveries w join chains c on c.id = w.chain_id where w.delivery_id = $1",
+        )
+        .bind(delivery)
+        .fetch_optional(&stack.db)
+        .await
+        .unwrap();
+        assert_eq!(named.as_deref(), Some(kind), "delivery {delivery} names no {kind} chain");
+    }
     let demo = stack.wait_for_state(&name, "stopped", DEPLOY_DEADLINE).await;
     assert_eq!(demo["generation"], 2);
     assert!(demo_containers(&docker, &demo_id).await.is_empty(), "container removed");
