@@ -13,15 +13,51 @@ fail() { echo "BENCH FAILED: $*" >&2; exit 1; }
 
 # intake_load LABEL PORT PHASE SECONDS [intake-load flags…]: signed synchronize deliveries to
 # 127.0.0.1:PORT for SECONDS over $INTAKE_CONNECTIONS connections; the summary line goes to
-# the log and to $BENCH_DIR/PHASE.txt, the 10 s windows to $BENCH_DIR/PHASE.jsonl.
+# the log and to $BENCH_DIR/PHASE.txt, the 10 s windows to $BENCH_DIR/PHASE.jsonl, the
+# machine's CPU by command just before and after to $BENCH_DIR/PHASE-cpu-{before,after}.json.
 intake_load() {
     local label=$1 port=$2 phase=$3 seconds=$4
     shift 4
+    cpu_by_command "$BENCH_DIR/$phase-cpu-before.json"
     "$CARGO_TARGET_DIR/release/intake-load" --url "http://127.0.0.1:$port/webhook/github" --secret "$SECRET" \
         --payload "$INTAKE_PAYLOAD" --prs "$INTAKE_PRS" --connections "$INTAKE_CONNECTIONS" \
         --duration "${seconds}s" --delivery-prefix "$RUN_ID-$phase" --label "$label" \
         --windows-out "$BENCH_DIR/$phase.jsonl" "$@" >"$BENCH_DIR/$phase.txt"
+    cpu_by_command "$BENCH_DIR/$phase-cpu-after.json"
     cat "$BENCH_DIR/$phase.txt"
+}
+
+# cpu_by_command FILE: the CPU ticks (utime + stime) each command name on the machine has
+# used so far, as JSON into FILE. A process that ends between two snapshots is not counted.
+cpu_by_command() {
+    python3 - "$1" <<'PY'
+import collections, glob, json, sys
+ticks = collections.Counter()
+for path in glob.glob("/proc/[0-9]*/stat"):
+    try:
+        text = open(path).read()
+    except OSError:
+        continue
+    command, fields = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+    ticks[command] += int(fields[11]) + int(fields[12])
+json.dump(ticks, open(sys.argv[1], "w"))
+PY
+}
+
+# cpu_split TARGET PHASE: where the machine's CPU went during PHASE's load, per delivery
+# answered 2xx: in all, and for the five commands that used most, as a BENCH line.
+cpu_split() {
+    python3 - "$BENCH_DIR" "$1" "$2" "$(summary_field "$2" ok)" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+bench, target, phase, answered, hz = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+before, after = (json.load(open(f"{bench}/{phase}-cpu-{when}.json")) for when in ("before", "after"))
+used = {command: ticks - before.get(command, 0) for command, ticks in after.items()}
+total = sum(ticks for ticks in used.values() if ticks > 0)
+per = lambda ticks: ticks / hz / max(answered, 1) * 1e6
+top = sorted(used.items(), key=lambda item: -item[1])[:5]
+print(f"BENCH sustained cpu target={target} us_per_delivery={per(total):.0f} " + " ".join(
+    f"{command.replace(' ', '_')}={per(ticks):.0f}us({100 * ticks / max(total, 1):.0f}%)" for command, ticks in top))
+PY
 }
 
 # summary_field PHASE NAME: NAME=… of PHASE's summary line.

@@ -71,12 +71,14 @@ start_demoservice $((SUSTAINED_PORT + 5)) $SUSTAINED_DS_VHOST "$BENCH_DIR/sustai
 log "sustained: demoservice for ${SUSTAINED_SECONDS}s"
 checked_demoservice_load $((SUSTAINED_PORT + 5)) $SUSTAINED_DS_VHOST sustained-warmup-demoservice 5 >/dev/null
 checked_demoservice_load $((SUSTAINED_PORT + 5)) $SUSTAINED_DS_VHOST sustained-demoservice "$SUSTAINED_SECONDS"
+cpu_split demoservice sustained-demoservice
 echo "BENCH sustained demoservice tasks still queued: $(demoservice_queued $SUSTAINED_DS_VHOST)"
 stop_demoservice
 
 log "sustained: demofleet for ${SUSTAINED_SECONDS}s against the history, $SUSTAINED_HOSTS simulated agents"
 checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-warmup-demofleet 5 >/dev/null
 checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-demofleet "$SUSTAINED_SECONDS"
+cpu_split demofleet sustained-demofleet
 sustained_backlog after
 echo "BENCH sustained controller_rss_mb=$(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$SUSTAINED_CONTROLLER/status")"
 python3 - "$BENCH_DIR" "$SUSTAINED_SECONDS" <<'PY'
