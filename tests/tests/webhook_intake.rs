@@ -203,3 +203,55 @@ async fn many_events_of_one_pull_request_at_once_are_all_answered() {
     assert_eq!(demo["sha"], format!("{:040x}", 30), "the newest event decides: {demo}");
     stack.stop().await;
 }
+
+/// The intake keeps each pull request's newest title, and an event that repeats the title
+/// leaves its row alone: no new version, not even a lock (`xmax` stays 0). In a transaction
+/// of the test's own, so the controller's tick sees none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_title_is_written_only_when_it_changes() {
+    let stack = Stack::start(StackOptions { agents: 0, ..Default::default() }).await;
+    let repo = format!("title-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let mut tx = stack.db.begin().await.unwrap();
+    let mut stored = Vec::new();
+    for (n, title) in [(1, "First"), (2, "First"), (3, "Second")] {
+        deploy(&mut tx, &repo, n, title).await;
+        let row: (String, String) = sqlx::query_as("select title, xmax::text from pull_request_titles where repo = $1")
+            .bind(&repo)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        stored.push(row);
+    }
+    assert_eq!(stored[0], ("First".to_string(), "0".to_string()));
+    assert_eq!(stored[1], ("First".to_string(), "0".to_string()), "the same title again: the row untouched");
+    assert_eq!(stored[2].0, "Second", "a new title is written");
+    tx.rollback().await.unwrap();
+    stack.stop().await;
+}
+
+/// Record deploy event `n` of pull request 1 of `repo` (delivery `<repo>-<n>`, generation
+/// `n`), carrying `title`, as the intake records a batch.
+async fn deploy(db: &mut sqlx::PgConnection, repo: &str, n: i64, title: &str) {
+    use demofleet_controller::db::demos::DeployRequest;
+    use demofleet_controller::db::events::{record, Event, Kind};
+
+    let request = DeployRequest {
+        owner: "fixture-owner".into(),
+        repo: repo.into(),
+        pr: 1,
+        name: format!("{repo}-fixture-owner-pr-1"),
+        sha: format!("{n:040x}"),
+        clone_url: format!("https://github.com/fixture-owner/{repo}.git"),
+        github_user: "octocat".into(),
+        pushed_by: None,
+        title: Some(title.into()),
+    };
+    let event = Event::pull_request(Kind::Deploy, request, "github:octocat", None).delivered(
+        &format!("{repo}-{n}"),
+        "pull_request",
+        "synchronize",
+    );
+    let answer = record(db, &[event]).await.unwrap().pop().unwrap().unwrap();
+    assert_eq!(answer.outcome, "deploy_queued", "event {n}: {answer:?}");
+    assert_eq!(answer.demo.as_ref().map(|d| d.generation), Some(n), "event {n}: {answer:?}");
+}
