@@ -185,8 +185,10 @@ async fn serve_echo(sockets: Arc<(AtomicUsize, AtomicUsize)>) -> u16 {
 async fn a_client_sending_headers_a_byte_a_second_is_cut_after_the_header_timeout() {
     let abuse = Abuse::start(&["--edge-header-timeout", "2s"]).await;
     let header = format!("GET / HTTP/1.1\r\nHost: {COUNTER}.localhost\r\nX-Slow: the-end-never-comes\r\n\r\n");
-    let mut slow = TcpStream::connect(abuse.stack.edge_addr).await.unwrap();
+    // The clock starts before the connection: the edge's timer may start as it accepts,
+    // before `connect` returns here.
     let began = Instant::now();
+    let mut slow = TcpStream::connect(abuse.stack.edge_addr).await.unwrap();
     let mut sent = 0;
     let mut reply = Vec::new();
     // A byte a second; the edge must close the connection long before the last one.
