@@ -113,14 +113,20 @@ pub struct Recorded {
 pub async fn record(db: impl PgExecutor<'_>, events: &[Event]) -> sqlx::Result<Vec<sqlx::Result<Recorded>>> {
     let answers: sqlx::types::Json<Vec<serde_json::Value>> = sqlx::query_scalar(
         // With the events, in the same statement: the newest title each pull request's
-        // events carry, written only when it changed.
-        "with titles as (
-                 insert into pull_request_titles (owner, repo, pr, title)
+        // events carry, written only when it changed. An unchanged title is left out before
+        // the insert: `on conflict do update` locks the row it finds even when its `where`
+        // then declines the update, and that lock is a write of its own.
+        "with newest as (
                  select distinct on (e->>'owner', e->>'repo', (e->>'pr')::int8)
-                        e->>'owner', e->>'repo', (e->>'pr')::int8, e->>'title'
+                        e->>'owner' as owner, e->>'repo' as repo, (e->>'pr')::int8 as pr, e->>'title' as title
                  from jsonb_array_elements($1) with ordinality as events(e, i)
                  where e->>'title' is not null and e->>'owner' is not null and e->>'pr' is not null
                  order by e->>'owner', e->>'repo', (e->>'pr')::int8, i desc
+             ), titles as (
+                 insert into pull_request_titles (owner, repo, pr, title)
+                 select n.owner, n.repo, n.pr, n.title from newest n
+                 where not exists (select 1 from pull_request_titles t
+                                   where (t.owner, t.repo, t.pr, t.title) = (n.owner, n.repo, n.pr, n.title))
                  on conflict (owner, repo, pr) do update set title = excluded.title
                      where pull_request_titles.title is distinct from excluded.title
              )
