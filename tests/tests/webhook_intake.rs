@@ -229,24 +229,88 @@ async fn a_title_is_written_only_when_it_changes() {
     stack.stop().await;
 }
 
-/// Record deploy event `n` of pull request 1 of `repo` (delivery `<repo>-<n>`, generation
-/// `n`), carrying `title`, as the intake records a batch.
-async fn deploy(db: &mut sqlx::PgConnection, repo: &str, n: i64, title: &str) {
-    use demofleet_controller::db::demos::DeployRequest;
+/// One batch holding an event of every kind gets its answers in its order, and each
+/// delivery its outcome: the answers the intake's statement builds itself (a recorded-only
+/// delivery, a duplicate, an applied deploy) and those the function gives one at a time (a
+/// stale deploy, a teardown) side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_every_kind_is_answered_in_its_order() {
     use demofleet_controller::db::events::{record, Event, Kind};
 
-    let request = DeployRequest {
+    let stack = Stack::start(StackOptions { agents: 0, ..Default::default() }).await;
+    let repo = format!("mixed-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let delivery = |n: u32| format!("{repo}-{n}");
+    let at =
+        |s: i64| Some(time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000) + time::Duration::seconds(s));
+    let event = |kind: Kind, pr: i64, n: u32, seconds: i64| {
+        Event::pull_request(kind, request(&repo, pr, n.into(), "A title"), "github:octocat", at(seconds))
+    };
+    let mut tx = stack.db.begin().await.unwrap();
+    let first = [
+        event(Kind::Deploy, 1, 1, 10).delivered(&delivery(1), "pull_request", "synchronize"),
+        event(Kind::Deploy, 2, 2, 10).delivered(&delivery(2), "pull_request", "opened"),
+    ];
+    let answers = record(&mut *tx, &first).await.unwrap();
+    assert!(answers.iter().all(|a| a.as_ref().unwrap().outcome == "deploy_queued"), "{answers:?}");
+    let batch = [
+        Event::record(&delivery(3), "ping", None, "ping", None),
+        event(Kind::Deploy, 1, 4, 5).delivered(&delivery(4), "pull_request", "synchronize"),
+        event(Kind::Deploy, 1, 1, 10).delivered(&delivery(1), "pull_request", "synchronize"),
+        event(Kind::Teardown, 2, 5, 20).delivered(&delivery(5), "pull_request", "closed"),
+        event(Kind::Deploy, 3, 6, 10).delivered(&delivery(6), "pull_request", "opened"),
+    ];
+    let answers: Vec<_> = record(&mut *tx, &batch).await.unwrap().into_iter().map(Result::unwrap).collect();
+    let outcomes: Vec<&str> = answers.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["ping", "stale", "duplicate", "teardown_queued", "deploy_queued"], "{answers:?}");
+    let demo = |i: usize| answers[i].demo.as_ref().map(|d| (d.name.clone(), d.generation));
+    let name = |pr: i64| format!("{repo}-fixture-owner-pr-{pr}");
+    assert_eq!((demo(1), demo(3), demo(4)), (Some((name(1), 1)), Some((name(2), 2)), Some((name(3), 1))));
+    assert!(answers[3].chain.is_some() && answers[4].chain.is_some(), "{answers:?}");
+    let kept: Vec<(String, String, bool)> = sqlx::query_as(
+        "select delivery_id, outcome, chain_id is not null from webhook_deliveries where delivery_id like $1 || '-%'
+         order by delivery_id",
+    )
+    .bind(&repo)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let kept: Vec<(&str, &str, bool)> = kept.iter().map(|(d, o, c)| (&d[repo.len() + 1..], o.as_str(), *c)).collect();
+    assert_eq!(
+        kept,
+        [
+            ("1", "deploy_queued", true),
+            ("2", "deploy_queued", true),
+            ("3", "ping", false),
+            ("4", "stale", false),
+            ("5", "teardown_queued", true),
+            ("6", "deploy_queued", true)
+        ]
+    );
+    tx.rollback().await.unwrap();
+    stack.stop().await;
+}
+
+/// A deploy request for pull request `pr` of `repo` at commit `n`, carrying `title`.
+fn request(repo: &str, pr: i64, n: i64, title: &str) -> demofleet_controller::db::demos::DeployRequest {
+    demofleet_controller::db::demos::DeployRequest {
         owner: "fixture-owner".into(),
         repo: repo.into(),
-        pr: 1,
-        name: format!("{repo}-fixture-owner-pr-1"),
+        pr,
+        name: format!("{repo}-fixture-owner-pr-{pr}"),
         sha: format!("{n:040x}"),
         clone_url: format!("https://github.com/fixture-owner/{repo}.git"),
         github_user: "octocat".into(),
         pushed_by: None,
         title: Some(title.into()),
-    };
-    let event = Event::pull_request(Kind::Deploy, request, "github:octocat", None).delivered(
+    }
+}
+
+/// Record deploy event `n` of pull request 1 of `repo` (delivery `<repo>-<n>`, generation
+/// `n`), carrying `title`, as the intake records a batch.
+async fn deploy(db: &mut sqlx::PgConnection, repo: &str, n: i64, title: &str) {
+    use demofleet_controller::db::events::{record, Event, Kind};
+
+    let event = Event::pull_request(Kind::Deploy, request(repo, 1, n, title), "github:octocat", None).delivered(
         &format!("{repo}-{n}"),
         "pull_request",
         "synchronize",
