@@ -150,9 +150,9 @@ async fn admitted(keeper: &Keeper, batch: &mut Vec<Heard>) -> sqlx::Result<Vec<N
         entry.1 += heard.lines.len();
     }
     for ((host, demo), (reason, n)) in refused {
-        keeper.refusals.count_by("log", reason, n as u64);
         let detail = serde_json::json!({ "host": host, "demo": demo, "lines": n });
         keeper.refusals.note(&keeper.db, "log", reason, &host, detail).await;
+        keeper.refusals.count_by("log", reason, n as u64);
     }
     Ok(kept)
 }

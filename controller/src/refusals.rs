@@ -44,7 +44,8 @@ impl Refusals {
     /// Refuse one `what` (`heartbeat`, `message`, `log`) from `source` (a host id, a broker
     /// user, a subject) for `reason`: counted; the first time `source` is refused for
     /// `reason` in this process, also logged as a warning and audited as `<what>_refused`
-    /// (actor `channel`) with `detail`; later ones only logged at debug.
+    /// (actor `channel`) with `detail`; later ones only logged at debug. The count comes
+    /// after the audit row, so a refusal seen in `/metrics` is audited already.
     pub async fn refuse(
         &self,
         db: &sqlx::PgPool,
@@ -53,12 +54,12 @@ impl Refusals {
         source: &str,
         detail: serde_json::Value,
     ) {
-        self.count(what, reason);
         self.note(db, what, reason, source, detail).await;
+        self.count(what, reason);
     }
 
     /// What [`Refusals::refuse`] does but count: the warning and the audit row the first
-    /// time `source` is refused for `reason`, for refusals counted already.
+    /// time `source` is refused for `reason`. The caller counts after it.
     pub async fn note(
         &self,
         db: &sqlx::PgPool,
