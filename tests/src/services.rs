@@ -115,7 +115,30 @@ impl TestDb {
     pub async fn drop_db(self) {
         let mut admin = PgConnection::connect(&self.admin_url).await.unwrap();
         let sql = format!("drop database if exists {} with (force)", self.name);
-        admin.execute(sql.as_str()).await.unwrap();
+        let Err(err) = admin.execute(sql.as_str()).await else { return };
+        // `with (force)` refuses when a process of no role of ours is in the database (an
+        // autovacuum worker), before it ends any. Then end our own sessions; a plain drop
+        // asks autovacuum to stop and waits for it.
+        let refused = err.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "42501");
+        assert!(refused, "dropping {}: {err}", self.name);
+        for _ in 0..10 {
+            sqlx::query(
+                "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and usename = current_user",
+            )
+            .bind(&self.name)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+            match admin.execute(format!("drop database if exists {}", self.name).as_str()).await {
+                Ok(_) => return,
+                // 55006: still in use (a session ended a moment late).
+                Err(err) if err.as_database_error().and_then(|e| e.code()).is_some_and(|c| c == "55006") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await
+                }
+                Err(err) => panic!("dropping {}: {err}", self.name),
+            }
+        }
+        panic!("{} is still in use", self.name);
     }
 }
 
