@@ -119,8 +119,7 @@ impl TestDb {
         // `with (force)` refuses when a process of no role of ours is in the database (an
         // autovacuum worker), before it ends any. Then end our own sessions; a plain drop
         // asks autovacuum to stop and waits for it.
-        let refused = err.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "42501");
-        assert!(refused, "dropping {}: {err}", self.name);
+        assert!(is_sqlstate(&err, "42501"), "dropping {}: {err}", self.name);
         for _ in 0..10 {
             sqlx::query(
                 "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and usename = current_user",
@@ -131,8 +130,8 @@ impl TestDb {
             .unwrap();
             match admin.execute(format!("drop database if exists {}", self.name).as_str()).await {
                 Ok(_) => return,
-                // 55006: still in use (a session ended a moment late).
-                Err(err) if err.as_database_error().and_then(|e| e.code()).is_some_and(|c| c == "55006") => {
+                // Still in use: a session ended a moment late.
+                Err(err) if is_sqlstate(&err, "55006") => {
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await
                 }
                 Err(err) => panic!("dropping {}: {err}", self.name),
@@ -140,6 +139,11 @@ impl TestDb {
         }
         panic!("{} is still in use", self.name);
     }
+}
+
+/// Whether `err` is a database's error of SQLSTATE `code`.
+fn is_sqlstate(err: &sqlx::Error, code: &str) -> bool {
+    err.as_database_error().and_then(|e| e.code()).is_some_and(|c| c == code)
 }
 
 /// A RabbitMQ vhost of this test's own, made through the management API.
