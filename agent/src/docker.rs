@@ -200,27 +200,40 @@ pub async fn build(
         .build();
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
     let mut tail: Vec<String> = Vec::new();
+    let mut lines = Lines::default();
+    // Docker sends the build's output in chunks, several lines or part of one each.
+    let mut kept = |line: &str| {
+        let line = line.trim_end();
+        if line.is_empty() {
+            return;
+        }
+        log(line);
+        tail.push(line.to_string());
+        if tail.len() > 10 {
+            tail.remove(0);
+        }
+    };
+    // Ok(Some(message)): Docker said the build failed; Err: the stream broke.
     let built = tokio::time::timeout(limits.timeout, async {
         while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| DockerError::Build(format!("{e}; last output: {}", tail.join(" | "))))?;
-            if let Some(detail) = info.error_detail {
-                return Err(DockerError::Build(detail.message.unwrap_or_default()));
+            let info = item?;
+            if let Some(chunk) = info.stream.as_deref() {
+                lines.push(chunk, &mut kept);
             }
-            if let Some(line) = info.stream.as_deref().map(str::trim_end).filter(|l| !l.is_empty()) {
-                log(line);
-                tail.push(line.to_string());
-                if tail.len() > 10 {
-                    tail.remove(0);
-                }
+            if let Some(detail) = info.error_detail {
+                return Ok(Some(detail.message.unwrap_or_default()));
             }
         }
-        Ok(())
+        Ok::<_, bollard::errors::Error>(None)
     })
     .await;
+    lines.finish(&mut kept);
     // Dropping the stream on timeout closes the request, and Docker stops the build.
     drop(stream);
     match built {
-        Ok(result) => result?,
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(message))) => return Err(DockerError::Build(message)),
+        Ok(Err(err)) => return Err(DockerError::Build(format!("{err}; last output: {}", tail.join(" | ")))),
         Err(_) => {
             return Err(DockerError::Refused(format!(
                 "the build took longer than {:?} (DEMOFLEET_BUILD_TIMEOUT) and was stopped",
@@ -596,16 +609,37 @@ pub(crate) fn host_port_of(inspected: &bollard::models::ContainerInspectResponse
 pub async fn follow_logs(docker: &Docker, container: &str, since: i32, mut on_line: impl FnMut(&str)) {
     let options = LogsOptionsBuilder::default().stdout(true).stderr(true).follow(true).since(since).build();
     let mut stream = docker.logs(container, Some(options));
-    let mut pending = String::new();
+    let mut lines = Lines::default();
     while let Some(Ok(chunk)) = stream.next().await {
-        pending.push_str(&chunk.to_string());
-        while let Some(end) = pending.find('\n') {
-            on_line(pending[..end].trim_end_matches('\r'));
-            pending.drain(..=end);
-        }
+        lines.push(&chunk.to_string(), &mut on_line);
     }
-    if !pending.is_empty() {
-        on_line(&pending);
+    lines.finish(&mut on_line);
+}
+
+/// Output that comes in chunks, cut into lines: a chunk may hold several lines, or end
+/// inside one.
+#[derive(Default)]
+struct Lines {
+    pending: String,
+}
+
+impl Lines {
+    /// Take `chunk`, and give `on_line` each line it completes, without its line ending.
+    fn push(&mut self, chunk: &str, on_line: &mut impl FnMut(&str)) {
+        self.pending.push_str(chunk);
+        let mut start = 0;
+        while let Some(end) = self.pending[start..].find('\n') {
+            on_line(self.pending[start..start + end].trim_end_matches('\r'));
+            start += end + 1;
+        }
+        self.pending.drain(..start);
+    }
+
+    /// The output ended: its last line, if no line ending followed it.
+    fn finish(self, on_line: &mut impl FnMut(&str)) {
+        if !self.pending.is_empty() {
+            on_line(self.pending.trim_end_matches('\r'));
+        }
     }
 }
 
@@ -858,6 +892,19 @@ async fn demo_containers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_in_chunks_is_cut_into_lines() {
+        let mut seen = Vec::new();
+        let mut lines = Lines::default();
+        let mut on_line = |line: &str| seen.push(line.to_string());
+        // Several lines in one chunk, a line across two, an empty one, a Windows ending.
+        for chunk in ["one\ntwo\nthr", "ee\n", "\nfour\r\n", "", "fi", "ve"] {
+            lines.push(chunk, &mut on_line);
+        }
+        lines.finish(&mut on_line);
+        assert_eq!(seen, ["one", "two", "three", "", "four", "five"]);
+    }
 
     #[test]
     fn demo_bridges_are_named_for_the_firewall() {

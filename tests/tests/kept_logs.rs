@@ -24,12 +24,24 @@ async fn events(mut response: reqwest::Response, until: &str, wait: Duration) ->
     }
     let mut parsed = Vec::new();
     for block in received.split("\n\n") {
-        let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).map(str::to_string);
-        if let (Some(id), Some(data)) = (field("id: "), field("data: ")) {
-            parsed.push((id, data));
+        let id = block.lines().find_map(|l| l.strip_prefix("id: "));
+        // An event's data lines are one value, joined by newlines.
+        let data: Vec<&str> = block.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+        if let (Some(id), false) = (id, data.is_empty()) {
+            parsed.push((id.to_string(), data.join("\n")));
         }
     }
     parsed
+}
+
+/// `lines` are the newest lines of generation `generation`'s build, each kept as a line of
+/// its own, in the order printed, the last one included.
+fn newest_in_order(lines: &[(String, String)], marker: &str, generation: u32) {
+    let first = 300 - lines.len();
+    for (i, (id, data)) in lines.iter().enumerate() {
+        let printed = format!("{marker}-g{generation}-line-{}-padding-padding-padding", first + i);
+        assert_eq!(data, &printed, "line {id} of {lines:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,6 +169,7 @@ async fn kept_logs_are_bounded_and_resume_across_a_controller_restart() {
     let bytes: usize = g1.iter().map(|(_, d)| d.len() + 1).sum();
     assert!(bytes <= KEEP_BYTES, "{bytes} bytes of build output kept: {g1:?}");
     assert!(g1.len() >= 20, "the newest lines are kept: {g1:?}");
+    newest_in_order(&g1, &marker, 1);
 
     // The controller is killed and started again: a client resuming after a line it saw gets
     // the lines after it, none lost and none repeated.
@@ -178,6 +191,7 @@ async fn kept_logs_are_bounded_and_resume_across_a_controller_restart() {
         lines.iter().any(|(_, d)| d.starts_with(&last2)) && !lines.iter().any(|(_, d)| d.contains("-g1-line-"))
     })
     .await;
+    newest_in_order(&g2, &marker, 2);
     let newest_g1: i64 = g1.last().unwrap().0.parse().unwrap();
     assert!(g2.iter().all(|(i, _)| i.parse::<i64>().unwrap() > newest_g1), "{g2:?}");
     let text = stack.get(&format!("{path}?format=text&generation=1")).await.text().await.unwrap();
