@@ -17,6 +17,7 @@
 //! - [`subnets`]: demo networks' subnets from a pool of our own.
 //! - [`legacy`]: the `./run serve` mode of the service demofleet replaces.
 //! - [`heartbeat`]: the periodic heartbeat with inventory.
+//! - [`log_lines`]: demo log lines to the controller, in order.
 //! - [`validate`]: every field of a step message checked before the agent acts on it.
 
 pub mod compose;
@@ -28,6 +29,7 @@ pub mod dockerfile;
 pub mod git;
 pub mod heartbeat;
 pub mod legacy;
+pub mod log_lines;
 pub mod services;
 pub mod steps;
 pub mod subnets;
@@ -60,6 +62,8 @@ pub struct AgentContext {
     pub docker: bollard::Docker,
     /// NATS, for heartbeats and logs.
     pub nats: async_nats::Client,
+    /// Demo log lines on their way over NATS.
+    log_lines: log_lines::LogLines,
     /// The newest generation seen per demo; older steps are dropped.
     newest: NewestGenerations,
     /// One lock per demo so its steps never overlap.
@@ -74,7 +78,7 @@ impl AgentContext {
     /// Send a line that `step` printed to the demo's log.
     pub fn log(&self, spec: &DemoSpec, step: &str, line: &str) {
         let subject = topology::log_subject(&self.config.messaging.nats_prefix, &self.host_id, &spec.id);
-        publish_log(&self.nats, subject, spec.generation, step, line);
+        self.log_lines.send(subject, spec.generation, step, line);
     }
 
     /// Relay the output of the container `spec` just launched or woke, from `since` (Unix
@@ -90,28 +94,16 @@ impl AgentContext {
     }
 
     fn follow(&self, spec: &DemoSpec, container: String, prefix: Option<String>, since: i32) {
-        let (docker, nats, generation) = (self.docker.clone(), self.nats.clone(), spec.generation);
+        let (docker, lines, generation) = (self.docker.clone(), self.log_lines.clone(), spec.generation);
         let subject = topology::log_subject(&self.config.messaging.nats_prefix, &self.host_id, &spec.id);
         tokio::spawn(async move {
             docker::follow_logs(&docker, &container, since, |line| match &prefix {
-                Some(prefix) => publish_log(&nats, subject.clone(), generation, "run", &format!("{prefix}{line}")),
-                None => publish_log(&nats, subject.clone(), generation, "run", line),
+                Some(prefix) => lines.send(subject.clone(), generation, "run", &format!("{prefix}{line}")),
+                None => lines.send(subject.clone(), generation, "run", line),
             })
             .await;
         });
     }
-}
-
-/// Publish a log line with its generation and step in headers (the controller keeps them).
-fn publish_log(nats: &async_nats::Client, subject: String, generation: i64, step: &str, line: &str) {
-    let nats = nats.clone();
-    let payload = line.to_string().into_bytes();
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(topology::LOG_GENERATION_HEADER, generation.to_string().as_str());
-    headers.insert(topology::LOG_STEP_HEADER, step);
-    tokio::spawn(async move {
-        let _ = nats.publish_with_headers(subject, headers, payload.into()).await;
-    });
 }
 
 /// A started agent and the handle that stops it.
@@ -139,6 +131,7 @@ impl Agent {
             amqp_user,
             controller_user,
             docker,
+            log_lines: log_lines::LogLines::start(nats.clone()),
             nats,
             newest: NewestGenerations::default(),
             locks: Mutex::default(),
