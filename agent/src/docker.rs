@@ -616,6 +616,10 @@ pub async fn follow_logs(docker: &Docker, container: &str, since: i32, mut on_li
     lines.finish(&mut on_line);
 }
 
+/// The longest line output is cut into; a longer one (a demo printing without newlines)
+/// comes as several, so what waits for a newline stays bounded.
+const MAX_LINE: usize = 16 * 1024;
+
 /// Output that comes in chunks, cut into lines: a chunk may hold several lines, or end
 /// inside one.
 #[derive(Default)]
@@ -628,9 +632,18 @@ impl Lines {
     fn push(&mut self, chunk: &str, on_line: &mut impl FnMut(&str)) {
         self.pending.push_str(chunk);
         let mut start = 0;
-        while let Some(end) = self.pending[start..].find('\n') {
-            on_line(self.pending[start..start + end].trim_end_matches('\r'));
-            start += end + 1;
+        loop {
+            let rest = &self.pending[start..];
+            if let Some(end) = rest.find('\n').filter(|end| *end <= MAX_LINE) {
+                on_line(rest[..end].trim_end_matches('\r'));
+                start += end + 1;
+            } else if rest.len() > MAX_LINE {
+                let cut = (0..=MAX_LINE).rev().find(|i| rest.is_char_boundary(*i)).unwrap_or(0);
+                on_line(&rest[..cut]);
+                start += cut;
+            } else {
+                break;
+            }
         }
         self.pending.drain(..start);
     }
@@ -904,6 +917,19 @@ mod tests {
         }
         lines.finish(&mut on_line);
         assert_eq!(seen, ["one", "two", "three", "", "four", "five"]);
+
+        // Output without newlines comes in lines of at most MAX_LINE bytes, cut between
+        // characters.
+        let mut seen = Vec::new();
+        let mut lines = Lines::default();
+        let long = "é".repeat(MAX_LINE);
+        for _ in 0..3 {
+            lines.push(&long, &mut |line: &str| seen.push(line.len()));
+            assert!(lines.pending.len() <= MAX_LINE, "{} bytes wait", lines.pending.len());
+        }
+        lines.push("\n", &mut |line: &str| seen.push(line.len()));
+        assert!(seen.iter().all(|n| *n <= MAX_LINE && *n > 0), "{seen:?}");
+        assert_eq!(seen.iter().sum::<usize>(), 3 * long.len());
     }
 
     #[test]
