@@ -173,13 +173,16 @@ impl Bursts {
                     demo["state"] == "running" && demo["sha"] == sha.as_str() && containers == [(generation, true)]
                 };
                 if !settled {
+                    let id = demo["id"].as_str().unwrap_or_default();
                     return Err(format!(
-                        "demo {} is {} at {} (error: {}) with containers {containers:?}; its newest event asks for {}",
+                        "demo {} is {} at {} (error: {}) with containers {containers:?}; its newest event asks for {}; \
+                         {}",
                         demo["name"],
                         demo["state"],
                         demo["sha"],
                         demo["error"],
                         if *closes { "stopped".to_string() } else { format!("running at {sha}") },
+                        history(stack, id).await,
                     ));
                 }
             }
@@ -187,6 +190,32 @@ impl Bursts {
         })
         .await;
     }
+}
+
+/// Where demo `id` is placed and its newest chains: each step's status and the hosts its
+/// attempts ran on, for a failure to tell what ran where.
+async fn history(stack: &Stack, id: &str) -> String {
+    let placed: Option<(Option<String>, Option<String>)> =
+        sqlx::query_as("select host_id, serving_host from demos where id = $1::uuid")
+            .bind(id)
+            .fetch_optional(&stack.db)
+            .await
+            .unwrap_or_default();
+    let chains: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
+        "select c.generation, c.kind, c.status,
+                string_agg(s.name || ' ' || s.status || coalesce(' (' || (
+                    select string_agg(a.attempt || ' on ' || coalesce(a.host_id, '?') || ' ' || a.outcome, ', '
+                                      order by a.attempt)
+                    from step_attempts a where a.chain_id = s.chain_id and a.position = s.position) || ')', ''),
+                    ', ' order by s.position)
+         from chains c left join chain_steps s on s.chain_id = c.id
+         where c.demo_id = $1::uuid group by c.id order by c.created_at desc limit 3",
+    )
+    .bind(id)
+    .fetch_all(&stack.db)
+    .await
+    .unwrap_or_default();
+    format!("placed (host, serving host): {placed:?}; newest chains (generation, kind, status, steps): {chains:?}")
 }
 
 /// The seed of this run's bursts, printed so that a failure can be replayed: `SEED_VAR`'s,
