@@ -14,6 +14,10 @@ pub const QUICK: Duration = Duration::from_secs(60);
 /// For `docker` commands that may load, build or remove images.
 pub const DOCKER: Duration = Duration::from_secs(300);
 
+/// For commands that may take minutes on a new machine: building the project's images from
+/// packages, applying a playbook.
+pub const SLOW: Duration = Duration::from_secs(15 * 60);
+
 /// Run `command` to its end with its standard input closed, or kill it and everything it
 /// started (its process group) once `deadline` has passed: its output, or an error that
 /// says which command ran out of time and what it had printed.

@@ -5,6 +5,7 @@
 //! edited and re-signed.
 //!
 //! # Layout
+//! - [`ansible`]: the ansible tools, and `site.yml` applied to this machine.
 //! - [`services`]: where the services are, per-test databases and vhosts.
 //! - [`cluster`]: RabbitMQ and NATS clusters of a test's own, on this machine.
 //! - [`postgres`]: a PostgreSQL server of a test's own, to restart or crash.
@@ -20,6 +21,7 @@
 //! - [`time_limit`]: a time limit for each test (every stack holds one).
 //! - [`spy`]: proof that nothing was sent to the controller's or the agents' queues.
 
+pub mod ansible;
 pub mod burst;
 pub mod cluster;
 pub mod command;

@@ -14,14 +14,15 @@
 //! through the edge.
 //!
 //! ansible-core and ansible-lint come from the virtualenv that `scripts/test` prepares
-//! (`ensure_ansible` in `scripts/lib.sh`), named by `DEMOFLEET_ANSIBLE_VENV`.
+//! ([`demofleet_tests::ansible`]).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use demofleet_tests::ansible::{recap, Ansible};
 use demofleet_tests::cluster::{RabbitCluster, RabbitOptions};
 use demofleet_tests::command;
 use demofleet_tests::fake_github::{app_key_pair, FakeGitHub};
@@ -30,99 +31,9 @@ use demofleet_tests::services::{nats_prefix, PrivateNats, Services, TestDb};
 use demofleet_tests::stack::remove_host_leftovers;
 use demofleet_tests::wait;
 use serde_json::json;
-use tempfile::TempDir;
 use uuid::Uuid;
 
-const DEFAULT_VENV: &str = "/var/tmp/demofleet-ansible-venv";
 const DEPLOY_DEADLINE: Duration = Duration::from_secs(120);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf()
-}
-
-/// The ansible tools, run from `ansible/` with their caches and temporary files in a
-/// directory of their own.
-struct Ansible {
-    bin: PathBuf,
-    dir: PathBuf,
-    temp: TempDir,
-}
-
-impl Ansible {
-    fn new() -> Self {
-        let venv = std::env::var("DEMOFLEET_ANSIBLE_VENV").unwrap_or_else(|_| DEFAULT_VENV.to_string());
-        let bin = PathBuf::from(&venv).join("bin");
-        for tool in ["ansible-playbook", "ansible-lint"] {
-            assert!(
-                bin.join(tool).is_file(),
-                "{tool} is not installed in the virtualenv {venv} (DEMOFLEET_ANSIBLE_VENV): \
-                 scripts/test installs it, or run `source scripts/lib.sh; ensure_ansible`"
-            );
-        }
-        Ansible { bin, dir: repo().join("ansible"), temp: tempfile::tempdir().unwrap() }
-    }
-
-    fn command(&self, tool: &str) -> Command {
-        let temp = self.temp.path();
-        let path = std::env::join_paths(
-            std::iter::once(self.bin.clone())
-                .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
-        )
-        .unwrap();
-        let mut command = Command::new(self.bin.join(tool));
-        command
-            .current_dir(&self.dir)
-            .env("PATH", path)
-            .env("ANSIBLE_CONFIG", self.dir.join("ansible.cfg"))
-            .env("ANSIBLE_HOME", temp.join("home"))
-            .env("ANSIBLE_LOCAL_TEMP", temp.join("local-tmp"))
-            .env("ANSIBLE_REMOTE_TEMP", temp.join("remote-tmp"))
-            .env("XDG_CACHE_HOME", temp.join("cache"))
-            .env("ANSIBLE_NOCOLOR", "1")
-            .env("NO_COLOR", "1")
-            .env_remove("ANSIBLE_FORCE_COLOR")
-            .env_remove("VIRTUAL_ENV")
-            .env_remove("DEMOFLEET_WEBHOOK_SECRET");
-        command
-    }
-
-    /// Runs the command, asserting it succeeds; its standard output.
-    fn run(&self, what: &str, command: &mut Command) -> String {
-        let Output { status, stdout, stderr } = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-        let stdout = String::from_utf8_lossy(&stdout).into_owned();
-        assert!(status.success(), "{what} failed ({status}):\n{stdout}\n{}", String::from_utf8_lossy(&stderr));
-        stdout
-    }
-
-    /// Applies `site.yml` to this machine, as the one host of the `brokers`, `controller`
-    /// and `agents` groups, with `vars`.
-    fn apply(&self, vars: &serde_json::Value) -> String {
-        let inventory = self.temp.path().join("inventory.ini");
-        let python = self.bin.join("python");
-        let host = format!(
-            "localhost ansible_connection=local ansible_become=false ansible_python_interpreter={}\n",
-            python.display()
-        );
-        std::fs::write(&inventory, format!("[brokers]\n{host}[controller]\n{host}[agents]\n{host}")).unwrap();
-        let vars_file = self.temp.path().join("vars.json");
-        std::fs::write(&vars_file, vars.to_string()).unwrap();
-        self.run(
-            "ansible-playbook site.yml",
-            self.command("ansible-playbook")
-                .arg("-i")
-                .arg(&inventory)
-                .arg("-e")
-                .arg(format!("@{}", vars_file.display()))
-                .arg("site.yml"),
-        )
-    }
-}
-
-/// The `PLAY RECAP` line of the one host.
-fn recap(output: &str) -> &str {
-    let recap = output.split("PLAY RECAP").nth(1).unwrap_or_else(|| panic!("no PLAY RECAP in:\n{output}"));
-    recap.lines().find(|l| l.starts_with("localhost")).unwrap_or_else(|| panic!("no recap for localhost:\n{output}"))
-}
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
@@ -357,9 +268,9 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
     }
     let vars = serde_json::Value::Object(vars);
 
-    let first = ansible.apply(&vars);
+    let first = ansible.apply(&["brokers", "controller", "agents"], &vars);
     assert!(recap(&first).contains("failed=0"), "{first}");
-    let second = ansible.apply(&vars);
+    let second = ansible.apply(&["brokers", "controller", "agents"], &vars);
     let line = recap(&second);
     assert!(line.contains("changed=0") && line.contains("failed=0"), "a second run changes nothing:\n{second}");
     assert!(!first.contains(&webhook_secret) && !second.contains(&webhook_secret), "no secret in the output");

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use demofleet_tests::command;
 use demofleet_tests::fake_github::app_key_pair;
 use demofleet_tests::fixtures::sign;
 use demofleet_tests::wait;
@@ -79,17 +80,9 @@ fn docker_compose(file: &Path, project: &str, vars: &BTreeMap<String, String>, e
     command
 }
 
-/// Runs `command`, asserting it succeeds; its standard output.
+/// Runs `command`, asserting it succeeds within [`command::SLOW`]; its standard output.
 fn run(what: &str, command: &mut Command) -> String {
-    let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    command::run(what, command, command::SLOW)
 }
 
 /// A YAML document as JSON, read by the YAML library docker-compose itself uses (PyYAML).
