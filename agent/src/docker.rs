@@ -241,9 +241,22 @@ pub async fn build(
             )))
         }
     }
+    // Succeeded only with its image: a build whose stream ended without it must not pass
+    // for one, or the launch after it finds nothing to run.
+    match docker.inspect_image(&tag).await {
+        Ok(_) => {}
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+            return Err(DockerError::Build(format!(
+                "the build ended without its image {tag}; last output: {}",
+                tail.join(" | ")
+            )))
+        }
+        Err(err) => return Err(err.into()),
+    }
     // A build run again (a redelivered step) leaves one image per generation and service.
     let again = |t: &str, g: i64| g == spec.generation && t != tag && service_of_tag(&spec.name, t) == service;
     for (other, _) in image_tags(docker, &spec.name).await?.into_iter().filter(|(t, g)| again(t, *g)) {
+        tracing::info!(image = %other, kept = %tag, "an earlier build's image of the same generation removed");
         remove_tag(docker, &other).await?;
     }
     Ok(tag)
@@ -731,6 +744,7 @@ async fn remove_generations(
     // a newer generation's build may tag it between the listing and the removal. Removing
     // a tag the image shares only untags it.
     for (tag, _) in image_tags(docker, &spec.name).await?.into_iter().filter(|(_, g)| !spared(*g)) {
+        tracing::info!(image = %tag, generation = spec.generation, ?keep, "a demo's image removed");
         remove_tag(docker, &tag).await?;
     }
     // Everything goes: both networks; a retire: the network the demo no longer uses, if any.

@@ -206,7 +206,8 @@ async fn history(stack: &Stack, id: &str) -> String {
                 string_agg(s.name || ' ' || s.status || coalesce(' (' || (
                     select string_agg(a.attempt || ' on ' || coalesce(a.host_id, '?') || ' ' || a.outcome, ', '
                                       order by a.attempt)
-                    from step_attempts a where a.chain_id = s.chain_id and a.position = s.position) || ')', ''),
+                    from step_attempts a where a.chain_id = s.chain_id and a.position = s.position) || ')', '')
+                    || coalesce(' image ' || (s.output->>'image'), ''),
                     ', ' order by s.position)
          from chains c left join chain_steps s on s.chain_id = c.id
          where c.demo_id = $1::uuid group by c.id order by c.created_at desc limit 3",
