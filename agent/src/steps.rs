@@ -7,7 +7,7 @@ use demofleet_common::sealed;
 use demofleet_common::secret::Secret;
 use demofleet_common::wire::{DemoEnv, DemoSpec, Step, StepOutcome, StepOutput};
 
-use crate::demo_config::{self, PlanError};
+use crate::demo_config::{self, Plan, PlanError};
 use crate::{docker, git, legacy, services, AgentContext};
 
 /// Run `step` for `spec` and say how it went.
@@ -49,18 +49,7 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
                 );
                 return Ok(output);
             }
-            // The build's steps run on the demo's own network, fenced like the demo itself
-            // (the host's firewall policy matches its bridge), not on Docker's default one.
-            let network = docker::ensure_network(&ctx.docker, &ctx.config, &ctx.host_id, spec).await?;
-            let log = |line: &str| ctx.log(spec, step.as_str(), line);
-            let image = match &plan.compose {
-                Some(compose) => services::build(ctx, spec, compose, &network, log).await?,
-                None => {
-                    let source = docker::BuildSource::of_plan(&plan);
-                    docker::build(&ctx.docker, &ctx.config.build, spec, &source, None, &network, log).await?
-                }
-            };
-            output.image = Some(image);
+            output.image = Some(build(ctx, spec, &plan, step).await?);
         }
         Step::Launch => {
             // Beside the running generation, if any: it keeps serving until this one is healthy.
@@ -69,9 +58,21 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
                 legacy::launch(ctx, spec, &dir).await?
             } else {
                 let secrets = demo_secrets(ctx, spec)?;
-                match &plan.compose {
-                    Some(compose) => services::launch(ctx, spec, &plan, compose, &secrets).await?,
-                    None => docker::launch(&ctx.docker, &ctx.config, &ctx.host_id, spec, &plan, &secrets).await?,
+                match launch(ctx, spec, &plan, &secrets).await {
+                    // Its image was removed since the build (someone pruned the host's
+                    // images): build it again rather than fail every try the same way.
+                    Err(docker::DockerError::NoImage(generation)) => {
+                        ctx.log(
+                            spec,
+                            step.as_str(),
+                            &format!("no image of generation {generation} on this host any more: building it again"),
+                        );
+                        tracing::warn!("the image built for this generation is gone; building it again");
+                        ensure_free_disk(ctx).await?;
+                        build(ctx, spec, &plan, step).await?;
+                        launch(ctx, spec, &plan, &secrets).await?
+                    }
+                    launched => launched?,
                 }
             };
             ctx.log(
@@ -123,6 +124,36 @@ async fn run_inner(ctx: &AgentContext, step: Step, spec: &DemoSpec) -> anyhow::R
         Step::Authorize | Step::Route | Step::Unroute => anyhow::bail!("{} is a controller step", step.as_str()),
     }
     Ok(output)
+}
+
+/// Build the demo's image (a compose demo's: its services' images), its output lines
+/// logged as `step`'s; the image's tag (a compose demo's: the routed service's).
+async fn build(ctx: &AgentContext, spec: &DemoSpec, plan: &Plan, step: Step) -> Result<String, docker::DockerError> {
+    // The build's steps run on the demo's own network, fenced like the demo itself
+    // (the host's firewall policy matches its bridge), not on Docker's default one.
+    let network = docker::ensure_network(&ctx.docker, &ctx.config, &ctx.host_id, spec).await?;
+    let log = |line: &str| ctx.log(spec, step.as_str(), line);
+    match &plan.compose {
+        Some(compose) => services::build(ctx, spec, compose, &network, log).await,
+        None => {
+            let source = docker::BuildSource::of_plan(plan);
+            docker::build(&ctx.docker, &ctx.config.build, spec, &source, None, &network, log).await
+        }
+    }
+}
+
+/// Run the demo's container (a compose demo's: its services') from the images built for
+/// its generation; the routed container and the port it answers on.
+async fn launch(
+    ctx: &AgentContext,
+    spec: &DemoSpec,
+    plan: &Plan,
+    secrets: &[Secret],
+) -> Result<(String, u16), docker::DockerError> {
+    match &plan.compose {
+        Some(compose) => services::launch(ctx, spec, plan, compose, secrets).await,
+        None => docker::launch(&ctx.docker, &ctx.config, &ctx.host_id, spec, plan, secrets).await,
+    }
 }
 
 /// `plan`, unless it is the legacy `./run`, which runs on this host and so only where an
