@@ -299,9 +299,20 @@ fn strip_userinfo(url: &str) -> String {
     .to_string()
 }
 
-/// A free TCP port on the loopback interface.
+/// A free TCP port on the loopback interface, never one this process was given before:
+/// a port is free only until someone binds it, and the kernel may offer a port again that
+/// an earlier call gave for a server not started yet (two RabbitMQ nodes of one cluster were
+/// given the same distribution port).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A NATS subject prefix of this test's own.

@@ -27,7 +27,7 @@ use demofleet_tests::cluster::{RabbitCluster, RabbitOptions};
 use demofleet_tests::command;
 use demofleet_tests::fake_github::{app_key_pair, FakeGitHub};
 use demofleet_tests::fixtures::{self, FixtureRepo};
-use demofleet_tests::services::{nats_prefix, PrivateNats, Services, TestDb};
+use demofleet_tests::services::{free_port, nats_prefix, PrivateNats, Services, TestDb};
 use demofleet_tests::stack::remove_host_leftovers;
 use demofleet_tests::wait;
 use serde_json::json;
@@ -124,10 +124,6 @@ impl Drop for Daemon {
         let _ = child.kill();
         let _ = child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]

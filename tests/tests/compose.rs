@@ -16,6 +16,7 @@ use std::time::Duration;
 use demofleet_tests::command;
 use demofleet_tests::fake_github::app_key_pair;
 use demofleet_tests::fixtures::sign;
+use demofleet_tests::services::free_port;
 use demofleet_tests::wait;
 use serde_json::Value;
 
@@ -376,11 +377,6 @@ fn compose_files_are_valid_and_hold_no_secret() {
         let feeds: BTreeSet<&str> = feeds.iter().copied().collect();
         assert_eq!(fed, feeds, "question {name} must feed exactly its own setting");
     }
-}
-
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn random_hex(bytes: usize) -> String {
