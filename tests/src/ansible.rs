@@ -12,11 +12,6 @@ use crate::command;
 
 const DEFAULT_VENV: &str = "/var/tmp/demofleet-ansible-venv";
 
-/// The workspace's root.
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf()
-}
-
 pub struct Ansible {
     bin: PathBuf,
     dir: PathBuf,
@@ -35,7 +30,7 @@ impl Ansible {
                  scripts/test installs it, or run `source scripts/lib.sh; ensure_ansible`"
             );
         }
-        Ansible { bin, dir: repo().join("ansible"), temp: tempfile::tempdir().unwrap() }
+        Ansible { bin, dir: crate::workspace_root().join("ansible"), temp: tempfile::tempdir().unwrap() }
     }
 
     /// `tool` of the virtualenv, run in `ansible/` with nothing of this process's

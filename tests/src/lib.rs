@@ -54,6 +54,11 @@ pub fn http_client() -> reqwest::ClientBuilder {
     reqwest::Client::builder().timeout(REQUEST_DEADLINE).connect_timeout(Duration::from_secs(10))
 }
 
+/// The workspace's root: the project's checkout.
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf()
+}
+
 /// Log to the test's output when `DEMOFLEET_LOG` is set.
 pub fn init_tracing() {
     if let Ok(filter) = std::env::var("DEMOFLEET_LOG") {

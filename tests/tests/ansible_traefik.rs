@@ -10,11 +10,12 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use demofleet_tests::ansible::{recap, repo, Ansible};
+use demofleet_tests::ansible::{recap, Ansible};
+use demofleet_tests::workspace_root;
 use serde_json::json;
 
 fn example() -> toml::Table {
-    let path = repo().join("dist/traefik/traefik.toml");
+    let path = workspace_root().join("dist/traefik/traefik.toml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     toml::from_str(&text).expect("the example is valid TOML")
 }
@@ -79,7 +80,7 @@ fn the_role_defaults_render_the_example_configuration() {
     let _time_limit = demofleet_tests::time_limit::start();
     let ansible = Ansible::new();
     let rendered = ansible.temp().join("traefik.toml");
-    let defaults = repo().join("ansible/roles/traefik/defaults/main.yml");
+    let defaults = workspace_root().join("ansible/roles/traefik/defaults/main.yml");
     ansible.run(
         "the template with the role's defaults",
         ansible

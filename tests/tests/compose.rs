@@ -18,15 +18,12 @@ use demofleet_tests::fake_github::app_key_pair;
 use demofleet_tests::fixtures::sign;
 use demofleet_tests::services::free_port;
 use demofleet_tests::wait;
+use demofleet_tests::workspace_root;
 use serde_json::Value;
 
 const READY_DEADLINE: Duration = Duration::from_secs(240);
 /// The tag of the controller image the test builds, apart from an operator's `local`.
 const IMAGE_TAG: &str = "test";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf()
-}
 
 /// Every compose file in the repository (`docker-compose*.yml`), outside hidden folders and
 /// build output.
@@ -45,17 +42,17 @@ fn compose_files() -> Vec<PathBuf> {
         }
     }
     let mut files = Vec::new();
-    walk(&repo(), &mut files);
+    walk(&workspace_root(), &mut files);
     files.sort();
     files
 }
 
 fn root_compose() -> PathBuf {
-    repo().join("docker-compose.yml")
+    workspace_root().join("docker-compose.yml")
 }
 
 fn rancher_dir() -> PathBuf {
-    repo().join("rancher/templates/demofleet/0")
+    workspace_root().join("rancher/templates/demofleet/0")
 }
 
 /// `docker-compose` on `file` as project `project`, with exactly the variables `vars` (none of
@@ -288,7 +285,7 @@ fn compose_files_are_valid_and_hold_no_secret() {
     let _time_limit = demofleet_tests::time_limit::start();
     run(
         "scripts/images --tools-only (docker-compose)",
-        Command::new(repo().join("scripts/images")).arg("--tools-only").stdin(Stdio::null()),
+        Command::new(workspace_root().join("scripts/images")).arg("--tools-only").stdin(Stdio::null()),
     );
     let files = compose_files();
     for expected in [root_compose(), rancher_dir().join("docker-compose.yml")] {
@@ -424,7 +421,7 @@ async fn compose_control_plane_serves() {
     let _time_limit = demofleet_tests::time_limit::start();
     run(
         "scripts/images",
-        Command::new(repo().join("scripts/images"))
+        Command::new(workspace_root().join("scripts/images"))
             .args(["--controller-binary", env!("CARGO_BIN_EXE_fleet-controller")])
             .env("DEMOFLEET_IMAGE_TAG", IMAGE_TAG)
             .stdin(Stdio::null()),

@@ -13,7 +13,7 @@
 //! container stopped) and a visit wakes it whole.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,19 +27,13 @@ use demofleet_tests::command;
 use demofleet_tests::fixtures::{self, FixtureRepo};
 use demofleet_tests::stack::{Stack, StackOptions};
 use demofleet_tests::wait;
+use demofleet_tests::workspace_root;
 
 /// For a demo to build and run: three images FROM the local PostgreSQL image, a database
 /// made by `initdb`, a seed.
 const DEADLINE: Duration = Duration::from_secs(300);
-/// For `scripts/images --only-postgres`: on a fresh machine, debootstrap and PostgreSQL's
-/// packages (about a minute and a half here).
-const IMAGES_DEADLINE: Duration = Duration::from_secs(15 * 60);
 /// The image the fixture's services build from.
 const POSTGRES_IMAGE: &str = "demofleet/postgres:15";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf()
-}
 
 /// Build `demofleet/postgres:15` (and the Debian image under it) with `scripts/images`,
 /// once per run of this test binary: its tests share it.
@@ -50,8 +44,9 @@ fn ensure_postgres_image() {
     if !*built {
         command::run(
             "scripts/images --only-postgres",
-            Command::new(workspace().join("scripts/images")).arg("--only-postgres"),
-            IMAGES_DEADLINE,
+            Command::new(workspace_root().join("scripts/images")).arg("--only-postgres"),
+            // On a fresh machine, debootstrap and PostgreSQL's packages (about a minute and a half here).
+            command::SLOW,
         );
         *built = true;
     }
@@ -92,7 +87,7 @@ fn new_repo(stack: &Stack, prefix: &str) -> FixtureRepo {
 
 /// A file of examples/compose-notes.
 fn example(path: &str) -> String {
-    let file = workspace().join("examples/compose-notes").join(path);
+    let file = workspace_root().join("examples/compose-notes").join(path);
     std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
 }
 
