@@ -82,21 +82,6 @@ ensure_packages() {
     docker info >/dev/null 2>&1 || { echo "the Docker Engine is not reachable" >&2; return 1; }
 }
 
-# pg_settings: PostgreSQL's settings for demofleet's state of record, as the ansible role
-# sets them (ansible/roles/controller/templates/postgresql.conf.j2, docs/operations.md):
-# a quarter of the machine's memory (at most 8 GB) for PostgreSQL's buffers, so the tables and
-# indexes the intake writes stay in memory as the history grows (the default is 128 MB);
-# checkpoints at most every 15 minutes or 4 GB of WAL, and that WAL compressed (the first
-# change of a page after a checkpoint writes the whole page to it).
-pg_settings() {
-    local mem_mb buffers_mb
-    mem_mb=$(( $(awk '$1 == "MemTotal:" {print $2}' /proc/meminfo) / 1024 ))
-    buffers_mb=$(( mem_mb / 4 > 8192 ? 8192 : mem_mb / 4 ))
-    printf '%s\n' "# Written by demofleet's scripts/lib.sh; see docs/operations.md." \
-        "shared_buffers = ${buffers_mb}MB" "effective_cache_size = $(( mem_mb / 2 ))MB" \
-        "max_wal_size = 4GB" "checkpoint_timeout = 15min" "wal_compression = lz4"
-}
-
 start_postgres() {
     local version cluster
     version=$(pg_lsclusters -h | awk 'NR==1 {print $1}')
@@ -104,16 +89,6 @@ start_postgres() {
     if [ -z "$version" ]; then
         version=$(ls /usr/lib/postgresql | sort -n | tail -1); cluster=main
         pg_createcluster "$version" "$cluster" >/dev/null
-    fi
-    local conf=/etc/postgresql/$version/$cluster/conf.d/demofleet.conf settings
-    settings=$(pg_settings)
-    if [ "$(cat "$conf" 2>/dev/null)" != "$settings" ]; then
-        mkdir -p "$(dirname "$conf")"
-        printf '%s\n' "$settings" >"$conf"
-        if pg_lsclusters -h | awk -v c="$cluster" '$2==c {print $4}' | grep -q online; then
-            log "restarting PostgreSQL $version/$cluster with demofleet's settings ($conf)"
-            pg_ctlcluster "$version" "$cluster" restart
-        fi
     fi
     if ! pg_lsclusters -h | awk -v c="$cluster" '$2==c {print $4}' | grep -q online; then
         log "starting PostgreSQL $version/$cluster"
