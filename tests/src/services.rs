@@ -413,8 +413,7 @@ impl PrivateNats {
     }
 
     fn start_config(address: &str, tls: Option<NatsTls>, auth: Option<&str>) -> PrivateNats {
-        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let (port, monitor_port) = (free(), free());
+        let (port, monitor_port) = (free_port(), free_port());
         let dir = tempfile::Builder::new().prefix("demofleet-nats-").tempdir().unwrap();
         let (include, pid_file) = match auth {
             Some(text) => {

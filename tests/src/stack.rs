@@ -481,7 +481,7 @@ impl Stack {
     /// Another controller process (`binary`, a test's `CARGO_BIN_EXE_fleet-controller`)
     /// with the same flags on ports of its own, started and ready: a replica.
     pub async fn start_replica(&self, binary: &str) -> Replica {
-        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let free = || std::net::SocketAddr::from(([127, 0, 0, 1], crate::services::free_port()));
         let (http_addr, edge_addr) = (free(), free());
         let argv = self.controller_argv_on(http_addr, edge_addr);
         let log = self.scratch.path().join(format!("replica-{}.log", http_addr.port()));

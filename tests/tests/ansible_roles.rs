@@ -328,7 +328,7 @@ async fn the_roles_set_up_a_fleet_that_turns_a_signed_webhook_into_a_demo() {
     assert!(unit.contains("SupplementaryGroups=docker"), "{unit}");
     // The firewall policy for demo networks: the repository's script, its settings, and a
     // unit the agent's starts after.
-    let shipped = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/firewall/demofleet-firewall"));
+    let shipped = std::fs::read(demofleet_tests::workspace_root().join("dist/firewall/demofleet-firewall"));
     assert_eq!(std::fs::read(bin.join("demofleet-firewall")).unwrap(), shipped.unwrap());
     assert_eq!(mode(&bin.join("demofleet-firewall")), 0o755);
     let firewall_env = environment_file(&etc.join("firewall.env"));

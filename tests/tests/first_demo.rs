@@ -15,7 +15,7 @@ const DEPLOY_DEADLINE: Duration = Duration::from_secs(240);
 
 /// The repository's `examples/` folder.
 fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("examples")
+    demofleet_tests::workspace_root().join("examples")
 }
 
 /// Run `deploy-local` against `stack` with `args`, as scripts/deploy-local does.

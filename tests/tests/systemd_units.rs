@@ -3,11 +3,10 @@
 //! through the `docker` group only and writing nowhere but its demo folder.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Command;
 
 fn unit(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/systemd").join(name);
+    let path = demofleet_tests::workspace_root().join("dist/systemd").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -86,7 +85,7 @@ fn the_firewall_unit_applies_the_policy_after_docker() {
     for line in ["After=docker.service", "PartOf=docker.service", "WantedBy=multi-user.target docker.service"] {
         assert!(text.lines().any(|l| l == line), "{name}: {line}");
     }
-    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/firewall/demofleet-firewall");
+    let shipped = demofleet_tests::workspace_root().join("dist/firewall/demofleet-firewall");
     let check =
         demofleet_tests::command::output(Command::new("bash").arg("-n").arg(&shipped), demofleet_tests::command::QUICK)
             .unwrap();

@@ -3,14 +3,12 @@
 //! listening port with a token, and it declares the entry point and certificate resolver the dynamic
 //! configuration names.
 
-use std::path::PathBuf;
-
 use clap::Parser;
 use demofleet_controller::config::Config;
 
 #[test]
 fn the_example_static_configuration_polls_the_controller() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/traefik/traefik.toml");
+    let path = demofleet_tests::workspace_root().join("dist/traefik/traefik.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let config: toml::Table = toml::from_str(&text).expect("valid TOML");
     let http = &config["providers"]["http"];
