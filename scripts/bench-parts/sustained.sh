@@ -7,6 +7,12 @@
 SUSTAINED_SECONDS=${DEMOFLEET_BENCH_SUSTAINED_SECONDS:-600}
 HISTORY_DEMOS=${DEMOFLEET_BENCH_HISTORY_DEMOS:-100000}
 HISTORY_DELIVERIES=${DEMOFLEET_BENCH_HISTORY_DELIVERIES:-1000000}
+HISTORY_MONTHS=${DEMOFLEET_BENCH_HISTORY_MONTHS:-6}
+# The controller keeps the whole history (retention a month longer than it spans). With
+# the default 30 days it would spend the run removing the five months of deliveries and
+# chains the history was made with at once, work an installation in its steady state did
+# a little at a time long ago; DEMOFLEET_BENCH_SUSTAINED_RETENTION measures that instead.
+SUSTAINED_RETENTION=${DEMOFLEET_BENCH_SUSTAINED_RETENTION:-$(( (HISTORY_MONTHS + 1) * 31 ))d}
 SUSTAINED_HOSTS=${DEMOFLEET_BENCH_SUSTAINED_HOSTS:-100}
 SUSTAINED_PORT=${DEMOFLEET_BENCH_SUSTAINED_PORT:-8400}
 SUSTAINED_DB=demofleet_bench_sustained SUSTAINED_VHOST=demofleet-bench-sustained SUSTAINED_PREFIX=bench-sustained
@@ -21,19 +27,20 @@ NEEDED_GB=${DEMOFLEET_BENCH_MIN_FREE_GB:-$(( 10 * HISTORY_DELIVERIES / 1000000 +
 FREE_GB=$(df --output=avail -BG "$PG_DATA" | tail -1 | tr -dc 0-9)
 (( FREE_GB >= NEEDED_GB )) || fail "sustained: $FREE_GB GB free where PostgreSQL keeps its data ($PG_DATA)," \
     "about $NEEDED_GB GB needed for a history of $HISTORY_DELIVERIES deliveries and the run (DEMOFLEET_BENCH_MIN_FREE_GB overrides)"
-log "sustained: a history of $HISTORY_DEMOS demos and $HISTORY_DELIVERIES deliveries ($FREE_GB GB free)"
+log "sustained: a history of $HISTORY_DEMOS demos and $HISTORY_DELIVERIES deliveries over $HISTORY_MONTHS months," \
+    "kept for $SUSTAINED_RETENTION ($FREE_GB GB free)"
 bench_slice $SUSTAINED_DB $SUSTAINED_VHOST
 SUSTAINED_AMQP=amqp://$AMQP_USER:$AMQP_PASSWORD@127.0.0.1:5672/$SUSTAINED_VHOST
 SUSTAINED_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/$SUSTAINED_DB
 DEMOFLEET_DATABASE_URL=$SUSTAINED_URL DEMOFLEET_AMQP_URL=$SUSTAINED_AMQP DEMOFLEET_WEBHOOK_SECRET=$SECRET \
     "$CARGO_TARGET_DIR/release/demofleet-controller" migrate >/dev/null
 "$CARGO_TARGET_DIR/release/bench-history" --database-url "$SUSTAINED_URL" --demos "$HISTORY_DEMOS" \
-    --deliveries "$HISTORY_DELIVERIES" --hosts "$SUSTAINED_HOSTS" --capacity 200 \
+    --deliveries "$HISTORY_DELIVERIES" --months "$HISTORY_MONTHS" --hosts "$SUSTAINED_HOSTS" --capacity 200 \
     --inventory "$BENCH_DIR/history-inventory.txt" 2>"$BENCH_DIR/history.log"
 tail -1 "$BENCH_DIR/history.log"
 
 bench_controller "$BENCH_DIR/sustained-controller.log" $SUSTAINED_DB $SUSTAINED_VHOST $SUSTAINED_PREFIX \
-    "$SUSTAINED_PORT" DEMOFLEET_DB_POOL="${DEMOFLEET_DB_POOL:-8}"
+    "$SUSTAINED_PORT" DEMOFLEET_DB_POOL="${DEMOFLEET_DB_POOL:-8}" DEMOFLEET_RETENTION="$SUSTAINED_RETENTION"
 SUSTAINED_CONTROLLER=$BENCH_PID
 STARTED+=($SUSTAINED_CONTROLLER)
 wait_for "the sustained controller" 120 curl -fsS "$SUSTAINED_API/readyz"
@@ -57,11 +64,11 @@ sustained_backlog() {
     counts=$(su postgres -c "psql -d $SUSTAINED_DB -qtA -F ' ' -c \"select
         (select count(*) from chains where status = 'waiting'), (select count(*) from chains where status = 'running'),
         (select count(*) from outbox), (select count(*) from webhook_deliveries), (select count(*) from chains),
-        pg_size_pretty(pg_database_size(current_database()))\"")
+        (select coalesce(sum(pruned), 0) from webhook_delivery_counts), pg_size_pretty(pg_database_size(current_database()))\"")
     queued=$(curl -fsS "$SUSTAINED_API/metrics" | awk '/^demofleet_queue_messages\{/ {n += $2} END {print n + 0}')
-    read -r waiting running outbox deliveries chains size <<<"$counts"
+    read -r waiting running outbox deliveries chains pruned size <<<"$counts"
     echo "BENCH sustained backlog $1: chains_waiting=$waiting chains_running=$running outbox=$outbox" \
-        "queued_messages=$queued deliveries=$deliveries chains=$chains database=${size// /}"
+        "queued_messages=$queued deliveries=$deliveries chains=$chains deliveries_pruned=$pruned database=${size// /}"
 }
 sustained_backlog before
 echo "BENCH sustained load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -75,10 +82,29 @@ cpu_split demoservice sustained-demoservice
 echo "BENCH sustained demoservice tasks still queued: $(demoservice_queued $SUSTAINED_DS_VHOST)"
 stop_demoservice
 
+# Where PostgreSQL's time goes in the demofleet phase, by statement, when the cluster loads
+# pg_stat_statements (shared_preload_libraries; scripts/bench does not restart PostgreSQL
+# to load it): the phase's statements in $BENCH_DIR/sustained-statements.txt.
+sustained_statements() {
+    su postgres -c "psql -d $SUSTAINED_DB -qtAc 'show shared_preload_libraries'" | grep -q pg_stat_statements || return 0
+    if [ "$1" = reset ]; then
+        su postgres -c "psql -d $SUSTAINED_DB -qc 'create extension if not exists pg_stat_statements' -c 'select pg_stat_statements_reset()'" >/dev/null
+        return
+    fi
+    su postgres -c "psql -d $SUSTAINED_DB -c \"select calls, round(total_exec_time::numeric / 1000, 1) as seconds,
+        round((total_exec_time / calls)::numeric * 1000) as us_per_call, round(wal_records::numeric / calls) as wal_per_call,
+        round(100 * total_exec_time / sum(total_exec_time) over ())::int as pct, left(regexp_replace(query, '\\s+', ' ', 'g'), 110) as statement
+        from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database())
+        order by total_exec_time desc limit 15\"" >"$BENCH_DIR/sustained-statements.txt"
+    log "sustained: PostgreSQL's time by statement in $BENCH_DIR/sustained-statements.txt"
+}
+
 log "sustained: demofleet for ${SUSTAINED_SECONDS}s against the history, $SUSTAINED_HOSTS simulated agents"
 checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-warmup-demofleet 5 >/dev/null
+sustained_statements reset
 checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-demofleet "$SUSTAINED_SECONDS"
 cpu_split demofleet sustained-demofleet
+sustained_statements report
 sustained_backlog after
 echo "BENCH sustained controller_rss_mb=$(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$SUSTAINED_CONTROLLER/status")"
 python3 - "$BENCH_DIR" "$SUSTAINED_SECONDS" <<'PY'
