@@ -1,13 +1,15 @@
 //! Idle sleep: a demo that nobody visits for its idle time is stopped (state `sleeping`;
 //! container, image and clone kept), and the next request through the edge wakes it with a
 //! "waking up" page that reloads itself until the demo answers again. A demo that keeps
-//! getting requests stays awake.
+//! getting requests stays awake. Which demos count as idle: by the repository's setting,
+//! else the controller's default, with neither meaning never.
 
 use std::process::Command;
 use std::time::Duration;
 
 use demofleet_tests::command;
 use demofleet_tests::fixtures::{self, FixtureRepo};
+use demofleet_tests::services::{Services, TestDb};
 use demofleet_tests::stack::{Stack, StackOptions};
 use demofleet_tests::wait;
 use serde_json::json;
@@ -127,4 +129,66 @@ async fn an_idle_demo_sleeps_and_the_next_request_wakes_it() {
     assert!(containers_of(&demo_id).is_empty());
     assert!(!stack.agents[0].demo_dir.join(&name).exists());
     stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_demos_are_those_of_a_repository_setting_or_the_default() {
+    let services = Services::from_env();
+    let test_db = TestDb::create(&services).await;
+    let db = sqlx::PgPool::connect(&test_db.url).await.unwrap();
+    for (repo, seconds) in [("sleepy", 60), ("awake", 0)] {
+        sqlx::query("insert into repo_settings (owner, repo, idle_sleep_seconds) values ('o', $1, $2)")
+            .bind(repo)
+            .bind(seconds)
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    // (repo, pr, state, routed, seconds since the last request)
+    let demos = [
+        ("sleepy", 1, "running", true, 7200),
+        ("sleepy", 2, "running", true, 10),
+        ("sleepy", 3, "running", false, 7200),
+        ("sleepy", 4, "stopped", false, 7200),
+        ("plain", 1, "running", true, 7200),
+        ("plain", 2, "running", true, 10),
+        ("awake", 1, "running", true, 7200),
+    ];
+    let mut ids = std::collections::BTreeMap::new();
+    for (repo, pr, state, routed, idle_for) in demos {
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "insert into demos (id, owner, repo, pr, name, desired, state, routed, sha, clone_url, github_user,
+                                created_at, updated_at, last_request_at)
+             values ($1, 'o', $2, $3, $2 || '-o-pr-' || $3, case $4 when 'stopped' then 'stopped' else 'running' end,
+                     $4, $5, 'x', 'u', 'a', now() - interval '1 day', now() - interval '1 day',
+                     now() - make_interval(secs => $6))",
+        )
+        .bind(id)
+        .bind(repo)
+        .bind(pr)
+        .bind(state)
+        .bind(routed)
+        .bind(idle_for as f64)
+        .execute(&db)
+        .await
+        .unwrap();
+        ids.insert(id, format!("{repo}-{pr}"));
+    }
+    let idle = |default: i32| {
+        let db = db.clone();
+        let ids = ids.clone();
+        async move {
+            let found = demofleet_controller::db::demos::idle(&db, default).await.unwrap();
+            let mut names: Vec<String> = found.iter().map(|id| ids[id].clone()).collect();
+            names.sort();
+            names
+        }
+    };
+    // No default: only the repository that set an idle time.
+    assert_eq!(idle(0).await, ["sleepy-1"]);
+    // A default of ten minutes: also the repository without a setting; `awake` set 0, never.
+    assert_eq!(idle(600).await, ["plain-1", "sleepy-1"]);
+    db.close().await;
+    test_db.drop_db().await;
 }

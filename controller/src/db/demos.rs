@@ -229,15 +229,24 @@ pub async fn record_requests(db: impl PgExecutor<'_>, visits: &[(String, OffsetD
 
 /// Running, routed demos that had no request for their idle time (`idle_sleep_seconds`: the
 /// controller's default, overridden by the repository's setting; 0: never).
+///
+/// Asked every tick. Without a default idle time (the default) only the demos of
+/// repositories that set one are read, by their repository, rather than every demo the
+/// fleet ever had (demos are never deleted).
 pub async fn idle(db: impl PgExecutor<'_>, idle_sleep_seconds: i32) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "select d.id from demos d left join repo_settings s on s.owner = d.owner and s.repo = d.repo
+    let demos = if idle_sleep_seconds > 0 {
+        "demos d left join repo_settings s on s.owner = d.owner and s.repo = d.repo"
+    } else {
+        "repo_settings s join demos d on d.owner = s.owner and d.repo = s.repo"
+    };
+    sqlx::query_scalar(&format!(
+        "select d.id from {demos}
          where d.desired = 'running' and d.state = 'running' and d.routed
            and coalesce(s.idle_sleep_seconds, $1) > 0
            and greatest(d.last_request_at, d.updated_at)
                < now() - make_interval(secs => coalesce(s.idle_sleep_seconds, $1))
-         order by d.id limit 100",
-    )
+         order by d.id limit 100"
+    ))
     .bind(idle_sleep_seconds)
     .fetch_all(db)
     .await
