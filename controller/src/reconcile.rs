@@ -9,10 +9,16 @@
 //!
 //! A difference is acted on only once it has lasted the grace period
 //! (`DEMOFLEET_RECONCILE_GRACE`): heartbeats lag behind launches and removals.
+//!
+//! A host is compared when a heartbeat newer than the one last compared has come (every
+//! 5 s by default, against a tick of 2 s); until then its differences are those found
+//! then. An inventory is news only with a heartbeat, and reading every live host's
+//! inventory and demos on every tick was most of what reconcile cost.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use demofleet_common::topology;
@@ -35,6 +41,34 @@ enum Difference {
 #[derive(Debug, Default)]
 pub struct Reconciler {
     seen: HashMap<Difference, Instant>,
+    compared: Compared,
+}
+
+/// Each live host's differences, as found when its heartbeat of the time noted was compared.
+#[derive(Debug, Default)]
+struct Compared {
+    hosts: HashMap<String, (OffsetDateTime, HashSet<Difference>)>,
+}
+
+impl Compared {
+    /// Forget the hosts not in `live` (each live host with its newest heartbeat's time); the
+    /// live hosts whose newest heartbeat is not the one compared.
+    fn due(&mut self, live: &HashMap<String, OffsetDateTime>) -> Vec<String> {
+        self.hosts.retain(|host, _| live.contains_key(host));
+        live.iter()
+            .filter(|(host, beat)| self.hosts.get(*host).is_none_or(|(compared, _)| compared != *beat))
+            .map(|(host, _)| host.clone())
+            .collect()
+    }
+
+    fn record(&mut self, host: String, beat: OffsetDateTime, found: HashSet<Difference>) {
+        self.hosts.insert(host, (beat, found));
+    }
+
+    /// The differences of every host, as last compared.
+    fn differences(&self) -> HashSet<Difference> {
+        self.hosts.values().flat_map(|(_, found)| found.iter().cloned()).collect()
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -51,7 +85,8 @@ impl Reconciler {
     /// Compare, and act on the differences that outlasted the grace period.
     pub async fn run(&mut self, scheduler: &Scheduler, config: &Config) -> sqlx::Result<()> {
         let now = Instant::now();
-        let current = differences(&scheduler.db, config).await?;
+        self.compare_new_heartbeats(&scheduler.db, config).await?;
+        let current = self.compared.differences();
         self.seen.retain(|difference, _| current.contains(difference));
         for difference in current {
             self.seen.entry(difference).or_insert(now);
@@ -78,57 +113,74 @@ impl Reconciler {
         }
         Ok(())
     }
+
+    /// Forget hosts no longer live; compare each live host whose newest heartbeat is not
+    /// the one last compared.
+    async fn compare_new_heartbeats(&mut self, db: &sqlx::PgPool, config: &Config) -> sqlx::Result<()> {
+        let live: HashMap<String, OffsetDateTime> =
+            sqlx::query_as("select id, last_seen from hosts where last_seen > now() - make_interval(secs => $1)")
+                .bind(config.host_timeout.as_secs_f64())
+                .fetch_all(db)
+                .await?
+                .into_iter()
+                .collect();
+        let due = self.compared.due(&live);
+        if due.is_empty() {
+            return Ok(());
+        }
+        let beats: Vec<(String, OffsetDateTime, serde_json::Value)> =
+            sqlx::query_as("select id, last_seen, inventory from hosts where id = any($1)")
+                .bind(&due)
+                .fetch_all(db)
+                .await?;
+        for (host, beat, inventory) in beats {
+            let found = differences(db, &host, inventory).await?;
+            self.compared.record(host, beat, found);
+        }
+        Ok(())
+    }
 }
 
-async fn differences(db: &sqlx::PgPool, config: &Config) -> sqlx::Result<HashSet<Difference>> {
-    let hosts: Vec<(String, serde_json::Value)> =
-        sqlx::query_as("select id, inventory from hosts where last_seen > now() - make_interval(secs => $1)")
-            .bind(config.host_timeout.as_secs_f64())
-            .fetch_all(db)
-            .await?;
+/// Host `host`'s differences, its heartbeat's `inventory` against its demos' state of record.
+async fn differences(db: &sqlx::PgPool, host: &str, inventory: serde_json::Value) -> sqlx::Result<HashSet<Difference>> {
     let mut found = HashSet::new();
-    for (host, inventory) in hosts {
-        let items: Vec<InventoryItem> = serde_json::from_value(inventory).unwrap_or_default();
-        let ids: Vec<Uuid> = items.iter().map(|i| i.demo_id).collect();
-        let rows: Vec<DemoRow> = sqlx::query_as(
-            "select id, generation, desired, state, host_id, serving_host from demos
-             where id = any($1) or host_id = $2",
-        )
-        .bind(&ids)
-        .bind(&host)
-        .fetch_all(db)
-        .await?;
-        for item in &items {
-            let orphan = match rows.iter().find(|d| d.id == item.demo_id) {
-                None => true,
-                Some(d) => {
-                    let here = Some(host.as_str());
-                    (d.host_id.as_deref() != here && d.serving_host.as_deref() != here)
-                        || (d.desired == "stopped" && d.state == "stopped")
-                        || (item.generation < d.generation && d.state == "running")
-                }
-            };
-            if orphan {
-                found.insert(Difference::Orphan { host: host.clone(), container: item.container_id.clone() });
+    let items: Vec<InventoryItem> = serde_json::from_value(inventory).unwrap_or_default();
+    let ids: Vec<Uuid> = items.iter().map(|i| i.demo_id).collect();
+    let rows: Vec<DemoRow> = sqlx::query_as(
+        "select id, generation, desired, state, host_id, serving_host from demos
+         where id = any($1) or host_id = $2",
+    )
+    .bind(&ids)
+    .bind(host)
+    .fetch_all(db)
+    .await?;
+    for item in &items {
+        let orphan = match rows.iter().find(|d| d.id == item.demo_id) {
+            None => true,
+            Some(d) => {
+                let here = Some(host);
+                (d.host_id.as_deref() != here && d.serving_host.as_deref() != here)
+                    || (d.desired == "stopped" && d.state == "stopped")
+                    || (item.generation < d.generation && d.state == "running")
             }
+        };
+        if orphan {
+            found.insert(Difference::Orphan { host: host.to_owned(), container: item.container_id.clone() });
         }
-        let running_here = rows
-            .iter()
-            .filter(|d| d.host_id.as_deref() == Some(host.as_str()) && d.desired == "running" && d.state == "running");
-        for demo in running_here {
-            let up =
-                items.iter().any(|i| i.demo_id == demo.id && i.generation == demo.generation && i.state == "running");
-            if !up {
-                found.insert(Difference::Missing { demo: demo.id });
-            }
+    }
+    let running_here =
+        rows.iter().filter(|d| d.host_id.as_deref() == Some(host) && d.desired == "running" && d.state == "running");
+    for demo in running_here {
+        let up = items.iter().any(|i| i.demo_id == demo.id && i.generation == demo.generation && i.state == "running");
+        if !up {
+            found.insert(Difference::Missing { demo: demo.id });
         }
-        let sleeping_here = rows
-            .iter()
-            .filter(|d| d.host_id.as_deref() == Some(host.as_str()) && d.desired == "running" && d.state == "sleeping");
-        for demo in sleeping_here {
-            if !items.iter().any(|i| i.demo_id == demo.id && i.generation == demo.generation) {
-                found.insert(Difference::Missing { demo: demo.id });
-            }
+    }
+    let sleeping_here =
+        rows.iter().filter(|d| d.host_id.as_deref() == Some(host) && d.desired == "running" && d.state == "sleeping");
+    for demo in sleeping_here {
+        if !items.iter().any(|i| i.demo_id == demo.id && i.generation == demo.generation) {
+            found.insert(Difference::Missing { demo: demo.id });
         }
     }
     Ok(found)
@@ -167,4 +219,46 @@ pub async fn launch_again(
     tx.commit().await?;
     scheduler.apply(effects).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000 + seconds).unwrap()
+    }
+
+    fn live(hosts: &[(&str, i64)]) -> HashMap<String, OffsetDateTime> {
+        hosts.iter().map(|(host, beat)| (host.to_string(), at(*beat))).collect()
+    }
+
+    fn sorted(mut hosts: Vec<String>) -> Vec<String> {
+        hosts.sort();
+        hosts
+    }
+
+    #[test]
+    fn a_host_is_compared_again_only_after_a_newer_heartbeat_and_forgotten_when_it_goes_silent() {
+        let mut compared = Compared::default();
+        let orphan = Difference::Orphan { host: "a".into(), container: "c1".into() };
+        let missing = Difference::Missing { demo: Uuid::from_u128(7) };
+
+        assert_eq!(sorted(compared.due(&live(&[("a", 0), ("b", 0)]))), ["a", "b"]);
+        compared.record("a".into(), at(0), HashSet::from([orphan.clone()]));
+        compared.record("b".into(), at(0), HashSet::from([missing.clone()]));
+        // The same heartbeats: nothing to compare; the differences found stand.
+        assert!(compared.due(&live(&[("a", 0), ("b", 0)])).is_empty());
+        assert_eq!(compared.differences(), HashSet::from([orphan.clone(), missing.clone()]));
+
+        // A newer heartbeat of one host: that host alone.
+        assert_eq!(compared.due(&live(&[("a", 5), ("b", 0)])), ["a"]);
+        compared.record("a".into(), at(5), HashSet::new());
+        assert_eq!(compared.differences(), HashSet::from([missing.clone()]));
+
+        // A host no longer live takes its differences with it; back again, it is compared.
+        assert!(compared.due(&live(&[("a", 5)])).is_empty());
+        assert!(compared.differences().is_empty());
+        assert_eq!(compared.due(&live(&[("a", 5), ("b", 0)])), ["b"]);
+    }
 }

@@ -232,16 +232,19 @@ pub async fn record_requests(db: impl PgExecutor<'_>, visits: &[(String, OffsetD
 ///
 /// Asked every tick. Without a default idle time (the default) only the demos of
 /// repositories that set one are read, by their repository, rather than every demo the
-/// fleet ever had (demos are never deleted).
+/// fleet ever had (demos are never deleted); and when no repository sets one, none: the
+/// uncorrelated `exists` is decided once, before the join is begun, whatever plan the
+/// join gets.
 pub async fn idle(db: impl PgExecutor<'_>, idle_sleep_seconds: i32) -> sqlx::Result<Vec<Uuid>> {
     let demos = if idle_sleep_seconds > 0 {
-        "demos d left join repo_settings s on s.owner = d.owner and s.repo = d.repo"
+        "demos d left join repo_settings s on s.owner = d.owner and s.repo = d.repo where true"
     } else {
-        "repo_settings s join demos d on d.owner = s.owner and d.repo = s.repo"
+        "repo_settings s join demos d on d.owner = s.owner and d.repo = s.repo
+         where exists (select 1 from repo_settings where idle_sleep_seconds > 0)"
     };
     sqlx::query_scalar(&format!(
         "select d.id from {demos}
-         where d.desired = 'running' and d.state = 'running' and d.routed
+           and d.desired = 'running' and d.state = 'running' and d.routed
            and coalesce(s.idle_sleep_seconds, $1) > 0
            and greatest(d.last_request_at, d.updated_at)
                < now() - make_interval(secs => coalesce(s.idle_sleep_seconds, $1))
