@@ -236,15 +236,17 @@ pub async fn record_requests(db: impl PgExecutor<'_>, visits: &[(String, OffsetD
 /// uncorrelated `exists` is decided once, before the join is begun, whatever plan the
 /// join gets.
 pub async fn idle(db: impl PgExecutor<'_>, idle_sleep_seconds: i32) -> sqlx::Result<Vec<Uuid>> {
-    let demos = if idle_sleep_seconds > 0 {
-        "demos d left join repo_settings s on s.owner = d.owner and s.repo = d.repo where true"
+    let (demos, any_sleeps) = if idle_sleep_seconds > 0 {
+        ("demos d left join repo_settings s on s.owner = d.owner and s.repo = d.repo", "true")
     } else {
-        "repo_settings s join demos d on d.owner = s.owner and d.repo = s.repo
-         where exists (select 1 from repo_settings where idle_sleep_seconds > 0)"
+        (
+            "repo_settings s join demos d on d.owner = s.owner and d.repo = s.repo",
+            "exists (select 1 from repo_settings where idle_sleep_seconds > 0)",
+        )
     };
     sqlx::query_scalar(&format!(
         "select d.id from {demos}
-           and d.desired = 'running' and d.state = 'running' and d.routed
+         where {any_sleeps} and d.desired = 'running' and d.state = 'running' and d.routed
            and coalesce(s.idle_sleep_seconds, $1) > 0
            and greatest(d.last_request_at, d.updated_at)
                < now() - make_interval(secs => coalesce(s.idle_sleep_seconds, $1))
