@@ -9,7 +9,7 @@
 //! only and at most once per [`START_INTERVAL`], and the periodic tick starts any that a
 //! crash left waiting.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,7 +98,7 @@ impl Writer {
 
     /// The next batch: what waits now, up to the first event that must not share it
     /// (carried over to the next), sorted by pull request so that writers running side by
-    /// side lock demos in one order.
+    /// side lock demos in one order; a pull request's events stay in their order.
     async fn gather(&self, carried: &mut Option<Pending>) -> Option<Vec<Pending>> {
         let (first, mut events) = match carried.take() {
             // With an event in hand, never wait for the queue: the other writer may hold it
@@ -110,20 +110,20 @@ impl Writer {
                 (first, Some(events))
             }
         };
-        let mut keys: HashSet<String> = first.event.keys().into_iter().flatten().collect();
+        let mut held = Held::default();
+        held.take(&first.event);
         let mut batch = vec![first];
         while let Some(events) = events.as_mut().filter(|_| batch.len() < MAX_BATCH) {
             let Ok(next) = events.try_recv() else { break };
-            let next_keys: Vec<String> = next.event.keys().into_iter().flatten().collect();
-            if next_keys.iter().any(|k| keys.contains(k)) {
+            if held.clashes(&next.event) {
                 *carried = Some(next);
                 break;
             }
-            keys.extend(next_keys);
+            held.take(&next.event);
             batch.push(next);
         }
         drop(events);
-        batch.sort_by_cached_key(|p| p.event.keys());
+        batch.sort_by_cached_key(|p| p.event.pull_request_key());
         Some(batch)
     }
 
@@ -170,12 +170,28 @@ impl Writer {
     }
 }
 
+/// The keys a batch's events hold ([`Event::keys`]), each with whether it may be shared.
+#[derive(Default)]
+struct Held(HashMap<String, bool>);
+
+impl Held {
+    fn clashes(&self, event: &Event) -> bool {
+        event.keys().into_iter().flatten().any(|(key, shared)| self.0.get(&key).is_some_and(|held| !(*held && shared)))
+    }
+
+    fn take(&mut self, event: &Event) {
+        for (key, shared) in event.keys().into_iter().flatten() {
+            *self.0.entry(key).or_insert(shared) &= shared;
+        }
+    }
+}
+
 /// Record `event` alone, trying once more after a unique violation: the other writer may
-/// have been creating the same demo at the same moment (its insert's `on conflict` covers
-/// `(owner, repo, pr)`, not the name index a concurrent insert of the same demo trips
-/// first), or recording the same delivery (a redelivery that came while the first was being
-/// recorded), and the second try finds the demo it made or the delivery it recorded. A name
-/// another repository holds fails both tries.
+/// have been creating the same demo at the same moment (the intake's statement inserts a
+/// demo it did not find, and the unique indexes refuse the second of two such inserts), or
+/// recording the same delivery (a redelivery that came while the first was being recorded),
+/// and the second try finds the demo it made or the delivery it recorded. A name another
+/// repository holds fails both tries.
 async fn record_alone(db: &PgPool, event: &Event) -> sqlx::Result<Recorded> {
     match record_once(db, event).await {
         Err(err) if is_unique_violation(&err) => {
@@ -281,7 +297,11 @@ impl Throttle {
 
 #[cfg(test)]
 mod tests {
+    use time::OffsetDateTime;
+
     use super::*;
+    use crate::db::demos::DeployRequest;
+    use crate::db::events::Kind;
 
     fn pending(delivery: &str) -> Pending {
         let (answer, _) = oneshot::channel();
@@ -326,6 +346,51 @@ mod tests {
         assert_eq!(carried.as_ref().and_then(|p| p.event.delivery.as_deref()), Some("a"));
         let next = writer.gather(&mut carried).await.unwrap();
         assert_eq!(next.len(), 2, "the carried event first, then what waits");
+    }
+
+    fn deploy(pr: i64, delivery: &str, kind: Kind, at: Option<OffsetDateTime>, pusher: Option<&str>) -> Pending {
+        let (answer, _) = oneshot::channel();
+        let request = DeployRequest {
+            owner: "o".into(),
+            repo: "r".into(),
+            pr,
+            name: format!("r-o-pr-{pr}"),
+            sha: "0".repeat(40),
+            clone_url: "https://github.com/o/r.git".into(),
+            github_user: "u".into(),
+            pushed_by: pusher.map(Into::into),
+            title: None,
+        };
+        Pending {
+            event: Event::pull_request(kind, request, "github:u", at).delivered(delivery, "pull_request", "x"),
+            answer,
+        }
+    }
+
+    #[tokio::test]
+    async fn deploys_of_one_pull_request_share_a_batch_in_their_order_unless_one_cannot() {
+        let (intake, writer, _starter) = Intake::new();
+        let at = Some(OffsetDateTime::UNIX_EPOCH);
+        let events = [
+            deploy(2, "a", Kind::Deploy, at, Some("alice")),
+            deploy(1, "b", Kind::Deploy, at, Some("bob")),
+            deploy(2, "c", Kind::Deploy, at, Some("carol")),
+            // Without its sender it goes to a batch of its own.
+            deploy(2, "d", Kind::Deploy, at, None),
+            deploy(2, "e", Kind::Deploy, None, Some("erin")),
+            deploy(2, "f", Kind::Teardown, at, Some("frank")),
+            deploy(3, "g", Kind::Deploy, at, Some("gina")),
+        ];
+        for pending in events {
+            intake.queue.send(pending).await.unwrap();
+        }
+        let mut carried = None;
+        let mut batches = Vec::new();
+        for _ in 0..4 {
+            let batch = writer.gather(&mut carried).await.unwrap();
+            batches.push(batch.iter().map(|p| p.event.delivery.clone().unwrap()).collect::<Vec<_>>().join(""));
+        }
+        assert_eq!(batches, ["bac", "d", "e", "fg"], "sorted by pull request, each one's events in order");
     }
 
     #[tokio::test]

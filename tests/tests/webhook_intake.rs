@@ -179,8 +179,8 @@ async fn an_event_that_fails_fails_alone_and_its_batch_is_kept() {
 async fn many_events_of_one_pull_request_at_once_are_all_answered() {
     use futures::StreamExt;
     let stack = Stack::start(StackOptions::default()).await;
-    // One batch holds one event of a pull request, so the intake carries the rest over from
-    // batch to batch; none may be left waiting when the burst ends.
+    // A pull request's deploys share batches and apply in their order; none may be left
+    // waiting when the burst ends, and the newest decides.
     let bodies: Vec<serde_json::Value> = (0..30u64)
         .map(|i| {
             let mut body = opened("fixture-owner", "together", 1);
@@ -286,6 +286,127 @@ async fn a_batch_of_every_kind_is_answered_in_its_order() {
             ("6", "deploy_queued", true)
         ]
     );
+    tx.rollback().await.unwrap();
+    stack.stop().await;
+}
+
+/// Several deploys of one pull request in one batch apply as they would one at a time: each
+/// not older than what came before it gets the next generation and its own chain (all but
+/// the newest superseded at once, as is the chain the demo had), an older one is stale, and
+/// the demo's pusher is whoever brought its head commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploys_of_one_pull_request_in_one_batch_apply_in_their_order() {
+    use demofleet_controller::db::events::{record, Event, Kind};
+
+    let stack = Stack::start(StackOptions { agents: 0, ..Default::default() }).await;
+    let repo = format!("burst-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let delivery = |n: u32| format!("{repo}-{n}");
+    let at =
+        |s: i64| Some(time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000) + time::Duration::seconds(s));
+    let event = |pr: i64, n: u32, commit: i64, seconds: i64, sender: &str| {
+        let mut request = request(&repo, pr, commit, "A title");
+        request.pushed_by = Some(sender.into());
+        Event::pull_request(Kind::Deploy, request, &format!("github:{sender}"), at(seconds)).delivered(
+            &delivery(n),
+            "pull_request",
+            "synchronize",
+        )
+    };
+    let mut tx = stack.db.begin().await.unwrap();
+    let first = record(&mut *tx, &[event(1, 1, 1, 10, "alice")]).await.unwrap().pop().unwrap().unwrap();
+    let batch = [
+        event(1, 2, 2, 20, "alice"),
+        event(1, 3, 9, 15, "mallory"),
+        event(1, 4, 2, 20, "bob"),
+        event(2, 5, 7, 10, "dora"),
+        event(1, 6, 3, 30, "carol"),
+        event(1, 7, 3, 30, "erin"),
+        event(2, 8, 8, 5, "dora"),
+        event(2, 9, 8, 10, "frank"),
+    ];
+    let mut held = std::collections::HashSet::new();
+    assert!(batch.iter().all(|e| held.insert(e.keys()[1].clone())), "distinct deliveries");
+    let answers: Vec<_> = record(&mut *tx, &batch).await.unwrap().into_iter().map(Result::unwrap).collect();
+    let outcomes: Vec<(&str, Option<i64>)> =
+        answers.iter().map(|a| (a.outcome.as_str(), a.demo.as_ref().map(|d| d.generation))).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("deploy_queued", Some(2)),
+            ("stale", Some(5)),
+            ("deploy_queued", Some(3)),
+            ("deploy_queued", Some(1)),
+            ("deploy_queued", Some(4)),
+            ("deploy_queued", Some(5)),
+            ("stale", Some(2)),
+            ("deploy_queued", Some(2)),
+        ],
+        "{answers:?}"
+    );
+    let chains: Vec<(String, i64, String)> = sqlx::query_as(
+        "select d.name, c.generation, c.status from chains c join demos d on d.id = c.demo_id
+         where d.repo = $1 order by d.name, c.generation",
+    )
+    .bind(&repo)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let chains: Vec<(&str, i64, &str)> = chains.iter().map(|(d, g, s)| (&d[d.len() - 4..], *g, s.as_str())).collect();
+    assert_eq!(
+        chains,
+        [
+            ("pr-1", 1, "superseded"),
+            ("pr-1", 2, "superseded"),
+            ("pr-1", 3, "superseded"),
+            ("pr-1", 4, "superseded"),
+            ("pr-1", 5, "waiting"),
+            ("pr-2", 1, "superseded"),
+            ("pr-2", 2, "waiting"),
+        ]
+    );
+    let newest: Vec<Option<uuid::Uuid>> = [5, 7].iter().map(|&i| answers[i].chain).collect();
+    let waiting: Vec<uuid::Uuid> =
+        sqlx::query_scalar("select c.id from chains c join demos d on d.id = c.demo_id where d.repo = $1 and c.status = 'waiting' order by d.name")
+            .bind(&repo)
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    assert_eq!(newest, waiting.iter().copied().map(Some).collect::<Vec<_>>(), "the newest events' chains wait");
+    let demos: Vec<(i64, String, Option<String>, time::OffsetDateTime, uuid::Uuid)> =
+        sqlx::query_as("select generation, sha, pushed_by, event_at, id from demos where repo = $1 order by name")
+            .bind(&repo)
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    // Carol brought commit 3 and Erin pushed it again; Frank's event brought commit 8 after
+    // Dora's event of it was found stale.
+    assert_eq!(
+        demos.iter().map(|(g, s, p, t, _)| (*g, s.clone(), p.clone(), Some(*t))).collect::<Vec<_>>(),
+        [
+            (5, format!("{:040x}", 3), Some("carol".into()), at(30)),
+            (2, format!("{:040x}", 8), Some("frank".into()), at(10))
+        ]
+    );
+    assert_eq!(demos[0].4, first.demo.unwrap().id, "the demo the first batch made");
+    let kept: Vec<(String, Option<uuid::Uuid>)> = sqlx::query_as(
+        "select outcome, chain_id from webhook_deliveries where delivery_id like $1 || '-%' order by delivery_id",
+    )
+    .bind(&repo)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let expected: Vec<(String, Option<uuid::Uuid>)> = std::iter::once(("deploy_queued".to_string(), first.chain))
+        .chain(answers.iter().map(|a| (a.outcome.clone(), a.chain)))
+        .collect();
+    assert_eq!(kept, expected);
+    let audited: i64 = sqlx::query_scalar(
+        "select count(*) from audit_events a join demos d on d.id = a.demo_id where d.repo = $1 and a.action = 'start'",
+    )
+    .bind(&repo)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(audited, 7, "one audit row per applied event");
     tx.rollback().await.unwrap();
     stack.stop().await;
 }

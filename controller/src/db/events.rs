@@ -1,6 +1,6 @@
-//! Events, as the `demofleet_intake` function (migrations 3 and 8) records them: each
+//! Events, as the `demofleet_intake` function (migrations 3 and 26) records them: each
 //! delivery noted once, each demo's generation bumped by a newer event, a `waiting` chain for
-//! each new generation and the older ones superseded, in one round trip for a whole batch.
+//! its newest generation and the older ones superseded, in one round trip for a whole batch.
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
@@ -79,11 +79,24 @@ impl Event {
         Event { delivery: Some(id.into()), event: Some(event.into()), action: Some(action.into()), ..self }
     }
 
-    /// Two events that must not share a batch: one pull request's events are applied one
-    /// at a time, as are redeliveries of one delivery.
-    pub fn keys(&self) -> [Option<String>; 2] {
-        let pr = self.pull_request.as_ref().map(|r| format!("pr\0{}\0{}\0{}", r.owner, r.repo, r.pr));
-        [pr, self.delivery.as_ref().map(|d| format!("delivery\0{d}"))]
+    /// What an event holds in a batch: its pull request and its delivery id, each with
+    /// whether other events holding it may share the batch. One delivery's redeliveries
+    /// may not; nor may a pull request's teardowns and drafts, or its deploys lacking the
+    /// event's time or sender (the intake's statement then could not tell their order, or
+    /// who brought the head commit). Its other deploys may, and are applied in their order.
+    pub fn keys(&self) -> [Option<(String, bool)>; 2] {
+        let shared = self.kind == Kind::Deploy
+            && self.event_at.is_some()
+            && self.pull_request.as_ref().is_some_and(|r| r.pushed_by.is_some());
+        [
+            self.pull_request_key().map(|k| (k, shared)),
+            self.delivery.as_ref().map(|d| (format!("delivery\0{d}"), false)),
+        ]
+    }
+
+    /// The pull request an event is about, as a key that sorts batches.
+    pub fn pull_request_key(&self) -> Option<String> {
+        self.pull_request.as_ref().map(|r| format!("pr\0{}\0{}\0{}", r.owner, r.repo, r.pr))
     }
 }
 
