@@ -111,15 +111,14 @@ impl Writer {
             }
         };
         let mut held = Held::default();
-        held.take(&first.event);
+        held.admit(&first.event);
         let mut batch = vec![first];
         while let Some(events) = events.as_mut().filter(|_| batch.len() < MAX_BATCH) {
             let Ok(next) = events.try_recv() else { break };
-            if held.clashes(&next.event) {
+            if !held.admit(&next.event) {
                 *carried = Some(next);
                 break;
             }
-            held.take(&next.event);
             batch.push(next);
         }
         drop(events);
@@ -175,14 +174,18 @@ impl Writer {
 struct Held(HashMap<String, bool>);
 
 impl Held {
-    fn clashes(&self, event: &Event) -> bool {
-        event.keys().into_iter().flatten().any(|(key, shared)| self.0.get(&key).is_some_and(|held| !(*held && shared)))
-    }
-
-    fn take(&mut self, event: &Event) {
-        for (key, shared) in event.keys().into_iter().flatten() {
-            *self.0.entry(key).or_insert(shared) &= shared;
+    /// Take `event`'s keys, unless one of them clashes with a key held already: then take
+    /// nothing and say so.
+    fn admit(&mut self, event: &Event) -> bool {
+        let keys = event.keys();
+        let clashes =
+            keys.iter().flatten().any(|(key, shared)| self.0.get(key).is_some_and(|held| !(*held && *shared)));
+        if !clashes {
+            for (key, shared) in keys.into_iter().flatten() {
+                *self.0.entry(key).or_insert(shared) &= shared;
+            }
         }
+        !clashes
     }
 }
 
@@ -303,9 +306,13 @@ mod tests {
     use crate::db::demos::DeployRequest;
     use crate::db::events::Kind;
 
-    fn pending(delivery: &str) -> Pending {
+    fn pending(event: Event) -> Pending {
         let (answer, _) = oneshot::channel();
-        Pending { event: Event::record(delivery, "ping", None, "ping", None), answer }
+        Pending { event, answer }
+    }
+
+    fn ping(delivery: &str) -> Pending {
+        pending(Event::record(delivery, "ping", None, "ping", None))
     }
 
     #[test]
@@ -337,7 +344,7 @@ mod tests {
     async fn a_batch_is_cut_before_a_second_event_of_one_delivery() {
         let (intake, writer, _starter) = Intake::new();
         for delivery in ["a", "b", "a", "c"] {
-            intake.queue.send(pending(delivery)).await.unwrap();
+            intake.queue.send(ping(delivery)).await.unwrap();
         }
         let mut carried = None;
         let batch = writer.gather(&mut carried).await.unwrap();
@@ -349,7 +356,6 @@ mod tests {
     }
 
     fn deploy(pr: i64, delivery: &str, kind: Kind, at: Option<OffsetDateTime>, pusher: Option<&str>) -> Pending {
-        let (answer, _) = oneshot::channel();
         let request = DeployRequest {
             owner: "o".into(),
             repo: "r".into(),
@@ -361,10 +367,7 @@ mod tests {
             pushed_by: pusher.map(Into::into),
             title: None,
         };
-        Pending {
-            event: Event::pull_request(kind, request, "github:u", at).delivered(delivery, "pull_request", "x"),
-            answer,
-        }
+        pending(Event::pull_request(kind, request, "github:u", at).delivered(delivery, "pull_request", "x"))
     }
 
     #[tokio::test]
@@ -401,13 +404,13 @@ mod tests {
         let waiting = tokio::spawn(async move { idle.gather(&mut None).await.map(|batch| batch.len()) });
         tokio::time::sleep(Duration::from_millis(50)).await;
         // The other has an event carried over: it goes out now, alone.
-        let mut carried = Some(pending("carried"));
+        let mut carried = Some(ping("carried"));
         let batch = tokio::time::timeout(Duration::from_secs(5), writer.gather(&mut carried))
             .await
             .expect("not held up by the idle writer")
             .unwrap();
         assert_eq!(batch.len(), 1);
-        intake.queue.send(pending("next")).await.unwrap();
+        intake.queue.send(ping("next")).await.unwrap();
         assert_eq!(waiting.await.unwrap(), Some(1), "the idle writer takes the next event");
     }
 }
