@@ -112,7 +112,8 @@ async fn refuse(app: &Fleet, why: Refused, subject: &str, host: Option<&str>) {
 /// Every tick: reload the route table; and, on the replica holding the fleet lease,
 /// reconcile hosts' inventories, move demos off drained and silent hosts, give waiting
 /// chains a host if one is free now, stop expired demos, put idle ones to sleep, write
-/// Traefik's file and remove a batch of what outlived the retention.
+/// Traefik's file, count the history up to a new mark and remove a batch of what outlived
+/// the retention.
 pub async fn run_tick(app: Fleet, stop: CancellationToken) {
     let mut interval = tokio::time::interval(app.config.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,6 +157,9 @@ pub async fn run_tick(app: Fleet, stop: CancellationToken) {
             if let Err(err) = write_traefik_file(&app, path).await {
                 tracing::warn!(error = %err, file = %path.display(), "writing Traefik's configuration failed");
             }
+        }
+        if let Err(err) = crate::counts::count_up(&app.scheduler.db).await {
+            tracing::warn!(error = %err, "counting the history up to a new mark failed");
         }
         if !app.config.retention.is_zero() {
             match crate::retention::prune(&app.scheduler.db, app.config.retention, app.config.retention_batch).await {

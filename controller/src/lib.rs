@@ -16,13 +16,15 @@
 //!   [`jobs`] (that queue's messages: results, `authorize`, notifications, comment approvals),
 //!   [`fleet`] (heartbeats, the periodic tick, wakes), [`reconcile`] (hosts' inventories
 //!   against the record), [`lease`] (which replica does the fleet's once-only work), [`edge`]
-//!   (the built-in edge proxy and its route table).
+//!   (the built-in edge proxy and its route table), [`retention`] (what outlived the
+//!   retention removed).
 //! - [`scheduler`]: carrying out the chains' decisions in the caller's transaction; placement.
 //! - [`chain`]: the chain logic as decisions on plain data: each chain's order, what happens
 //!   next.
 //! - Below: [`db`] (queries, one module per table group), [`github`] (the GitHub client and
 //!   PR feedback), [`urls`] (demo hostnames and URLs), [`config`] (settings), [`timings`]
-//!   (latency histograms for `/metrics`), [`refusals`] (what the channels refused, counted).
+//!   (latency histograms for `/metrics`), [`refusals`] (what the channels refused, counted),
+//!   [`counts`] (the history's counts for `/metrics`, tallied up to a mark).
 
 pub mod actions;
 pub mod auth;
@@ -30,6 +32,7 @@ pub mod broker;
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod counts;
 pub mod dashboard;
 pub mod db;
 pub mod edge;

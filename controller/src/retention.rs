@@ -4,12 +4,15 @@
 //! else writes any more (`for update skip locked`), so the intake never waits for it.
 //!
 //! Kept whatever their age: every demo's newest chain, chains still live, and the deliveries
-//! those chains name. What is removed still counts in `/metrics`: its counts are added to
-//! `webhook_delivery_counts` and `step_attempt_counts` in the same transaction.
+//! those chains name. What is removed still counts in `/metrics`: what its tallies
+//! (`webhook_delivery_counts`, `step_attempt_counts`) do not hold yet, the rows at or after
+//! their mark (see [`crate::counts`]), is added to them in the same transaction.
 
 use std::time::Duration;
 
 use sqlx::PgPool;
+
+use crate::counts;
 
 /// What one batch removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +27,7 @@ pub struct Pruned {
 pub async fn prune(db: &PgPool, retention: Duration, batch: i64) -> sqlx::Result<Pruned> {
     let seconds = retention.as_secs_f64();
     let mut tx = db.begin().await?;
+    counts::hold_mark(&mut tx, counts::ATTEMPTS).await?;
     let chains = sqlx::query(
         "with old as (
              select c.id from chains c
@@ -38,28 +42,31 @@ pub async fn prune(db: &PgPool, retention: Duration, batch: i64) -> sqlx::Result
              select s.name as step, a.outcome, count(*) as n, coalesce(sum(a.duration_ms), 0)::float8 / 1000 as seconds
              from step_attempts a join chain_steps s on s.chain_id = a.chain_id and s.position = a.position
              where a.chain_id in (select id from old)
+               and a.finished_at >= (select until from count_marks where counted = $3)
              group by 1, 2
          ),
          counted as (
-             insert into step_attempt_counts (step, outcome, pruned, seconds)
+             insert into step_attempt_counts (step, outcome, counted, seconds)
              select step, outcome, n, seconds from attempts
              on conflict (step, outcome) do update
-                 set pruned = step_attempt_counts.pruned + excluded.pruned,
+                 set counted = step_attempt_counts.counted + excluded.counted,
                      seconds = step_attempt_counts.seconds + excluded.seconds
          )
          delete from chains where id in (select id from old)",
     )
     .bind(seconds)
     .bind(batch)
+    .bind(counts::ATTEMPTS)
     .execute(&mut *tx)
     .await?
     .rows_affected();
     tx.commit().await?;
 
     let mut tx = db.begin().await?;
+    counts::hold_mark(&mut tx, counts::DELIVERIES).await?;
     let deliveries = sqlx::query(
         "with old as (
-             select w.delivery_id, w.event, w.outcome from webhook_deliveries w
+             select w.delivery_id, w.event, w.outcome, w.received_at from webhook_deliveries w
              where w.received_at < now() - make_interval(secs => $1)
                and not exists (select 1 from chains c where c.id = w.chain_id)
              order by w.received_at
@@ -67,14 +74,16 @@ pub async fn prune(db: &PgPool, retention: Duration, batch: i64) -> sqlx::Result
              for update of w skip locked
          ),
          counted as (
-             insert into webhook_delivery_counts (event, outcome, pruned)
-             select event, outcome, count(*) from old group by 1, 2
-             on conflict (event, outcome) do update set pruned = webhook_delivery_counts.pruned + excluded.pruned
+             insert into webhook_delivery_counts (event, outcome, counted)
+             select event, outcome, count(*) from old
+             where received_at >= (select until from count_marks where counted = $3) group by 1, 2
+             on conflict (event, outcome) do update set counted = webhook_delivery_counts.counted + excluded.counted
          )
          delete from webhook_deliveries where delivery_id in (select delivery_id from old)",
     )
     .bind(seconds)
     .bind(batch)
+    .bind(counts::DELIVERIES)
     .execute(&mut *tx)
     .await?
     .rows_affected();

@@ -64,13 +64,33 @@ sustained_backlog() {
     counts=$(su postgres -c "psql -d $SUSTAINED_DB -qtA -F ' ' -c \"select
         (select count(*) from chains where status = 'waiting'), (select count(*) from chains where status = 'running'),
         (select count(*) from outbox), (select count(*) from webhook_deliveries), (select count(*) from chains),
-        (select coalesce(sum(pruned), 0) from webhook_delivery_counts), pg_size_pretty(pg_database_size(current_database()))\"")
+        (select coalesce(sum(counted), 0) from webhook_delivery_counts)
+            + (select count(*) from webhook_deliveries, count_marks m
+               where m.counted = 'webhook_deliveries' and received_at >= m.until)
+            - (select count(*) from webhook_deliveries),
+        pg_size_pretty(pg_database_size(current_database()))\"")
     queued=$(curl -fsS "$SUSTAINED_API/metrics" | awk '/^demofleet_queue_messages\{/ {n += $2} END {print n + 0}')
     read -r waiting running outbox deliveries chains pruned size <<<"$counts"
     echo "BENCH sustained backlog $1: chains_waiting=$waiting chains_running=$running outbox=$outbox" \
         "queued_messages=$queued deliveries=$deliveries chains=$chains deliveries_pruned=$pruned database=${size// /}"
 }
+# sustained_scrape LABEL: how long one /metrics scrape takes on this history, and, beside it,
+# PostgreSQL's time for the counts as scrapes read them before tallies (every kept delivery
+# and step attempt), as a BENCH line.
+sustained_scrape() {
+    local scrape every
+    scrape=$(curl -fsS -o /dev/null -w '%{time_total}' "$SUSTAINED_API/metrics")
+    every=$(su postgres -c "psql -d $SUSTAINED_DB -qtA" <<'SQL' | awk '/^Time:/ {ms += $2} END {printf "%.3f", ms / 1000}'
+\timing on
+select count(*) from (select event, outcome, count(*) from webhook_deliveries group by 1, 2) as counts;
+select count(*) from (select s.name, a.outcome, count(*), sum(a.duration_ms) from step_attempts a
+    join chain_steps s on s.chain_id = a.chain_id and s.position = a.position group by 1, 2) as counts;
+SQL
+)
+    echo "BENCH sustained metrics_scrape $1: scrape=${scrape}s counting_every_row=${every}s"
+}
 sustained_backlog before
+sustained_scrape before
 echo "BENCH sustained load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # The demoservice stand-in first, then stopped, so the two never share the machine.
@@ -106,6 +126,7 @@ checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-demofleet "$SUS
 cpu_split demofleet sustained-demofleet
 sustained_statements report
 sustained_backlog after
+sustained_scrape after
 echo "BENCH sustained controller_rss_mb=$(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$SUSTAINED_CONTROLLER/status")"
 python3 - "$BENCH_DIR" "$SUSTAINED_SECONDS" <<'PY'
 import json, sys

@@ -3,7 +3,8 @@
 //! at a time, and keeps what is recent, every demo's newest chain however old, chains still
 //! running, and the deliveries those name. The kept log lines of a demo stopped long ago go
 //! too; those of a running demo stay. `/metrics` counts the same before and after: its
-//! counters never go down.
+//! counters never go down. And `/metrics` counts the history as a count of every row would,
+//! though it reads only the rows after a mark the tick moves.
 
 use std::time::Duration;
 
@@ -110,6 +111,88 @@ async fn what_outlived_the_retention_goes_in_batches_and_the_counts_stay() {
     .await;
     assert_eq!(counters(&stack).await, before, "the counters of /metrics never go down");
     stack.stop().await;
+}
+
+/// `/metrics` reads the history's counts from a tally up to a mark that the tick moves, plus
+/// the rows after it. Its counters equal a count of every row while the mark passes rows, when
+/// a counted delivery changes its outcome, and for rows written with a time the mark passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_counts_hold_as_the_mark_passes_the_history() {
+    let stack = Stack::start(StackOptions { agents: 0, ..Default::default() }).await;
+    let db = &stack.db;
+    let a = demo(db, 1).await;
+    for n in 0..3 {
+        delivery(db, &format!("recent-{n}"), "30 seconds").await;
+    }
+    chain(db, a, "failed", "30 seconds", None).await;
+    assert_eq!(counters(&stack).await, every_row(db).await);
+
+    wait::until_seen("the marks to pass the rows", DEADLINE, || async {
+        let passed: bool =
+            sqlx::query_scalar("select bool_and(until > now() - interval '20 seconds') from count_marks")
+                .fetch_one(db)
+                .await
+                .map_err(|e| e.to_string())?;
+        passed.then_some(()).ok_or("not yet".to_string())
+    })
+    .await;
+    let tallied: i64 =
+        sqlx::query_scalar("select sum(counted)::int8 from webhook_delivery_counts").fetch_one(db).await.unwrap();
+    assert_eq!(tallied, 3, "the deliveries passed are in the tally");
+    assert_eq!(counters(&stack).await, every_row(db).await);
+
+    // A counted delivery counted again under its new outcome.
+    sqlx::query("update webhook_deliveries set outcome = 'deploy_queued' where delivery_id = 'recent-0'")
+        .execute(db)
+        .await
+        .unwrap();
+    assert_eq!(counters(&stack).await, every_row(db).await);
+
+    // Rows written with times the marks passed long ago.
+    delivery(db, "late", "1 hour").await;
+    chain(db, a, "succeeded", "1 hour", None).await;
+    let metrics = counters(&stack).await;
+    assert_eq!(metrics, every_row(db).await);
+    assert!(
+        metrics.contains("demofleet_webhook_deliveries_total{event=\"pull_request\",outcome=\"ignored\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("demofleet_step_attempts_total{step=\"build\",outcome=\"failed\"} 4"), "{metrics}");
+    stack.stop().await;
+}
+
+/// What [`counters`] shows, counted from every row (nothing removed).
+async fn every_row(db: &sqlx::PgPool) -> String {
+    let deliveries: Vec<(String, String, i64)> =
+        sqlx::query_as("select event, outcome, count(*) from webhook_deliveries group by 1, 2 order by 1, 2")
+            .fetch_all(db)
+            .await
+            .unwrap();
+    let attempts: Vec<(String, String, i64, f64)> = sqlx::query_as(
+        "select s.name, a.outcome, count(*), sum(a.duration_ms)::float8 / 1000
+         from step_attempts a join chain_steps s on s.chain_id = a.chain_id and s.position = a.position
+         group by 1, 2 order by 1, 2",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    let mut lines: Vec<String> = deliveries
+        .iter()
+        .map(|(event, outcome, n)| {
+            format!("demofleet_webhook_deliveries_total{{event=\"{event}\",outcome=\"{outcome}\"}} {}", *n as f64)
+        })
+        .collect();
+    lines.extend(attempts.iter().map(|(step, outcome, n, _)| {
+        format!("demofleet_step_attempts_total{{step=\"{step}\",outcome=\"{outcome}\"}} {}", *n as f64)
+    }));
+    let steps: std::collections::BTreeSet<&String> = attempts.iter().map(|(step, ..)| step).collect();
+    for step in steps {
+        let of_step = attempts.iter().filter(|(s, ..)| s == step);
+        let (count, sum) = of_step.fold((0, 0.0), |(c, t), (_, _, n, secs)| (c + n, t + secs));
+        lines.push(format!("demofleet_step_duration_seconds_sum{{step=\"{step}\"}} {sum}"));
+        lines.push(format!("demofleet_step_duration_seconds_count{{step=\"{step}\"}} {}", count as f64));
+    }
+    lines.join("\n")
 }
 
 /// A running demo of its own.

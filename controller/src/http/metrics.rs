@@ -1,5 +1,6 @@
 //! `/metrics` in Prometheus text format, computed from the state of record at scrape time
-//! (so every controller replica reports the same fleet), plus the broker's queue depths.
+//! (so every controller replica reports the same fleet; the history's counts through
+//! [`counts`]), plus the broker's queue depths.
 
 use std::fmt::Write;
 
@@ -13,6 +14,7 @@ use lapin::types::FieldTable;
 
 use demofleet_common::topology;
 
+use crate::counts;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::timings::Snapshot;
@@ -23,29 +25,13 @@ pub fn router() -> Router<AppState> {
 
 async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let mut out = String::new();
-    let deliveries: Vec<(String, String, i64)> = sqlx::query_as(
-        "select event, outcome, sum(n)::int8 from (
-                 select event, outcome, count(*) as n from webhook_deliveries group by 1, 2
-                 union all select event, outcome, pruned from webhook_delivery_counts
-             ) as counts group by 1, 2 order by 1, 2",
-    )
-    .fetch_all(&app.db)
-    .await?;
+    let deliveries = counts::deliveries(&app.db).await?;
     family(&mut out, "demofleet_webhook_deliveries_total", "counter", "Webhook deliveries by event and outcome.");
     for (event, outcome, n) in deliveries {
         sample(&mut out, "demofleet_webhook_deliveries_total", &[("event", &event), ("outcome", &outcome)], n as f64);
     }
 
-    let attempts: Vec<(String, String, i64, f64)> = sqlx::query_as(
-        "select step, outcome, sum(n)::int8, sum(seconds)::float8 from (
-             select s.name as step, a.outcome, count(*) as n, coalesce(sum(a.duration_ms), 0)::float8 / 1000 as seconds
-             from step_attempts a join chain_steps s on s.chain_id = a.chain_id and s.position = a.position
-             group by 1, 2
-             union all select step, outcome, pruned, seconds from step_attempt_counts
-         ) as counts group by 1, 2 order by 1, 2",
-    )
-    .fetch_all(&app.db)
-    .await?;
+    let attempts = counts::attempts(&app.db).await?;
     family(&mut out, "demofleet_step_attempts_total", "counter", "Step attempts by step and outcome.");
     for (step, outcome, n, _) in &attempts {
         sample(&mut out, "demofleet_step_attempts_total", &[("step", step), ("outcome", outcome)], *n as f64);
