@@ -109,11 +109,11 @@ async fn refuse(app: &Fleet, why: Refused, subject: &str, host: Option<&str>) {
     app.scheduler.refusals.refuse(&app.scheduler.db, "heartbeat", why.reason(), host.unwrap_or(subject), detail).await;
 }
 
-/// Every tick: reload the route table; and, on the replica holding the fleet lease,
-/// reconcile hosts' inventories, move demos off drained and silent hosts, give waiting
-/// chains a host if one is free now, stop expired demos, put idle ones to sleep, write
-/// Traefik's file, count the history up to a new mark and remove a batch of what outlived
-/// the retention.
+/// Every tick, on the replica holding the fleet lease: reconcile hosts' inventories, move
+/// demos off drained and silent hosts, give waiting chains a host if one is free now, stop
+/// expired demos, put idle ones to sleep, write Traefik's file, count the history up to a
+/// new mark and remove a batch of what outlived the retention. (Each replica's route table
+/// follows the database's changes on its own: [`crate::edge::follow`].)
 pub async fn run_tick(app: Fleet, stop: CancellationToken) {
     let mut interval = tokio::time::interval(app.config.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -124,9 +124,6 @@ pub async fn run_tick(app: Fleet, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = interval.tick() => {}
-        }
-        if let Err(err) = app.scheduler.routes.reload(&app.scheduler.db).await {
-            tracing::warn!(error = %err, "route table reload failed");
         }
         if !lease.hold().await {
             // Differences seen by another holder are its own; start afresh when leading.

@@ -203,6 +203,7 @@ impl Controller {
         let fleet = fleet::Fleet { scheduler: scheduler.clone(), config: config.clone() };
         tasks.spawn(fleet::run_heartbeats(fleet.clone(), heartbeats, stop.clone()));
         tasks.spawn(fleet::run_tick(fleet, stop.clone()));
+        tasks.spawn(edge::follow::run(routes.clone(), db.clone(), config.database_url.clone(), stop.clone()));
         let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
         tasks.spawn(fleet::run_wakes(scheduler.clone(), wake_rx, stop.clone()));
         let limits = listener::Limits {

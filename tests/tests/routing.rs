@@ -270,3 +270,108 @@ async fn a_read_dropped_by_the_old_generation_is_asked_again_where_the_route_mov
     }
     stack.stop().await;
 }
+
+/// The edge's route table follows what is committed to the record as PostgreSQL announces it,
+/// long before it reads the whole table again (once a minute): a demo written routed, its port
+/// changed, its host's address changed, its repository gated, then the demo unrouted. Each
+/// step is made directly in the database, as another replica's transaction would make it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_follows_route_changes_as_they_commit() {
+    let stack = Stack::start(StackOptions { agents: 0, ..Default::default() }).await;
+    let (a_port, b_port) = (serve_text("127.0.0.1", "a").await, serve_text("127.0.0.2", "b").await);
+    let name = "follow-edge-pr-1";
+    sqlx::query("insert into hosts (id, address, capacity) values ('follow-host', '127.0.0.1', 2)")
+        .execute(&stack.db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into demos (id, owner, repo, pr, name, desired, state, sha, clone_url, github_user,
+                            host_id, serving_host, host_port, routed)
+         values ($1, 'follow', 'edge', 1, $2, 'running', 'running', 'x', 'x', 'x',
+                 'follow-host', 'follow-host', $3, true)",
+    )
+    .bind(Uuid::new_v4())
+    .bind(name)
+    .bind(i32::from(a_port))
+    .execute(&stack.db)
+    .await
+    .unwrap();
+    // The gate answers with a redirect to sign in: seen, not followed.
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let edge = Edge { client, addr: stack.edge_addr, name };
+    edge.until("the new demo to answer", |status, body| status == 200 && body == "a").await;
+
+    sqlx::query("update demos set host_port = $1 where name = $2")
+        .bind(i32::from(b_port))
+        .bind(name)
+        .execute(&stack.db)
+        .await
+        .unwrap();
+    edge.until("the edge to stop reaching the old port", |status, body| !(status == 200 && body == "a")).await;
+
+    sqlx::query("update hosts set address = '127.0.0.2' where id = 'follow-host'").execute(&stack.db).await.unwrap();
+    edge.until("the demo to answer from its host's new address", |status, body| status == 200 && body == "b").await;
+
+    sqlx::query("insert into repo_settings (owner, repo, gated) values ('follow', 'edge', true)")
+        .execute(&stack.db)
+        .await
+        .unwrap();
+    edge.until("the gate to stand before the demo", |status, _| (300..400).contains(&status)).await;
+
+    sqlx::query("update demos set routed = false where name = $1").bind(name).execute(&stack.db).await.unwrap();
+    edge.until("the unrouted demo to be unknown", |status, _| status == 404).await;
+    stack.stop().await;
+}
+
+/// Requests for one demo through the edge.
+struct Edge {
+    client: reqwest::Client,
+    addr: std::net::SocketAddr,
+    name: &'static str,
+}
+
+impl Edge {
+    /// Wait until a GET of `/` answers as `expected` says, well within the minute after
+    /// which the table is read whole anyway.
+    async fn until(&self, what: &str, expected: impl Fn(u16, &str) -> bool) {
+        let expected = &expected;
+        let request = move || async move {
+            let response = self
+                .client
+                .get(format!("http://{}/", self.addr))
+                .header("host", format!("{}.localhost", self.name))
+                .send()
+                .await
+                .ok()?;
+            let status = response.status().as_u16();
+            let body = response.text().await.ok()?;
+            expected(status, &body).then_some(())
+        };
+        wait::until(what, Duration::from_secs(10), request).await;
+    }
+}
+
+/// An HTTP server on `address` (a loopback address) and a free port answering every request
+/// with `body`, one request a connection.
+async fn serve_text(address: &str, body: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind((address, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut seen, mut buf) = (Vec::new(), [0u8; 1024]);
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    port
+}

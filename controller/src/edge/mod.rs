@@ -5,10 +5,13 @@
 //! # Layout
 //! - [`RouteTable`]: the routed and sleeping demos, reloaded from Postgres, with the time
 //!   of each one's last request; reloads asked for at once share one.
+//! - [`follow`]: the table kept in step with the changes every replica commits, as
+//!   PostgreSQL announces them.
 //! - [`proxy`]: the hyper server that forwards requests.
 //! - [`pool`]: the connections to demos kept open between requests.
 //! - [`pages`]: the 404, 502 and "waking up" pages.
 
+pub mod follow;
 pub mod pages;
 pub mod pool;
 pub mod proxy;
