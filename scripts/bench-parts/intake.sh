@@ -28,18 +28,25 @@ intake_load() {
 }
 
 # cpu_by_command FILE: the CPU ticks (utime + stime) each command name on the machine has
-# used so far, as JSON into FILE. A process that ends between two snapshots is not counted.
+# used so far, as JSON into FILE. A process that ends between two snapshots is not counted,
+# except PostgreSQL's (autovacuum workers, a session's backend): those its postmaster has
+# reaped count as `postgres_ended` (its children's utime + stime).
 cpu_by_command() {
     python3 - "$1" <<'PY'
 import collections, glob, json, sys
 ticks = collections.Counter()
+stats = {}
 for path in glob.glob("/proc/[0-9]*/stat"):
     try:
         text = open(path).read()
     except OSError:
         continue
     command, fields = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+    stats[path.split("/")[2]] = (command, fields)
     ticks[command] += int(fields[11]) + int(fields[12])
+for command, fields in stats.values():
+    if command == "postgres" and stats.get(fields[1], ("",))[0] != "postgres":
+        ticks["postgres_ended"] += int(fields[13]) + int(fields[14])
 json.dump(ticks, open(sys.argv[1], "w"))
 PY
 }

@@ -89,6 +89,11 @@ SQL
 )
     echo "BENCH sustained metrics_scrape $1: scrape=${scrape}s counting_every_row=${every}s"
 }
+# sustained_vacuums FILE: each table's autovacuum and autoanalyze runs so far, into FILE.
+sustained_vacuums() {
+    su postgres -c "psql -d $SUSTAINED_DB -qtA -F ' ' -c 'select relname, autovacuum_count, autoanalyze_count
+        from pg_stat_user_tables order by 1'" >"$1"
+}
 sustained_backlog before
 sustained_scrape before
 echo "BENCH sustained load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -122,8 +127,13 @@ sustained_statements() {
 log "sustained: demofleet for ${SUSTAINED_SECONDS}s against the history, $SUSTAINED_HOSTS simulated agents"
 checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-warmup-demofleet 5 >/dev/null
 sustained_statements reset
+sustained_vacuums "$BENCH_DIR/sustained-vacuums-before.txt"
 checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-demofleet "$SUSTAINED_SECONDS"
 cpu_split demofleet sustained-demofleet
+sustained_vacuums "$BENCH_DIR/sustained-vacuums-after.txt"
+# Which tables autovacuum worked on during the demofleet phase (its CPU: postgres_ended above).
+echo "BENCH sustained autovacuum: $(join <(sort "$BENCH_DIR/sustained-vacuums-before.txt") <(sort "$BENCH_DIR/sustained-vacuums-after.txt") |
+    awk '$4 > $2 || $5 > $3 {printf "%s=%d/%d ", $1, $4 - $2, $5 - $3}')(vacuums/analyzes)"
 sustained_statements report
 sustained_backlog after
 sustained_scrape after
