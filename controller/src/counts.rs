@@ -43,27 +43,23 @@ pub async fn hold_mark(tx: &mut PgConnection, counted: &str) -> sqlx::Result<()>
 
 /// Deliveries by event and outcome, ever recorded.
 pub async fn deliveries(db: &PgPool) -> sqlx::Result<Vec<(String, String, i64)>> {
-    let mut tx = snapshot(db).await?;
-    let mark = mark(&mut tx, DELIVERIES).await?;
-    let counts = sqlx::query_as(
+    read(
+        db,
+        DELIVERIES,
         "select event, outcome, sum(n)::int8 from (
              select event, outcome, count(*) as n from webhook_deliveries where received_at >= $1::timestamptz
              group by 1, 2
              union all select event, outcome, counted from webhook_delivery_counts
          ) as counts group by 1, 2 order by 1, 2",
     )
-    .bind(mark)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(counts)
+    .await
 }
 
 /// Step attempts by step and outcome, ever recorded, with the seconds they took.
 pub async fn attempts(db: &PgPool) -> sqlx::Result<Vec<(String, String, i64, f64)>> {
-    let mut tx = snapshot(db).await?;
-    let mark = mark(&mut tx, ATTEMPTS).await?;
-    let counts = sqlx::query_as(
+    read(
+        db,
+        ATTEMPTS,
         "select step, outcome, sum(n)::int8, sum(seconds)::float8 from (
              select s.name as step, a.outcome, count(*) as n, coalesce(sum(a.duration_ms), 0)::float8 / 1000 as seconds
              from step_attempts a join chain_steps s on s.chain_id = a.chain_id and s.position = a.position
@@ -72,19 +68,21 @@ pub async fn attempts(db: &PgPool) -> sqlx::Result<Vec<(String, String, i64, f64
              union all select step, outcome, counted, seconds from step_attempt_counts
          ) as counts group by 1, 2 order by 1, 2",
     )
-    .bind(mark)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(counts)
+    .await
 }
 
-/// A read-only transaction whose statements all see one snapshot: a mark and its tally,
-/// read in two statements, as one tick left them.
-async fn snapshot(db: &PgPool) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+/// The rows of `query` given the mark `counted` as `$1`, the mark and the tally read in one
+/// snapshot (a read-only repeatable-read transaction), as one tick left them.
+async fn read<T>(db: &PgPool, counted: &str, query: &'static str) -> sqlx::Result<Vec<T>>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
     let mut tx = db.begin().await?;
     sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
-    Ok(tx)
+    let mark = mark(&mut tx, counted).await?;
+    let rows = sqlx::query_as(query).bind(mark).fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
 /// The mark as text (it starts at `-infinity`), bound as a value so that the planner reads
