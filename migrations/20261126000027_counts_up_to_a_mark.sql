@@ -76,55 +76,17 @@ begin
 end
 $$;
 
--- Deliveries written with a time before their transaction began, below the mark: counted now.
--- The intake's (stamped with `now()`) pass the first test and cost nothing more.
-create function demofleet_count_late_deliveries() returns trigger
-language plpgsql as $$
-declare
-    v_mark timestamptz;
-begin
-    if exists (select 1 from added where received_at < now()) then
-        select until into v_mark from count_marks where counted = 'webhook_deliveries' for share;
-        insert into webhook_delivery_counts (event, outcome, counted)
-        select event, outcome, count(*) from added where received_at < v_mark group by 1, 2
-        on conflict (event, outcome) do update set counted = webhook_delivery_counts.counted + excluded.counted;
-    end if;
-    return null;
-end
-$$;
-create trigger webhook_deliveries_late after insert on webhook_deliveries
-    referencing new table as added for each statement execute function demofleet_count_late_deliveries();
-
--- The same for attempts.
-create function demofleet_count_late_attempts() returns trigger
-language plpgsql as $$
-declare
-    v_mark timestamptz;
-begin
-    if exists (select 1 from added where finished_at < now()) then
-        select until into v_mark from count_marks where counted = 'step_attempts' for share;
-        insert into step_attempt_counts (step, outcome, counted, seconds)
-        select s.name, a.outcome, count(*), coalesce(sum(a.duration_ms), 0)::float8 / 1000
-        from added a join chain_steps s on s.chain_id = a.chain_id and s.position = a.position
-        where a.finished_at < v_mark group by 1, 2
-        on conflict (step, outcome) do update
-            set counted = step_attempt_counts.counted + excluded.counted,
-                seconds = step_attempt_counts.seconds + excluded.seconds;
-    end if;
-    return null;
-end
-$$;
-create trigger step_attempts_late after insert on step_attempts
-    referencing new table as added for each statement execute function demofleet_count_late_attempts();
-
--- A counted delivery that changes what it is counted as.
+-- A delivery counted anew: one written with a time before its transaction began (a row the
+-- mark may have passed), or a counted one whose event, outcome or time changed. Row triggers
+-- whose conditions the intake's rows (stamped with `now()`, never updated) do not meet, so
+-- the intake pays nothing more than the condition.
 create function demofleet_recount_delivery() returns trigger
 language plpgsql as $$
 declare
     v_mark timestamptz;
 begin
     select until into v_mark from count_marks where counted = 'webhook_deliveries' for share;
-    if old.received_at < v_mark then
+    if tg_op = 'UPDATE' and old.received_at < v_mark then
         update webhook_delivery_counts set counted = counted - 1 where event = old.event and outcome = old.outcome;
     end if;
     if new.received_at < v_mark then
@@ -134,8 +96,34 @@ begin
     return null;
 end
 $$;
+create trigger webhook_deliveries_late after insert on webhook_deliveries
+    for each row when (new.received_at < now())
+    execute function demofleet_recount_delivery();
 create trigger webhook_deliveries_recount after update of event, outcome, received_at on webhook_deliveries
     for each row
     when (old.event is distinct from new.event or old.outcome is distinct from new.outcome
           or old.received_at is distinct from new.received_at)
     execute function demofleet_recount_delivery();
+
+-- The same for an attempt written with a time before its transaction began (attempts are
+-- never updated).
+create function demofleet_count_late_attempt() returns trigger
+language plpgsql as $$
+declare
+    v_mark timestamptz;
+begin
+    select until into v_mark from count_marks where counted = 'step_attempts' for share;
+    if new.finished_at < v_mark then
+        insert into step_attempt_counts (step, outcome, counted, seconds)
+        select s.name, new.outcome, 1, coalesce(new.duration_ms, 0)::float8 / 1000
+        from chain_steps s where s.chain_id = new.chain_id and s.position = new.position
+        on conflict (step, outcome) do update
+            set counted = step_attempt_counts.counted + 1,
+                seconds = step_attempt_counts.seconds + excluded.seconds;
+    end if;
+    return null;
+end
+$$;
+create trigger step_attempts_late after insert on step_attempts
+    for each row when (new.finished_at < now())
+    execute function demofleet_count_late_attempt();
