@@ -288,6 +288,58 @@ async fn a_batch_of_every_kind_is_answered_in_its_order() {
     stack.stop().await;
 }
 
+/// Pull requests pushed to again and again: each event supersedes the chain the one before it
+/// made, which leaves a dead entry in the index of live chains (`chains_live`). The intake's
+/// lookups of live chains are index scans, which mark such entries dead for the next insert
+/// to remove, so the index stays a page or two without autovacuum (off here for `chains`);
+/// the bitmap scans the planner chose before for batches of several demos left every entry,
+/// and each event read them all (migration 29).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_requests_pushed_to_again_and_again_keep_the_index_of_live_chains_small() {
+    use demofleet_controller::db::events::{record, Event, Kind};
+
+    let stack = Stack::start(StackOptions { agents: 0, ..Default::default() }).await;
+    sqlx::query("alter table chains set (autovacuum_enabled = false)").execute(&stack.db).await.unwrap();
+    let repo = format!("pushes-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    // A history of 50,000 finished chains, not yet analyzed: the planner then guesses a few
+    // live chains a demo, where a bitmap scan costs about what an index scan does.
+    sqlx::query(
+        "with old as (
+             insert into demos (id, owner, repo, pr, name, desired, state, sha, clone_url, github_user)
+             values (gen_random_uuid(), 'history', $1, 1, $1 || '-history-pr-1', 'stopped', 'stopped', 'x', 'x', 'x')
+             returning id)
+         insert into chains (id, demo_id, generation, kind, status, finished_at)
+         select gen_random_uuid(), old.id, g, 'deploy', 'succeeded', now() from old, generate_series(1, 50000) g",
+    )
+    .bind(&repo)
+    .execute(&stack.db)
+    .await
+    .unwrap();
+    // 800 batches of one event for each of 8 pull requests, each batch its own transaction.
+    for n in 1..=800 {
+        let batch: Vec<Event> = (1..=8)
+            .map(|pr| {
+                Event::pull_request(Kind::Deploy, request(&repo, pr, n, "A title"), "github:octocat", at(n))
+                    .delivered(&format!("{repo}-{pr}-{n}"), "pull_request", "synchronize")
+            })
+            .collect();
+        for answer in record(&stack.db, &batch).await.unwrap() {
+            assert_eq!(answer.unwrap().outcome, "deploy_queued");
+        }
+    }
+    let (pages, live): (i64, i64) = sqlx::query_as(
+        "select pg_relation_size('chains_live') / current_setting('block_size')::int8,
+                (select count(*) from chains where status in ('waiting', 'running', 'awaiting_approval'))",
+    )
+    .fetch_one(&stack.db)
+    .await
+    .unwrap();
+    assert_eq!(live, 8, "only each pull request's newest chain is live");
+    // 6,400 entries fill about a dozen pages; the meta page and a leaf or two hold the live ones.
+    assert!(pages <= 4, "chains_live holds {pages} pages after 800 events of each of 8 pull requests");
+    stack.stop().await;
+}
+
 /// Several deploys of one pull request in one batch apply as they would one at a time: each
 /// not older than what came before it gets the next generation and its own chain (all but
 /// the newest superseded at once, as is the chain the demo had), an older one is stale, and

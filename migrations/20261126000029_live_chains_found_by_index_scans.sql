@@ -1,0 +1,15 @@
+-- The intake supersedes a demo's live chain on every deploy event, finding it through the
+-- partial index `chains_live` (by demo, where waiting, running or awaiting approval). Each
+-- superseded chain leaves an entry there that points at a dead row version. A plain index
+-- scan marks such entries dead as it passes them, and the next insert into a full page
+-- removes them; a bitmap scan visits every entry's heap page and marks nothing. The planner
+-- costs the two within a few percent of each other for this lookup, and chose the bitmap scan
+-- whenever its statistics of `chains` were missing or out of date (a database not analyzed
+-- since the table grew): then, until autovacuum reached `chains` (a table of millions of rows
+-- in a fleet with a history), every event of a pull request pushed to again and again cost
+-- more than the one before. Measured in PostgreSQL alone, autovacuum off for `chains`, 8 pull
+-- requests, batches of 8: 5 to 13 ms a batch over 3,200 batches, 18 of a slow batch's 20 ms
+-- in that lookup, the index from 2 to 34 pages; with index scans 1.2-2.0 ms a batch
+-- throughout and the index at 2 pages. So the function, and what it calls, plan without
+-- bitmap scans: every lookup in them is of a few rows by key.
+alter function demofleet_intake(jsonb) set enable_bitmapscan = off;
