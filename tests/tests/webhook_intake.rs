@@ -315,14 +315,16 @@ async fn pull_requests_pushed_to_again_and_again_keep_the_index_of_live_chains_s
     .execute(&stack.db)
     .await
     .unwrap();
+    let event = |pr: i64, n: i64| {
+        Event::pull_request(Kind::Deploy, request(&repo, pr, n, "A title"), "github:octocat", at(n)).delivered(
+            &format!("{repo}-{pr}-{n}"),
+            "pull_request",
+            "synchronize",
+        )
+    };
     // 800 batches of one event for each of 8 pull requests, each batch its own transaction.
     for n in 1..=800 {
-        let batch: Vec<Event> = (1..=8)
-            .map(|pr| {
-                Event::pull_request(Kind::Deploy, request(&repo, pr, n, "A title"), "github:octocat", at(n))
-                    .delivered(&format!("{repo}-{pr}-{n}"), "pull_request", "synchronize")
-            })
-            .collect();
+        let batch: Vec<Event> = (1..=8).map(|pr| event(pr, n)).collect();
         for answer in record(&stack.db, &batch).await.unwrap() {
             assert_eq!(answer.unwrap().outcome, "deploy_queued");
         }
