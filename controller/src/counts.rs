@@ -16,8 +16,8 @@ pub const ATTEMPTS: &str = "step_attempts";
 /// How far behind now a mark stays: what a scrape reads row by row.
 const LAG: Duration = Duration::from_secs(10);
 /// At most this many rows of each table are counted into the tally per tick, so that a
-/// history counted for the first time (after the upgrade) is a few seconds of ticks, not
-/// one long transaction.
+/// history counted for the first time (after the upgrade) is many short transactions (about
+/// 100 s of 2 s ticks per million rows), not one long one.
 const MOST_PER_TICK: i32 = 20_000;
 
 /// Move the marks forward, counting the rows they pass: one mark a transaction.
