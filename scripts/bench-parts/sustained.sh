@@ -94,6 +94,24 @@ sustained_vacuums() {
     su postgres -c "psql -d $SUSTAINED_DB -qtA -F ' ' -c 'select relname, autovacuum_count, autoanalyze_count
         from pg_stat_user_tables order by 1'" >"$1"
 }
+# sustained_wal FILE: the cluster's WAL written and checkpoints so far, into FILE (one line:
+# records, full-page images, bytes, timed and requested checkpoints, buffers they wrote).
+sustained_wal() {
+    su postgres -c "psql -qtA -F ' ' -c 'select w.wal_records, w.wal_fpi, w.wal_bytes, b.checkpoints_timed,
+        b.checkpoints_req, b.buffers_checkpoint from pg_stat_wal w, pg_stat_bgwriter b'" >"$1"
+}
+# sustained_wal_report PHASE: WAL per delivery and checkpoints between PHASE's two readings.
+sustained_wal_report() {
+    python3 - "$BENCH_DIR" "$1" "$(summary_field "$1" ok)" <<'PY'
+import sys
+bench, phase, answered = sys.argv[1], sys.argv[2], max(int(sys.argv[3]), 1)
+before, after = ([float(x) for x in open(f"{bench}/{phase}-wal-{when}.txt").read().split()] for when in ("before", "after"))
+records, fpi, size, timed, requested, written = (a - b for a, b in zip(after, before))
+print(f"BENCH sustained wal phase={phase} records_per_delivery={records / answered:.1f} "
+      f"fpi_per_delivery={fpi / answered:.2f} bytes_per_delivery={size / answered:.0f} "
+      f"checkpoints_timed={timed:.0f} checkpoints_requested={requested:.0f} checkpoint_buffers={written:.0f}")
+PY
+}
 sustained_backlog before
 sustained_scrape before
 echo "BENCH sustained load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -128,8 +146,11 @@ log "sustained: demofleet for ${SUSTAINED_SECONDS}s against the history, $SUSTAI
 checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-warmup-demofleet 5 >/dev/null
 sustained_statements reset
 sustained_vacuums "$BENCH_DIR/sustained-vacuums-before.txt"
+sustained_wal "$BENCH_DIR/sustained-demofleet-wal-before.txt"
 checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-demofleet "$SUSTAINED_SECONDS"
+sustained_wal "$BENCH_DIR/sustained-demofleet-wal-after.txt"
 cpu_split demofleet sustained-demofleet
+sustained_wal_report sustained-demofleet
 sustained_vacuums "$BENCH_DIR/sustained-vacuums-after.txt"
 # Which tables autovacuum worked on during the demofleet phase (its CPU: postgres_ended above).
 echo "BENCH sustained autovacuum: $(join <(sort "$BENCH_DIR/sustained-vacuums-before.txt") <(sort "$BENCH_DIR/sustained-vacuums-after.txt") |
