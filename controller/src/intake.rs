@@ -1,21 +1,24 @@
 //! Recording events in batches (group commit), and starting the chains they create.
 //!
 //! Each webhook handler verifies and parses its delivery, then hands the event to the
-//! [`Intake`] writer and waits. The writer takes every event waiting at that moment and
-//! records them with one call of [`crate::db::events::record`] (migration 0003): one
-//! round trip and one commit for the whole batch. The handler answers 202 once that commit
-//! is done, so a 202 still means durable. New chains are created `waiting`; the
+//! [`Intake`] and waits. Each of [`WRITERS`] writers takes every event waiting in its queue at
+//! that moment and records them with one call of [`crate::db::events::record`] (migration
+//! 0003): one round trip and one commit for the whole batch. A pull request's events always
+//! go to the same writer ([`writer_for`]), so the writers never lock the same demo and one
+//! commits while another records its batch. The handler answers 202 once that commit is
+//! done, so a 202 still means durable. New chains are created `waiting`; the
 //! [`Starter`] then advances them outside the request, newest generation of each demo
 //! only and at most once per [`START_INTERVAL`], and the periodic tick starts any that a
 //! crash left waiting.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -36,7 +39,8 @@ struct Pending {
 /// The handle handlers record events through.
 #[derive(Clone)]
 pub struct Intake {
-    queue: mpsc::Sender<Pending>,
+    /// Each writer's queue.
+    queues: Arc<[mpsc::Sender<Pending>]>,
     pub stats: Arc<Stats>,
 }
 
@@ -54,35 +58,52 @@ pub struct Stats {
 pub struct Stopped;
 
 impl Intake {
-    /// The handle, and the writer and starter tasks to run.
-    pub fn new() -> (Intake, Writer, Starter) {
-        let (queue, events) = mpsc::channel(4 * MAX_BATCH);
-        let (started, chains) = mpsc::unbounded_channel();
-        let stats = Arc::new(Stats::default());
-        let writer = Writer { events: Arc::new(Mutex::new(events)), started, stats: stats.clone() };
-        (Intake { queue, stats }, writer, Starter { chains })
+    /// The handle, and the [`WRITERS`] writer tasks and the starter task to run.
+    pub fn new() -> (Intake, Vec<Writer>, Starter) {
+        Intake::with_writers(WRITERS)
     }
 
-    /// Record `event` with whatever else is waiting, and return once it is committed.
+    fn with_writers(count: usize) -> (Intake, Vec<Writer>, Starter) {
+        let (started, chains) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let (queues, writers): (Vec<_>, Vec<_>) = (0..count)
+            .map(|_| {
+                let (queue, events) = mpsc::channel(4 * MAX_BATCH);
+                (queue, Writer { events, started: started.clone(), stats: stats.clone() })
+            })
+            .unzip();
+        (Intake { queues: queues.into(), stats }, writers, Starter { chains })
+    }
+
+    /// Record `event` with whatever else is waiting for its writer, and return once it is
+    /// committed.
     pub async fn submit(&self, event: Event) -> Result<sqlx::Result<Recorded>, Stopped> {
         let (answer, answered) = oneshot::channel();
-        self.queue.send(Pending { event, answer }).await.map_err(|_| Stopped)?;
+        let queue = &self.queues[writer_for(&event, self.queues.len())];
+        queue.send(Pending { event, answer }).await.map_err(|_| Stopped)?;
         answered.await.map_err(|_| Stopped)
     }
 }
 
-/// Takes waiting events in batches and records each batch with one commit. Clones share
-/// the queue, so while one commits, another gathers the next batch.
-#[derive(Clone)]
+/// Which of `writers` records `event`: by its pull request, so that a pull request's events
+/// are recorded by one writer in the order they came and two writers never wait for each
+/// other's locks on a demo; by its delivery when it is about no pull request.
+fn writer_for(event: &Event, writers: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    event.pull_request_key().or_else(|| event.delivery.clone()).hash(&mut hasher);
+    (hasher.finish() % writers as u64) as usize
+}
+
+/// Takes the events waiting in its queue in batches and records each batch with one commit.
 pub struct Writer {
-    events: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    events: mpsc::Receiver<Pending>,
     started: mpsc::UnboundedSender<(Uuid, Uuid)>,
     stats: Arc<Stats>,
 }
 
 impl Writer {
     /// Run until `stop`, finishing the batch at hand.
-    pub async fn run(self, db: PgPool, stop: CancellationToken) {
+    pub async fn run(mut self, db: PgPool, stop: CancellationToken) {
         let mut carried: Option<Pending> = None;
         loop {
             let batch = tokio::select! {
@@ -96,32 +117,26 @@ impl Writer {
         }
     }
 
-    /// The next batch: what waits now, up to the first event that must not share it
-    /// (carried over to the next), sorted by pull request so that writers running side by
-    /// side lock demos in one order; a pull request's events stay in their order.
-    async fn gather(&self, carried: &mut Option<Pending>) -> Option<Vec<Pending>> {
-        let (first, mut events) = match carried.take() {
-            // With an event in hand, never wait for the queue: the other writer may hold it
-            // while it waits for events that will not come until this one is answered.
-            Some(pending) => (pending, self.events.try_lock().ok()),
-            None => {
-                let mut events = self.events.lock().await;
-                let first = events.recv().await?;
-                (first, Some(events))
-            }
+    /// The next batch: the event carried over, else the next to come, then what waits now,
+    /// up to the first event that must not share it (carried over to the next), sorted by
+    /// pull request so that writers (of other replicas) lock demos in one order; a pull
+    /// request's events stay in their order.
+    async fn gather(&mut self, carried: &mut Option<Pending>) -> Option<Vec<Pending>> {
+        let first = match carried.take() {
+            Some(pending) => pending,
+            None => self.events.recv().await?,
         };
         let mut held = Held::default();
         held.admit(&first.event);
         let mut batch = vec![first];
-        while let Some(events) = events.as_mut().filter(|_| batch.len() < MAX_BATCH) {
-            let Ok(next) = events.try_recv() else { break };
+        while batch.len() < MAX_BATCH {
+            let Ok(next) = self.events.try_recv() else { break };
             if !held.admit(&next.event) {
                 *carried = Some(next);
                 break;
             }
             batch.push(next);
         }
-        drop(events);
         batch.sort_by_cached_key(|p| p.event.pull_request_key());
         Some(batch)
     }
@@ -189,8 +204,8 @@ impl Held {
     }
 }
 
-/// Record `event` alone, trying once more after a unique violation: the other writer may
-/// have been creating the same demo at the same moment (the intake's statement inserts a
+/// Record `event` alone, trying once more after a unique violation: a writer of another
+/// replica may have been creating the same demo at the same moment (the intake's statement inserts a
 /// demo it did not find, and the unique indexes refuse the second of two such inserts), or
 /// recording the same delivery (a redelivery that came while the first was being recorded),
 /// and the second try finds the demo it made or the delivery it recorded. A name another
@@ -300,6 +315,8 @@ impl Throttle {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use time::OffsetDateTime;
 
     use super::*;
@@ -340,11 +357,17 @@ mod tests {
         assert_eq!(throttle.due(later), [chains[4]]);
     }
 
+    /// An intake of one writer, and that writer.
+    fn one_writer() -> (Intake, Writer) {
+        let (intake, mut writers, _starter) = Intake::with_writers(1);
+        (intake, writers.pop().unwrap())
+    }
+
     #[tokio::test]
     async fn a_batch_is_cut_before_a_second_event_of_one_delivery() {
-        let (intake, writer, _starter) = Intake::new();
+        let (intake, mut writer) = one_writer();
         for delivery in ["a", "b", "a", "c"] {
-            intake.queue.send(ping(delivery)).await.unwrap();
+            intake.queues[0].send(ping(delivery)).await.unwrap();
         }
         let mut carried = None;
         let batch = writer.gather(&mut carried).await.unwrap();
@@ -372,7 +395,7 @@ mod tests {
 
     #[tokio::test]
     async fn deploys_of_one_pull_request_share_a_batch_in_their_order_unless_one_cannot() {
-        let (intake, writer, _starter) = Intake::new();
+        let (intake, mut writer) = one_writer();
         let at = Some(OffsetDateTime::UNIX_EPOCH);
         let events = [
             deploy(2, "a", Kind::Deploy, at, Some("alice")),
@@ -385,7 +408,7 @@ mod tests {
             deploy(3, "g", Kind::Deploy, at, Some("gina")),
         ];
         for pending in events {
-            intake.queue.send(pending).await.unwrap();
+            intake.queues[0].send(pending).await.unwrap();
         }
         let mut carried = None;
         let mut batches = Vec::new();
@@ -397,20 +420,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_event_in_hand_is_never_held_up_by_the_other_writer() {
-        let (intake, writer, _starter) = Intake::new();
-        // One writer waits for events, holding the queue.
-        let idle = writer.clone();
-        let waiting = tokio::spawn(async move { idle.gather(&mut None).await.map(|batch| batch.len()) });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // The other has an event carried over: it goes out now, alone.
-        let mut carried = Some(ping("carried"));
-        let batch = tokio::time::timeout(Duration::from_secs(5), writer.gather(&mut carried))
-            .await
-            .expect("not held up by the idle writer")
-            .unwrap();
-        assert_eq!(batch.len(), 1);
-        intake.queue.send(ping("next")).await.unwrap();
-        assert_eq!(waiting.await.unwrap(), Some(1), "the idle writer takes the next event");
+    async fn a_pull_requests_events_go_to_one_writer_and_the_writers_share_the_pull_requests() {
+        let (intake, mut writers, _starter) = Intake::with_writers(WRITERS);
+        let at = Some(OffsetDateTime::UNIX_EPOCH);
+        // Two deliveries of each of 32 pull requests, then a ping delivered twice.
+        let mut events: Vec<Event> = (0..32)
+            .flat_map(|pr| (0..2).map(move |n| deploy(pr, &format!("{pr}-{n}"), Kind::Deploy, at, Some("u")).event))
+            .collect();
+        events.extend((0..2).map(|_| ping("p").event));
+        let submitted = events.len();
+        for event in events {
+            let intake = intake.clone();
+            // Never answered: the writers below only take the events from their queues.
+            tokio::spawn(async move { intake.submit(event).await });
+        }
+        let mut keys: Vec<HashSet<String>> = Vec::new();
+        let mut taken = 0;
+        for writer in &mut writers {
+            let mut held = HashSet::new();
+            while let Ok(Some(pending)) = tokio::time::timeout(Duration::from_millis(200), writer.events.recv()).await {
+                taken += 1;
+                held.extend(pending.event.pull_request_key().or(pending.event.delivery));
+            }
+            keys.push(held);
+        }
+        assert_eq!(taken, submitted, "every event reaches a writer");
+        let sizes: Vec<usize> = keys.iter().map(HashSet::len).collect();
+        assert_eq!(
+            sizes.iter().sum::<usize>(),
+            33,
+            "32 pull requests and the ping, each at one writer only: {sizes:?}"
+        );
+        assert!(sizes.iter().all(|n| *n >= 4), "each writer takes its share: {sizes:?}");
     }
 }

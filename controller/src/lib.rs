@@ -135,7 +135,7 @@ impl Controller {
         };
 
         let github = github_client(&config)?;
-        let (intake, intake_writer, starter) = intake::Intake::new();
+        let (intake, intake_writers, starter) = intake::Intake::new();
         let routes = edge::RouteTable::new(config.idle_sleep_seconds());
         let auth = Arc::new(auth::Auth::new(&config, auth::signing_key(&db, "gate").await?, db.clone())?);
         let timings = Arc::new(timings::Timings::default());
@@ -173,8 +173,8 @@ impl Controller {
 
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        for _ in 0..intake::WRITERS {
-            tasks.spawn(intake_writer.clone().run(db.clone(), stop.clone()));
+        for writer in intake_writers {
+            tasks.spawn(writer.run(db.clone(), stop.clone()));
         }
         tasks.spawn(starter.run(scheduler.clone(), stop.clone()));
         let publisher = broker::publisher::Publisher {
