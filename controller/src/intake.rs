@@ -4,9 +4,9 @@
 //! [`Intake`] and waits. Each of [`WRITERS`] writers takes every event waiting in its queue at
 //! that moment and records them with one call of [`crate::db::events::record`] (migration
 //! 0003): one round trip and one commit for the whole batch. A pull request's events always
-//! go to the same writer ([`writer_for`]), so the writers never lock the same demo and one
-//! commits while another records its batch. The handler answers 202 once that commit is
-//! done, so a 202 still means durable. New chains are created `waiting`; the
+//! go to the same writer ([`writer_for`]), so a controller's writers never lock the same demo
+//! and one commits while another records its batch. The handler answers 202 once that
+//! commit is done, so a 202 still means durable. New chains are created `waiting`; the
 //! [`Starter`] then advances them outside the request, newest generation of each demo
 //! only and at most once per [`START_INTERVAL`], and the periodic tick starts any that a
 //! crash left waiting.
@@ -90,7 +90,10 @@ impl Intake {
 /// other's locks on a demo; by its delivery when it is about no pull request.
 fn writer_for(event: &Event, writers: usize) -> usize {
     let mut hasher = DefaultHasher::new();
-    event.pull_request_key().or_else(|| event.delivery.clone()).hash(&mut hasher);
+    match event.pull_request_key() {
+        Some(pull_request) => pull_request.hash(&mut hasher),
+        None => event.delivery.hash(&mut hasher),
+    }
     (hasher.finish() % writers as u64) as usize
 }
 
@@ -205,11 +208,11 @@ impl Held {
 }
 
 /// Record `event` alone, trying once more after a unique violation: a writer of another
-/// replica may have been creating the same demo at the same moment (the intake's statement inserts a
-/// demo it did not find, and the unique indexes refuse the second of two such inserts), or
-/// recording the same delivery (a redelivery that came while the first was being recorded),
-/// and the second try finds the demo it made or the delivery it recorded. A name another
-/// repository holds fails both tries.
+/// replica may have been creating the same demo at the same moment (the intake's statement
+/// inserts a demo it did not find, and the unique indexes refuse the second of two such
+/// inserts), or recording the same delivery (a redelivery that came while the first was
+/// being recorded), and the second try finds the demo it made or the delivery it recorded.
+/// A name another repository holds fails both tries.
 async fn record_alone(db: &PgPool, event: &Event) -> sqlx::Result<Recorded> {
     match record_once(db, event).await {
         Err(err) if is_unique_violation(&err) => {
