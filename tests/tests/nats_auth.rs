@@ -54,7 +54,13 @@ async fn client(url: &str) -> Result<(async_nats::Client, Reports), async_nats::
 /// gathered in the background.
 async fn gather(watcher: &async_nats::Client, subject: String) -> Arc<Mutex<Vec<(String, String)>>> {
     let mut messages = watcher.subscribe(subject).await.unwrap();
-    watcher.flush().await.unwrap();
+    // The client's flush only writes to the socket. A message to itself coming back shows
+    // the server has taken the subscription before it (it reads a connection in order), so
+    // nothing published from now on is missed.
+    let inbox = watcher.new_inbox();
+    let mut echo = watcher.subscribe(inbox.clone()).await.unwrap();
+    watcher.publish(inbox, "subscribed".into()).await.unwrap();
+    tokio::time::timeout(DEADLINE, echo.next()).await.expect("the subscription confirmed").unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let keep = seen.clone();
     tokio::spawn(async move {
