@@ -112,6 +112,21 @@ print(f"BENCH sustained wal phase={phase} records_per_delivery={records / answer
       f"checkpoints_timed={timed:.0f} checkpoints_requested={requested:.0f} checkpoint_buffers={written:.0f}")
 PY
 }
+# sustained_chains PHASE SINCE: the chains made since SINCE (a PostgreSQL timestamp), those
+# written superseded, and those a simulated agent ran (a step attempt recorded), each also
+# per delivery of PHASE answered, as a BENCH line.
+sustained_chains() {
+    local answered counts made superseded ran
+    answered=$(summary_field "$1" ok)
+    counts=$(su postgres -c "psql -d $SUSTAINED_DB -qtA -F ' ' -c \"select count(*),
+        count(*) filter (where status = 'superseded'),
+        count(*) filter (where exists (select 1 from step_attempts a where a.chain_id = c.id))
+        from chains c where created_at >= '$2'\"")
+    read -r made superseded ran <<<"$counts"
+    echo "BENCH sustained chains phase=$1: made=$made superseded=$superseded ran=$ran" \
+        "$(awk -v m="$made" -v s="$superseded" -v r="$ran" -v a="$answered" 'BEGIN {
+            a = a > 0 ? a : 1; printf "made_per_delivery=%.2f superseded_per_delivery=%.2f ran_per_delivery=%.2f", m / a, s / a, r / a }')"
+}
 sustained_backlog before
 sustained_scrape before
 echo "BENCH sustained load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -147,10 +162,12 @@ checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-warmup-demoflee
 sustained_statements reset
 sustained_vacuums "$BENCH_DIR/sustained-vacuums-before.txt"
 sustained_wal "$BENCH_DIR/sustained-demofleet-wal-before.txt"
+phase_began=$(su postgres -c "psql -d $SUSTAINED_DB -qtAc 'select clock_timestamp()'")
 checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-demofleet "$SUSTAINED_SECONDS"
 sustained_wal "$BENCH_DIR/sustained-demofleet-wal-after.txt"
 cpu_split demofleet sustained-demofleet
 sustained_wal_report sustained-demofleet
+sustained_chains sustained-demofleet "$phase_began"
 sustained_vacuums "$BENCH_DIR/sustained-vacuums-after.txt"
 # Which tables autovacuum worked on during the demofleet phase (its CPU: postgres_ended above).
 echo "BENCH sustained autovacuum: $(join <(sort "$BENCH_DIR/sustained-vacuums-before.txt") <(sort "$BENCH_DIR/sustained-vacuums-after.txt") |
