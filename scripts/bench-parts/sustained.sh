@@ -113,19 +113,21 @@ print(f"BENCH sustained wal phase={phase} records_per_delivery={records / answer
 PY
 }
 # sustained_chains PHASE SINCE: the chains made since SINCE (a PostgreSQL timestamp), those
-# written superseded, and those a simulated agent ran (a step attempt recorded), each also
-# per delivery of PHASE answered, as a BENCH line.
+# written superseded, those with a step sent to a simulated agent (a step queued), and those
+# it ran (a step attempt recorded), each also per delivery of PHASE answered, as a BENCH line.
 sustained_chains() {
-    local answered counts made superseded ran
+    local answered counts made superseded sent ran
     answered=$(summary_field "$1" ok)
     counts=$(su postgres -c "psql -d $SUSTAINED_DB -qtA -F ' ' -c \"select count(*),
         count(*) filter (where status = 'superseded'),
+        count(*) filter (where exists (select 1 from chain_steps s where s.chain_id = c.id)),
         count(*) filter (where exists (select 1 from step_attempts a where a.chain_id = c.id))
         from chains c where created_at >= '$2'\"")
-    read -r made superseded ran <<<"$counts"
-    echo "BENCH sustained chains phase=$1: made=$made superseded=$superseded ran=$ran" \
-        "$(awk -v m="$made" -v s="$superseded" -v r="$ran" -v a="$answered" 'BEGIN {
-            a = a > 0 ? a : 1; printf "made_per_delivery=%.2f superseded_per_delivery=%.2f ran_per_delivery=%.2f", m / a, s / a, r / a }')"
+    read -r made superseded sent ran <<<"$counts"
+    echo "BENCH sustained chains phase=$1: made=$made superseded=$superseded sent=$sent ran=$ran" \
+        "$(awk -v m="$made" -v s="$superseded" -v q="$sent" -v r="$ran" -v a="$answered" 'BEGIN {
+            a = a > 0 ? a : 1
+            printf "per_delivery: made=%.3f superseded=%.3f sent=%.3f ran=%.3f", m / a, s / a, q / a, r / a }')"
 }
 sustained_backlog before
 sustained_scrape before
