@@ -129,6 +129,83 @@ sustained_chains() {
             a = a > 0 ? a : 1
             printf "per_delivery: made=%.3f superseded=%.3f sent=%.3f ran=%.3f", m / a, s / a, q / a, r / a }')"
 }
+# sustained_rabbitmq FILE: the sustained vhost's message counts so far (the management API's
+# message_stats: published, delivered or got, acknowledged, redelivered) and RabbitMQ's
+# connections, channels and queues, into FILE as one line.
+sustained_rabbitmq() {
+    curl -fsS -u "$AMQP_USER:$AMQP_PASSWORD" "http://127.0.0.1:15672/api/vhosts/$SUSTAINED_VHOST" |
+        python3 -c 'import json, sys
+v = json.load(sys.stdin); m = v.get("message_stats", {})
+print(*(m.get(k, 0) for k in ("publish", "deliver_get", "ack", "redeliver")))' >"$1"
+    curl -fsS -u "$AMQP_USER:$AMQP_PASSWORD" "http://127.0.0.1:15672/api/overview" |
+        python3 -c 'import json, sys
+t = json.load(sys.stdin)["object_totals"]; print(t["connections"], t["channels"], t["queues"])' >>"$1"
+}
+# sustained_rabbitmq_report PHASE: RabbitMQ's messages per delivery of PHASE, as a BENCH line.
+sustained_rabbitmq_report() {
+    python3 - "$BENCH_DIR" "$1" "$(summary_field "$1" ok)" <<'PY'
+import sys
+bench, phase, answered = sys.argv[1], sys.argv[2], max(int(sys.argv[3]), 1)
+(before, _), (after, totals) = ([line.split() for line in open(f"{bench}/{phase}-rabbitmq-{when}.txt")]
+                                for when in ("before", "after"))
+counts = dict(zip(("published", "delivered", "acked", "redelivered"), (int(a) - int(b) for a, b in zip(after, before))))
+print(f"BENCH sustained rabbitmq phase={phase} " + " ".join(f"{k}={v}" for k, v in counts.items())
+      + " per_delivery: " + " ".join(f"{k}={v / answered:.3f}" for k, v in counts.items())
+      + " connections={} channels={} queues={}".format(*totals))
+PY
+}
+# sustained_idle_cpu SECONDS: the CPU each program uses in SECONDS with no load (the simulated
+# agents' heartbeats, the controller's tick, RabbitMQ's and PostgreSQL's own work), in ms a
+# second, as a BENCH line: what the loaded phases pay whatever their deliveries.
+sustained_idle_cpu() {
+    cpu_by_command "$BENCH_DIR/sustained-idle-cpu-before.json"
+    sleep "$1"
+    cpu_by_command "$BENCH_DIR/sustained-idle-cpu-after.json"
+    python3 - "$BENCH_DIR" "$1" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+bench, seconds, hz = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+before, after = (json.load(open(f"{bench}/sustained-idle-cpu-{when}.json")) for when in ("before", "after"))
+used = sorted(((c, t - before.get(c, 0)) for c, t in after.items()), key=lambda item: -item[1])[:5]
+print("BENCH sustained idle_cpu ms_per_s: " + " ".join(f"{c.replace(' ', '_')}={t / hz / seconds * 1000:.1f}" for c, t in used))
+PY
+}
+# sustained_timeline PHASE FROM TO: autovacuums, autoanalyzes and checkpoints PostgreSQL logged
+# between FROM and TO (epoch seconds, the phase's load), each at its second into the load, and
+# the windows whose p99 was over twice the phase's median, as BENCH lines.
+sustained_timeline() {
+    python3 - "$BENCH_DIR" "$1" "$2" "$3" "${DEMOFLEET_PG_LOG:-/var/log/postgresql/postgresql-15-main.log}" <<'PY'
+import datetime, json, re, statistics, sys
+bench, phase, began, ended, log = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+stamp = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) (\w+) ")
+what = re.compile(r"automatic (vacuum|analyze) of table \"([^\"]+)\".*?|checkpoint (starting|complete)")
+# A log entry's first line carries its time; its continuation lines start with a tab. An
+# autovacuum's or autoanalyze's entry is written when it ends, its elapsed time on a later line.
+entries = []
+for line in open(log, errors="replace"):
+    m = stamp.match(line)
+    if m:
+        entries.append([datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f")
+                        .replace(tzinfo=datetime.timezone.utc).timestamp(), line])
+    elif entries and line.startswith("\t"):
+        entries[-1][1] += line
+events = []
+for at, text in entries:
+    w = what.search(text)
+    if not w or not began <= at <= ended + 60:
+        continue
+    elapsed = re.search(r"elapsed: ([\d.]+) s|total=([\d.]+) s", text)
+    took = float(next(g for g in elapsed.groups() if g)) if elapsed else 0.0
+    if at - took > ended:
+        continue
+    label = f"{w.group(1)}:{w.group(2).split('.')[-1]}" if w.group(1) else f"checkpoint_{w.group(3)}"
+    events.append(f"{label}@{at - took - began:.0f}s" + (f"-{at - began:.0f}s" if took >= 1 else ""))
+print(f"BENCH sustained timeline phase={phase} postgres: " + (" ".join(events) or "none"))
+windows = [json.loads(l) for l in open(f"{bench}/{phase}.jsonl")]
+median = statistics.median(w["p99_ms"] for w in windows)
+slow = [f"{w['t_s']:.0f}s={w['p99_ms']:.0f}ms" for w in windows if w["p99_ms"] > 2 * median]
+print(f"BENCH sustained timeline phase={phase} windows_p99_over_twice_median({median:.1f}ms): " + (" ".join(slow) or "none"))
+PY
+}
 sustained_backlog before
 sustained_scrape before
 echo "BENCH sustained load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -160,16 +237,27 @@ sustained_statements() {
 }
 
 log "sustained: demofleet for ${SUSTAINED_SECONDS}s against the history, $SUSTAINED_HOSTS simulated agents"
+sustained_idle_cpu 20
+# Every autovacuum and autoanalyze of the history's tables is logged, for the timeline.
+su postgres -c "psql -d $SUSTAINED_DB -qtA" <<'SQL' >/dev/null
+select format('alter table %I set (log_autovacuum_min_duration = 0)', relname) from pg_stat_user_tables \gexec
+SQL
 checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-warmup-demofleet 5 >/dev/null
 sustained_statements reset
 sustained_vacuums "$BENCH_DIR/sustained-vacuums-before.txt"
 sustained_wal "$BENCH_DIR/sustained-demofleet-wal-before.txt"
+sustained_rabbitmq "$BENCH_DIR/sustained-demofleet-rabbitmq-before.txt"
 phase_began=$(su postgres -c "psql -d $SUSTAINED_DB -qtAc 'select clock_timestamp()'")
+load_began=$(date +%s.%N)
 checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-demofleet "$SUSTAINED_SECONDS"
+load_ended=$(date +%s.%N)
 sustained_wal "$BENCH_DIR/sustained-demofleet-wal-after.txt"
+sustained_rabbitmq "$BENCH_DIR/sustained-demofleet-rabbitmq-after.txt"
 cpu_split demofleet sustained-demofleet
 sustained_wal_report sustained-demofleet
+sustained_rabbitmq_report sustained-demofleet
 sustained_chains sustained-demofleet "$phase_began"
+sustained_timeline sustained-demofleet "$load_began" "$load_ended"
 sustained_vacuums "$BENCH_DIR/sustained-vacuums-after.txt"
 # Which tables autovacuum worked on during the demofleet phase (its CPU: postgres_ended above).
 echo "BENCH sustained autovacuum: $(join <(sort "$BENCH_DIR/sustained-vacuums-before.txt") <(sort "$BENCH_DIR/sustained-vacuums-after.txt") |
