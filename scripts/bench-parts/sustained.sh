@@ -112,7 +112,7 @@ print(f"BENCH sustained wal phase={phase} records_per_delivery={records / answer
       f"checkpoints_timed={timed:.0f} checkpoints_requested={requested:.0f} checkpoint_buffers={written:.0f}")
 PY
 }
-# sustained_chains PHASE SINCE: the chains made since SINCE (a PostgreSQL timestamp), those
+# sustained_chains PHASE SINCE: the chains made since SINCE (epoch seconds), those
 # written superseded, those with a step sent to a simulated agent (a step queued), and those
 # it ran (a step attempt recorded), each also per delivery of PHASE answered, as a BENCH line.
 sustained_chains() {
@@ -122,7 +122,7 @@ sustained_chains() {
         count(*) filter (where status = 'superseded'),
         count(*) filter (where exists (select 1 from chain_steps s where s.chain_id = c.id)),
         count(*) filter (where exists (select 1 from step_attempts a where a.chain_id = c.id))
-        from chains c where created_at >= '$2'\"")
+        from chains c where created_at >= to_timestamp($2)\"")
     read -r made superseded sent ran <<<"$counts"
     echo "BENCH sustained chains phase=$1: made=$made superseded=$superseded sent=$sent ran=$ran" \
         "$(awk -v m="$made" -v s="$superseded" -v q="$sent" -v r="$ran" -v a="$answered" 'BEGIN {
@@ -169,19 +169,26 @@ used = sorted(((c, t - before.get(c, 0)) for c, t in after.items()), key=lambda 
 print("BENCH sustained idle_cpu ms_per_s: " + " ".join(f"{c.replace(' ', '_')}={t / hz / seconds * 1000:.1f}" for c, t in used))
 PY
 }
-# sustained_timeline PHASE FROM TO: autovacuums, autoanalyzes and checkpoints PostgreSQL logged
-# between FROM and TO (epoch seconds, the phase's load), each at its second into the load, and
-# the windows whose p99 was over twice the phase's median, as BENCH lines.
+# PostgreSQL's log, read for the timeline.
+PG_LOG=${DEMOFLEET_PG_LOG:-/var/log/postgresql/postgresql-15-main.log}
+# sustained_timeline PHASE FROM TO OFFSET: autovacuums, autoanalyzes and checkpoints PostgreSQL
+# logged between FROM and TO (epoch seconds, the phase's load), each at its second into the
+# load, and the windows whose p99 was over twice the phase's median, as BENCH lines. The log is
+# read from byte OFFSET, its size when the load began (from its start if it has been rotated
+# since), and a vacuum that began in the load may have ended up to a minute after it.
 sustained_timeline() {
-    python3 - "$BENCH_DIR" "$1" "$2" "$3" "${DEMOFLEET_PG_LOG:-/var/log/postgresql/postgresql-15-main.log}" <<'PY'
-import datetime, json, re, statistics, sys
+    python3 - "$BENCH_DIR" "$1" "$2" "$3" "$PG_LOG" "$4" <<'PY'
+import datetime, json, os, re, statistics, sys
 bench, phase, began, ended, log = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+offset = int(sys.argv[6]) if int(sys.argv[6]) <= os.path.getsize(log) else 0
 stamp = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) (\w+) ")
 what = re.compile(r"automatic (vacuum|analyze) of table \"([^\"]+)\".*?|checkpoint (starting|complete)")
 # A log entry's first line carries its time; its continuation lines start with a tab. An
 # autovacuum's or autoanalyze's entry is written when it ends, its elapsed time on a later line.
 entries = []
-for line in open(log, errors="replace"):
+raw = open(log, "rb")
+raw.seek(offset)
+for line in (l.decode(errors="replace") for l in raw):
     m = stamp.match(line)
     if m:
         entries.append([datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f")
@@ -247,7 +254,7 @@ sustained_statements reset
 sustained_vacuums "$BENCH_DIR/sustained-vacuums-before.txt"
 sustained_wal "$BENCH_DIR/sustained-demofleet-wal-before.txt"
 sustained_rabbitmq "$BENCH_DIR/sustained-demofleet-rabbitmq-before.txt"
-phase_began=$(su postgres -c "psql -d $SUSTAINED_DB -qtAc 'select clock_timestamp()'")
+log_offset=$(stat -c %s "$PG_LOG")
 load_began=$(date +%s.%N)
 checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-demofleet "$SUSTAINED_SECONDS"
 load_ended=$(date +%s.%N)
@@ -256,8 +263,8 @@ sustained_rabbitmq "$BENCH_DIR/sustained-demofleet-rabbitmq-after.txt"
 cpu_split demofleet sustained-demofleet
 sustained_wal_report sustained-demofleet
 sustained_rabbitmq_report sustained-demofleet
-sustained_chains sustained-demofleet "$phase_began"
-sustained_timeline sustained-demofleet "$load_began" "$load_ended"
+sustained_chains sustained-demofleet "$load_began"
+sustained_timeline sustained-demofleet "$load_began" "$load_ended" "$log_offset"
 sustained_vacuums "$BENCH_DIR/sustained-vacuums-after.txt"
 # Which tables autovacuum worked on during the demofleet phase (its CPU: postgres_ended above).
 echo "BENCH sustained autovacuum: $(join <(sort "$BENCH_DIR/sustained-vacuums-before.txt") <(sort "$BENCH_DIR/sustained-vacuums-after.txt") |
