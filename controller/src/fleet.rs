@@ -110,7 +110,8 @@ async fn refuse(app: &Fleet, why: Refused, subject: &str, host: Option<&str>) {
 }
 
 /// Every tick, on the replica holding the fleet lease: reconcile hosts' inventories, move
-/// demos off drained and silent hosts, give waiting chains a host if one is free now, stop
+/// demos off drained and silent hosts, begin the generations no starter began and give
+/// waiting chains a host if one is free now, stop
 /// expired demos, put idle ones to sleep, write Traefik's file, count the history up to a
 /// new mark and remove a batch of what outlived the retention. (Each replica's route table
 /// follows the database's changes on its own: [`crate::edge::follow`].)
@@ -278,8 +279,19 @@ async fn move_off(app: &Fleet, trust_silence: bool) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// How long a recorded generation may stay not begun before the tick begins it: the
+/// intake's starter begins each within [`crate::intake::START_INTERVAL`], unless its
+/// controller stopped first.
+const NOT_BEGUN_GRACE: Duration = Duration::from_secs(5);
+
 async fn place_waiting(app: &Fleet) -> sqlx::Result<()> {
     let scheduler = &app.scheduler;
+    for (demo, generation) in demos::not_begun(&scheduler.db, NOT_BEGUN_GRACE, 100).await? {
+        tracing::info!(%demo, generation, "beginning a generation no starter began");
+        scheduler
+            .transact(async |tx| Ok::<_, sqlx::Error>(((), scheduler.begin_generation(tx, demo, generation).await?)))
+            .await?;
+    }
     for chain in chains::waiting(&scheduler.db, 100).await? {
         scheduler.transact(async |tx| Ok::<_, sqlx::Error>(((), scheduler.advance(tx, chain).await?))).await?;
     }

@@ -6,10 +6,10 @@
 //! 0003): one round trip and one commit for the whole batch. A pull request's events always
 //! go to the same writer ([`writer_for`]), so a controller's writers never lock the same demo
 //! and one commits while another records its batch. The handler answers 202 once that
-//! commit is done, so a 202 still means durable. New chains are created `waiting`; the
-//! [`Starter`] then advances them outside the request, newest generation of each demo
-//! only and at most once per [`START_INTERVAL`], and the periodic tick starts any that a
-//! crash left waiting.
+//! commit is done, so a 202 still means durable. A deploy's chain is not made then: the
+//! [`Starter`] begins it outside the request, for the newest generation of each demo only and
+//! at most once per [`START_INTERVAL`] (a teardown's chain, made by the intake, it starts the
+//! same way), and the periodic tick begins any generation a crash left not begun.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::db::events::{record, Event, Recorded};
+use crate::scheduler::orchestrate::Start;
 use crate::scheduler::Scheduler;
 
 /// At most this many events share one commit.
@@ -100,7 +101,7 @@ fn writer_for(event: &Event, writers: usize) -> usize {
 /// Takes the events waiting in its queue in batches and records each batch with one commit.
 pub struct Writer {
     events: mpsc::Receiver<Pending>,
-    started: mpsc::UnboundedSender<(Uuid, Uuid)>,
+    started: mpsc::UnboundedSender<(Uuid, Start)>,
     stats: Arc<Stats>,
 }
 
@@ -178,9 +179,9 @@ impl Writer {
     }
 
     fn answer(&self, pending: Pending, answer: sqlx::Result<Recorded>) {
-        if let Ok(Recorded { demo: Some(demo), chain: Some(chain), .. }) = &answer {
-            // Only fails when the starter has stopped; the tick starts the chain then.
-            let _ = self.started.send((demo.id, *chain));
+        if let Some(start) = answer.as_ref().ok().and_then(Start::of) {
+            // Only fails when the starter has stopped; the tick starts it then.
+            let _ = self.started.send(start);
         }
         // The handler may have gone (the client hung up); the event is recorded anyway.
         let _ = pending.answer.send(answer);
@@ -233,16 +234,18 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
 }
 
 /// A demo's chains start at most once per this long. A burst of events for one pull request
-/// (pushes in quick succession) starts its first chain at once, then only the newest of
+/// (pushes in quick succession) starts its first generation at once, then only the newest of
 /// those that came within the interval, when it ends: each older one would have been
-/// superseded as soon as it began.
-pub const START_INTERVAL: Duration = Duration::from_millis(250);
+/// superseded as soon as it began. A chain's first steps (clone, build) take seconds at
+/// least, so a newer push within the interval waits less than the run it replaces would
+/// have taken; and pushes seconds apart each start at once.
+pub const START_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Starts the chains the intake created: for each demo only its newest, since an older one
-/// is superseded already, and no sooner than [`START_INTERVAL`] after its last start.
-/// Chains not started yet stay `waiting`, so the tick starts them if this task does not.
+/// Starts what the intake recorded: for each demo only its newest generation (or its
+/// teardown), since an older one is superseded already, and no sooner than
+/// [`START_INTERVAL`] after its last start. What this task does not start, the tick does.
 pub struct Starter {
-    chains: mpsc::UnboundedReceiver<(Uuid, Uuid)>,
+    chains: mpsc::UnboundedReceiver<(Uuid, Start)>,
 }
 
 impl Starter {
@@ -259,12 +262,12 @@ impl Starter {
                 () = stop.cancelled() => return,
             };
             let now = Instant::now();
-            for (demo, chain) in received.into_iter().chain(std::iter::from_fn(|| self.chains.try_recv().ok())) {
-                throttle.offer(demo, chain, now);
+            for (demo, start) in received.into_iter().chain(std::iter::from_fn(|| self.chains.try_recv().ok())) {
+                throttle.offer(demo, start, now);
             }
-            for chain in throttle.due(now) {
-                if let Err(err) = scheduler.start(chain).await {
-                    tracing::warn!(%chain, error = %err, "starting a chain failed; the tick retries");
+            for (demo, start) in throttle.due(now) {
+                if let Err(err) = scheduler.start(demo, start).await {
+                    tracing::warn!(%demo, ?start, error = %err, "starting a chain failed; the tick retries");
                 }
             }
         }
@@ -279,20 +282,20 @@ async fn until(at: Option<Instant>) {
     }
 }
 
-/// Which chains to start when: each demo's newest, at most once per [`START_INTERVAL`].
+/// What to start when: each demo's newest, at most once per [`START_INTERVAL`].
 #[derive(Default)]
 struct Throttle {
-    /// Demo → when its last chain started.
+    /// Demo → when its last start was.
     started: HashMap<Uuid, Instant>,
-    /// Demo → its newest chain not started yet, and when it may start.
-    waiting: HashMap<Uuid, (Instant, Uuid)>,
+    /// Demo → its newest start not made yet, and when it may be.
+    waiting: HashMap<Uuid, (Instant, Start)>,
 }
 
 impl Throttle {
-    /// `chain`, demo `demo`'s newest, came at `now`.
-    fn offer(&mut self, demo: Uuid, chain: Uuid, now: Instant) {
+    /// `start`, demo `demo`'s newest, came at `now`.
+    fn offer(&mut self, demo: Uuid, start: Start, now: Instant) {
         let at = self.started.get(&demo).map_or(now, |last| (*last + START_INTERVAL).max(now));
-        self.waiting.insert(demo, (at, chain));
+        self.waiting.insert(demo, (at, start));
     }
 
     /// When the next waiting chain may start.
@@ -300,19 +303,19 @@ impl Throttle {
         self.waiting.values().map(|(at, _)| *at).min()
     }
 
-    /// The chains to start at `now`, noted as started.
-    fn due(&mut self, now: Instant) -> Vec<Uuid> {
+    /// What to start at `now`, each with its demo, noted as started.
+    fn due(&mut self, now: Instant) -> Vec<(Uuid, Start)> {
         let demos: Vec<Uuid> = self.waiting.iter().filter(|(_, (at, _))| *at <= now).map(|(demo, _)| *demo).collect();
-        let chains = demos
+        let starts = demos
             .into_iter()
             .filter_map(|demo| {
                 self.started.insert(demo, now);
-                self.waiting.remove(&demo).map(|(_, chain)| chain)
+                self.waiting.remove(&demo).map(|(_, start)| (demo, start))
             })
             .collect();
         // A start longer ago than the interval holds nothing back.
         self.started.retain(|_, last| now.duration_since(*last) < START_INTERVAL);
-        chains
+        starts
     }
 }
 
@@ -336,28 +339,28 @@ mod tests {
     }
 
     #[test]
-    fn a_demo_starts_its_first_chain_at_once_and_then_its_newest_once_per_interval() {
+    fn a_demo_starts_its_first_generation_at_once_and_then_its_newest_once_per_interval() {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let chains: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        let teardown = Start::Chain(Uuid::new_v4());
         let t0 = Instant::now();
         let mut throttle = Throttle::default();
-        throttle.offer(a, chains[0], t0);
-        assert_eq!(throttle.due(t0), [chains[0]], "the first chain starts at once");
+        throttle.offer(a, Start::Generation(1), t0);
+        assert_eq!(throttle.due(t0), [(a, Start::Generation(1))], "the first generation starts at once");
         // Two more for demo a within the interval: only the newer, at the interval's end.
         let soon = t0 + START_INTERVAL / 5;
-        throttle.offer(a, chains[1], soon);
-        throttle.offer(a, chains[2], soon);
+        throttle.offer(a, Start::Generation(2), soon);
+        throttle.offer(a, Start::Generation(3), soon);
         // Demo b is held back by nothing.
-        throttle.offer(b, chains[3], soon);
-        assert_eq!(throttle.due(soon), [chains[3]]);
+        throttle.offer(b, Start::Generation(7), soon);
+        assert_eq!(throttle.due(soon), [(b, Start::Generation(7))]);
         assert_eq!(throttle.next_start(), Some(t0 + START_INTERVAL));
-        assert_eq!(throttle.due(t0 + START_INTERVAL - Duration::from_millis(1)), Vec::<Uuid>::new());
-        assert_eq!(throttle.due(t0 + START_INTERVAL), [chains[2]]);
+        assert_eq!(throttle.due(t0 + START_INTERVAL - Duration::from_millis(1)), []);
+        assert_eq!(throttle.due(t0 + START_INTERVAL), [(a, Start::Generation(3))]);
         assert_eq!(throttle.next_start(), None);
-        // Long after its last start, a demo's chain starts at once again.
+        // Long after its last start, a demo's teardown starts at once.
         let later = t0 + 10 * START_INTERVAL;
-        throttle.offer(a, chains[4], later);
-        assert_eq!(throttle.due(later), [chains[4]]);
+        throttle.offer(a, teardown, later);
+        assert_eq!(throttle.due(later), [(a, teardown)]);
     }
 
     /// An intake of one writer, and that writer.

@@ -263,7 +263,8 @@ async fn a_batch_of_every_kind_is_answered_in_its_order() {
     let demo = |i: usize| answers[i].demo.as_ref().map(|d| (d.name.clone(), d.generation));
     let name = |pr: i64| format!("{repo}-fixture-owner-pr-{pr}");
     assert_eq!((demo(1), demo(3), demo(4)), (Some((name(1), 1)), Some((name(2), 2)), Some((name(3), 1))));
-    assert!(answers[3].chain.is_some() && answers[4].chain.is_some(), "{answers:?}");
+    // A teardown's chain is made with it; a deploy's when its generation begins.
+    assert!(answers[3].chain.is_some() && answers[4].chain.is_none(), "{answers:?}");
     let kept: Vec<(String, String, bool)> = sqlx::query_as(
         "select delivery_id, outcome, chain_id is not null from webhook_deliveries where delivery_id like $1 || '-%'
          order by delivery_id",
@@ -276,26 +277,27 @@ async fn a_batch_of_every_kind_is_answered_in_its_order() {
     assert_eq!(
         kept,
         [
-            ("1", "deploy_queued", true),
-            ("2", "deploy_queued", true),
+            ("1", "deploy_queued", false),
+            ("2", "deploy_queued", false),
             ("3", "ping", false),
             ("4", "stale", false),
             ("5", "teardown_queued", true),
-            ("6", "deploy_queued", true)
+            ("6", "deploy_queued", false)
         ]
     );
     tx.rollback().await.unwrap();
     stack.stop().await;
 }
 
-/// Pull requests pushed to again and again: each event supersedes the chain the one before it
-/// made, which leaves a dead entry in the index of live chains (`chains_live`). The intake's
+/// Pull requests pushed to again and again: each event supersedes the chain begun for the
+/// generation before it, which leaves a dead entry in the index of live chains (`chains_live`). The intake's
 /// lookups of live chains are index scans, which mark such entries dead for the next insert
 /// to remove, so the index stays a page or two without autovacuum (off here for `chains`);
 /// the bitmap scans the planner chose before for batches of several demos left every entry,
 /// and each event read them all (migration 29).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_requests_pushed_to_again_and_again_keep_the_index_of_live_chains_small() {
+    use demofleet_controller::db::chains;
     use demofleet_controller::db::events::{record, Event, Kind};
 
     let stack = Stack::start(StackOptions { agents: 0, ..Default::default() }).await;
@@ -322,11 +324,15 @@ async fn pull_requests_pushed_to_again_and_again_keep_the_index_of_live_chains_s
             "synchronize",
         )
     };
-    // 800 batches of one event for each of 8 pull requests, each batch its own transaction.
+    // 800 batches of one event for each of 8 pull requests, each batch its own transaction,
+    // each demo's generation begun after it as the starter would.
     for n in 1..=800 {
         let batch: Vec<Event> = (1..=8).map(|pr| event(pr, n)).collect();
         for answer in record(&stack.db, &batch).await.unwrap() {
-            assert_eq!(answer.unwrap().outcome, "deploy_queued");
+            let answer = answer.unwrap();
+            assert_eq!(answer.outcome, "deploy_queued");
+            let demo = answer.demo.unwrap();
+            assert!(chains::begin_generation(&stack.db, demo.id, demo.generation).await.unwrap().is_some());
         }
     }
     let (pages, live): (i64, i64) = sqlx::query_as(
@@ -343,11 +349,12 @@ async fn pull_requests_pushed_to_again_and_again_keep_the_index_of_live_chains_s
 }
 
 /// Several deploys of one pull request in one batch apply as they would one at a time: each
-/// not older than what came before it gets the next generation and its own chain (all but
-/// the newest superseded at once, as is the chain the demo had), an older one is stale, and
-/// the demo's pusher is whoever brought its head commit.
+/// not older than what came before it gets the next generation, an older one is stale, and
+/// the demo's pusher is whoever brought its head commit. No chain is made then; the newest
+/// generation's begins after (migration 0030), named by the delivery that brought it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploys_of_one_pull_request_in_one_batch_apply_in_their_order() {
+    use demofleet_controller::db::chains;
     use demofleet_controller::db::events::{record, Event, Kind};
 
     let stack = Stack::start(StackOptions { agents: 0, ..Default::default() }).await;
@@ -391,35 +398,6 @@ async fn deploys_of_one_pull_request_in_one_batch_apply_in_their_order() {
         ],
         "{answers:?}"
     );
-    let chains: Vec<(String, i64, String)> = sqlx::query_as(
-        "select d.name, c.generation, c.status from chains c join demos d on d.id = c.demo_id
-         where d.repo = $1 order by d.name, c.generation",
-    )
-    .bind(&repo)
-    .fetch_all(&mut *tx)
-    .await
-    .unwrap();
-    let chains: Vec<(&str, i64, &str)> = chains.iter().map(|(d, g, s)| (&d[d.len() - 4..], *g, s.as_str())).collect();
-    assert_eq!(
-        chains,
-        [
-            ("pr-1", 1, "superseded"),
-            ("pr-1", 2, "superseded"),
-            ("pr-1", 3, "superseded"),
-            ("pr-1", 4, "superseded"),
-            ("pr-1", 5, "waiting"),
-            ("pr-2", 1, "superseded"),
-            ("pr-2", 2, "waiting"),
-        ]
-    );
-    let newest: Vec<Option<uuid::Uuid>> = [5, 7].iter().map(|&i| answers[i].chain).collect();
-    let waiting: Vec<uuid::Uuid> =
-        sqlx::query_scalar("select c.id from chains c join demos d on d.id = c.demo_id where d.repo = $1 and c.status = 'waiting' order by d.name")
-            .bind(&repo)
-            .fetch_all(&mut *tx)
-            .await
-            .unwrap();
-    assert_eq!(newest, waiting.iter().copied().map(Some).collect::<Vec<_>>(), "the newest events' chains wait");
     let demos: Vec<(i64, String, Option<String>, time::OffsetDateTime, uuid::Uuid)> =
         sqlx::query_as("select generation, sha, pushed_by, event_at, id from demos where repo = $1 order by name")
             .bind(&repo)
@@ -436,6 +414,27 @@ async fn deploys_of_one_pull_request_in_one_batch_apply_in_their_order() {
         ]
     );
     assert_eq!(demos[0].4, first.demo.unwrap().id, "the demo the first batch made");
+    assert!(answers.iter().all(|a| a.chain.is_none()), "recording makes no deploy chain: {answers:?}");
+    // Each demo's newest generation begins as one waiting chain, named by the delivery that
+    // brought it; an older generation, or the same one again, begins nothing.
+    let mut begun = Vec::new();
+    for (generation, _, _, _, demo) in &demos {
+        assert_eq!(chains::begin_generation(&mut *tx, *demo, generation - 1).await.unwrap(), None);
+        begun.push(chains::begin_generation(&mut *tx, *demo, *generation).await.unwrap().expect("begun"));
+        assert_eq!(chains::begin_generation(&mut *tx, *demo, *generation).await.unwrap(), None, "begun once");
+    }
+    let made: Vec<(uuid::Uuid, i64, String, Option<String>)> = sqlx::query_as(
+        "select c.id, c.generation, c.status, c.delivery_id from chains c join demos d on d.id = c.demo_id
+         where d.repo = $1 order by d.name",
+    )
+    .bind(&repo)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(
+        made,
+        [(begun[0], 5, "waiting".into(), Some(delivery(7))), (begun[1], 2, "waiting".into(), Some(delivery(9)))]
+    );
     let kept: Vec<(String, Option<uuid::Uuid>)> = sqlx::query_as(
         "select outcome, chain_id from webhook_deliveries where delivery_id like $1 || '-%' order by delivery_id",
     )
@@ -443,8 +442,18 @@ async fn deploys_of_one_pull_request_in_one_batch_apply_in_their_order() {
     .fetch_all(&mut *tx)
     .await
     .unwrap();
-    let expected: Vec<(String, Option<uuid::Uuid>)> = std::iter::once(("deploy_queued".to_string(), first.chain))
-        .chain(answers.iter().map(|a| (a.outcome.clone(), a.chain)))
+    // Only the deliveries that brought a begun generation name a chain.
+    let expected: Vec<(String, Option<uuid::Uuid>)> = std::iter::once("deploy_queued")
+        .chain(answers.iter().map(|a| a.outcome.as_str()))
+        .enumerate()
+        .map(|(i, outcome)| {
+            let chain = match i + 1 {
+                7 => Some(begun[0]),
+                9 => Some(begun[1]),
+                _ => None,
+            };
+            (outcome.to_string(), chain)
+        })
         .collect();
     assert_eq!(kept, expected);
     let audited: i64 = sqlx::query_scalar(
@@ -456,6 +465,57 @@ async fn deploys_of_one_pull_request_in_one_batch_apply_in_their_order() {
     .unwrap();
     assert_eq!(audited, 7, "one audit row per applied event");
     tx.rollback().await.unwrap();
+    stack.stop().await;
+}
+
+/// A generation recorded but never handed to a starter (its controller stopped between the
+/// commit and the start) is begun by the tick once it has waited its grace: one chain, named
+/// by the delivery that brought it, and that delivery naming it; later ticks begin it no
+/// more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tick_begins_a_generation_no_starter_began() {
+    use demofleet_controller::db::events::{record, Event, Kind};
+    use std::time::Duration;
+
+    let stack = Stack::start(StackOptions { agents: 0, ..Default::default() }).await;
+    let repo = format!("orphan-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let delivery = format!("{repo}-1");
+    // Recorded as the intake's writer records it, but not handed to its starter.
+    let event = Event::pull_request(Kind::Deploy, request(&repo, 1, 1, "A title"), "github:octocat", at(10)).delivered(
+        &delivery,
+        "pull_request",
+        "opened",
+    );
+    let recorded_at = std::time::Instant::now();
+    let demo = record(&stack.db, &[event]).await.unwrap().pop().unwrap().unwrap().demo.unwrap();
+    let chain_of = |delivery: String| {
+        let db = stack.db.clone();
+        async move {
+            sqlx::query_as::<_, (Uuid, i64, Option<String>)>(
+                "select c.id, c.generation, c.delivery_id from webhook_deliveries w join chains c on c.id = w.chain_id
+                 where w.delivery_id = $1",
+            )
+            .bind(delivery)
+            .fetch_optional(&db)
+            .await
+            .unwrap()
+        }
+    };
+    let (chain, generation, named) =
+        demofleet_tests::wait::until("the tick begins the generation", Duration::from_secs(30), || {
+            chain_of(delivery.clone())
+        })
+        .await;
+    assert!(recorded_at.elapsed() >= Duration::from_secs(5), "begun before its grace ran out");
+    assert_eq!((generation, named.as_deref()), (demo.generation, Some(delivery.as_str())));
+    // Several ticks later, still the one chain.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let chains: Vec<Uuid> = sqlx::query_scalar("select id from chains where demo_id = $1")
+        .bind(demo.id)
+        .fetch_all(&stack.db)
+        .await
+        .unwrap();
+    assert_eq!(chains, [chain]);
     stack.stop().await;
 }
 

@@ -1,6 +1,7 @@
-//! Events, as the `demofleet_intake` function (migrations 3 and 26) records them: each
-//! delivery noted once, each demo's generation bumped by a newer event, a `waiting` chain for
-//! its newest generation and the older ones superseded, in one round trip for a whole batch.
+//! Events, as the `demofleet_intake` function (migrations 3, 26 and 30) records them: each
+//! delivery noted once, each demo's generation bumped by a newer event and its live chain
+//! superseded, in one round trip for a whole batch. A deploy's chain is made when its
+//! generation begins ([`crate::db::chains::begin_generation`]); a teardown's, here.
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
@@ -116,7 +117,8 @@ pub struct Recorded {
     pub outcome: String,
     pub detail: Option<String>,
     pub demo: Option<DemoRef>,
-    /// The chain it created, waiting to be started.
+    /// The chain it created, waiting to be started: a teardown's (a deploy's is made when
+    /// its generation begins).
     pub chain: Option<Uuid>,
 }
 

@@ -35,6 +35,27 @@ impl From<Refusal> for ActionError {
     }
 }
 
+/// What an event recorded leaves to start for its demo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A chain the intake made (a teardown's).
+    Chain(Uuid),
+    /// The deploy chain of this generation, made as it begins ([`Scheduler::begin_generation`]).
+    Generation(i64),
+}
+
+impl Start {
+    /// What `recorded` leaves to start, and for which demo; none if nothing.
+    pub fn of(recorded: &Recorded) -> Option<(Uuid, Start)> {
+        let demo = recorded.demo.as_ref()?;
+        match recorded.chain {
+            Some(chain) => Some((demo.id, Start::Chain(chain))),
+            None if recorded.outcome == "deploy_queued" => Some((demo.id, Start::Generation(demo.generation))),
+            None => None,
+        }
+    }
+}
+
 /// What writes are about: a demo, its chain, and the chain's planned steps (by index).
 struct Target<'a> {
     demo: &'a Demo,
@@ -43,22 +64,43 @@ struct Target<'a> {
 }
 
 impl Scheduler {
-    /// Record `event` in the caller's transaction and advance the chain it creates there and
-    /// then. For events of the controller's own and people's actions; webhooks go through
-    /// the batching [`crate::intake::Intake`] instead.
+    /// Record `event` in the caller's transaction and start what it asks for there and then.
+    /// For events of the controller's own and people's actions; webhooks go through the
+    /// batching [`crate::intake::Intake`] instead.
     pub async fn apply_event(&self, tx: &mut Tx<'_>, event: &Event) -> sqlx::Result<(Recorded, Effects)> {
         let recorded =
             events::record(&mut **tx, std::slice::from_ref(event)).await?.pop().expect("one answer per event")?;
-        let effects = match recorded.chain {
-            Some(chain) => self.advance(tx, chain).await?,
+        let effects = match Start::of(&recorded) {
+            Some((demo, start)) => self.begin(tx, demo, start).await?,
             None => Effects::default(),
         };
         Ok((recorded, effects))
     }
 
-    /// Advance a chain in a transaction of its own, and apply what that asked for.
-    pub async fn start(&self, chain_id: Uuid) -> sqlx::Result<()> {
-        self.transact(async |tx| Ok(((), self.advance(tx, chain_id).await?))).await
+    /// Start what an event left for demo `demo_id`, in a transaction of its own, and apply
+    /// what that asked for.
+    pub async fn start(&self, demo_id: Uuid, start: Start) -> sqlx::Result<()> {
+        self.transact(async |tx| Ok(((), self.begin(tx, demo_id, start).await?))).await
+    }
+
+    async fn begin(&self, tx: &mut Tx<'_>, demo_id: Uuid, start: Start) -> sqlx::Result<Effects> {
+        match start {
+            Start::Chain(chain) => self.advance(tx, chain).await,
+            Start::Generation(generation) => self.begin_generation(tx, demo_id, generation).await,
+        }
+    }
+
+    /// Begin the deploy chain of the demo's `generation` and advance it; nothing if the demo
+    /// has moved on (a newer generation begins by its own event) or the generation has begun.
+    pub async fn begin_generation(&self, tx: &mut Tx<'_>, demo_id: Uuid, generation: i64) -> sqlx::Result<Effects> {
+        // The demo first, as every writer of its chains locks it.
+        if demos::get_for_update_opt(&mut **tx, demo_id).await?.is_none() {
+            return Ok(Effects::default());
+        }
+        match chains::begin_generation(&mut **tx, demo_id, generation).await? {
+            Some(chain) => self.advance(tx, chain).await,
+            None => Ok(Effects::default()),
+        }
     }
 
     /// Move a chain on from where it stands ([`decide::advance`]).
