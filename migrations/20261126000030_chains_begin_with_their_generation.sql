@@ -9,7 +9,7 @@
 -- Now the statement bumps the demo's generation, notes the delivery that brought it
 -- (`demos.delivery_id`), supersedes the demo's live chain as before, and makes no chain. The
 -- controller's starter begins the deploy chain of a demo's newest generation
--- (`Scheduler::begin_newest`: the chain, named by that delivery, and its first step in one
+-- (`Scheduler::begin_generation`: the chain, named by that delivery, and its first step in one
 -- transaction), and the tick begins any generation the starter did not (a controller that
 -- stopped between its commit and the start). A generation that a newer one replaced before it
 -- began gets no chain: its delivery is recorded `deploy_queued` and names no chain.

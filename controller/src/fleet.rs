@@ -286,9 +286,11 @@ const NOT_BEGUN_GRACE: Duration = Duration::from_secs(5);
 
 async fn place_waiting(app: &Fleet) -> sqlx::Result<()> {
     let scheduler = &app.scheduler;
-    for demo in demos::not_begun(&scheduler.db, NOT_BEGUN_GRACE, 100).await? {
-        tracing::info!(%demo, "beginning a generation no starter began");
-        scheduler.transact(async |tx| Ok::<_, sqlx::Error>(((), scheduler.begin_newest(tx, demo).await?))).await?;
+    for (demo, generation) in demos::not_begun(&scheduler.db, NOT_BEGUN_GRACE, 100).await? {
+        tracing::info!(%demo, generation, "beginning a generation no starter began");
+        scheduler
+            .transact(async |tx| Ok::<_, sqlx::Error>(((), scheduler.begin_generation(tx, demo, generation).await?)))
+            .await?;
     }
     for chain in chains::waiting(&scheduler.db, 100).await? {
         scheduler.transact(async |tx| Ok::<_, sqlx::Error>(((), scheduler.advance(tx, chain).await?))).await?;

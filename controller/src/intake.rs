@@ -344,23 +344,23 @@ mod tests {
         let teardown = Start::Chain(Uuid::new_v4());
         let t0 = Instant::now();
         let mut throttle = Throttle::default();
-        throttle.offer(a, Start::Newest, t0);
-        assert_eq!(throttle.due(t0), [(a, Start::Newest)], "the first generation starts at once");
+        throttle.offer(a, Start::Generation(1), t0);
+        assert_eq!(throttle.due(t0), [(a, Start::Generation(1))], "the first generation starts at once");
         // Two more for demo a within the interval: only the newer, at the interval's end.
         let soon = t0 + START_INTERVAL / 5;
-        throttle.offer(a, Start::Newest, soon);
-        throttle.offer(a, teardown, soon);
+        throttle.offer(a, Start::Generation(2), soon);
+        throttle.offer(a, Start::Generation(3), soon);
         // Demo b is held back by nothing.
-        throttle.offer(b, Start::Newest, soon);
-        assert_eq!(throttle.due(soon), [(b, Start::Newest)]);
+        throttle.offer(b, Start::Generation(7), soon);
+        assert_eq!(throttle.due(soon), [(b, Start::Generation(7))]);
         assert_eq!(throttle.next_start(), Some(t0 + START_INTERVAL));
         assert_eq!(throttle.due(t0 + START_INTERVAL - Duration::from_millis(1)), []);
-        assert_eq!(throttle.due(t0 + START_INTERVAL), [(a, teardown)]);
+        assert_eq!(throttle.due(t0 + START_INTERVAL), [(a, Start::Generation(3))]);
         assert_eq!(throttle.next_start(), None);
-        // Long after its last start, a demo's generation starts at once.
+        // Long after its last start, a demo's teardown starts at once.
         let later = t0 + 10 * START_INTERVAL;
-        throttle.offer(a, Start::Newest, later);
-        assert_eq!(throttle.due(later), [(a, Start::Newest)]);
+        throttle.offer(a, teardown, later);
+        assert_eq!(throttle.due(later), [(a, teardown)]);
     }
 
     /// An intake of one writer, and that writer.

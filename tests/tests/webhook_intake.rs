@@ -266,8 +266,9 @@ async fn a_batch_of_every_kind_is_answered_in_its_order() {
     assert_eq!((demo(1), demo(3), demo(4)), (Some((name(1), 1)), Some((name(2), 2)), Some((name(3), 1))));
     // A teardown's chain is made with it; a deploy's when its generation begins.
     assert!(answers[3].chain.is_some() && answers[4].chain.is_none(), "{answers:?}");
-    let stopping = answers[3].demo.as_ref().unwrap().id;
-    assert_eq!(chains::begin_newest(&mut *tx, stopping).await.unwrap(), None, "a demo to stop begins no deploy");
+    let stopping = answers[3].demo.as_ref().unwrap();
+    let begun = chains::begin_generation(&mut *tx, stopping.id, stopping.generation).await.unwrap();
+    assert_eq!(begun, None, "a demo to stop begins no deploy");
     let kept: Vec<(String, String, bool)> = sqlx::query_as(
         "select delivery_id, outcome, chain_id is not null from webhook_deliveries where delivery_id like $1 || '-%'
          order by delivery_id",
@@ -335,7 +336,7 @@ async fn pull_requests_pushed_to_again_and_again_keep_the_index_of_live_chains_s
             let answer = answer.unwrap();
             assert_eq!(answer.outcome, "deploy_queued");
             let demo = answer.demo.unwrap();
-            assert!(chains::begin_newest(&stack.db, demo.id).await.unwrap().is_some());
+            assert!(chains::begin_generation(&stack.db, demo.id, demo.generation).await.unwrap().is_some());
         }
     }
     let (pages, live): (i64, i64) = sqlx::query_as(
@@ -419,11 +420,12 @@ async fn deploys_of_one_pull_request_in_one_batch_apply_in_their_order() {
     assert_eq!(demos[0].4, first.demo.unwrap().id, "the demo the first batch made");
     assert!(answers.iter().all(|a| a.chain.is_none()), "recording makes no deploy chain: {answers:?}");
     // Each demo's newest generation begins as one waiting chain, named by the delivery that
-    // brought it, and begins once.
+    // brought it; an older generation, or the same one again, begins nothing.
     let mut begun = Vec::new();
-    for (_, _, _, _, demo) in &demos {
-        begun.push(chains::begin_newest(&mut *tx, *demo).await.unwrap().expect("begun"));
-        assert_eq!(chains::begin_newest(&mut *tx, *demo).await.unwrap(), None, "begun once");
+    for (generation, _, _, _, demo) in &demos {
+        assert_eq!(chains::begin_generation(&mut *tx, *demo, generation - 1).await.unwrap(), None);
+        begun.push(chains::begin_generation(&mut *tx, *demo, *generation).await.unwrap().expect("begun"));
+        assert_eq!(chains::begin_generation(&mut *tx, *demo, *generation).await.unwrap(), None, "begun once");
     }
     let made: Vec<(uuid::Uuid, i64, String, Option<String>)> = sqlx::query_as(
         "select c.id, c.generation, c.status, c.delivery_id from chains c join demos d on d.id = c.demo_id

@@ -177,16 +177,17 @@ pub async fn create_if_idle(
     .await
 }
 
-/// Begin the deploy chain of the demo's newest generation (migration 0030): a new `waiting`
-/// chain named by the delivery that brought the generation, and that delivery naming it. None
-/// when that generation has a chain already, or the demo is not a deploy waiting to begin (it
-/// is to stop, or it left `pending`). Call with the demo locked.
-pub async fn begin_newest(db: impl PgExecutor<'_>, demo_id: Uuid) -> sqlx::Result<Option<Uuid>> {
+/// Begin the deploy chain of the demo's `generation` (migration 0030): a new `waiting` chain
+/// named by the delivery that brought the generation, and that delivery naming it. None when
+/// the demo has moved on (a newer generation, or it is to stop) or the generation has a chain
+/// already, or the demo is no deploy waiting to begin (it left `pending`). Call with the demo
+/// locked.
+pub async fn begin_generation(db: impl PgExecutor<'_>, demo_id: Uuid, generation: i64) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar(
         "with made as (
              insert into chains (id, demo_id, generation, kind, status, delivery_id)
              select gen_random_uuid(), d.id, d.generation, 'deploy', 'waiting', d.delivery_id from demos d
-             where d.id = $1 and d.desired = 'running' and d.state = 'pending'
+             where d.id = $1 and d.generation = $2 and d.desired = 'running' and d.state = 'pending'
                and not exists (select 1 from chains c where c.demo_id = d.id and c.generation = d.generation)
              returning id, delivery_id
          ), named as (
@@ -195,6 +196,7 @@ pub async fn begin_newest(db: impl PgExecutor<'_>, demo_id: Uuid) -> sqlx::Resul
          select id from made",
     )
     .bind(demo_id)
+    .bind(generation)
     .fetch_optional(db)
     .await
 }

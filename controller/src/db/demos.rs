@@ -110,10 +110,14 @@ pub async fn set_approval(db: impl PgExecutor<'_>, id: Uuid, sha: &str, actor: &
 }
 
 /// Demos whose newest generation has not begun, though it was recorded more than `grace`
-/// ago, oldest first (the tick begins them).
-pub async fn not_begun(db: impl PgExecutor<'_>, grace: std::time::Duration, limit: i64) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "select d.id from demos d
+/// ago: each with that generation, oldest first (the tick begins them).
+pub async fn not_begun(
+    db: impl PgExecutor<'_>,
+    grace: std::time::Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<(Uuid, i64)>> {
+    sqlx::query_as(
+        "select d.id, d.generation from demos d
          where d.state = 'pending' and d.desired = 'running' and d.updated_at < now() - make_interval(secs => $1)
            and not exists (select 1 from chains c where c.demo_id = d.id and c.generation = d.generation)
          order by d.updated_at limit $2",

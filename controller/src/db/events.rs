@@ -1,7 +1,7 @@
 //! Events, as the `demofleet_intake` function (migrations 3, 26 and 30) records them: each
 //! delivery noted once, each demo's generation bumped by a newer event and its live chain
 //! superseded, in one round trip for a whole batch. A deploy's chain is made when its
-//! generation begins ([`crate::db::chains::begin_newest`]); a teardown's, here.
+//! generation begins ([`crate::db::chains::begin_generation`]); a teardown's, here.
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;

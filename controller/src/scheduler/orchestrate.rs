@@ -40,9 +40,8 @@ impl From<Refusal> for ActionError {
 pub enum Start {
     /// A chain the intake made (a teardown's).
     Chain(Uuid),
-    /// The deploy chain of the demo's newest generation, made as it begins
-    /// ([`Scheduler::begin_newest`]).
-    Newest,
+    /// The deploy chain of this generation, made as it begins ([`Scheduler::begin_generation`]).
+    Generation(i64),
 }
 
 impl Start {
@@ -51,7 +50,7 @@ impl Start {
         let demo = recorded.demo.as_ref()?;
         match recorded.chain {
             Some(chain) => Some((demo.id, Start::Chain(chain))),
-            None if recorded.outcome == "deploy_queued" => Some((demo.id, Start::Newest)),
+            None if recorded.outcome == "deploy_queued" => Some((demo.id, Start::Generation(demo.generation))),
             None => None,
         }
     }
@@ -87,18 +86,18 @@ impl Scheduler {
     async fn begin(&self, tx: &mut Tx<'_>, demo_id: Uuid, start: Start) -> sqlx::Result<Effects> {
         match start {
             Start::Chain(chain) => self.advance(tx, chain).await,
-            Start::Newest => self.begin_newest(tx, demo_id).await,
+            Start::Generation(generation) => self.begin_generation(tx, demo_id, generation).await,
         }
     }
 
-    /// Begin the deploy chain of the demo's newest generation and advance it; nothing if that
-    /// generation has begun already or the demo is to stop.
-    pub async fn begin_newest(&self, tx: &mut Tx<'_>, demo_id: Uuid) -> sqlx::Result<Effects> {
+    /// Begin the deploy chain of the demo's `generation` and advance it; nothing if the demo
+    /// has moved on (a newer generation begins by its own event) or the generation has begun.
+    pub async fn begin_generation(&self, tx: &mut Tx<'_>, demo_id: Uuid, generation: i64) -> sqlx::Result<Effects> {
         // The demo first, as every writer of its chains locks it.
         if demos::get_for_update_opt(&mut **tx, demo_id).await?.is_none() {
             return Ok(Effects::default());
         }
-        match chains::begin_newest(&mut **tx, demo_id).await? {
+        match chains::begin_generation(&mut **tx, demo_id, generation).await? {
             Some(chain) => self.advance(tx, chain).await,
             None => Ok(Effects::default()),
         }
