@@ -50,10 +50,16 @@ impl Abuse {
         let sockets = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
         let counter_port = serve_counter().await;
         let echo_port = serve_echo(sockets.clone()).await;
-        sqlx::query("insert into hosts (id, address, capacity) values ('abuse-host', '127.0.0.1', 2)")
-            .execute(&stack.db)
-            .await
-            .unwrap();
+        // No agent heartbeats for this host: it is seen an hour ahead, so that the tick never
+        // finds it silent (the stack's host timeout is 5 s) and moves the demos off it while a
+        // test still sends to them.
+        sqlx::query(
+            "insert into hosts (id, address, capacity, last_seen)
+             values ('abuse-host', '127.0.0.1', 2, now() + interval '1 hour')",
+        )
+        .execute(&stack.db)
+        .await
+        .unwrap();
         for (pr, name, port) in [(1, COUNTER, counter_port), (2, ECHO, echo_port)] {
             sqlx::query(
                 "insert into demos (id, owner, repo, pr, name, desired, state, sha, clone_url, github_user,
