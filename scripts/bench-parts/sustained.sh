@@ -58,11 +58,15 @@ sustained_live_hosts() {
 sustained_hosts_live() { [ "$(sustained_live_hosts)" = "$SUSTAINED_HOSTS" ]; }
 wait_for "$SUSTAINED_HOSTS live simulated hosts" 60 sustained_hosts_live
 
-# sustained_backlog LABEL: what the controller had not done yet, as a BENCH line.
+# sustained_backlog LABEL: what the controller had not done yet, as a BENCH line: chains
+# waiting or running, generations recorded but not begun (no chain yet), messages unsent or
+# unconsumed.
 sustained_backlog() {
     local counts queued
     counts=$(su postgres -c "psql -d $SUSTAINED_DB -qtA -F ' ' -c \"select
         (select count(*) from chains where status = 'waiting'), (select count(*) from chains where status = 'running'),
+        (select count(*) from demos d where d.state = 'pending' and d.desired = 'running'
+           and not exists (select 1 from chains c where c.demo_id = d.id and c.generation = d.generation)),
         (select count(*) from outbox), (select count(*) from webhook_deliveries), (select count(*) from chains),
         (select coalesce(sum(counted), 0) from webhook_delivery_counts)
             + (select count(*) from webhook_deliveries, count_marks m
@@ -70,8 +74,9 @@ sustained_backlog() {
             - (select count(*) from webhook_deliveries),
         pg_size_pretty(pg_database_size(current_database()))\"")
     queued=$(curl -fsS "$SUSTAINED_API/metrics" | awk '/^demofleet_queue_messages\{/ {n += $2} END {print n + 0}')
-    read -r waiting running outbox deliveries chains pruned size <<<"$counts"
-    echo "BENCH sustained backlog $1: chains_waiting=$waiting chains_running=$running outbox=$outbox" \
+    read -r waiting running not_begun outbox deliveries chains pruned size <<<"$counts"
+    echo "BENCH sustained backlog $1: chains_waiting=$waiting chains_running=$running" \
+        "generations_not_begun=$not_begun outbox=$outbox" \
         "queued_messages=$queued deliveries=$deliveries chains=$chains deliveries_pruned=$pruned database=${size// /}"
 }
 # sustained_scrape LABEL: how long one /metrics scrape takes on this history, and, beside it,
