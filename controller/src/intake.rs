@@ -298,7 +298,7 @@ impl Throttle {
         self.waiting.insert(demo, (at, start));
     }
 
-    /// When the next waiting chain may start.
+    /// When the next start waiting may be made.
     fn next_start(&self) -> Option<Instant> {
         self.waiting.values().map(|(at, _)| *at).min()
     }

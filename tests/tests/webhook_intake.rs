@@ -294,11 +294,11 @@ async fn a_batch_of_every_kind_is_answered_in_its_order() {
 }
 
 /// Pull requests pushed to again and again: each event supersedes the chain begun for the
-/// generation before it, which leaves a dead entry in the index of live chains (`chains_live`). The intake's
-/// lookups of live chains are index scans, which mark such entries dead for the next insert
-/// to remove, so the index stays a page or two without autovacuum (off here for `chains`);
-/// the bitmap scans the planner chose before for batches of several demos left every entry,
-/// and each event read them all (migration 29).
+/// generation before it, which leaves a dead entry in the index of live chains
+/// (`chains_live`). The intake's lookups of live chains are index scans, which mark such
+/// entries dead for the next insert to remove, so the index stays a page or two without
+/// autovacuum (off here for `chains`); the bitmap scans the planner chose before for batches
+/// of several demos left every entry, and each event read them all (migration 29).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_requests_pushed_to_again_and_again_keep_the_index_of_live_chains_small() {
     use demofleet_controller::db::chains;
