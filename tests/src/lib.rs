@@ -36,6 +36,7 @@ pub mod pki;
 pub mod postgres;
 pub mod relay;
 pub mod rng;
+pub mod scratch;
 pub mod services;
 pub mod spy;
 pub mod stack;

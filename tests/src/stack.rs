@@ -6,7 +6,6 @@ use std::time::Duration;
 use clap::Parser;
 use serde_json::Value;
 use sqlx::PgPool;
-use tempfile::TempDir;
 use uuid::Uuid;
 
 use demofleet_agent::Agent;
@@ -231,8 +230,8 @@ pub struct Stack {
     pub vhost: TestVhost,
     /// The HTTP git server of private repositories, when asked for.
     pub git_http: Option<GitHttp>,
-    /// Holds fixture repositories and demo folders; removed with the stack.
-    pub scratch: TempDir,
+    /// Holds fixture repositories, demo folders and logs; removed with the stack unless it failed.
+    pub scratch: crate::scratch::Scratch,
     /// The NATS subject prefix of this stack's controller and agents.
     pub nats_prefix: String,
     test_db: TestDb,
@@ -259,7 +258,7 @@ impl Stack {
         let test_db = TestDb::create(&services).await;
         let vhost = TestVhost::create(&services).await;
         let prefix = options.nats_prefix.clone().unwrap_or_else(nats_prefix);
-        let scratch = tempfile::Builder::new().prefix("demofleet-test-").tempdir().unwrap();
+        let scratch = crate::scratch::Scratch::new("demofleet-test-");
         let secret = format!("secret-{}", Uuid::new_v4());
         let repos = scratch.path().join("repos");
         let git_http = match &options.private_repos_token {

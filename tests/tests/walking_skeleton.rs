@@ -37,7 +37,11 @@ async fn pull_request_demo_lives_and_dies_with_the_pull_request() {
         .await
         .unwrap();
     assert_eq!(recorded, "deploy_queued");
-    assert_eq!(stack.count("chains").await, 1);
+    // The generation's chain follows the answer: the starter begins it at once.
+    wait::until("the deploy chain begun", Duration::from_secs(10), || async {
+        (stack.count("chains").await == 1).then_some(())
+    })
+    .await;
 
     // The same delivery again is a no-op.
     let again = stack.deliver_raw("pull_request", &delivery, &serde_json::to_vec(&opened).unwrap()).await;
