@@ -117,5 +117,7 @@ pub async fn publish_result(channel: &Channel, user: &str, result: &crate::wire:
         .await?
         .await?;
     anyhow::ensure!(confirmation.is_ack(), "RabbitMQ refused the step result");
+    // A mandatory message that reached no queue comes back, and is confirmed all the same.
+    anyhow::ensure!(confirmation.take_message().is_none(), "the step result reached no queue");
     Ok(())
 }
