@@ -262,6 +262,13 @@ pub struct Config {
     #[arg(long, env = "DEMOFLEET_TRAEFIK_FILE")]
     pub traefik_file: Option<std::path::PathBuf>,
 
+    /// A step sent to a host (or to the controller's own queue) and not answered for this long
+    /// counts as a failed attempt and is retried as any failure is: its message or its result
+    /// was lost. Longer than a host's longest step (the agent's build timeout) and the time a
+    /// step may wait for a busy host.
+    #[arg(long, env = "DEMOFLEET_STEP_DEADLINE", default_value = "30m", value_parser = parse_duration)]
+    pub step_deadline: Duration,
+
     /// Delays before each retry of a failed step; a step gets one attempt more than there
     /// are delays, then goes to the dead-letter queue.
     #[arg(long, env = "DEMOFLEET_RETRY_DELAYS", default_value = "2s,4s,8s,16s", value_delimiter = ',', value_parser = parse_duration)]

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use demofleet_common::topology;
-use demofleet_common::wire::{Heartbeat, WIRE_VERSION};
+use demofleet_common::wire::{Heartbeat, Step, StepOutcome, StepResult, WIRE_VERSION};
 
 use crate::config::Config;
 use crate::db::demos::{self, DeployRequest};
@@ -141,6 +141,9 @@ pub async fn run_tick(app: Fleet, stop: CancellationToken) {
         }
         if let Err(err) = place_waiting(&app).await {
             tracing::warn!(error = %err, "placing waiting demos failed");
+        }
+        if let Err(err) = retry_unanswered(&app).await {
+            tracing::warn!(error = %err, "retrying unanswered steps failed");
         }
         if let Err(err) = hosts::fold_load(&app.scheduler.db).await {
             tracing::warn!(error = %err, "folding hosts' numbers of demos failed");
@@ -294,6 +297,33 @@ async fn place_waiting(app: &Fleet) -> sqlx::Result<()> {
     }
     for chain in chains::waiting(&scheduler.db, 100).await? {
         scheduler.transact(async |tx| Ok::<_, sqlx::Error>(((), scheduler.advance(tx, chain).await?))).await?;
+    }
+    Ok(())
+}
+
+/// Steps unanswered for the step deadline: each counts as a failed attempt of the host it
+/// went to, and is retried (or fails its chain) as any failure ([`Scheduler::record_result`]).
+/// An answer that comes after all is one for an attempt already settled, and is ignored.
+async fn retry_unanswered(app: &Fleet) -> sqlx::Result<()> {
+    let scheduler = &app.scheduler;
+    let deadline = app.config.step_deadline;
+    for step in chains::unanswered(&scheduler.db, deadline, 100).await? {
+        let Some(kind) = Step::parse(&step.name) else { continue };
+        let host = step.host_id.unwrap_or_else(|| "controller".into());
+        let error = format!("no answer from {host} within {}s: the step or its result was lost", deadline.as_secs());
+        tracing::warn!(chain = %step.chain_id, step = step.name, attempt = step.attempts, %host, "{error}");
+        let result = StepResult {
+            version: WIRE_VERSION,
+            chain_id: step.chain_id,
+            demo_id: step.demo_id,
+            generation: step.generation,
+            step: kind,
+            attempt: u32::try_from(step.attempts).unwrap_or_default(),
+            host_id: host,
+            duration_ms: 0,
+            outcome: StepOutcome::Failed { error, retryable: true },
+        };
+        scheduler.transact(async |tx| Ok::<_, sqlx::Error>(((), scheduler.record_result(tx, &result).await?))).await?;
     }
     Ok(())
 }

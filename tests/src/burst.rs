@@ -27,6 +27,10 @@ const PACE: Duration = Duration::from_millis(100);
 /// How long a delivery is sent again before the burst gives up on it (GitHub gives up far
 /// sooner): longer than any fault a test makes lasts.
 const RESEND_FOR: Duration = Duration::from_secs(180);
+/// The controller's flags in tests that break things under a burst: a difference from a
+/// host's inventory acted on after 2 s, and a step left unanswered (its message or its result
+/// lost with a broker) retried after 60 s, so that everything settles within [`Bursts::settled`].
+pub const FAULT_FLAGS: [&str; 4] = ["--reconcile-grace", "2s", "--step-deadline", "60s"];
 /// Set to a seed a failed run printed to send its bursts again, in the same order.
 pub const SEED_VAR: &str = "DEMOFLEET_BURST_SEED";
 
@@ -126,13 +130,20 @@ impl Bursts {
             .await
             .map_err(|err| format!("counting the chains under way: {err}"))?;
             if under_way > 0 {
-                let chains: Vec<(String, String, String)> = sqlx::query_as(
-                    "select d.name, c.kind, c.status from chains c join demos d on d.id = c.demo_id
+                let chains: Vec<(String, String, String, String)> = sqlx::query_as(
+                    "select d.name, c.kind, c.status, d.id::text from chains c join demos d on d.id = c.demo_id
                      where c.status in ('waiting', 'running', 'awaiting_approval') order by 1",
                 )
                 .fetch_all(&stack.db)
                 .await
                 .unwrap_or_default();
+                // The steps of the first one's demo: where it is stuck, and on which host.
+                let first = match chains.first() {
+                    Some((name, _, _, id)) => format!("; {name}: {}", history(stack, id).await),
+                    None => String::new(),
+                };
+                let chains: Vec<(String, String, String)> =
+                    chains.into_iter().map(|(name, kind, status, _)| (name, kind, status)).collect();
                 // What placement sees: a chain waits for a live host with room.
                 let hosts: Vec<(String, f64, bool, i32, i64)> = sqlx::query_as(
                     "select h.id, extract(epoch from now() - h.last_seen)::float8, h.draining, h.capacity,
@@ -145,7 +156,7 @@ impl Bursts {
                 let lease = demofleet_controller::lease::holders(&stack.db).await.unwrap_or(-1);
                 return Err(format!(
                     "chains under way (demo, kind, status): {chains:?}; hosts (id, seconds since heard, draining, \
-                     capacity, demos): {hosts:?}; fleet lease holders: {lease}"
+                     capacity, demos): {hosts:?}; fleet lease holders: {lease}{first}"
                 ));
             }
             let demos = stack.get_json("/api/demos").await;

@@ -105,3 +105,43 @@ async fn a_repository_with_nothing_to_build_fails_at_once_saying_so() {
     assert_eq!(step(&detail["chains"][0], "checkout")["status"], "succeeded");
     stack.stop().await;
 }
+
+/// A step whose answer never comes (its message or its result lost, or a host that takes
+/// work and never answers) counts as a failed attempt after the step deadline and is sent
+/// again; once the retries are used up, the chain and the demo fail saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_left_unanswered_is_retried_after_the_deadline_then_fails() {
+    let mut options = options();
+    options.agents = 0;
+    options.controller_args.extend(["--step-deadline", "2s"].map(String::from));
+    let stack = Stack::start(options).await;
+    // A host that looks alive (seen an hour ahead, past the stack's host timeout) and never
+    // takes a step off its queue.
+    sqlx::query("insert into hosts (id, address, capacity, last_seen) values ('mute-host', '127.0.0.1', 5, now() + interval '1 hour')")
+        .execute(&stack.db)
+        .await
+        .unwrap();
+    let (repo, name) = unique_repo(&stack);
+    let sha = repo.commit("a demo", &[("README.md", "words\n")]);
+    let (_, response) =
+        stack.deliver("pull_request", &fixtures::pull_request("pull_request.opened.json", &repo, &sha)).await;
+    assert_eq!(response.status(), 202);
+    let demo = stack.wait_for_state(&name, "failed", DEADLINE).await;
+    let error = demo["error"].as_str().unwrap();
+    assert!(error.contains("checkout failed: no answer from mute-host within 2s"), "{demo}");
+    let detail = stack.get_json(&format!("/api/demos/{}", demo["id"].as_str().unwrap())).await;
+    let checkout = step(&detail["chains"][0], "checkout");
+    // Two retry delays: three attempts, each given up on after the deadline.
+    assert_eq!(checkout["attempts"], 3, "{checkout}");
+    assert_eq!(checkout["status"], "failed");
+    let attempts: Vec<(i32, Option<String>, String)> = sqlx::query_as(
+        "select attempt, host_id, outcome from step_attempts a join chain_steps s
+         on s.chain_id = a.chain_id and s.position = a.position where s.name = 'checkout' order by attempt",
+    )
+    .fetch_all(&stack.db)
+    .await
+    .unwrap();
+    let given_up = |attempt| (attempt, Some("mute-host".to_string()), "failed".to_string());
+    assert_eq!(attempts, [given_up(1), given_up(2), given_up(3)]);
+    stack.stop().await;
+}

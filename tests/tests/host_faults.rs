@@ -25,8 +25,7 @@ const DOWN_FOR: Duration = Duration::from_secs(8);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_agent_and_a_cut_link_mid_burst_lose_nothing() {
-    let options =
-        StackOptions { controller_args: ["--reconcile-grace", "2s"].map(String::from).to_vec(), ..Default::default() };
+    let options = StackOptions { controller_args: burst::FAULT_FLAGS.map(String::from).to_vec(), ..Default::default() };
     let mut fleet = Fleet::start(env!("CARGO_BIN_EXE_fleet-agent"), &[10, 10, 10], options).await;
     let mut bursts = Bursts::new(&fleet.stack, "host-faults");
     let secret = fleet.stack.secret.clone();

@@ -39,7 +39,7 @@ async fn a_burst_loses_nothing_when_the_controllers_rabbitmq_node_dies() {
         &mut stack,
         env!("CARGO_BIN_EXE_fleet-controller"),
         |user, password| cluster.amqp_urls(user, password, &vhost),
-        &["--amqp-quorum-queues", "--reconcile-grace", "2s"],
+        &[&["--amqp-quorum-queues"][..], &burst::FAULT_FLAGS].concat(),
         2,
         &quorum,
     )

@@ -20,7 +20,7 @@ const KILL_AFTER: usize = 300;
 async fn two_replicas_share_the_work_and_survive_losing_one() {
     let options = StackOptions {
         agents: 2,
-        controller_args: ["--reconcile-grace", "2s"].map(String::from).to_vec(),
+        controller_args: burst::FAULT_FLAGS.map(String::from).to_vec(),
         ..Default::default()
     };
     let mut stack = Stack::start(options).await;

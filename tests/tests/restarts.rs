@@ -47,7 +47,7 @@ async fn nothing_is_lost_when_rabbitmq_postgres_or_the_controller_crash_mid_burs
     let mut own = Own { rabbitmq, postgres };
     let options = StackOptions {
         agents: 2,
-        controller_args: ["--reconcile-grace", "2s"].map(String::from).to_vec(),
+        controller_args: burst::FAULT_FLAGS.map(String::from).to_vec(),
         services: Some(services),
         ..Default::default()
     };

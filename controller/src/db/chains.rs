@@ -201,6 +201,37 @@ pub async fn begin_generation(db: impl PgExecutor<'_>, demo_id: Uuid, generation
     .await
 }
 
+/// A step of a running chain sent and not answered: the chain's, the step's and the host's
+/// (the demo's, where an agent's step went) names.
+#[derive(Debug, Clone, FromRow)]
+pub struct Unanswered {
+    pub chain_id: Uuid,
+    pub demo_id: Uuid,
+    pub generation: i64,
+    pub name: String,
+    pub attempts: i32,
+    pub host_id: Option<String>,
+}
+
+/// The steps of running chains queued longer ago than `deadline` and not answered, oldest
+/// first.
+pub async fn unanswered(
+    db: impl PgExecutor<'_>,
+    deadline: std::time::Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<Unanswered>> {
+    sqlx::query_as(
+        "select c.id as chain_id, c.demo_id, c.generation, s.name, s.attempts, d.host_id
+         from chains c join chain_steps s on s.chain_id = c.id join demos d on d.id = c.demo_id
+         where c.status = 'running' and s.status = 'queued' and s.queued_at < now() - make_interval(secs => $1)
+         order by s.queued_at limit $2",
+    )
+    .bind(deadline.as_secs_f64())
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
 /// Chains waiting for a host, oldest first.
 pub async fn waiting(db: impl PgExecutor<'_>, limit: i64) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar("select id from chains where status = 'waiting' order by created_at limit $1")
