@@ -460,14 +460,18 @@ async fn deploys_of_one_pull_request_in_one_batch_apply_in_their_order() {
         })
         .collect();
     assert_eq!(kept, expected);
-    let audited: i64 = sqlx::query_scalar(
-        "select count(*) from audit_events a join demos d on d.id = a.demo_id where d.repo = $1 and a.action = 'start'",
+    // Each generation begun is audited as started by whoever asked for it (migration 0031);
+    // the events it replaced started nothing.
+    let audited: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "select a.actor, a.detail->>'generation', a.detail->>'delivery' from audit_events a
+         join demos d on d.id = a.demo_id where d.repo = $1 and a.action = 'start' order by d.name",
     )
     .bind(&repo)
-    .fetch_one(&mut *tx)
+    .fetch_all(&mut *tx)
     .await
     .unwrap();
-    assert_eq!(audited, 7, "one audit row per applied event");
+    let started = |actor: &str, generation: &str, n: u32| (actor.into(), Some(generation.into()), Some(delivery(n)));
+    assert_eq!(audited, [started("github:erin", "5", 7), started("github:frank", "2", 9)]);
     tx.rollback().await.unwrap();
     stack.stop().await;
 }

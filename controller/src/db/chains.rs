@@ -177,11 +177,11 @@ pub async fn create_if_idle(
     .await
 }
 
-/// Begin the deploy chain of the demo's `generation` (migration 0030): a new `waiting` chain
-/// named by the delivery that brought the generation, and that delivery naming it. None when
-/// the demo has moved on (a newer generation, or it is to stop) or the generation has a chain
-/// already, or the demo is no deploy waiting to begin (it left `pending`). Call with the demo
-/// locked.
+/// Begin the deploy chain of the demo's `generation` (migrations 0030 and 0031): a new
+/// `waiting` chain named by the delivery that brought the generation, that delivery naming it,
+/// and the `start` audit row of whoever asked for the generation. None when the demo has moved
+/// on (a newer generation, or it is to stop) or the generation has a chain already, or the
+/// demo is no deploy waiting to begin (it left `pending`). Call with the demo locked.
 pub async fn begin_generation(db: impl PgExecutor<'_>, demo_id: Uuid, generation: i64) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar(
         "with made as (
@@ -192,6 +192,12 @@ pub async fn begin_generation(db: impl PgExecutor<'_>, demo_id: Uuid, generation
              returning id, delivery_id
          ), named as (
              update webhook_deliveries w set chain_id = m.id from made m where w.delivery_id = m.delivery_id
+         ), audited as (
+             -- A generation recorded before migration 0031 names no one who asked for it.
+             insert into audit_events (actor, action, demo_id, detail)
+             select coalesce(d.started_by, 'unknown'), 'start', d.id,
+                    jsonb_build_object('generation', d.generation, 'sha', d.sha, 'delivery', d.delivery_id)
+             from made m join demos d on d.id = $1
          )
          select id from made",
     )
