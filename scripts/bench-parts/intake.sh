@@ -70,12 +70,14 @@ PY
 # summary_field PHASE NAME: NAME=… of PHASE's summary line.
 summary_field() { grep -o " $2=[^ ]*" "$BENCH_DIR/$1.txt" | head -1 | cut -d= -f2; }
 
-# demofleet_counters PORT: `<deploy_queued deliveries> <intake events>` from /metrics.
+# demofleet_counters PORT: `<deploy_queued deliveries> <intake events> <intake batches>`
+# from /metrics.
 demofleet_counters() {
     curl -fsS "http://127.0.0.1:$1/metrics" | awk '
         /^demofleet_webhook_deliveries_total\{/ && /outcome="deploy_queued"/ {q += $2}
         /^demofleet_intake_events_total / {e = $2}
-        END {printf "%d %d\n", q, e}'
+        /^demofleet_intake_batches_total / {b = $2}
+        END {printf "%d %d %d\n", q, e, b}'
 }
 
 # checked_demofleet_load PORT DB PHASE SECONDS [flags…]: intake_load against demofleet, then
@@ -92,9 +94,13 @@ checked_demofleet_load() {
     ok=$(summary_field "$phase" ok) non2xx=$(summary_field "$phase" non2xx) errors=$(summary_field "$phase" errors)
     read -r recorded queued < <(su postgres -c "psql -d $db -qtA -F ' ' -c \"select count(*), count(*) filter (where outcome = 'deploy_queued')
         from webhook_deliveries where delivery_id like '$RUN_ID-$phase-%'\"")
-    local metrics_queued=$(( ${after% *} - ${before% *} )) metrics_events=$(( ${after#* } - ${before#* } ))
+    local q0 e0 b0 q1 e1 b1
+    read -r q0 e0 b0 <<<"$before"
+    read -r q1 e1 b1 <<<"$after"
+    local metrics_queued=$(( q1 - q0 )) metrics_events=$(( e1 - e0 )) batches=$(( b1 - b0 ))
     echo "BENCH check demofleet phase=$phase answered_2xx=$ok non2xx=$non2xx errors=$errors recorded=$recorded" \
-        "deploy_queued=$queued metrics_deploy_queued=$metrics_queued metrics_intake_events=$metrics_events"
+        "deploy_queued=$queued metrics_deploy_queued=$metrics_queued metrics_intake_events=$metrics_events" \
+        "intake_batches=$batches events_per_batch=$(awk -v e="$metrics_events" -v b="$batches" 'BEGIN {printf "%.1f", e / (b > 0 ? b : 1)}')"
     [ "$non2xx" = 0 ] && [ "$errors" = 0 ] || fail "$phase: $non2xx answers not 2xx, $errors failed requests"
     [ "$ok" -gt 0 ] || fail "$phase: no delivery answered"
     for seen in "$recorded" "$queued" "$metrics_queued" "$metrics_events"; do

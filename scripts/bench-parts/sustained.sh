@@ -3,7 +3,9 @@
 # of history (bench-history: DEMOFLEET_BENCH_HISTORY_DEMOS demos, _DELIVERIES deliveries),
 # with simulated agents (fleet-sim, adopting the history's running demos) taking the chains,
 # then the demoservice stand-in the same way. Throughput and p99 per 10 s window for both;
-# the first minute against the last; what was left undone at the end.
+# the first minute against the last; what was left undone at the end. Then demofleet as
+# long again (DEMOFLEET_BENCH_SUSTAINED_RATE_SECONDS) on a schedule at four times the rate
+# demoservice sustained (DEMOFLEET_BENCH_SUSTAINED_RATE): its latency per window at that load.
 SUSTAINED_SECONDS=${DEMOFLEET_BENCH_SUSTAINED_SECONDS:-600}
 HISTORY_DEMOS=${DEMOFLEET_BENCH_HISTORY_DEMOS:-100000}
 HISTORY_DELIVERIES=${DEMOFLEET_BENCH_HISTORY_DELIVERIES:-1000000}
@@ -240,10 +242,12 @@ sustained_statements() {
         su postgres -c "psql -d $SUSTAINED_DB -qc 'create extension if not exists pg_stat_statements' -c 'select pg_stat_statements_reset()'" >/dev/null
         return
     fi
+    # With pg_stat_statements.track_planning, a statement planned and never run has calls = 0.
     su postgres -c "psql -d $SUSTAINED_DB -c \"select calls, round(total_exec_time::numeric / 1000, 1) as seconds,
-        round((total_exec_time / calls)::numeric * 1000) as us_per_call, round(wal_records::numeric / calls) as wal_per_call,
+        round((total_exec_time / calls)::numeric * 1000) as us_per_call, round((total_plan_time / calls)::numeric * 1000) as plan_us_per_call,
+        round(wal_records::numeric / calls) as wal_per_call,
         round(100 * total_exec_time / sum(total_exec_time) over ())::int as pct, left(regexp_replace(query, '\\s+', ' ', 'g'), 110) as statement
-        from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database())
+        from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database()) and calls > 0
         order by total_exec_time desc limit 15\"" >"$BENCH_DIR/sustained-statements.txt"
     log "sustained: PostgreSQL's time by statement in $BENCH_DIR/sustained-statements.txt"
 }
@@ -275,17 +279,37 @@ sustained_vacuums "$BENCH_DIR/sustained-vacuums-after.txt"
 echo "BENCH sustained autovacuum: $(join <(sort "$BENCH_DIR/sustained-vacuums-before.txt") <(sort "$BENCH_DIR/sustained-vacuums-after.txt") |
     awk '$4 > $2 || $5 > $3 {printf "%s=%d/%d ", $1, $4 - $2, $5 - $3}')(vacuums/analyzes)"
 sustained_statements report
+
+# Then demofleet on a schedule (open loop, as GitHub sends: its deliveries do not wait for
+# our answers) at four times the rate demoservice sustained above, on the history the load
+# above has grown: how fast demofleet answers at the load the goal names. The closed loop
+# above measures how much it takes; its latency there is mostly its own queue (32
+# connections always waiting: the mean latency is 32 over its throughput). Here each
+# delivery's latency counts from when it was due, so a stall counts for every delivery it
+# held back.
+SUSTAINED_RATE=${DEMOFLEET_BENCH_SUSTAINED_RATE:-$(awk -v r="$(summary_field sustained-demoservice rps)" 'BEGIN {printf "%.0f", 4 * r}')}
+SUSTAINED_RATE_SECONDS=${DEMOFLEET_BENCH_SUSTAINED_RATE_SECONDS:-$SUSTAINED_SECONDS}
+log "sustained: demofleet for ${SUSTAINED_RATE_SECONDS}s at $SUSTAINED_RATE deliveries a second (open loop)"
+echo "BENCH sustained at_rate rate=$SUSTAINED_RATE seconds=$SUSTAINED_RATE_SECONDS"
+log_offset=$(stat -c %s "$PG_LOG")
+load_began=$(date +%s.%N)
+checked_demofleet_load "$SUSTAINED_PORT" $SUSTAINED_DB sustained-demofleet-at-rate "$SUSTAINED_RATE_SECONDS" --rate "$SUSTAINED_RATE" \
+    --slow-out "$BENCH_DIR/sustained-demofleet-at-rate-slow.txt"
+load_ended=$(date +%s.%N)
+cpu_split demofleet-at-rate sustained-demofleet-at-rate
+sustained_timeline sustained-demofleet-at-rate "$load_began" "$load_ended" "$log_offset"
 sustained_backlog after
 sustained_scrape after
 echo "BENCH sustained controller_rss_mb=$(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$SUSTAINED_CONTROLLER/status")"
-python3 - "$BENCH_DIR" "$SUSTAINED_SECONDS" <<'PY'
+python3 - "$BENCH_DIR" "$SUSTAINED_SECONDS" "$SUSTAINED_RATE_SECONDS" <<'PY'
 import json, sys
-bench, seconds = sys.argv[1], float(sys.argv[2])
-# The first and last minute (a third of the run when it is shorter than three minutes, but
-# at least one 10 s window).
-span = max(10.0, min(60.0, seconds / 3))
+bench = sys.argv[1]
 means = {}
-for target in ("demoservice", "demofleet"):
+for target, seconds in (("demoservice", float(sys.argv[2])), ("demofleet", float(sys.argv[2])),
+                        ("demofleet-at-rate", float(sys.argv[3]))):
+    # The first and last minute (a third of the run when it is shorter than three minutes,
+    # but at least one 10 s window).
+    span = max(10.0, min(60.0, seconds / 3))
     windows = [json.loads(l) for l in open(f"{bench}/sustained-{target}.jsonl")]
     first = [w for w in windows if w["t_s"] <= span + 1e-6]
     last = [w for w in windows if w["t_s"] > seconds - span + 1e-6]

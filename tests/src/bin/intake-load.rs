@@ -8,8 +8,16 @@
 //! and (`--windows-out`) the windows as JSON lines: requests per second and latency
 //! quantiles of the responses completed in each window.
 //!
-//! Closed loop, as wrk: each connection sends its next request when the previous one is
-//! answered, so a stall shows as fewer requests and a long maximum, not as a queue.
+//! Closed loop by default, as wrk: each connection sends its next request when the previous
+//! one is answered, so a stall shows as fewer requests and a long maximum, not as a queue.
+//! This measures how much the service can take.
+//!
+//! Open loop with `--rate`, as wrk2 and as GitHub sends (its deliveries do not wait for our
+//! answers to others): each connection has a schedule of its share of the rate, and a
+//! request's latency counts from the moment the schedule set for it, not from when it went
+//! out. A request held back by a slow answer before it on its connection is counted late by
+//! as much, so a stall shows as the latencies of every request it delayed (no coordinated
+//! omission). This measures how fast the service answers at a given load.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -60,6 +68,17 @@ struct Args {
     /// events make the earlier's stale.
     #[arg(long)]
     updated_at: Option<String>,
+    /// Requests a second over all connections, on a fixed schedule (open loop); without it,
+    /// as many as the service answers (closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Write each request answered slower than `--slow` here, one line each: when it was
+    /// due (seconds into the run), its latency in ms, its pull request and its connection;
+    /// to see when stalls happen and what they hold up.
+    #[arg(long)]
+    slow_out: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    slow: Duration,
     /// How long to wait for the answers of requests sent before the deadline.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     drain: Duration,
@@ -78,6 +97,8 @@ struct Window {
 #[derive(Default)]
 struct Record {
     windows: Mutex<Vec<Window>>,
+    /// Requests slower than `--slow`: due (s into the run), latency, pull request, connection.
+    slow: Mutex<Vec<(f64, Duration, usize, u32)>>,
 }
 
 impl Record {
@@ -153,7 +174,21 @@ async fn run_connection(
     let authority = uri.authority().expect("--url names a host").to_string();
     let mut sender: Option<Sender> = None;
     let mut counter: u64 = 0;
-    while Instant::now() < deadline {
+    let mut schedule = args.rate.map(|rate| Schedule::new(rate, args.connections, index, start));
+    loop {
+        // When this request is due: now in a closed loop, at its set time in an open one.
+        let due = match &mut schedule {
+            Some(schedule) => schedule.next(),
+            None => Instant::now(),
+        };
+        if due >= deadline {
+            break;
+        }
+        if schedule.is_some() && due > Instant::now() {
+            // The timer's resolution is a millisecond: a request may go out up to one late,
+            // and that counts in its latency. One already due goes at once.
+            tokio::time::sleep_until(due.into()).await;
+        }
         let kept = match sender.take() {
             Some(mut s) => s.ready().await.is_ok().then_some(s),
             None => None,
@@ -180,22 +215,52 @@ async fn run_connection(
             .header("x-hub-signature-256", &deliveries.signatures[pr])
             .body(Full::new(deliveries.bodies[pr].clone()))
             .expect("a valid request");
-        let sent = Instant::now();
+        // An open loop's latency counts from when the request was due, a closed loop's from
+        // when it went out.
+        let from = if schedule.is_some() { due } else { Instant::now() };
         let outcome = match ready.send_request(request).await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 match response.into_body().collect().await {
-                    Ok(_) => Ok((status, sent.elapsed())),
+                    Ok(_) => Ok((status, from.elapsed())),
                     Err(_) => Err(()),
                 }
             }
             Err(_) => Err(()),
         };
+        if let Ok((_, latency)) = outcome {
+            if latency >= args.slow {
+                let at = from.saturating_duration_since(start).as_secs_f64();
+                record.slow.lock().expect("slow").push((at, latency, pr + 1, index));
+            }
+        }
         let failed = outcome.is_err();
         record.add(window_of(start, args.window, args.duration, Instant::now()), outcome);
         if !failed {
             sender = Some(ready);
         }
+    }
+}
+
+/// One connection's share of an open loop's requests: `rate / connections` a second, evenly
+/// spaced, the connections' schedules staggered so that the requests of all of them are too.
+struct Schedule {
+    first: Instant,
+    interval: Duration,
+    sent: u32,
+}
+
+impl Schedule {
+    fn new(rate: f64, connections: u32, index: u32, start: Instant) -> Schedule {
+        let interval = Duration::from_secs_f64(f64::from(connections) / rate);
+        Schedule { first: start + interval * index / connections, interval, sent: 0 }
+    }
+
+    /// When the next request is due.
+    fn next(&mut self) -> Instant {
+        let due = self.first + self.interval * self.sent;
+        self.sent += 1;
+        due
     }
 }
 
@@ -241,6 +306,7 @@ fn own_cpu_seconds() -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
     anyhow::ensure!(args.prs >= 1 && args.connections >= 1, "--prs and --connections must be at least 1");
+    anyhow::ensure!(args.rate.is_none_or(|rate| rate > 0.0), "--rate must be more than 0");
     let deliveries = Arc::new(Deliveries::new(&args)?);
     let record = Arc::new(Record::default());
     let start = Instant::now();
@@ -271,6 +337,14 @@ async fn main() -> anyhow::Result<()> {
         let mut file = std::fs::File::create(path)?;
         for line in &lines {
             writeln!(file, "{line}")?;
+        }
+    }
+    if let Some(path) = &args.slow_out {
+        let mut file = std::fs::File::create(path)?;
+        let mut slow = record.slow.lock().expect("slow").clone();
+        slow.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (at, latency, pr, connection) in slow {
+            writeln!(file, "{at:.4} {:.2} {pr} {connection}", latency.as_secs_f64() * 1000.0)?;
         }
     }
     let mut total = Window::default();
