@@ -241,9 +241,21 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
 /// have taken; and pushes seconds apart each start at once.
 pub const START_INTERVAL: Duration = Duration::from_secs(2);
 
+/// The longest pause between two starts of one burst (see [`Starter`]).
+const MAX_START_PAUSE: Duration = Duration::from_millis(20);
+
 /// Starts what the intake recorded: for each demo only its newest generation (or its
 /// teardown), since an older one is superseded already, and no sooner than
 /// [`START_INTERVAL`] after its last start. What this task does not start, the tick does.
+///
+/// Starts due together (many pull requests pushed at once, and each of them again
+/// [`START_INTERVAL`] later) are spread out: after each, the starter pauses as long as it
+/// took (at most [`MAX_START_PAUSE`]) before the next. A start holds its demo's lock for a
+/// few round trips and sets off the chain's first messages and their results; made back to
+/// back, fifty of them held up every batch of the intake for 100–370 ms, every two seconds
+/// (docs/benchmarks.md, 2026-12-07, open loop). Paced, they take at most half the time of
+/// the database connection they use, and a burst of fifty still starts within a fraction
+/// of the interval.
 pub struct Starter {
     chains: mpsc::UnboundedReceiver<(Uuid, Start)>,
 }
@@ -265,10 +277,14 @@ impl Starter {
             for (demo, start) in received.into_iter().chain(std::iter::from_fn(|| self.chains.try_recv().ok())) {
                 throttle.offer(demo, start, now);
             }
+            let mut pause = Duration::ZERO;
             for (demo, start) in throttle.due(now) {
+                tokio::time::sleep(pause).await;
+                let began = Instant::now();
                 if let Err(err) = scheduler.start(demo, start).await {
                     tracing::warn!(%demo, ?start, error = %err, "starting a chain failed; the tick retries");
                 }
+                pause = began.elapsed().min(MAX_START_PAUSE);
             }
         }
     }
