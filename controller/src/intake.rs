@@ -279,7 +279,9 @@ impl Starter {
             }
             let mut pause = Duration::ZERO;
             for (demo, start) in throttle.due(now) {
-                tokio::time::sleep(pause).await;
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
                 let began = Instant::now();
                 if let Err(err) = scheduler.start(demo, start).await {
                     tracing::warn!(%demo, ?start, error = %err, "starting a chain failed; the tick retries");
