@@ -97,7 +97,8 @@ struct Window {
 #[derive(Default)]
 struct Record {
     windows: Mutex<Vec<Window>>,
-    /// Requests slower than `--slow`: due (s into the run), latency, pull request, connection.
+    /// Requests slower than `--slow`, kept only for `--slow-out`: due (s into the run),
+    /// latency, pull request, connection.
     slow: Mutex<Vec<(f64, Duration, usize, u32)>>,
 }
 
@@ -176,15 +177,12 @@ async fn run_connection(
     let mut counter: u64 = 0;
     let mut schedule = args.rate.map(|rate| Schedule::new(rate, args.connections, index, start));
     loop {
-        // When this request is due: now in a closed loop, at its set time in an open one.
-        let due = match &mut schedule {
-            Some(schedule) => schedule.next(),
-            None => Instant::now(),
-        };
-        if due >= deadline {
+        // An open loop's request is due at its set time; a closed loop's when it goes out.
+        let due = schedule.as_mut().map(Schedule::next);
+        if due.unwrap_or_else(Instant::now) >= deadline {
             break;
         }
-        if schedule.is_some() && due > Instant::now() {
+        if let Some(due) = due.filter(|due| *due > Instant::now()) {
             // The timer's resolution is a millisecond: a request may go out up to one late,
             // and that counts in its latency. One already due goes at once.
             tokio::time::sleep_until(due.into()).await;
@@ -215,9 +213,8 @@ async fn run_connection(
             .header("x-hub-signature-256", &deliveries.signatures[pr])
             .body(Full::new(deliveries.bodies[pr].clone()))
             .expect("a valid request");
-        // An open loop's latency counts from when the request was due, a closed loop's from
-        // when it went out.
-        let from = if schedule.is_some() { due } else { Instant::now() };
+        // Latency counts from when the request was due.
+        let from = due.unwrap_or_else(Instant::now);
         let outcome = match ready.send_request(request).await {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -228,7 +225,7 @@ async fn run_connection(
             }
             Err(_) => Err(()),
         };
-        if let Ok((_, latency)) = outcome {
+        if let (Ok((_, latency)), Some(_)) = (outcome, &args.slow_out) {
             if latency >= args.slow {
                 let at = from.saturating_duration_since(start).as_secs_f64();
                 record.slow.lock().expect("slow").push((at, latency, pr + 1, index));
