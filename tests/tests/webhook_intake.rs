@@ -268,7 +268,7 @@ async fn a_batch_of_every_kind_is_answered_in_its_order() {
     assert!(answers[3].chain.is_some() && answers[4].chain.is_none(), "{answers:?}");
     let stopping = answers[3].demo.as_ref().unwrap();
     let begun = chains::begin_generation(&mut *tx, stopping.id, stopping.generation).await.unwrap();
-    assert_eq!(begun, None, "a demo to stop begins no deploy");
+    assert!(begun.is_none(), "a demo to stop begins no deploy");
     let kept: Vec<(String, String, bool)> = sqlx::query_as(
         "select delivery_id, outcome, chain_id is not null from webhook_deliveries where delivery_id like $1 || '-%'
          order by delivery_id",
@@ -423,9 +423,13 @@ async fn deploys_of_one_pull_request_in_one_batch_apply_in_their_order() {
     // brought it; an older generation, or the same one again, begins nothing.
     let mut begun = Vec::new();
     for (generation, _, _, _, demo) in &demos {
-        assert_eq!(chains::begin_generation(&mut *tx, *demo, generation - 1).await.unwrap(), None);
-        begun.push(chains::begin_generation(&mut *tx, *demo, *generation).await.unwrap().expect("begun"));
-        assert_eq!(chains::begin_generation(&mut *tx, *demo, *generation).await.unwrap(), None, "begun once");
+        assert!(chains::begin_generation(&mut *tx, *demo, generation - 1).await.unwrap().is_none());
+        let chain = chains::begin_generation(&mut *tx, *demo, *generation).await.unwrap().expect("begun");
+        // The chain as made: what the start goes on with, without reading it again.
+        let made = (chain.demo_id, chain.generation, chain.kind.as_str(), chain.status.as_str());
+        assert_eq!(made, (*demo, *generation, "deploy", "waiting"));
+        begun.push(chain.id);
+        assert!(chains::begin_generation(&mut *tx, *demo, *generation).await.unwrap().is_none(), "begun once");
     }
     let made: Vec<(uuid::Uuid, i64, String, Option<String>)> = sqlx::query_as(
         "select c.id, c.generation, c.status, c.delivery_id from chains c join demos d on d.id = c.demo_id

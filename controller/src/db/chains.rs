@@ -98,11 +98,6 @@ pub async fn is_current(db: impl PgExecutor<'_>, chain_id: Uuid, generation: i64
     .await
 }
 
-/// The demo a chain belongs to.
-pub async fn demo_of(db: impl PgExecutor<'_>, chain_id: Uuid) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar("select demo_id from chains where id = $1").bind(chain_id).fetch_optional(db).await
-}
-
 pub async fn get_for_update(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Chain>> {
     sqlx::query_as("select id, demo_id, generation, kind, status from chains where id = $1 for update")
         .bind(id)
@@ -182,14 +177,14 @@ pub async fn create_if_idle(
 /// and the `start` audit row of whoever asked for the generation. None when the demo has moved
 /// on (a newer generation, or it is to stop) or the generation has a chain already, or the
 /// demo is no deploy waiting to begin (it left `pending`). Call with the demo locked.
-pub async fn begin_generation(db: impl PgExecutor<'_>, demo_id: Uuid, generation: i64) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar(
+pub async fn begin_generation(db: impl PgExecutor<'_>, demo_id: Uuid, generation: i64) -> sqlx::Result<Option<Chain>> {
+    sqlx::query_as(
         "with made as (
              insert into chains (id, demo_id, generation, kind, status, delivery_id)
              select gen_random_uuid(), d.id, d.generation, 'deploy', 'waiting', d.delivery_id from demos d
              where d.id = $1 and d.generation = $2 and d.desired = 'running' and d.state = 'pending'
                and not exists (select 1 from chains c where c.demo_id = d.id and c.generation = d.generation)
-             returning id, delivery_id
+             returning id, demo_id, generation, kind, status, delivery_id
          ), named as (
              update webhook_deliveries w set chain_id = m.id from made m where w.delivery_id = m.delivery_id
          ), audited as (
@@ -199,7 +194,7 @@ pub async fn begin_generation(db: impl PgExecutor<'_>, demo_id: Uuid, generation
                     jsonb_build_object('generation', d.generation, 'sha', d.sha, 'delivery', d.delivery_id)
              from made m join demos d on d.id = $1
          )
-         select id from made",
+         select id, demo_id, generation, kind, status from made",
     )
     .bind(demo_id)
     .bind(generation)

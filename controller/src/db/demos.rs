@@ -136,6 +136,15 @@ pub async fn get_for_update(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<D
     sqlx::query_as("select * from demos where id = $1 for update").bind(id).fetch_one(db).await
 }
 
+/// The demo of chain `chain_id`, locked; none if there is no such chain (or demo). One round
+/// trip: a chain's demo never changes, so it is looked up with the lock.
+pub async fn get_for_update_of_chain(db: impl PgExecutor<'_>, chain_id: Uuid) -> sqlx::Result<Option<Demo>> {
+    sqlx::query_as("select * from demos where id = (select demo_id from chains where id = $1) for update")
+        .bind(chain_id)
+        .fetch_optional(db)
+        .await
+}
+
 pub async fn set_state(db: impl PgExecutor<'_>, id: Uuid, state: &str, error: Option<&str>) -> sqlx::Result<()> {
     sqlx::query("update demos set state = $2, error = $3, updated_at = now() where id = $1")
         .bind(id)

@@ -94,18 +94,23 @@ impl Scheduler {
     /// has moved on (a newer generation begins by its own event) or the generation has begun.
     pub async fn begin_generation(&self, tx: &mut Tx<'_>, demo_id: Uuid, generation: i64) -> sqlx::Result<Effects> {
         // The demo first, as every writer of its chains locks it.
-        if demos::get_for_update_opt(&mut **tx, demo_id).await?.is_none() {
+        let Some(demo) = demos::get_for_update_opt(&mut **tx, demo_id).await? else { return Ok(Effects::default()) };
+        let Some(chain) = chains::begin_generation(&mut **tx, demo_id, generation).await? else {
             return Ok(Effects::default());
-        }
-        match chains::begin_generation(&mut **tx, demo_id, generation).await? {
-            Some(chain) => self.advance(tx, chain).await,
-            None => Ok(Effects::default()),
-        }
+        };
+        // Its record is at hand: the demo as locked (making the chain did not change it),
+        // the chain just made, no step stored yet.
+        let steps = chain::planned(&chain, &[]);
+        self.go_on(tx, Record { demo, chain, steps }).await
     }
 
     /// Move a chain on from where it stands ([`decide::advance`]).
     pub async fn advance(&self, tx: &mut Tx<'_>, chain_id: Uuid) -> sqlx::Result<Effects> {
         let Some(record) = self.read(tx, chain_id).await? else { return Ok(Effects::default()) };
+        self.go_on(tx, record).await
+    }
+
+    async fn go_on(&self, tx: &mut Tx<'_>, record: Record) -> sqlx::Result<Effects> {
         let decision = self.decide(tx, &record, |facts| decide::advance(&record, facts)).await?;
         self.carry_out(tx, &record, decision).await
     }
@@ -196,8 +201,7 @@ impl Scheduler {
     /// Lock a chain's demo, then the chain: always in this order (intake locks the demo
     /// before it supersedes chains), so concurrent transactions never deadlock.
     async fn lock(&self, tx: &mut Tx<'_>, chain_id: Uuid) -> sqlx::Result<Option<(chains::Chain, Demo)>> {
-        let Some(demo_id) = chains::demo_of(&mut **tx, chain_id).await? else { return Ok(None) };
-        let demo = demos::get_for_update(&mut **tx, demo_id).await?;
+        let Some(demo) = demos::get_for_update_of_chain(&mut **tx, chain_id).await? else { return Ok(None) };
         let chain = chains::get_for_update(&mut **tx, chain_id).await?;
         Ok(chain.map(|c| (c, demo)))
     }
