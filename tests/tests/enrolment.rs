@@ -338,10 +338,14 @@ async fn a_replayed_result_changes_nothing() {
         let bytes = serde_json::to_vec(&replayed).unwrap();
         publish(&channel, KIND_RESULT, Some(&user), &bytes).await.expect("the broker takes it");
     }
+    // And one naming a chain that never was: no demo is found for it, and nothing locked.
+    let unknown = StepResult { chain_id: Uuid::new_v4(), ..replayed.clone() };
+    publish(&channel, KIND_RESULT, Some(&user), &serde_json::to_vec(&unknown).unwrap()).await.expect("taken");
     wait::until("the replays counted in /metrics", Duration::from_secs(20), || async {
         // Its chain has finished: so says the reason (a replay while the chain still runs
         // is a `duplicate`, decided the same way; see chain/decide/tests.rs).
-        (stack.refused("result", "finished_chain").await == 2.0).then_some(())
+        let replays = stack.refused("result", "finished_chain").await;
+        (replays == 2.0 && stack.refused("result", "unknown_chain").await == 1.0).then_some(())
     })
     .await;
     let after: i64 = sqlx::query_scalar("select count(*) from step_attempts").fetch_one(&stack.db).await.unwrap();

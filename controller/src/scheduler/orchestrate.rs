@@ -110,6 +110,8 @@ impl Scheduler {
         self.go_on(tx, record).await
     }
 
+    /// Ask [`decide::advance`] about `record` (read, locked, in this transaction) and carry
+    /// out what it says.
     async fn go_on(&self, tx: &mut Tx<'_>, record: Record) -> sqlx::Result<Effects> {
         let decision = self.decide(tx, &record, |facts| decide::advance(&record, facts)).await?;
         self.carry_out(tx, &record, decision).await
