@@ -339,7 +339,7 @@ async fn a_replayed_result_changes_nothing() {
         publish(&channel, KIND_RESULT, Some(&user), &bytes).await.expect("the broker takes it");
     }
     // And one naming a chain that never was: no demo is found for it, and nothing locked.
-    let unknown = StepResult { chain_id: Uuid::new_v4(), ..replayed.clone() };
+    let unknown = StepResult { chain_id: Uuid::new_v4(), ..replayed };
     publish(&channel, KIND_RESULT, Some(&user), &serde_json::to_vec(&unknown).unwrap()).await.expect("taken");
     wait::until("the replays counted in /metrics", Duration::from_secs(20), || async {
         // Its chain has finished: so says the reason (a replay while the chain still runs
